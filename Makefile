@@ -1,0 +1,33 @@
+# dbps — `make demo` runs it locally, `make test` runs the whole suite.
+# Both build the local control plane binaries once (cached in ~/.cache/dbps).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+BINARIES = $(shell e2e/tools/build-binaries.sh)
+
+.PHONY: demo test binaries fmt-check lint unit-test e2e-test bench clean-cache
+
+## demo: start the local control plane (and, as it grows, the operator and databases)
+demo: binaries
+	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) run -q -p dbps-e2e --bin dbps-demo
+
+## test: formatting, lints, unit tests and every suite against real components
+test: fmt-check lint binaries
+	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) test --workspace --all-targets --no-fail-fast
+
+## binaries: build (once) etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, kubectl, helm
+binaries:
+	@e2e/tools/build-binaries.sh >/dev/null
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## bench: start-up and throughput measurements (DBPS_BENCH_RUNS sets repetitions)
+bench: binaries
+	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) bench -p dbps-e2e
+
+clean-cache:
+	rm -rf $${DBPS_CACHE_DIR:-$$HOME/.cache/dbps}

@@ -1,0 +1,71 @@
+//! Test support for dbps: a real local Kubernetes control plane built from
+//! the upstream binaries (etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler, kwok), started on loopback ports in a temp dir and torn
+//! down on drop.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), dbps_e2e::Error> {
+//! let plane = dbps_e2e::ControlPlane::start().await?;
+//! let admin = plane.client().await?;
+//! let alice = plane.client_for("alice", &["developers"]).await?;
+//! println!("kubectl --kubeconfig {}", plane.kubeconfig_path().display());
+//! # Ok(()) }
+//! ```
+
+pub mod binaries;
+pub mod control_plane;
+mod pki;
+pub mod ports;
+mod process;
+pub mod shared;
+
+pub use control_plane::{ControlPlane, Options};
+pub use shared::{TestContext, shared};
+
+/// Why a local component could not be provided.
+#[derive(thiserror::Error)]
+pub enum Error {
+    #[error("control plane binaries: {0}")]
+    Binaries(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{component} failed to start: {reason}\n--- last lines of its log ---\n{log_tail}")]
+    Start {
+        component: String,
+        reason: String,
+        log_tail: String,
+    },
+    #[error("certificates: {0}")]
+    Pki(#[from] rcgen::Error),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+// `unwrap()` in tests prints Debug: make it the readable message, log tail included.
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Installs rustls' ring provider as the process default (idempotent).
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

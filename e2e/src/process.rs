@@ -1,0 +1,135 @@
+//! One supervised local server process: output captured in a log file,
+//! readiness polled with its log tail shown on failure, stopped on drop.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::Error;
+
+pub struct Process {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `program` with `args`, its stdout and stderr appended to `<log_dir>/<name>.log`.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log_dir: &Path,
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<Self, Error> {
+        let log = log_dir.join(format!("{name}.log"));
+        let out =
+            File::create(&log).map_err(|e| Error::io(format!("create {}", log.display()), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| Error::io("clone log handle", e))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        configure(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::io(format!("start {}", program.display()), e))?;
+        tracing::debug!(name, pid = child.id(), "started");
+        Ok(Self {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last `lines` lines of the process output.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// An error naming the process, with its log tail.
+    pub fn failure(&self, reason: impl Into<String>) -> Error {
+        Error::Start {
+            component: self.name.clone(),
+            reason: reason.into(),
+            log_tail: self.log_tail(40),
+        }
+    }
+
+    /// Fails if the process has exited.
+    pub fn check_running(&mut self) -> Result<(), Error> {
+        let status = match self.child.as_mut() {
+            None => Some(None),
+            Some(c) => c.try_wait().ok().flatten().map(Some),
+        };
+        match status {
+            None => Ok(()),
+            Some(s) => Err(self.failure(match s {
+                Some(s) => format!("exited with {s}"),
+                None => "stopped".to_string(),
+            })),
+        }
+    }
+
+    /// Polls `probe` until it answers true, failing early if the process exits.
+    pub async fn wait_until<F, Fut>(&mut self, timeout: Duration, mut probe: F) -> Result<(), Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            if probe().await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(self.failure(format!("not ready after {timeout:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after a grace period; waits for the exit.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        // SAFETY: signalling our own child, whose pid is not reaped yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                tracing::debug!(name = %self.name, "stopped");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Provides the local control plane binaries (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kwok, kubectl, helm) and prints the
+# directory that holds them as the last line of stdout.
+#
+# - If $KUBEBUILDER_ASSETS is set, that directory is used as it is (envtest
+#   convention); it must hold every binary listed above.
+# - Otherwise every binary is built once from Go modules, at the versions in
+#   versions.env, into ${DBPS_CACHE_DIR:-~/.cache/dbps}/bin-<versions>/.
+#   A second run finds them and returns at once.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+. "$here/versions.env"
+
+binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubectl helm)
+log() { printf '[build-binaries] %s\n' "$*" >&2; }
+
+check_dir() {
+  local dir=$1 missing=()
+  for b in "${binaries[@]}"; do [ -x "$dir/$b" ] || missing+=("$b"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    printf '%s\n' "${missing[@]}"
+    return 1
+  fi
+}
+
+if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
+  if ! missing=$(check_dir "$KUBEBUILDER_ASSETS"); then
+    log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS lacks: $(echo $missing)"
+    exit 1
+  fi
+  log "using KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"
+  echo "$KUBEBUILDER_ASSETS"
+  exit 0
+fi
+
+cache=${DBPS_CACHE_DIR:-$HOME/.cache/dbps}
+key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+bin="$cache/bin-$key"
+if check_dir "$bin" >/dev/null; then
+  log "cached: $bin"
+  echo "$bin"
+  exit 0
+fi
+
+command -v go >/dev/null || { log "go is required to build the control plane"; exit 1; }
+export GOTOOLCHAIN=${GOTOOLCHAIN:-auto} GOFLAGS=-buildvcs=false CGO_ENABLED=0
+build="$cache/src-$key"
+mkdir -p "$bin" "$build"
+build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+
+# new_module DIR PATH: an empty Go module to build a tool in.
+new_module() {
+  rm -rf "$1" && mkdir -p "$1"
+  (cd "$1" && go mod init "dbps.local/$2" >/dev/null 2>&1)
+}
+
+# --- Kubernetes: k8s.io/kubernetes with every staging module replaced by its
+# published v0.x.y twin (the monorepo's own go.mod points them at ./staging).
+build_kubernetes() {
+  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl) todo=()
+  for b in "${want[@]}"; do [ -x "$bin/$b" ] || todo+=("$b"); done
+  [ ${#todo[@]} -eq 0 ] && return 0
+  local dir="$build/kubernetes" staging="v0.${KUBERNETES_VERSION#v1.}"
+  log "kubernetes $KUBERNETES_VERSION (staging $staging): resolving modules"
+  new_module "$dir" kubernetes
+  local gomod
+  gomod=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+  (
+    cd "$dir"
+    go mod edit -require "k8s.io/kubernetes@$KUBERNETES_VERSION"
+    grep -oE '^[[:space:]]*k8s\.io/[a-z0-9-]+ => \./staging/' "$gomod" | awk '{print $1}' | while read -r m; do
+      go mod edit -replace "$m=$m@$staging"
+    done
+    cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+    go mod tidy -e >&2
+  )
+  local minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
+  local ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$build_date"
+  done
+  for b in "${todo[@]}"; do
+    log "building $b $KUBERNETES_VERSION (several minutes on first run)"
+    (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/$b.tmp" "k8s.io/kubernetes/cmd/$b")
+    mv "$bin/$b.tmp" "$bin/$b"
+  done
+}
+
+# --- etcd: a two-line main around go.etcd.io/etcd/server/v3/etcdmain.
+build_etcd() {
+  [ -x "$bin/etcd" ] && return 0
+  local dir="$build/etcd"
+  log "building etcd $ETCD_VERSION"
+  new_module "$dir" etcd
+  cat > "$dir/main.go" <<'GO'
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+  (cd "$dir" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2 && go mod tidy >&2 \
+    && go build -trimpath -ldflags "-s -w" -o "$bin/etcd.tmp" .)
+  mv "$bin/etcd.tmp" "$bin/etcd"
+}
+
+# --- kwok and helm: their own main packages, built inside a wrapper module so
+# the pinned version is exact and the version variables can be stamped.
+build_tool() { # name module version package ldflags
+  local name=$1 module=$2 version=$3 pkg=$4 ldflags=$5
+  [ -x "$bin/$name" ] && return 0
+  local dir="$build/$name"
+  log "building $name $version"
+  new_module "$dir" "$name"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$pkg" > "$dir/tools.go"
+  (cd "$dir" && go get "$module@$version" >&2 && go mod tidy >&2 \
+    && go build -trimpath -ldflags "-s -w $ldflags" -o "$bin/$name.tmp" "$pkg")
+  mv "$bin/$name.tmp" "$bin/$name"
+}
+
+build_etcd
+build_tool kwok sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok \
+  "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=$KUBERNETES_VERSION"
+build_tool helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+  "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+build_kubernetes
+
+if ! missing=$(check_dir "$bin"); then
+  log "missing after build: $(echo $missing)"
+  exit 1
+fi
+for b in "${binaries[@]}"; do
+  case $b in
+    kubectl) v=$("$bin/$b" version --client 2>&1 | head -1) ;;
+    helm) v=$("$bin/$b" version --short 2>&1) ;;
+    *) v=$("$bin/$b" --version 2>&1 | head -1) ;;
+  esac
+  log "  $b: $v"
+done
+echo "$bin"

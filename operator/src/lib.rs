@@ -1,0 +1,1 @@
+//! dbps operator library.
