@@ -1,1 +1,9 @@
-//! dbps operator library.
+//! dbps operator: the database-per-service pattern on Kubernetes.
+//!
+//! The reconcile of a claim is a pipeline: dereference (read its Service) →
+//! build (pure functions in [`children`] and [`engines`]) → apply (server-side
+//! apply, skipped when nothing differs) → status.
+
+pub mod api;
+pub mod children;
+pub mod engines;

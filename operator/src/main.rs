@@ -1,4 +1,24 @@
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "dbps-operator",
+    version,
+    about = "Kubernetes operator for the database-per-service pattern"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CustomResourceDefinitions as YAML.
+    Crd,
+}
+
 fn main() {
-    eprintln!("dbps-operator: the controller is not part of this build yet");
-    std::process::exit(2);
+    match Cli::parse().command {
+        Command::Crd => print!("{}", dbps_operator::api::crds_yaml()),
+    }
 }

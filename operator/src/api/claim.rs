@@ -1,0 +1,208 @@
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Label dbps puts on every object it makes for a claim.
+pub const CLAIM_LABEL: &str = "dbps.io/claim";
+
+/// One database owned by one `Service`. Without `server`, dbps runs a
+/// dedicated instance for it (StatefulSet with a volume); with `server`, it
+/// carves a database and a user out of a registered `DatabaseServer`. Either
+/// way the service gets a servicebinding.io Secret only its ServiceAccount can
+/// read, and a NetworkPolicy admits only its pods.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "dbps.io",
+    version = "v1alpha1",
+    kind = "DatabaseClaim",
+    namespaced,
+    shortname = "dbc",
+    shortname = "dbclaim",
+    category = "dbps",
+    status = "DatabaseClaimStatus",
+    printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine"),
+    printcolumn(name = "Service", type_ = "string", json_path = ".spec.serviceRef.name"),
+    printcolumn(name = "Server", type_ = "string", json_path = ".spec.server.name", priority = 1),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Binding", type_ = "string", json_path = ".status.binding.name", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$')").message("metadata.name must be a DNS label of at most 40 characters that starts with a letter: it names the database's Kubernetes objects")
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.server) || (!has(self.storage) && !has(self.resources))").message("storage and resources apply to dedicated instances only: remove them, or remove server for a dedicated instance"),
+    validation = Rule::new("has(self.server) == has(oldSelf.server) && (!has(self.server) || self.server == oldSelf.server)").message("server is immutable: placement cannot change after creation"),
+    validation = Rule::new("has(self.database) == has(oldSelf.database) && (!has(self.database) || self.database == oldSelf.database)").message("database is immutable"),
+    validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)").message("storage is immutable: the volume of a running instance cannot change")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseClaimSpec {
+    /// The `Service` (dbps.io) in this namespace that owns the database. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("serviceRef is immutable: a database cannot change owner"))]
+    pub service_ref: ServiceRef,
+
+    /// Database engine: `postgres`, `mongodb` or `influxdb` (1.x API). Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("engine is immutable"))]
+    pub engine: Engine,
+
+    /// Engine version (image tag of a dedicated instance), e.g. `17` for
+    /// postgres. Default per engine: postgres 17, mongodb 8.0, influxdb 1.11.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+){0,2}$"))]
+    pub version: Option<String>,
+
+    /// Name of the database inside the engine. Default: the claim's name with
+    /// `-` turned into `_`. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,58}$"))]
+    pub database: Option<String>,
+
+    /// What happens to the data and credentials when the claim is deleted:
+    /// `Retain` (default) keeps the volume (or the shared database) and the
+    /// Secrets; `Delete` removes them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// A registered `DatabaseServer` to carve the database out of (shared
+    /// placement). Absent: a dedicated instance. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerRef>,
+
+    /// Volume of a dedicated instance. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+
+    /// CPU and memory of a dedicated instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Reference to the owning `Service`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRef {
+    /// Name of a `Service` (dbps.io) in the claim's namespace.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+}
+
+/// Reference to a `DatabaseServer`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServerRef {
+    /// Name of a cluster-scoped `DatabaseServer`.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+}
+
+/// Database engine.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// PostgreSQL.
+    Postgres,
+    /// MongoDB.
+    Mongodb,
+    /// InfluxDB, 1.x API.
+    Influxdb,
+}
+
+/// What deleting a claim does to its data.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum DeletionPolicy {
+    /// Keep the data and the Secrets.
+    #[default]
+    Retain,
+    /// Remove the data and the Secrets.
+    Delete,
+}
+
+/// Volume of a dedicated instance.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Size of the volume, a positive quantity such as `10Gi`. Default `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("size must be a positive quantity such as 10Gi"))]
+    pub size: Option<String>,
+    /// StorageClass of the volume. Default: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub storage_class_name: Option<String>,
+}
+
+/// Lifecycle phase of a claim.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ClaimPhase {
+    /// Waiting for something the claim refers to (its Service, its server).
+    Pending,
+    /// Objects created, database not ready yet.
+    Provisioning,
+    /// The database accepts the service's credentials.
+    Ready,
+    /// The claim cannot be fulfilled as written; see the Ready condition.
+    Failed,
+    /// Cleanup is running.
+    Deleting,
+}
+
+/// What the operator observed of a claim.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseClaimStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Summary of the `Ready` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ClaimPhase>,
+    /// `Ready`, with a reason such as `Provisioning`, `ServiceNotFound`,
+    /// `InvalidSpec` or `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The servicebinding.io binding Secret (Provisioned Service duck type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<Binding>,
+    /// Where the database listens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
+}
+
+/// servicebinding.io Provisioned Service: the Secret holding the binding.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub struct Binding {
+    /// Name of the Secret in the claim's namespace.
+    pub name: String,
+}
+
+/// Network address of a database.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub struct Endpoint {
+    /// Host name.
+    pub host: String,
+    /// TCP port.
+    pub port: i32,
+}
+
+impl DatabaseClaim {
+    /// The database name inside the engine.
+    pub fn database_name(&self) -> String {
+        self.spec.database.clone().unwrap_or_else(|| {
+            self.metadata
+                .name
+                .clone()
+                .unwrap_or_default()
+                .replace('-', "_")
+        })
+    }
+}

@@ -1,0 +1,68 @@
+//! Who may read the binding Secret: the owning service's ServiceAccount, and
+//! only that Secret, only `get`.
+
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use serde_json::json;
+
+use super::{Inputs, names};
+
+pub fn binding_reader_role(inputs: &Inputs) -> Role {
+    let mut role: Role = serde_json::from_value(json!({
+        "rules": [{
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": [names::binding_secret(&inputs.claim_name())],
+            "verbs": ["get"]
+        }]
+    }))
+    .expect("role");
+    role.metadata = inputs.meta(names::binding_reader(&inputs.claim_name()), "access");
+    role
+}
+
+pub fn binding_reader_role_binding(inputs: &Inputs) -> RoleBinding {
+    let name = names::binding_reader(&inputs.claim_name());
+    let mut binding: RoleBinding = serde_json::from_value(json!({
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
+        "subjects": [{
+            "kind": "ServiceAccount",
+            "name": inputs.service.service_account(),
+            "namespace": inputs.namespace()
+        }]
+    }))
+    .expect("role binding");
+    binding.metadata = inputs.meta(name, "access");
+    binding
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::*;
+
+    #[test]
+    fn role_grants_get_on_the_binding_secret_only() {
+        let role = build_json(ORDERS_CLAIM, ORDERS_SERVICE, binding_reader_role);
+        assert_eq!(role["metadata"]["name"], "orders-db-binding-reader");
+        assert_eq!(
+            role["rules"],
+            json!([{ "apiGroups": [""], "resources": ["secrets"], "resourceNames": ["orders-db-binding"], "verbs": ["get"] }])
+        );
+    }
+
+    #[test]
+    fn binding_names_the_service_account() {
+        let service = "
+apiVersion: dbps.io/v1alpha1
+kind: Service
+metadata: { name: orders, namespace: shop }
+spec: { serviceAccountName: orders-api }
+";
+        let rb = build_json(ORDERS_CLAIM, service, binding_reader_role_binding);
+        assert_eq!(
+            rb["subjects"],
+            json!([{ "kind": "ServiceAccount", "name": "orders-api", "namespace": "shop" }])
+        );
+        assert_eq!(rb["roleRef"]["name"], "orders-db-binding-reader");
+    }
+}

@@ -1,0 +1,144 @@
+//! The admin Secret (instance superuser, for the operator) and the
+//! servicebinding.io binding Secret (for the service).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+
+use super::{Inputs, names};
+use crate::engines::{PASSWORD_KEY, USERNAME_KEY};
+
+/// Passwords of an instance. Generated once, then read back from the Secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub admin_password: String,
+    pub app_password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { .. }")
+    }
+}
+
+/// Value of the servicebinding.io `provider` key.
+pub const PROVIDER: &str = "dbps";
+
+pub fn admin_secret(inputs: &Inputs) -> Secret {
+    let engine = inputs.claim.spec.engine;
+    Secret {
+        metadata: inputs.meta(
+            names::admin_secret(&inputs.claim_name()),
+            "admin-credentials",
+        ),
+        type_: Some("Opaque".into()),
+        data: Some(data([
+            (USERNAME_KEY, engine.admin_username().to_string()),
+            (PASSWORD_KEY, inputs.credentials.admin_password.clone()),
+        ])),
+        ..Default::default()
+    }
+}
+
+pub fn binding_secret(inputs: &Inputs) -> Secret {
+    let engine = inputs.claim.spec.engine;
+    let database = inputs.claim.database_name();
+    let username = engine.app_username(&database);
+    let password = inputs.credentials.app_password.clone();
+    let host = inputs.host();
+    let port = engine.port();
+    let uri = engine.uri(&username, &password, &host, port, &database);
+    Secret {
+        metadata: inputs.meta(names::binding_secret(&inputs.claim_name()), "binding"),
+        type_: Some(format!("servicebinding.io/{}", engine.binding_type())),
+        data: Some(data([
+            ("type", engine.binding_type().to_string()),
+            ("provider", super::secrets::PROVIDER.to_string()),
+            ("host", host),
+            ("port", port.to_string()),
+            ("database", database),
+            (USERNAME_KEY, username),
+            (PASSWORD_KEY, password),
+            ("uri", uri),
+        ])),
+        ..Default::default()
+    }
+}
+
+fn data<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, ByteString> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+        .collect()
+}
+
+/// A string value of a Secret.
+pub fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::*;
+
+    fn decoded(secret: &Secret) -> BTreeMap<String, String> {
+        secret
+            .data
+            .as_ref()
+            .unwrap()
+            .keys()
+            .map(|k| (k.clone(), secret_value(secret, k).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn binding_secret_follows_servicebinding_io() {
+        let json = build_json(ORDERS_CLAIM, ORDERS_SERVICE, binding_secret);
+        let secret: Secret = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(
+            secret.type_.as_deref(),
+            Some("servicebinding.io/postgresql")
+        );
+        assert_eq!(json["metadata"]["name"], "orders-db-binding");
+        assert_eq!(json["metadata"]["labels"]["dbps.io/service"], "orders");
+        assert_eq!(json["metadata"]["labels"]["dbps.io/claim"], "orders-db");
+        assert_eq!(
+            json["metadata"]["ownerReferences"][0]["kind"],
+            "DatabaseClaim"
+        );
+        assert_eq!(json["metadata"]["ownerReferences"][0]["controller"], true);
+        let expected: BTreeMap<String, String> = [
+            ("type", "postgresql"),
+            ("provider", "dbps"),
+            ("host", "orders-db.shop.svc.cluster.local"),
+            ("port", "5432"),
+            ("database", "orders_db"),
+            ("username", "orders_db_app"),
+            ("password", "app-secret-pw"),
+            ("uri", "postgresql://orders_db_app:app-secret-pw@orders-db.shop.svc.cluster.local:5432/orders_db"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(decoded(&secret), expected);
+    }
+
+    #[test]
+    fn admin_secret_holds_the_superuser_only() {
+        let json = build_json(ORDERS_CLAIM, ORDERS_SERVICE, admin_secret);
+        let secret: Secret = serde_json::from_value(json).unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some("orders-db-admin"));
+        let values = decoded(&secret);
+        assert_eq!(values.len(), 2);
+        assert_eq!(values["username"], "dbps_admin");
+        assert_eq!(values["password"], "admin-secret-pw");
+    }
+
+    #[test]
+    fn credentials_never_print() {
+        assert_eq!(format!("{:?}", credentials()), "Credentials { .. }");
+    }
+}

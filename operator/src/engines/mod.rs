@@ -1,0 +1,238 @@
+//! What differs between engines: image, port, how the instance is told its
+//! admin and app users, how readiness is probed, and the servicebinding.io
+//! type and URI of a binding.
+
+mod influxdb;
+mod mongodb;
+mod postgres;
+
+use k8s_openapi::api::core::v1::{EnvVar, Probe};
+use serde_json::json;
+
+pub use crate::api::Engine;
+
+/// Key of the username in admin and binding Secrets.
+pub const USERNAME_KEY: &str = "username";
+/// Key of the password in admin and binding Secrets.
+pub const PASSWORD_KEY: &str = "password";
+
+/// A dedicated instance as the engine needs to know it at first boot.
+pub struct Instance<'a> {
+    pub database: &'a str,
+    pub admin_secret: &'a str,
+    pub binding_secret: &'a str,
+}
+
+/// A file the instance runs once, at first boot, to create the app user.
+pub struct InitScript {
+    pub file_name: &'static str,
+    pub mount_path: &'static str,
+    pub contents: &'static str,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Mongodb => "mongodb",
+            Engine::Influxdb => "influxdb",
+        }
+    }
+
+    /// servicebinding.io `type`.
+    pub fn binding_type(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgresql",
+            Engine::Mongodb => "mongodb",
+            Engine::Influxdb => "influxdb",
+        }
+    }
+
+    pub fn port(self) -> u16 {
+        match self {
+            Engine::Postgres => 5432,
+            Engine::Mongodb => 27017,
+            Engine::Influxdb => 8086,
+        }
+    }
+
+    pub fn default_version(self) -> &'static str {
+        match self {
+            Engine::Postgres => "17",
+            Engine::Mongodb => "8.0",
+            Engine::Influxdb => "1.11",
+        }
+    }
+
+    pub fn image(self, version: &str) -> String {
+        let repo = match self {
+            Engine::Postgres => "postgres",
+            Engine::Mongodb => "mongo",
+            Engine::Influxdb => "influxdb",
+        };
+        format!("{repo}:{version}")
+    }
+
+    /// The instance superuser, kept for the operator.
+    pub fn admin_username(self) -> &'static str {
+        "dbps_admin"
+    }
+
+    /// The app's user: never the superuser.
+    pub fn app_username(self, database: &str) -> String {
+        format!("{database}_app")
+    }
+
+    /// UID and GID the official image runs its server as.
+    pub fn run_as(self) -> i64 {
+        match self {
+            Engine::Postgres | Engine::Mongodb => 999,
+            Engine::Influxdb => 1000,
+        }
+    }
+
+    /// Where the instance keeps its data (the volume's mount path).
+    pub fn data_path(self) -> &'static str {
+        match self {
+            Engine::Postgres => "/var/lib/postgresql/data",
+            Engine::Mongodb => "/data/db",
+            Engine::Influxdb => "/var/lib/influxdb",
+        }
+    }
+
+    /// Environment of the instance container; passwords only by `secretKeyRef`.
+    pub fn env(self, instance: &Instance) -> Vec<EnvVar> {
+        let env = match self {
+            Engine::Postgres => postgres::env(instance),
+            Engine::Mongodb => mongodb::env(instance),
+            Engine::Influxdb => influxdb::env(instance),
+        };
+        serde_json::from_value(env).expect("env vars")
+    }
+
+    pub fn readiness_probe(self) -> Probe {
+        let probe = match self {
+            Engine::Postgres => postgres::readiness(),
+            Engine::Mongodb => mongodb::readiness(),
+            Engine::Influxdb => influxdb::readiness(),
+        };
+        serde_json::from_value(probe).expect("probe")
+    }
+
+    /// The first-boot script creating the app user, where the image needs one
+    /// (InfluxDB's image does it from its environment).
+    pub fn init_script(self) -> Option<InitScript> {
+        match self {
+            Engine::Postgres => Some(postgres::INIT),
+            Engine::Mongodb => Some(mongodb::INIT),
+            Engine::Influxdb => None,
+        }
+    }
+
+    /// Connection URI for the binding.
+    pub fn uri(
+        self,
+        username: &str,
+        password: &str,
+        host: &str,
+        port: u16,
+        database: &str,
+    ) -> String {
+        let (u, p) = (percent_encode(username), percent_encode(password));
+        match self {
+            Engine::Postgres => format!("postgresql://{u}:{p}@{host}:{port}/{database}"),
+            Engine::Mongodb => {
+                format!("mongodb://{u}:{p}@{host}:{port}/{database}?authSource={database}")
+            }
+            Engine::Influxdb => format!("http://{u}:{p}@{host}:{port}/?db={database}"),
+        }
+    }
+}
+
+/// An env var read from a Secret key.
+fn secret_env(name: &str, secret: &str, key: &str) -> serde_json::Value {
+    json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret, "key": key } } })
+}
+
+fn plain_env(name: &str, value: &str) -> serde_json::Value {
+    json!({ "name": name, "value": value })
+}
+
+/// RFC 3986 userinfo encoding: unreserved characters stay, others are %XX.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INSTANCE: Instance = Instance {
+        database: "orders",
+        admin_secret: "orders-db-admin",
+        binding_secret: "orders-db-binding",
+    };
+
+    #[test]
+    fn uris_per_engine() {
+        assert_eq!(
+            Engine::Postgres.uri(
+                "orders_app",
+                "p@ss/w",
+                "h.ns.svc.cluster.local",
+                5432,
+                "orders"
+            ),
+            "postgresql://orders_app:p%40ss%2Fw@h.ns.svc.cluster.local:5432/orders"
+        );
+        assert_eq!(
+            Engine::Mongodb.uri("u", "p", "h", 27017, "catalog"),
+            "mongodb://u:p@h:27017/catalog?authSource=catalog"
+        );
+        assert_eq!(
+            Engine::Influxdb.uri("u", "p", "h", 8086, "tm"),
+            "http://u:p@h:8086/?db=tm"
+        );
+    }
+
+    #[test]
+    fn passwords_reach_containers_only_by_secret_reference() {
+        for engine in [Engine::Postgres, Engine::Mongodb, Engine::Influxdb] {
+            let env = engine.env(&INSTANCE);
+            let secret_refs: Vec<(&str, &str)> = env
+                .iter()
+                .filter_map(|e| {
+                    let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+                    Some((r.name.as_str(), r.key.as_str()))
+                })
+                .collect();
+            assert!(
+                secret_refs.contains(&("orders-db-admin", PASSWORD_KEY)),
+                "{engine:?}"
+            );
+            assert!(
+                secret_refs.contains(&("orders-db-binding", PASSWORD_KEY)),
+                "{engine:?}"
+            );
+            for e in &env {
+                if e.name.contains("PASSWORD") {
+                    assert!(e.value.is_none(), "{engine:?} {} is inline", e.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn app_user_is_not_the_admin() {
+        for engine in [Engine::Postgres, Engine::Mongodb, Engine::Influxdb] {
+            assert_ne!(engine.app_username("orders"), engine.admin_username());
+        }
+    }
+}
