@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -25,6 +26,8 @@ omitStages: [RequestReceived]
 rules:
 - level: Metadata
 ";
+/// The default StorageClass; kwok provisions its volumes.
+pub const STORAGE_CLASS: &str = "dbps-local";
 /// Annotation kwok selects the nodes it plays by.
 pub const KWOK_NODE_ANNOTATION: &str = "kwok.x-k8s.io/node";
 
@@ -190,6 +193,7 @@ impl ControlPlane {
 
         if options.workloads {
             plane.start_workloads(&bin, &sa_key, &ca_file).await?;
+            plane.add_storage_class().await?;
             plane.add_nodes(options.nodes).await?;
         }
         Ok(plane)
@@ -295,6 +299,23 @@ impl ControlPlane {
         kwok.wait_until(Duration::from_secs(30), || probe(&http, &healthz))
             .await?;
         self.push(kwok);
+        Ok(())
+    }
+
+    /// The default StorageClass `dbps-local`, whose claims kwok provisions.
+    async fn add_storage_class(&self) -> Result<(), Error> {
+        let class: StorageClass = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": STORAGE_CLASS,
+                "annotations": { "storageclass.kubernetes.io/is-default-class": "true" },
+            },
+            "provisioner": "dbps.local/kwok-volume",
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "Immediate",
+        }))
+        .expect("static storage class");
+        let api: Api<StorageClass> = Api::all(self.client().await?);
+        api.create(&PostParams::default(), &class).await?;
         Ok(())
     }
 
@@ -500,4 +521,27 @@ fn http_client(identity: Option<(&Authority, &str, &[&str])>) -> Result<reqwest:
 
 async fn probe(http: &reqwest::Client, url: &str) -> bool {
     matches!(http.get(url).send().await, Ok(r) if r.status().is_success())
+}
+
+impl ControlPlane {
+    /// Current size of the audit log: pass it to [`Self::audit_events_since`].
+    pub fn audit_offset(&self) -> u64 {
+        std::fs::metadata(&self.audit_log)
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Audit events (JSON) written after `offset`, completed requests only.
+    pub fn audit_events_since(&self, offset: u64) -> Vec<serde_json::Value> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.audit_log) {
+            let _ = f.seek(SeekFrom::Start(offset));
+            let _ = f.read_to_string(&mut text);
+        }
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["stage"] == "ResponseComplete")
+            .collect()
+    }
 }

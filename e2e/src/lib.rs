@@ -14,12 +14,14 @@
 
 pub mod binaries;
 pub mod control_plane;
+pub mod operator;
 mod pki;
 pub mod ports;
 mod process;
 pub mod shared;
 
 pub use control_plane::{ControlPlane, Options};
+pub use operator::RunningOperator;
 pub use shared::{TestContext, shared};
 
 /// Why a local component could not be provided.
@@ -41,6 +43,8 @@ pub enum Error {
     },
     #[error("certificates: {0}")]
     Pki(#[from] rcgen::Error),
+    #[error("{0}")]
+    Wait(String),
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
     #[error("kubernetes API: {0}")]

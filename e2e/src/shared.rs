@@ -62,6 +62,50 @@ impl TestContext {
     }
 }
 
+impl TestContext {
+    /// Waits (at most 90 s) until `condition` holds for object `name`, and
+    /// returns it; panics naming `what` otherwise.
+    pub async fn wait_for<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        what: &str,
+        condition: impl kube::runtime::wait::Condition<K>,
+    ) -> K
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let wait = kube::runtime::wait::await_condition(api.clone(), name, condition);
+        match tokio::time::timeout(std::time::Duration::from_secs(90), wait).await {
+            Ok(Ok(Some(obj))) => obj,
+            Ok(Ok(None)) => panic!("{name} does not exist while waiting for {what}"),
+            Ok(Err(e)) => panic!("watch failed while waiting for {what}: {e}"),
+            Err(_) => {
+                let now = api.get_opt(name).await.ok().flatten();
+                panic!("timed out waiting for {what}; {name} is now: {now:#?}")
+            }
+        }
+    }
+}
+
+impl TestContext {
+    /// Waits (at most 90 s) until object `name` no longer exists.
+    pub async fn wait_gone<K>(&self, api: &Api<K>, name: &str, what: &str)
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let wait =
+            kube::runtime::wait::await_condition(api.clone(), name, |o: Option<&K>| o.is_none());
+        if tokio::time::timeout(std::time::Duration::from_secs(90), wait)
+            .await
+            .is_err()
+        {
+            let now = api.get_opt(name).await.ok().flatten();
+            panic!("timed out waiting for {what}; {name} is now: {now:#?}")
+        }
+    }
+}
+
 /// Creates a namespace `<prefix>-<random>` and returns its name.
 pub async fn create_namespace(client: &Client, prefix: &str) -> Result<String, Error> {
     let prefix: String = prefix

@@ -6,4 +6,6 @@
 
 pub mod api;
 pub mod children;
+pub mod controller;
 pub mod engines;
+pub mod password;

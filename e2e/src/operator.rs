@@ -1,0 +1,79 @@
+//! The dbps operator inside a test: CRDs installed, controllers running in
+//! the test's runtime, scoped to the test's namespace, under a user of its own
+//! so the audit log tells its requests apart.
+
+use std::time::Duration;
+
+use dbps_operator::controller::{self, Config};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, ResourceExt};
+use tokio::sync::oneshot;
+
+use crate::{Error, TestContext};
+
+/// Applies every dbps CRD and waits until each is Established.
+pub async fn install_crds(client: &Client) -> Result<(), Error> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in dbps_operator::api::crds() {
+        let name = crd.name_any();
+        api.patch(
+            &name,
+            &PatchParams::apply("dbps-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .map_err(|_| Error::Wait(format!("CRD {name} not Established in 30s")))?
+            .map_err(|e| Error::Wait(format!("CRD {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// A running operator; stopped (gracefully) by [`Self::stop`] or on drop.
+pub struct RunningOperator {
+    /// The user the operator authenticates as.
+    pub user: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningOperator {
+    /// Starts the operator for `ctx`'s namespace with the given resync period.
+    pub async fn start(ctx: &TestContext, resync: Duration) -> Result<Self, Error> {
+        install_crds(&ctx.client).await?;
+        let user = format!("dbps-operator.{}", ctx.namespace);
+        let client = ctx.plane.client_for(&user, &["system:masters"]).await?;
+        let config = Config {
+            namespace: Some(ctx.namespace.clone()),
+            resync,
+            ..Config::default()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(controller::run(client, config, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            user,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Asks the controllers to finish and waits for them.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RunningOperator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

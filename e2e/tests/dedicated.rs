@@ -1,0 +1,582 @@
+//! Dedicated instances on the real control plane: a claim becomes its
+//! children, a Ready StatefulSet on a kwok node and a Ready claim; deletion
+//! keeps or removes the data as the claim says; the fence lets only the
+//! owning service in; a quiet resync writes nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use dbps_operator::api::{ClaimPhase, DatabaseClaim, Service};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{
+    Namespace, PersistentVolumeClaim, Secret, Service as KubeService,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use dbps_e2e::{RunningOperator, TestContext};
+
+const QUIET_RESYNC: Duration = Duration::from_secs(2);
+
+/// A test namespace that enforces Pod Security `restricted`, with the operator running.
+async fn setup(test: &str) -> (TestContext, RunningOperator) {
+    let ctx = TestContext::new(test).await.unwrap();
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    let label =
+        json!({ "metadata": { "labels": { "pod-security.kubernetes.io/enforce": "restricted" } } });
+    namespaces
+        .patch(
+            &ctx.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(label),
+        )
+        .await
+        .unwrap();
+    let operator = RunningOperator::start(&ctx, Duration::from_secs(300))
+        .await
+        .unwrap();
+    (ctx, operator)
+}
+
+async fn create_service(ctx: &TestContext, name: &str, spec: serde_json::Value) -> Service {
+    let service: Service = serde_json::from_value(json!({
+        "apiVersion": "dbps.io/v1alpha1", "kind": "Service",
+        "metadata": { "name": name }, "spec": spec
+    }))
+    .unwrap();
+    ctx.api::<Service>()
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap()
+}
+
+async fn create_claim(ctx: &TestContext, name: &str, spec: serde_json::Value) -> DatabaseClaim {
+    let claim: DatabaseClaim = serde_json::from_value(json!({
+        "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim",
+        "metadata": { "name": name }, "spec": spec
+    }))
+    .unwrap();
+    ctx.api::<DatabaseClaim>()
+        .create(&PostParams::default(), &claim)
+        .await
+        .unwrap()
+}
+
+fn phase_is(phase: ClaimPhase) -> impl Fn(Option<&DatabaseClaim>) -> bool {
+    move |c| c.and_then(|c| c.status.as_ref()).and_then(|s| s.phase) == Some(phase)
+}
+
+fn reason_is(reason: &'static str) -> impl Fn(Option<&DatabaseClaim>) -> bool {
+    move |c| {
+        c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == reason)
+        })
+    }
+}
+
+fn decoded(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+        .collect()
+}
+
+fn owned_by(obj: &impl Resource, claim: &DatabaseClaim) -> bool {
+    obj.owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == claim.metadata.uid.as_ref())
+}
+
+/// Everything a dedicated claim becomes, checked on the live objects.
+async fn check_children(
+    ctx: &TestContext,
+    claim: &DatabaseClaim,
+    engine: &str,
+    binding_type: &str,
+    port: u16,
+) {
+    let name = claim.name_any();
+    let ns = &ctx.namespace;
+    let binding = ctx
+        .api::<Secret>()
+        .get(&format!("{name}-binding"))
+        .await
+        .unwrap();
+    assert_eq!(
+        binding.type_.as_deref(),
+        Some(format!("servicebinding.io/{binding_type}").as_str())
+    );
+    let values = decoded(&binding);
+    let host = format!("{name}.{ns}.svc.cluster.local");
+    assert_eq!(values["type"], binding_type);
+    assert_eq!(values["provider"], "dbps");
+    assert_eq!(values["host"], host);
+    assert_eq!(values["port"], port.to_string());
+    let database = name.replace('-', "_");
+    assert_eq!(values["database"], database);
+    assert_eq!(values["username"], format!("{database}_app"));
+    assert_eq!(values["password"].len(), 32);
+    assert!(
+        values["uri"].contains(&format!("{host}:{port}")),
+        "{}",
+        values["uri"]
+    );
+    let admin = decoded(
+        &ctx.api::<Secret>()
+            .get(&format!("{name}-admin"))
+            .await
+            .unwrap(),
+    );
+    assert_ne!(
+        admin["username"], values["username"],
+        "the app user is not the superuser"
+    );
+    assert_ne!(admin["password"], values["password"]);
+    assert!(owned_by(&binding, claim));
+    for (key, value) in [
+        ("dbps.io/service", "svc"),
+        ("dbps.io/claim", name.as_str()),
+        ("app.kubernetes.io/managed-by", "dbps-operator"),
+        ("app.kubernetes.io/instance", name.as_str()),
+    ] {
+        assert_eq!(
+            binding.labels().get(key).map(String::as_str),
+            Some(value),
+            "label {key}"
+        );
+    }
+
+    let role = ctx
+        .api::<Role>()
+        .get(&format!("{name}-binding-reader"))
+        .await
+        .unwrap();
+    let rules = serde_json::to_value(&role.rules).unwrap();
+    assert_eq!(
+        rules,
+        json!([{ "apiGroups": [""], "resources": ["secrets"], "resourceNames": [format!("{name}-binding")], "verbs": ["get"] }])
+    );
+    let rb = ctx
+        .api::<RoleBinding>()
+        .get(&format!("{name}-binding-reader"))
+        .await
+        .unwrap();
+    assert_eq!(rb.subjects.unwrap()[0].name, "svc-account");
+
+    let policy = ctx.api::<NetworkPolicy>().get(&name).await.unwrap();
+    let spec = serde_json::to_value(policy.spec.unwrap()).unwrap();
+    assert_eq!(
+        spec["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
+        json!({ "dbps.io/service": "svc" })
+    );
+    assert_eq!(spec["ingress"][0]["ports"][0]["port"], port);
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["dbps.io/claim"],
+        name.as_str()
+    );
+
+    let service = ctx.api::<KubeService>().get(&name).await.unwrap();
+    assert_eq!(
+        service.spec.unwrap().ports.unwrap()[0].port,
+        i32::from(port)
+    );
+
+    let sts = ctx.api::<StatefulSet>().get(&name).await.unwrap();
+    assert!(owned_by(&sts, claim));
+    let pod = sts.spec.unwrap().template;
+    let container = &pod.spec.as_ref().unwrap().containers[0];
+    assert_eq!(container.name, engine);
+    let pod_labels = pod.metadata.unwrap().labels.unwrap();
+    assert!(
+        !pod_labels.contains_key("dbps.io/service"),
+        "database pods are not service pods"
+    );
+}
+
+/// Per engine: two claims, one `Retain` and one `Delete`, through their whole life.
+async fn lifecycle(engine: &str, binding_type: &str, port: u16) {
+    let (ctx, _operator) = setup(&format!("life-{engine}")).await;
+    create_service(&ctx, "svc", json!({ "serviceAccountName": "svc-account" })).await;
+    let claims = ctx.api::<DatabaseClaim>();
+    let mut ready = Vec::new();
+    for (name, policy) in [("keep-db", "Retain"), ("drop-db", "Delete")] {
+        create_claim(
+            &ctx,
+            name,
+            json!({ "serviceRef": { "name": "svc" }, "engine": engine, "deletionPolicy": policy, "storage": { "size": "2Gi" } }),
+        )
+        .await;
+    }
+    for name in ["keep-db", "drop-db"] {
+        let claim = ctx
+            .wait_for(&claims, name, "claim Ready", phase_is(ClaimPhase::Ready))
+            .await;
+        let status = claim.status.clone().unwrap();
+        assert_eq!(
+            status.binding.as_ref().unwrap().name,
+            format!("{name}-binding")
+        );
+        assert_eq!(status.endpoint.as_ref().unwrap().port, i32::from(port));
+        assert_eq!(status.observed_generation, claim.metadata.generation);
+        let cond = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(
+            (cond.status.as_str(), cond.reason.as_str()),
+            ("True", "Ready")
+        );
+        let sts = ctx.api::<StatefulSet>().get(name).await.unwrap();
+        assert_eq!(sts.status.unwrap().ready_replicas, Some(1));
+        let pvc = ctx
+            .api::<PersistentVolumeClaim>()
+            .get(&format!("data-{name}-0"))
+            .await
+            .unwrap();
+        assert_eq!(pvc.status.unwrap().phase.as_deref(), Some("Bound"));
+        check_children(&ctx, &claim, engine, binding_type, port).await;
+        ready.push(claim);
+    }
+
+    // The Service lists both databases as Ready.
+    let services = ctx.api::<Service>();
+    let service = ctx
+        .wait_for(&services, "svc", "Service Ready", |s: Option<&Service>| {
+            s.and_then(|s| s.status.as_ref()).is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .await;
+    let status = service.status.unwrap();
+    assert_eq!(status.database_count, 2);
+    assert!(
+        status
+            .databases
+            .iter()
+            .all(|d| d.phase == Some(ClaimPhase::Ready))
+    );
+
+    // Retain: the volume and both Secrets outlive the claim, no longer owned by it.
+    let keep = &ready[0];
+    claims
+        .delete("keep-db", &DeleteParams::default())
+        .await
+        .unwrap();
+    ctx.wait_gone(&claims, "keep-db", "claim gone").await;
+    let sts_api = ctx.api::<StatefulSet>();
+    ctx.wait_gone(&sts_api, "keep-db", "StatefulSet collected")
+        .await;
+    let pvc = ctx
+        .api::<PersistentVolumeClaim>()
+        .get_opt("data-keep-db-0")
+        .await
+        .unwrap();
+    assert!(
+        pvc.is_some_and(|p| p.metadata.deletion_timestamp.is_none()),
+        "Retain keeps the volume"
+    );
+    for secret in ["keep-db-admin", "keep-db-binding"] {
+        let s = ctx.api::<Secret>().get(secret).await.unwrap();
+        assert!(
+            !owned_by(&s, keep),
+            "{secret} still owned by the deleted claim"
+        );
+    }
+
+    // Delete: everything goes.
+    claims
+        .delete("drop-db", &DeleteParams::default())
+        .await
+        .unwrap();
+    ctx.wait_gone(&claims, "drop-db", "claim gone").await;
+    let pvcs = ctx.api::<PersistentVolumeClaim>();
+    ctx.wait_gone(&pvcs, "data-drop-db-0", "volume deleted")
+        .await;
+    let secrets = ctx.api::<Secret>();
+    for secret in ["drop-db-admin", "drop-db-binding"] {
+        ctx.wait_gone(&secrets, secret, "Secret collected").await;
+    }
+    let policies = ctx.api::<NetworkPolicy>();
+    ctx.wait_gone(&policies, "drop-db", "NetworkPolicy collected")
+        .await;
+}
+
+#[tokio::test]
+async fn postgres_claim_lifecycle() {
+    lifecycle("postgres", "postgresql", 5432).await;
+}
+
+#[tokio::test]
+async fn mongodb_claim_lifecycle() {
+    lifecycle("mongodb", "mongodb", 27017).await;
+}
+
+#[tokio::test]
+async fn influxdb_claim_lifecycle() {
+    lifecycle("influxdb", "influxdb", 8086).await;
+}
+
+#[tokio::test]
+async fn claim_waits_for_its_service_then_becomes_ready() {
+    let (ctx, _operator) = setup("no-service").await;
+    create_claim(
+        &ctx,
+        "early",
+        json!({ "serviceRef": { "name": "late" }, "engine": "postgres" }),
+    )
+    .await;
+    let claims = ctx.api::<DatabaseClaim>();
+    let claim = ctx
+        .wait_for(
+            &claims,
+            "early",
+            "ServiceNotFound",
+            reason_is("ServiceNotFound"),
+        )
+        .await;
+    let status = claim.status.unwrap();
+    assert_eq!(status.phase, Some(ClaimPhase::Pending));
+    let cond = &status.conditions[0];
+    assert_eq!(cond.status, "False");
+    assert!(cond.message.contains("\"late\""), "{}", cond.message);
+    assert!(
+        ctx.api::<StatefulSet>()
+            .get_opt("early")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    create_service(&ctx, "late", json!({})).await;
+    ctx.wait_for(&claims, "early", "claim Ready", phase_is(ClaimPhase::Ready))
+        .await;
+}
+
+#[tokio::test]
+async fn binding_secret_is_readable_by_the_owning_service_account_only() {
+    let (ctx, _operator) = setup("secret-rbac").await;
+    create_service(&ctx, "orders", json!({})).await;
+    create_service(&ctx, "payments", json!({})).await;
+    create_claim(
+        &ctx,
+        "orders-db",
+        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres" }),
+    )
+    .await;
+    let claims = ctx.api::<DatabaseClaim>();
+    ctx.wait_for(
+        &claims,
+        "orders-db",
+        "claim Ready",
+        phase_is(ClaimPhase::Ready),
+    )
+    .await;
+
+    let account = |sa: &str| format!("system:serviceaccount:{}:{sa}", ctx.namespace);
+    let groups = ["system:serviceaccounts"];
+    let orders = ctx
+        .plane
+        .client_for(&account("orders"), &groups)
+        .await
+        .unwrap();
+    let payments = ctx
+        .plane
+        .client_for(&account("payments"), &groups)
+        .await
+        .unwrap();
+    let as_orders: Api<Secret> = Api::namespaced(orders, &ctx.namespace);
+    let as_payments: Api<Secret> = Api::namespaced(payments, &ctx.namespace);
+    // RBAC follows the new RoleBinding within moments.
+    let mut allowed = false;
+    for _ in 0..50 {
+        if as_orders.get("orders-db-binding").await.is_ok() {
+            allowed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(allowed, "orders cannot read its own binding");
+    for (api, secret) in [
+        (&as_orders, "orders-db-admin"),
+        (&as_payments, "orders-db-binding"),
+        (&as_payments, "orders-db-admin"),
+    ] {
+        let err = api.get(secret).await.expect_err("read allowed");
+        assert!(
+            matches!(err, kube::Error::Api(ref s) if s.code == 403),
+            "{err}"
+        );
+    }
+    let err = as_orders
+        .list(&Default::default())
+        .await
+        .expect_err("list allowed");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 403),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn each_network_policy_admits_only_its_own_service_and_follows_its_selector() {
+    let (ctx, _operator) = setup("fence").await;
+    create_service(&ctx, "orders", json!({})).await;
+    create_service(
+        &ctx,
+        "catalog",
+        json!({ "selector": { "app": "catalog-api" } }),
+    )
+    .await;
+    create_claim(
+        &ctx,
+        "orders-db",
+        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres" }),
+    )
+    .await;
+    create_claim(
+        &ctx,
+        "catalog-db",
+        json!({ "serviceRef": { "name": "catalog" }, "engine": "mongodb" }),
+    )
+    .await;
+    let claims = ctx.api::<DatabaseClaim>();
+    for name in ["orders-db", "catalog-db"] {
+        ctx.wait_for(&claims, name, "claim Ready", phase_is(ClaimPhase::Ready))
+            .await;
+    }
+    let policies = ctx.api::<NetworkPolicy>();
+    let from = |p: &NetworkPolicy| {
+        let spec = serde_json::to_value(p.spec.as_ref().unwrap()).unwrap();
+        (
+            spec["podSelector"]["matchLabels"].clone(),
+            spec["ingress"].clone(),
+        )
+    };
+    let (target, ingress) = from(&policies.get("orders-db").await.unwrap());
+    assert_eq!(target["dbps.io/claim"], "orders-db");
+    assert_eq!(
+        ingress,
+        json!([{ "from": [{ "podSelector": { "matchLabels": { "dbps.io/service": "orders" } } }], "ports": [{ "port": 5432, "protocol": "TCP" }] }])
+    );
+    let (target, ingress) = from(&policies.get("catalog-db").await.unwrap());
+    assert_eq!(target["dbps.io/claim"], "catalog-db");
+    assert_eq!(
+        ingress,
+        json!([{ "from": [{ "podSelector": { "matchLabels": { "app": "catalog-api" } } }], "ports": [{ "port": 27017, "protocol": "TCP" }] }])
+    );
+
+    // Changing the Service's selector moves the fence.
+    let patch = json!({ "spec": { "selector": { "app": "catalog-v2" } } });
+    ctx.api::<Service>()
+        .patch("catalog", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    ctx.wait_for(
+        &policies,
+        "catalog-db",
+        "policy follows selector",
+        |p: Option<&NetworkPolicy>| {
+            p.and_then(|p| p.spec.as_ref())
+                .and_then(|s| s.ingress.as_ref())
+                .and_then(|i| i[0].from.as_ref())
+                .and_then(|f| f[0].pod_selector.as_ref())
+                .and_then(|s| s.match_labels.as_ref())
+                .is_some_and(|l| l.get("app").map(String::as_str) == Some("catalog-v2"))
+        },
+    )
+    .await;
+    let (_, ingress) = from(&policies.get("orders-db").await.unwrap());
+    assert_eq!(
+        ingress[0]["from"][0]["podSelector"]["matchLabels"],
+        json!({ "dbps.io/service": "orders" })
+    );
+}
+
+#[tokio::test]
+async fn a_resync_with_nothing_changed_writes_nothing() {
+    let ctx = TestContext::new("quiet").await.unwrap();
+    let operator = RunningOperator::start(&ctx, QUIET_RESYNC).await.unwrap();
+    create_service(&ctx, "svc", json!({})).await;
+    for (name, engine) in [
+        ("pg", "postgres"),
+        ("mongo", "mongodb"),
+        ("influx", "influxdb"),
+    ] {
+        create_claim(
+            &ctx,
+            name,
+            json!({ "serviceRef": { "name": "svc" }, "engine": engine }),
+        )
+        .await;
+    }
+    let claims = ctx.api::<DatabaseClaim>();
+    for name in ["pg", "mongo", "influx"] {
+        ctx.wait_for(&claims, name, "claim Ready", phase_is(ClaimPhase::Ready))
+            .await;
+    }
+    let services = ctx.api::<Service>();
+    ctx.wait_for(
+        &services,
+        "svc",
+        "Service lists 3 Ready databases",
+        |s: Option<&Service>| {
+            s.and_then(|s| s.status.as_ref()).is_some_and(|s| {
+                s.database_count == 3
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        },
+    )
+    .await;
+    // The Ready events are the last writes of the transition.
+    let events: Api<k8s_openapi::api::events::v1::Event> = ctx.api();
+    for _ in 0..100 {
+        let list = events.list(&Default::default()).await.unwrap();
+        if list
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("Ready"))
+            .count()
+            == 3
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let offset = ctx.plane.audit_offset();
+    let window = Duration::from_secs(8); // four resync periods
+    tokio::time::sleep(window).await;
+    let mine: Vec<_> = ctx
+        .plane
+        .audit_events_since(offset)
+        .into_iter()
+        .filter(|e| e["user"]["username"] == operator.user.as_str())
+        .collect();
+    let writes: Vec<String> = mine
+        .iter()
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete" | "deletecollection")
+            )
+        })
+        .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
+        .collect();
+    let reads = mine.iter().filter(|e| e["verb"] == "get").count();
+    assert!(reads >= 3 * 8, "the resyncs did not run: {reads} reads");
+    assert!(writes.is_empty(), "steady state wrote: {writes:#?}");
+    operator.stop().await;
+}

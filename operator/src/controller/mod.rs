@@ -1,0 +1,243 @@
+//! The controllers: one for `DatabaseClaim` (owns the children of a
+//! dedicated instance, watches `Service`), one for `Service` status.
+
+mod apply;
+mod claim;
+mod service;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service as KubeService};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{finalizer, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::api::{DatabaseClaim, Service};
+use crate::children::MANAGED_BY;
+
+pub use apply::is_subset;
+
+/// Finalizer that runs a claim's cleanup exactly once.
+pub const FINALIZER: &str = "dbps.io/cleanup";
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Watch only this namespace; `None` watches all.
+    pub namespace: Option<String>,
+    /// Re-check every object this often even when nothing changed.
+    pub resync: Duration,
+    /// DNS suffix of in-cluster Services.
+    pub cluster_domain: String,
+    /// Reporting instance in events (the pod name).
+    pub instance: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            resync: Duration::from_secs(300),
+            cluster_domain: "cluster.local".into(),
+            instance: None,
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub config: Config,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config) -> Self {
+        let reporter = Reporter {
+            controller: MANAGED_BY.into(),
+            instance: config.instance.clone(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn api<K>(&self, namespace: &str) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Next delay after a transient failure of `key`: 1 s doubling to 5 min.
+    fn backoff(&self, key: String) -> Duration {
+        let mut failures = self.failures.lock().unwrap();
+        let n = failures.entry(key).or_insert(0);
+        *n = (*n + 1).min(9);
+        Duration::from_secs(1 << (*n - 1)).min(Duration::from_secs(300))
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures.lock().unwrap().remove(key);
+    }
+}
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object could not be read as the current API (e.g. written by
+    /// another version); waits for a change.
+    #[error("object does not match the dbps.io/v1alpha1 schema: {0}")]
+    InvalidObject(String),
+    /// The claim cannot be fulfilled as written; waits for a change.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A stable label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidObject(_) => "InvalidObject",
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::Kube(_) => "KubernetesApi",
+            Error::Finalizer(e) => match &**e {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => "Finalizer",
+            },
+        }
+    }
+
+    /// Invalid input waits for a change; everything else is retried.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self.reason(), "InvalidObject" | "InvalidSpec")
+    }
+}
+
+fn error_policy<K>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
+where
+    K: Resource,
+    K::DynamicType: Default,
+{
+    let key = format!(
+        "{}/{}/{}",
+        K::kind(&Default::default()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+    .replace("//", "/");
+    if error.is_permanent() {
+        tracing::warn!(object = %key, reason = error.reason(), %error, "waiting for a change");
+        Action::await_change()
+    } else {
+        let delay = ctx.backoff(key.clone());
+        tracing::warn!(object = %key, reason = error.reason(), %error, ?delay, "retrying");
+        Action::requeue(delay)
+    }
+}
+
+fn api_for<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs both controllers until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ctx = Arc::new(Context::new(client.clone(), config.clone()));
+    let ns = &config.namespace;
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    let (stop, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stopped = |stop: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = stop.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+
+    let claims = Controller::new(
+        api_for::<DeserializeGuard<DatabaseClaim>>(&client, ns),
+        watcher::Config::default(),
+    );
+    let claim_store = claims.store();
+    let claims = claims
+        .owns(api_for::<StatefulSet>(&client, ns), owned.clone())
+        .owns(api_for::<KubeService>(&client, ns), owned.clone())
+        .owns(api_for::<NetworkPolicy>(&client, ns), owned.clone())
+        .owns(api_for::<Role>(&client, ns), owned.clone())
+        .owns(api_for::<RoleBinding>(&client, ns), owned.clone())
+        .owns(api_for::<ConfigMap>(&client, ns), owned)
+        .watches(
+            api_for::<Service>(&client, ns),
+            watcher::Config::default(),
+            move |service| {
+                // A Service change (selector, account, appearance) re-reconciles its claims.
+                let ns = service.namespace();
+                let name = service.name_any();
+                claim_store
+                    .state()
+                    .into_iter()
+                    .filter(|c| {
+                        c.0.as_ref()
+                            .is_ok_and(|c| c.namespace() == ns && c.spec.service_ref.name == name)
+                    })
+                    .map(|c| ObjectRef::from_obj(&*c))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(stopped(&stop))
+        .run(claim::reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "claim reconcile");
+            }
+        });
+
+    let services = Controller::new(api_for::<Service>(&client, ns), watcher::Config::default())
+        .watches(
+            api_for::<DatabaseClaim>(&client, ns),
+            watcher::Config::default(),
+            |claim| Some(ObjectRef::new(&claim.spec.service_ref.name).within(&claim.namespace()?)),
+        )
+        .graceful_shutdown_on(stopped(&stop))
+        .run(service::reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "service reconcile");
+            }
+        });
+
+    let trigger = async move {
+        shutdown.await;
+        let _ = stop.send(());
+    };
+    tokio::join!(claims, services, trigger);
+}
