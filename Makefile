@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BINARIES = $(shell e2e/tools/build-binaries.sh)
 
-.PHONY: demo test binaries fmt-check lint unit-test e2e-test bench clean-cache
+.PHONY: demo test binaries crds fmt-check lint bench clean-cache
 
 ## demo: start the local control plane (and, as it grows, the operator and databases)
 demo: binaries
@@ -13,11 +13,15 @@ demo: binaries
 
 ## test: formatting, lints, unit tests and every suite against real components
 test: fmt-check lint binaries
-	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) test --workspace --all-targets --no-fail-fast
+	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) test --workspace --lib --bins --tests --no-fail-fast
 
 ## binaries: build (once) etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, kubectl, helm
 binaries:
 	@e2e/tools/build-binaries.sh >/dev/null
+
+## crds: regenerate crds/ from the Rust types
+crds:
+	$(CARGO) run -q -p dbps-operator -- crd > crds/dbps.io.yaml
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -186,7 +186,7 @@ async fn rbac_denies_until_a_role_binding_allows() {
 }
 
 #[tokio::test]
-async fn statefulset_pod_is_scheduled_on_a_kwok_node_and_becomes_ready() {
+async fn statefulset_gets_a_volume_and_its_pod_is_scheduled_on_a_kwok_node_and_becomes_ready() {
     let ctx = TestContext::new("sts").await.unwrap();
     let sts: StatefulSet = from(json!({
         "metadata": { "name": "db" },
@@ -196,8 +196,15 @@ async fn statefulset_pod_is_scheduled_on_a_kwok_node_and_becomes_ready() {
             "selector": { "matchLabels": { "app": "db" } },
             "template": {
                 "metadata": { "labels": { "app": "db" } },
-                "spec": { "containers": [{ "name": "db", "image": "postgres:18" }] }
-            }
+                "spec": { "containers": [{
+                    "name": "db", "image": "postgres:18",
+                    "volumeMounts": [{ "name": "data", "mountPath": "/var/lib/postgresql" }]
+                }] }
+            },
+            "volumeClaimTemplates": [{
+                "metadata": { "name": "data" },
+                "spec": { "accessModes": ["ReadWriteOnce"], "resources": { "requests": { "storage": "1Gi" } } }
+            }]
         }
     }));
     let api = ctx.api::<StatefulSet>();
@@ -224,6 +231,17 @@ async fn statefulset_pod_is_scheduled_on_a_kwok_node_and_becomes_ready() {
     assert!(node.starts_with("kwok-node-"), "scheduled on {node}");
     let ip = pod.status.unwrap().pod_ip.unwrap();
     assert!(ip.starts_with("127."), "pod IP {ip} is not loopback");
+    // The default StorageClass provisioned and bound the volume.
+    let pvc = ctx
+        .api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>()
+        .get("data-db-0")
+        .await
+        .unwrap();
+    assert_eq!(
+        pvc.spec.unwrap().storage_class_name.as_deref(),
+        Some(dbps_e2e::control_plane::STORAGE_CLASS)
+    );
+    assert_eq!(pvc.status.unwrap().phase.as_deref(), Some("Bound"));
 }
 
 #[tokio::test]

@@ -1,9 +1,13 @@
 //! The dbps API, group `dbps.io`, version `v1alpha1`. Doc comments here become
 //! the schema descriptions `kubectl explain` shows.
 
+// kube's printcolumn(..) attributes repeat `type_ = "string"` by design.
+#[allow(clippy::duplicated_attributes)]
 mod claim;
 mod condition;
+#[allow(clippy::duplicated_attributes)]
 mod server;
+#[allow(clippy::duplicated_attributes)]
 mod service;
 
 pub use claim::*;

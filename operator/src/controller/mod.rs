@@ -83,17 +83,23 @@ impl Context {
         Api::namespaced(self.client.clone(), namespace)
     }
 
-    /// Next delay after a transient failure of `key`: 1 s doubling to 5 min.
+    /// Next delay after a transient failure of `key`.
     fn backoff(&self, key: String) -> Duration {
         let mut failures = self.failures.lock().unwrap();
         let n = failures.entry(key).or_insert(0);
-        *n = (*n + 1).min(9);
-        Duration::from_secs(1 << (*n - 1)).min(Duration::from_secs(300))
+        *n = n.saturating_add(1);
+        backoff_delay(*n)
     }
 
     fn succeeded(&self, key: &str) {
         self.failures.lock().unwrap().remove(key);
     }
+}
+
+/// Delay before retry number `failures` (from 1): 1 s, doubling, at most 5 min.
+pub fn backoff_delay(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(9);
+    Duration::from_secs(1 << exponent).min(Duration::from_secs(300))
 }
 
 /// Why a reconcile failed.
@@ -240,4 +246,30 @@ pub async fn run(
         let _ = stop.send(());
     };
     tokio::join!(claims, services, trigger);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_back_off_exponentially_up_to_five_minutes() {
+        let delays: Vec<u64> = [1, 2, 3, 4, 9, 10, 50]
+            .map(|n| backoff_delay(n).as_secs())
+            .to_vec();
+        assert_eq!(delays, [1, 2, 4, 8, 256, 300, 300]);
+    }
+
+    #[test]
+    fn invalid_input_waits_for_a_change_and_api_faults_are_retried() {
+        assert!(Error::InvalidSpec("x".into()).is_permanent());
+        assert!(Error::InvalidObject("x".into()).is_permanent());
+        let transient = Error::Kube(kube::Error::Service("connection refused".into()));
+        assert!(!transient.is_permanent());
+        assert_eq!(transient.reason(), "KubernetesApi");
+        let wrapped = Error::Finalizer(Box::new(finalizer::Error::ApplyFailed(
+            Error::InvalidSpec("x".into()),
+        )));
+        assert!(wrapped.is_permanent());
+    }
 }

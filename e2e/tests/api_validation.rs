@@ -1,0 +1,275 @@
+//! The apiserver itself rejects malformed dbps objects with a message a
+//! person can act on: the CRD schema and its CEL rules, not the operator.
+
+use dbps_e2e::TestContext;
+use dbps_e2e::operator::install_crds;
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+
+struct Case {
+    what: &'static str,
+    kind: &'static str,
+    /// Created first; the object below is then written as an update of it.
+    before: Option<Value>,
+    object: Value,
+    message: &'static str,
+}
+
+fn claim(name: &str, spec: Value) -> Value {
+    json!({ "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim", "metadata": { "name": name }, "spec": spec })
+}
+
+fn pg(extra: Value) -> Value {
+    let mut spec = json!({ "serviceRef": { "name": "orders" }, "engine": "postgres" });
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    spec
+}
+
+fn cases() -> Vec<Case> {
+    let create = |what, name: &str, spec, message| Case {
+        what,
+        kind: "DatabaseClaim",
+        before: None,
+        object: claim(name, spec),
+        message,
+    };
+    let update = |what, name: &str, before, after, message| Case {
+        what,
+        kind: "DatabaseClaim",
+        before: Some(claim(name, before)),
+        object: claim(name, after),
+        message,
+    };
+    vec![
+        create(
+            "unknown engine",
+            "c1",
+            json!({ "serviceRef": { "name": "orders" }, "engine": "mysql" }),
+            r#"spec.engine: Unsupported value: "mysql": supported values: "postgres", "mongodb", "influxdb""#,
+        ),
+        create(
+            "missing engine",
+            "c2",
+            json!({ "serviceRef": { "name": "orders" } }),
+            "spec.engine: Required value",
+        ),
+        create(
+            "missing serviceRef",
+            "c3",
+            json!({ "engine": "postgres" }),
+            "spec.serviceRef: Required value",
+        ),
+        create(
+            "serviceRef not a DNS label",
+            "c4",
+            json!({ "serviceRef": { "name": "Orders_Svc" }, "engine": "postgres" }),
+            "spec.serviceRef.name: Invalid value: \"Orders_Svc\": spec.serviceRef.name in body should match",
+        ),
+        create(
+            "claim name with a dot",
+            "orders.db",
+            pg(json!({})),
+            "metadata.name must be a DNS label of at most 40 characters",
+        ),
+        create(
+            "claim name too long",
+            "a-claim-name-that-is-much-longer-than-forty-characters",
+            pg(json!({})),
+            "metadata.name must be a DNS label of at most 40 characters",
+        ),
+        create(
+            "negative size",
+            "c7",
+            pg(json!({ "storage": { "size": "-1Gi" } })),
+            "size must be a positive quantity such as 10Gi",
+        ),
+        create(
+            "garbage size",
+            "c8",
+            pg(json!({ "storage": { "size": "lots" } })),
+            "size must be a positive quantity such as 10Gi",
+        ),
+        create(
+            "zero size",
+            "c9",
+            pg(json!({ "storage": { "size": "0" } })),
+            "size must be a positive quantity such as 10Gi",
+        ),
+        create(
+            "storage with server",
+            "c10",
+            pg(json!({ "server": { "name": "shared-pg" }, "storage": { "size": "1Gi" } })),
+            "storage and resources apply to dedicated instances only",
+        ),
+        create(
+            "resources with server",
+            "c11",
+            pg(
+                json!({ "server": { "name": "shared-pg" }, "resources": { "limits": { "memory": "1Gi" } } }),
+            ),
+            "storage and resources apply to dedicated instances only",
+        ),
+        create(
+            "unknown deletion policy",
+            "c12",
+            pg(json!({ "deletionPolicy": "Destroy" })),
+            r#"spec.deletionPolicy: Unsupported value: "Destroy": supported values: "Retain", "Delete""#,
+        ),
+        create(
+            "version is not a number",
+            "c13",
+            pg(json!({ "version": "latest" })),
+            "spec.version in body should match",
+        ),
+        create(
+            "database name with capitals",
+            "c14",
+            pg(json!({ "database": "Orders-DB" })),
+            "spec.database in body should match",
+        ),
+        create(
+            "empty server name",
+            "c15",
+            pg(json!({ "server": { "name": "" } })),
+            "spec.server.name in body should be at least 1 chars long",
+        ),
+        update(
+            "engine changed",
+            "u1",
+            pg(json!({})),
+            json!({ "serviceRef": { "name": "orders" }, "engine": "mongodb" }),
+            "engine is immutable",
+        ),
+        update(
+            "serviceRef changed",
+            "u2",
+            pg(json!({})),
+            json!({ "serviceRef": { "name": "payments" }, "engine": "postgres" }),
+            "serviceRef is immutable: a database cannot change owner",
+        ),
+        update(
+            "server added",
+            "u3",
+            pg(json!({})),
+            pg(json!({ "server": { "name": "shared-pg" } })),
+            "server is immutable: placement cannot change after creation",
+        ),
+        update(
+            "storage changed",
+            "u4",
+            pg(json!({ "storage": { "size": "1Gi" } })),
+            pg(json!({ "storage": { "size": "2Gi" } })),
+            "storage is immutable",
+        ),
+        update(
+            "database changed",
+            "u5",
+            pg(json!({ "database": "orders" })),
+            pg(json!({ "database": "orders2" })),
+            "database is immutable",
+        ),
+        Case {
+            what: "Service with an empty selector",
+            kind: "Service",
+            before: None,
+            object: json!({ "apiVersion": "dbps.io/v1alpha1", "kind": "Service", "metadata": { "name": "s1" }, "spec": { "selector": {} } }),
+            message: "selector must name at least one label",
+        },
+        Case {
+            what: "Service with a bad account name",
+            kind: "Service",
+            before: None,
+            object: json!({ "apiVersion": "dbps.io/v1alpha1", "kind": "Service", "metadata": { "name": "s2" }, "spec": { "serviceAccountName": "Bad_SA" } }),
+            message: "spec.serviceAccountName in body should match",
+        },
+        Case {
+            what: "DatabaseServer port out of range",
+            kind: "DatabaseServer",
+            before: None,
+            object: json!({ "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseServer", "metadata": { "name": "bad-port" },
+                "spec": { "engine": "postgres", "host": "db.example", "port": 70000, "adminSecretRef": { "namespace": "dbps", "name": "pg" } } }),
+            message: "spec.port: Invalid value: 70000: spec.port in body should be less than or equal to 65535",
+        },
+        Case {
+            what: "DatabaseServer with both namespace rules",
+            kind: "DatabaseServer",
+            before: None,
+            object: json!({ "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseServer", "metadata": { "name": "both-rules" },
+                "spec": { "engine": "postgres", "host": "db.example", "adminSecretRef": { "namespace": "dbps", "name": "pg" },
+                          "allowedNamespaces": ["a"], "namespaceSelector": { "matchLabels": { "team": "a" } } } }),
+            message: "set allowedNamespaces or namespaceSelector, not both",
+        },
+    ]
+}
+
+fn api(ctx: &TestContext, kind: &str) -> Api<DynamicObject> {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("dbps.io", "v1alpha1", kind));
+    if kind == "DatabaseServer" {
+        Api::all_with(ctx.client.clone(), &resource)
+    } else {
+        Api::namespaced_with(ctx.client.clone(), &ctx.namespace, &resource)
+    }
+}
+
+#[tokio::test]
+async fn malformed_objects_are_rejected_by_the_apiserver_with_a_clear_message() {
+    let ctx = TestContext::new("validation").await.unwrap();
+    install_crds(&ctx.client).await.unwrap();
+    let cases = cases();
+    assert!(cases.len() >= 15);
+    let mut failures = Vec::new();
+    for case in &cases {
+        let api = api(&ctx, case.kind);
+        let mut object: DynamicObject = serde_json::from_value(case.object.clone()).unwrap();
+        let result = match &case.before {
+            None => api.create(&PostParams::default(), &object).await,
+            Some(before) => {
+                let before: DynamicObject = serde_json::from_value(before.clone()).unwrap();
+                let created = api
+                    .create(&PostParams::default(), &before)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("{}: the valid original was refused: {e}", case.what)
+                    });
+                object.metadata.resource_version = created.metadata.resource_version;
+                let name = object.metadata.name.clone().unwrap();
+                api.replace(&name, &PostParams::default(), &object).await
+            }
+        };
+        match result {
+            Err(kube::Error::Api(status))
+                if status.code == 422 && status.message.contains(case.message) => {}
+            Err(kube::Error::Api(status)) => failures.push(format!(
+                "{}: HTTP {} {:?}",
+                case.what, status.code, status.message
+            )),
+            Err(e) => failures.push(format!("{}: {e}", case.what)),
+            Ok(_) => failures.push(format!("{}: accepted", case.what)),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+
+    // Valid objects of every kind pass, so the rules above reject only what they should.
+    for object in [
+        claim(
+            "ok-dedicated",
+            pg(
+                json!({ "version": "16.4", "database": "orders", "deletionPolicy": "Delete",
+            "storage": { "size": "500Mi", "storageClassName": "fast" }, "resources": { "requests": { "cpu": "250m" } } }),
+            ),
+        ),
+        claim(
+            "ok-shared",
+            pg(json!({ "server": { "name": "shared-pg" } })),
+        ),
+    ] {
+        let o: DynamicObject = serde_json::from_value(object).unwrap();
+        api(&ctx, "DatabaseClaim")
+            .create(&PostParams::default(), &o)
+            .await
+            .unwrap();
+    }
+}
