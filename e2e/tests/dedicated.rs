@@ -580,3 +580,36 @@ async fn a_resync_with_nothing_changed_writes_nothing() {
     assert!(writes.is_empty(), "steady state wrote: {writes:#?}");
     operator.stop().await;
 }
+
+#[tokio::test]
+async fn the_readme_examples_become_ready() {
+    let (ctx, _operator) = setup("examples").await;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut claims = Vec::new();
+    for file in [
+        "orders-postgres.yaml",
+        "catalog-mongodb.yaml",
+        "telemetry-influxdb.yaml",
+    ] {
+        let yaml = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        let applied = dbps_e2e::manifests::apply_yaml(&ctx.client, &ctx.namespace, &yaml)
+            .await
+            .unwrap();
+        claims.extend(
+            applied
+                .into_iter()
+                .filter_map(|a| a.strip_prefix("DatabaseClaim/").map(String::from)),
+        );
+    }
+    assert_eq!(claims, ["orders-db", "catalog-db", "readings"]);
+    let api = ctx.api::<DatabaseClaim>();
+    for name in &claims {
+        ctx.wait_for(
+            &api,
+            name,
+            "example claim Ready",
+            phase_is(ClaimPhase::Ready),
+        )
+        .await;
+    }
+}
