@@ -31,18 +31,22 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
         .collect();
     databases.sort_by(|a, b| a.claim.cmp(&b.claim));
 
-    let status = compute(&service, databases);
-    if Some(&status) != service.status.as_ref() {
+    if Some(&compute(&service, databases.clone())) != service.status.as_ref() {
+        // The cache may not show our last write yet: compare with the live object.
         let services: Api<Service> = ctx.api(&ns);
-        let patch =
-            json!({ "apiVersion": "dbps.io/v1alpha1", "kind": "Service", "status": status });
-        services
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(patch),
-            )
-            .await?;
+        if let Some(live) = services.get_opt(&name).await? {
+            let status = compute(&live, databases);
+            if Some(&status) != live.status.as_ref() {
+                let patch = json!({ "apiVersion": "dbps.io/v1alpha1", "kind": "Service", "status": status });
+                services
+                    .patch_status(
+                        &name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(patch),
+                    )
+                    .await?;
+            }
+        }
     }
     ctx.succeeded(&format!("Service/{ns}/{name}"));
     Ok(Action::requeue(ctx.config.resync))
