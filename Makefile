@@ -15,9 +15,10 @@ demo: binaries
 test: fmt-check lint binaries
 	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) test --workspace --lib --bins --tests --no-fail-fast
 
-## binaries: build (once) etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, kubectl, helm
+## binaries: build (once) etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, kubectl, helm, FerretDB
 binaries:
 	@e2e/tools/build-binaries.sh >/dev/null
+	@e2e/tools/build-ferretdb.sh >/dev/null
 
 ## crds: regenerate crds/ from the Rust types
 crds:

@@ -24,6 +24,7 @@ pub struct Versions {
     pub etcd: String,
     pub kwok: String,
     pub helm: String,
+    pub ferretdb: String,
 }
 
 impl Versions {
@@ -53,6 +54,7 @@ fn parse_versions(text: &str) -> Versions {
         etcd: get("ETCD_VERSION"),
         kwok: get("KWOK_VERSION"),
         helm: get("HELM_VERSION"),
+        ferretdb: get("FERRETDB_VERSION"),
     }
 }
 
@@ -91,7 +93,7 @@ mod tests {
     #[test]
     fn pinned_versions_form_the_script_cache_key() {
         let v = parse_versions(
-            "# c\nKUBERNETES_VERSION=v1.2.3\nETCD_VERSION=v3.6.1\nKWOK_VERSION=v0.8.0\nHELM_VERSION=v3.1.0\n",
+            "# c\nKUBERNETES_VERSION=v1.2.3\nETCD_VERSION=v3.6.1\nKWOK_VERSION=v0.8.0\nHELM_VERSION=v3.1.0\nFERRETDB_VERSION=v1.2.3\n",
         );
         assert_eq!(
             v.cache_key(),

@@ -14,6 +14,7 @@
 
 pub mod binaries;
 pub mod control_plane;
+pub mod databases;
 pub mod manifests;
 pub mod operator;
 mod pki;

@@ -105,6 +105,25 @@ impl Process {
         }
     }
 
+    /// Waits until the process exits; fails unless it exits successfully.
+    pub async fn wait_success(&mut self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            match status {
+                Some(s) if s.success() => return Ok(()),
+                Some(s) => return Err(self.failure(format!("exited with {s}"))),
+                None if Instant::now() > deadline => {
+                    return Err(self.failure(format!("still running after {timeout:?}")));
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     /// SIGTERM, then SIGKILL after a grace period; waits for the exit.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {

@@ -1,0 +1,396 @@
+//! Real database servers for the suites, each in a temp dir on a free
+//! loopback port, with authentication on and an admin user, stopped on drop:
+//! PostgreSQL and InfluxDB 1.x from Debian's packages, and FerretDB (a
+//! MongoDB wire-protocol server on SQLite) built from Go modules.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::Error;
+use crate::ports::free_port;
+use crate::process::Process;
+
+/// Which database server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Postgres,
+    InfluxDb,
+    FerretDb,
+}
+
+/// A running local database server.
+pub struct LocalServer {
+    pub kind: Kind,
+    pub host: String,
+    pub port: u16,
+    pub admin_user: String,
+    pub admin_password: String,
+    process: Process,
+    dir: Option<tempfile::TempDir>,
+    restart: Restart,
+}
+
+/// How to start the same server again on the same port and data.
+struct Restart {
+    program: PathBuf,
+    args: Vec<String>,
+    run_as: Option<(u32, u32)>,
+}
+
+impl LocalServer {
+    /// Starts a server of `kind`.
+    pub async fn start(kind: Kind) -> Result<Self, Error> {
+        match kind {
+            Kind::Postgres => start_postgres().await,
+            Kind::InfluxDb => start_influxdb().await,
+            Kind::FerretDb => start_ferretdb().await,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
+    /// The temp dir with the server's data and log.
+    pub fn dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .expect("dir lives as long as the server")
+            .path()
+    }
+
+    /// Stops the server, keeping its data and port for [`Self::resume`].
+    pub fn pause(&mut self) {
+        self.process.stop();
+    }
+
+    /// Starts the server again after [`Self::pause`], on the same port and data.
+    pub async fn resume(&mut self) -> Result<(), Error> {
+        let dir = self.dir().to_path_buf();
+        self.process = spawn(
+            &format!("{:?}-resumed", self.kind).to_lowercase(),
+            &self.restart.program,
+            &self.restart.args,
+            &dir,
+            self.restart.run_as,
+        )?;
+        let port = self.port;
+        wait_for_port(&mut self.process, port).await
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        self.process.stop();
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.close();
+        }
+    }
+}
+
+fn spawn(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    dir: &Path,
+    run_as: Option<(u32, u32)>,
+) -> Result<Process, Error> {
+    Process::spawn(name, program, args, dir, |cmd: &mut Command| {
+        if let Some((uid, gid)) = run_as {
+            cmd.uid(uid).gid(gid);
+        }
+    })
+}
+
+async fn wait_for_port(process: &mut Process, port: u16) -> Result<(), Error> {
+    process
+        .wait_until(Duration::from_secs(60), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await
+}
+
+fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, Error> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| Error::io("create temp dir", e))
+}
+
+fn password() -> String {
+    dbps_operator::password::generate()
+}
+
+// --- PostgreSQL --------------------------------------------------------------
+
+/// Debian's PostgreSQL server binaries (the newest installed major version).
+fn postgres_bin() -> Result<PathBuf, Error> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| {
+            Error::Binaries("PostgreSQL is not installed (apt-get install postgresql)".into())
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("postgres").is_file())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .ok_or_else(|| Error::Binaries("no PostgreSQL server under /usr/lib/postgresql".into()))
+}
+
+/// initdb and postgres refuse to run as root: as root, run them as the
+/// `postgres` account Debian's package creates.
+fn unprivileged_account() -> Result<Option<(u32, u32)>, Error> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let name = std::ffi::CString::new("postgres").expect("static name");
+    // SAFETY: getpwnam returns a pointer into static storage or null; read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    if pw.is_null() {
+        return Err(Error::Binaries(
+            "running as root needs the postgres account (apt-get install postgresql)".into(),
+        ));
+    }
+    // SAFETY: pw is non-null and points to a valid passwd entry.
+    Ok(Some(unsafe { ((*pw).pw_uid, (*pw).pw_gid) }))
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), Error> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path without NUL");
+    // SAFETY: c is a valid NUL-terminated path.
+    if unsafe { libc::chown(c.as_ptr(), uid, gid) } != 0 {
+        return Err(Error::io(
+            format!("chown {}", path.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(|e| Error::io("read dir", e))? {
+            chown_tree(
+                &entry.map_err(|e| Error::io("read dir", e))?.path(),
+                uid,
+                gid,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+async fn start_postgres() -> Result<LocalServer, Error> {
+    let bin = postgres_bin()?;
+    let run_as = unprivileged_account()?;
+    let dir = temp_dir("dbps-postgres-")?;
+    let path = dir.path().to_path_buf();
+    let admin_password = password();
+    let pwfile = path.join("pwfile");
+    std::fs::write(&pwfile, &admin_password).map_err(|e| Error::io("write pwfile", e))?;
+    if let Some((uid, gid)) = run_as {
+        chown_tree(&path, uid, gid)?;
+    }
+    let data = path.join("data");
+    let mut initdb = spawn(
+        "initdb",
+        &bin.join("initdb"),
+        &[
+            format!("--pgdata={}", data.display()),
+            "--username=admin".into(),
+            "--auth=scram-sha-256".into(),
+            format!("--pwfile={}", pwfile.display()),
+            "--encoding=UTF8".into(),
+            "--no-sync".into(),
+        ],
+        &path,
+        run_as,
+    )?;
+    initdb.wait_success(Duration::from_secs(120)).await?;
+    let _ = std::fs::remove_file(&pwfile);
+
+    let port = free_port()?;
+    let args = vec![
+        "-D".into(),
+        data.display().to_string(),
+        "-p".into(),
+        port.to_string(),
+        "-k".into(),
+        path.display().to_string(),
+        "-c".into(),
+        "listen_addresses=127.0.0.1".into(),
+        "-c".into(),
+        "fsync=off".into(),
+        "-c".into(),
+        "max_connections=200".into(),
+    ];
+    let program = bin.join("postgres");
+    let mut process = spawn("postgres", &program, &args, &path, run_as)?;
+    let conninfo =
+        format!("host=127.0.0.1 port={port} user=admin password={admin_password} dbname=postgres");
+    process
+        .wait_until(Duration::from_secs(60), || {
+            let conninfo = conninfo.clone();
+            async move {
+                tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                    .await
+                    .is_ok()
+            }
+        })
+        .await?;
+    Ok(LocalServer {
+        kind: Kind::Postgres,
+        host: "127.0.0.1".into(),
+        port,
+        admin_user: "admin".into(),
+        admin_password,
+        process,
+        dir: Some(dir),
+        restart: Restart {
+            program,
+            args,
+            run_as,
+        },
+    })
+}
+
+// --- InfluxDB 1.x ----------------------------------------------------------
+
+async fn start_influxdb() -> Result<LocalServer, Error> {
+    let program = PathBuf::from("/usr/bin/influxd");
+    if !program.is_file() {
+        return Err(Error::Binaries(
+            "InfluxDB is not installed (apt-get install influxdb)".into(),
+        ));
+    }
+    let dir = temp_dir("dbps-influxdb-")?;
+    let path = dir.path().to_path_buf();
+    let (port, rpc) = (free_port()?, free_port()?);
+    // No usage reporting, no self-monitoring store, everything on loopback.
+    let config = format!(
+        r#"reporting-disabled = true
+bind-address = "127.0.0.1:{rpc}"
+[meta]
+  dir = "{dir}/meta"
+[data]
+  dir = "{dir}/data"
+  wal-dir = "{dir}/wal"
+  query-log-enabled = false
+[monitor]
+  store-enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{port}"
+  auth-enabled = true
+  log-enabled = false
+[continuous_queries]
+  enabled = false
+"#,
+        dir = path.display()
+    );
+    let config_path = path.join("influxdb.conf");
+    std::fs::write(&config_path, config).map_err(|e| Error::io("write influxdb.conf", e))?;
+    let args = vec!["-config".into(), config_path.display().to_string()];
+    let mut process = spawn("influxd", &program, &args, &path, None)?;
+    crate::install_crypto_provider();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let ping = format!("http://127.0.0.1:{port}/ping");
+    process
+        .wait_until(Duration::from_secs(60), || {
+            let (http, ping) = (http.clone(), ping.clone());
+            async move { matches!(http.get(&ping).send().await, Ok(r) if r.status().is_success()) }
+        })
+        .await?;
+    // With no user yet, InfluxDB accepts exactly this statement unauthenticated.
+    let admin_password = password();
+    let q = format!("CREATE USER admin WITH PASSWORD '{admin_password}' WITH ALL PRIVILEGES");
+    let response = http
+        .post(format!("http://127.0.0.1:{port}/query"))
+        .form(&[("q", q.as_str())])
+        .send()
+        .await?;
+    if !response.status().is_success() {
+        return Err(process.failure(format!(
+            "creating the admin user: HTTP {}",
+            response.status()
+        )));
+    }
+    Ok(LocalServer {
+        kind: Kind::InfluxDb,
+        host: "127.0.0.1".into(),
+        port,
+        admin_user: "admin".into(),
+        admin_password,
+        process,
+        dir: Some(dir),
+        restart: Restart {
+            program,
+            args,
+            run_as: None,
+        },
+    })
+}
+
+// --- FerretDB ----------------------------------------------------------------
+
+/// The FerretDB binary built by `e2e/tools/build-ferretdb.sh`.
+pub fn ferretdb_binary() -> Result<PathBuf, Error> {
+    let version = crate::binaries::Versions::pinned().ferretdb;
+    let cache = std::env::var_os("DBPS_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/dbps")))
+        .ok_or_else(|| Error::Binaries("neither DBPS_CACHE_DIR nor HOME is set".into()))?;
+    let bin = cache.join(format!("ferretdb-{version}/ferretdb"));
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(Error::Binaries(format!(
+            "{} is missing; run `make binaries` (e2e/tools/build-ferretdb.sh)",
+            bin.display()
+        )))
+    }
+}
+
+async fn start_ferretdb() -> Result<LocalServer, Error> {
+    let program = ferretdb_binary()?;
+    let dir = temp_dir("dbps-ferretdb-")?;
+    let path = dir.path().to_path_buf();
+    std::fs::create_dir_all(path.join("data")).map_err(|e| Error::io("create data dir", e))?;
+    let (port, debug) = (free_port()?, free_port()?);
+    let admin_password = password();
+    let args = vec![
+        "--handler=sqlite".into(),
+        format!("--sqlite-url=file:{}/data/", path.display()),
+        format!("--listen-addr=127.0.0.1:{port}"),
+        format!("--debug-addr=127.0.0.1:{debug}"),
+        format!("--state-dir={}", path.display()),
+        // No usage reporting.
+        "--telemetry=disable".into(),
+        // SCRAM authentication against users FerretDB stores itself.
+        "--test-enable-new-auth".into(),
+        "--setup-database=admin".into(),
+        "--setup-username=admin".into(),
+        format!("--setup-password={admin_password}"),
+        "--log-level=error".into(),
+    ];
+    let mut process = spawn("ferretdb", &program, &args, &path, None)?;
+    wait_for_port(&mut process, port).await?;
+    Ok(LocalServer {
+        kind: Kind::FerretDb,
+        host: "127.0.0.1".into(),
+        port,
+        admin_user: "admin".into(),
+        admin_password,
+        process,
+        dir: Some(dir),
+        restart: Restart {
+            program,
+            args,
+            run_as: None,
+        },
+    })
+}
