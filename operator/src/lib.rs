@@ -9,3 +9,4 @@ pub mod children;
 pub mod controller;
 pub mod engines;
 pub mod password;
+pub mod servers;

@@ -1,0 +1,254 @@
+//! Administration of shared servers against the real engines: a database and
+//! a user that works, is idempotent, is confined to its database, and can be
+//! dropped; faults are told apart; quoting defeats injection.
+
+use dbps_e2e::databases::{Kind, LocalServer};
+use dbps_operator::api::Engine;
+use dbps_operator::servers::{AdminError, Connection, Grant, Servers};
+use mongodb::bson::{Document, doc};
+
+fn connection(server: &LocalServer, engine: Engine) -> Connection {
+    Connection {
+        engine,
+        host: server.host.clone(),
+        port: server.port,
+        username: server.admin_user.clone(),
+        password: server.admin_password.clone(),
+    }
+}
+
+fn grant(database: &str, username: &str, password: &str) -> Grant {
+    Grant {
+        database: database.into(),
+        username: username.into(),
+        password: password.into(),
+    }
+}
+
+/// Writes a row/point/document with the grant's credentials and reads it back.
+async fn round_trip(server: &LocalServer, engine: Engine, g: &Grant) -> Result<String, String> {
+    match engine {
+        Engine::Postgres => {
+            let conninfo = format!(
+                "host=127.0.0.1 port={} user={} password={} dbname={}",
+                server.port, g.username, g.password, g.database
+            );
+            let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            tokio::spawn(conn);
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS t (v text); INSERT INTO t VALUES ('hello')",
+                )
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let row = client
+                .query_one("SELECT v FROM t LIMIT 1", &[])
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            Ok(row.get(0))
+        }
+        Engine::Influxdb => {
+            let http = reqwest::Client::new();
+            let base = format!("http://127.0.0.1:{}", server.port);
+            let auth = [
+                ("db", g.database.as_str()),
+                ("u", g.username.as_str()),
+                ("p", g.password.as_str()),
+            ];
+            let write = http
+                .post(format!("{base}/write"))
+                .query(&auth)
+                .body("probe value=42")
+                .send()
+                .await;
+            let write = write.map_err(|e| e.to_string())?;
+            if !write.status().is_success() {
+                return Err(format!(
+                    "write: HTTP {} {}",
+                    write.status(),
+                    write.text().await.unwrap_or_default()
+                ));
+            }
+            let mut q = auth.to_vec();
+            q.push(("q", "SELECT value FROM probe"));
+            let read = http
+                .get(format!("{base}/query"))
+                .query(&q)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let body: serde_json::Value = read.json().await.map_err(|e| e.to_string())?;
+            body["results"][0]["series"][0]["values"][0][1]
+                .as_f64()
+                .map(|v| v.to_string())
+                .ok_or_else(|| format!("read: {body}"))
+        }
+        Engine::Mongodb => {
+            let uri = format!(
+                "mongodb://{}:{}@127.0.0.1:{}/{}?authSource={}&serverSelectionTimeoutMS=5000",
+                g.username, g.password, server.port, g.database, g.database
+            );
+            let client = mongodb::Client::with_uri_str(uri)
+                .await
+                .map_err(|e| e.to_string())?;
+            let docs = client.database(&g.database).collection::<Document>("probe");
+            docs.insert_one(doc! { "v": "hello" })
+                .await
+                .map_err(|e| e.to_string())?;
+            let found = docs.find_one(doc! {}).await.map_err(|e| e.to_string())?;
+            Ok(found
+                .and_then(|d| d.get_str("v").ok().map(String::from))
+                .unwrap_or_default())
+        }
+    }
+}
+
+async fn administers(kind: Kind, engine: Engine) {
+    let server = LocalServer::start(kind).await.unwrap();
+    let conn = connection(&server, engine);
+    let servers = Servers::default();
+
+    let info = servers.info(&conn).await.unwrap();
+    assert!(!info.version.is_empty());
+
+    let a = grant("team_a_orders", "team_a_orders_app", "PasswordA1");
+    let b = grant("team_b_payments", "team_b_payments_app", "PasswordB2");
+    for g in [&a, &a, &b] {
+        servers.ensure(&conn, g).await.unwrap(); // twice for a: idempotent
+    }
+    assert!(servers.can_login(&conn, &a).await);
+    assert!(
+        round_trip(&server, engine, &a)
+            .await
+            .is_ok_and(|v| v == "hello" || v == "42")
+    );
+    assert!(round_trip(&server, engine, &b).await.is_ok());
+
+    // B's credentials are refused on A's database.
+    let b_on_a = grant(&a.database, &b.username, &b.password);
+    assert!(
+        !servers.can_login(&conn, &b_on_a).await,
+        "{engine:?}: B logs in to A's database"
+    );
+    assert!(
+        round_trip(&server, engine, &b_on_a).await.is_err(),
+        "{engine:?}: B writes to A's database"
+    );
+    // A wrong password is refused.
+    let wrong = grant(&a.database, &a.username, "not-the-password");
+    assert!(!servers.can_login(&conn, &wrong).await);
+
+    // A new password takes over (what rotation relies on).
+    let a2 = grant(&a.database, &a.username, "PasswordA3");
+    servers.ensure(&conn, &a2).await.unwrap();
+    assert!(servers.can_login(&conn, &a2).await);
+    assert!(!servers.can_login(&conn, &a).await);
+
+    // Drop: gone, and dropping again is fine; B is untouched.
+    servers
+        .drop_database(&conn, &a.database, &[a.username.clone()])
+        .await
+        .unwrap();
+    servers
+        .drop_database(&conn, &a.database, &[a.username.clone()])
+        .await
+        .unwrap();
+    assert!(!servers.can_login(&conn, &a2).await);
+    assert!(servers.can_login(&conn, &b).await);
+
+    // Faults are told apart.
+    let mut bad = conn.clone();
+    bad.password = "wrong".into();
+    let err = servers.info(&bad).await.unwrap_err();
+    assert!(
+        matches!(err, AdminError::AuthenticationFailed(_)),
+        "{engine:?}: {err:?}"
+    );
+    let mut down = conn.clone();
+    down.port = dbps_e2e::ports::free_port().unwrap();
+    let err = servers.info(&down).await.unwrap_err();
+    assert_eq!(err.reason(), "ServerUnreachable", "{engine:?}: {err:?}");
+}
+
+#[tokio::test]
+async fn postgres_databases_and_users() {
+    administers(Kind::Postgres, Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn influxdb_databases_and_users() {
+    administers(Kind::InfluxDb, Engine::Influxdb).await;
+}
+
+#[tokio::test]
+async fn mongodb_wire_databases_and_users() {
+    administers(Kind::FerretDb, Engine::Mongodb).await;
+}
+
+#[tokio::test]
+async fn ferretdb_is_reported_as_not_enforcing_database_roles() {
+    let server = LocalServer::start(Kind::FerretDb).await.unwrap();
+    let info = Servers::default()
+        .info(&connection(&server, Engine::Mongodb))
+        .await
+        .unwrap();
+    assert!(info.version.contains("FerretDB"), "{}", info.version);
+    assert!(!info.enforces_database_roles);
+}
+
+#[tokio::test]
+async fn crafted_names_and_passwords_cannot_inject_sql() {
+    let server = LocalServer::start(Kind::Postgres).await.unwrap();
+    let conn = connection(&server, Engine::Postgres);
+    let servers = Servers::default();
+    let victim = grant("victim", "victim_app", "VictimPass1");
+    servers.ensure(&conn, &victim).await.unwrap();
+
+    let evil = grant(
+        r#"x"; DROP DATABASE victim; --"#,
+        r#"evil" SUPERUSER; --"#,
+        r#"p'; ALTER ROLE admin NOLOGIN; --\"#,
+    );
+    servers.ensure(&conn, &evil).await.unwrap();
+    // The crafted strings became plain names and a plain password.
+    assert!(servers.can_login(&conn, &evil).await);
+    assert!(
+        servers.can_login(&conn, &victim).await,
+        "the victim database survived"
+    );
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=admin password={} dbname=postgres",
+        server.port, server.admin_password
+    );
+    let (client, c) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    let superuser: bool = client
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = $1",
+            &[&evil.username],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!superuser, "the crafted user is no superuser");
+    let dbs: Vec<String> = client
+        .query("SELECT datname FROM pg_database", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        dbs.contains(&evil.database) && dbs.contains(&"victim".to_string()),
+        "{dbs:?}"
+    );
+    servers
+        .drop_database(&conn, &evil.database, &[evil.username.clone()])
+        .await
+        .unwrap();
+    assert!(servers.can_login(&conn, &victim).await);
+}

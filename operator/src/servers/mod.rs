@@ -1,0 +1,213 @@
+//! Administration of registered database servers over the wire: create a
+//! database and a user that can reach nothing else, idempotently; drop them;
+//! report the server version. Connections are bounded per server and every
+//! operation has a timeout.
+
+mod influxdb;
+mod mongodb;
+mod postgres;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::api::Engine;
+
+/// Concurrent admin connections to one server.
+pub const MAX_CONNECTIONS_PER_SERVER: usize = 4;
+/// Limit for connecting and for each statement.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to reach a server as its administrator.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Connection {
+    pub engine: Engine,
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?}://{}@{}:{}",
+            self.engine, self.username, self.host, self.port
+        )
+    }
+}
+
+/// A database and the user that owns it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub database: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Grant {{ database: {:?}, username: {:?} }}",
+            self.database, self.username
+        )
+    }
+}
+
+/// What a server told us about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub version: String,
+    /// False when the server cannot confine a user to one database (FerretDB v1
+    /// has no role-based authorization).
+    pub enforces_database_roles: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot reach the server: {0}")]
+    Unreachable(String),
+    #[error("the server refused the admin credentials: {0}")]
+    AuthenticationFailed(String),
+    #[error("the server refused a statement: {0}")]
+    Refused(String),
+    #[error("no answer within {TIMEOUT:?}")]
+    Timeout,
+}
+
+impl AdminError {
+    /// Reason for the claim's or server's condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AdminError::Unreachable(_) | AdminError::Timeout => "ServerUnreachable",
+            AdminError::AuthenticationFailed(_) => "ServerAuthenticationFailed",
+            AdminError::Refused(_) => "ServerRefused",
+        }
+    }
+}
+
+/// Entry point, shared by all reconciles: bounds connections per server.
+#[derive(Default)]
+pub struct Servers {
+    limits: Mutex<HashMap<(String, u16), Arc<Semaphore>>>,
+}
+
+impl Servers {
+    async fn limited<T>(
+        &self,
+        conn: &Connection,
+        op: impl std::future::Future<Output = Result<T, AdminError>>,
+    ) -> Result<T, AdminError> {
+        let semaphore = self
+            .limits
+            .lock()
+            .unwrap()
+            .entry((conn.host.clone(), conn.port))
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_SERVER)))
+            .clone();
+        let _permit = semaphore
+            .acquire_owned()
+            .await
+            .expect("semaphore never closes");
+        tokio::time::timeout(TIMEOUT * 3, op)
+            .await
+            .map_err(|_| AdminError::Timeout)?
+    }
+
+    /// Version and capabilities of the server.
+    pub async fn info(&self, conn: &Connection) -> Result<ServerInfo, AdminError> {
+        self.limited(conn, async {
+            match conn.engine {
+                Engine::Postgres => postgres::info(conn).await,
+                Engine::Mongodb => mongodb::info(conn).await,
+                Engine::Influxdb => influxdb::info(conn).await,
+            }
+        })
+        .await
+    }
+
+    /// Makes `grant.database` exist, owned by `grant.username`, whose password
+    /// is `grant.password` and who can reach no other database. Idempotent.
+    pub async fn ensure(&self, conn: &Connection, grant: &Grant) -> Result<(), AdminError> {
+        self.limited(conn, async {
+            match conn.engine {
+                Engine::Postgres => postgres::ensure(conn, grant).await,
+                Engine::Mongodb => mongodb::ensure(conn, grant).await,
+                Engine::Influxdb => influxdb::ensure(conn, grant).await,
+            }
+        })
+        .await
+    }
+
+    /// Drops the database and the users (ending their sessions first).
+    /// Idempotent: what is already gone is skipped.
+    pub async fn drop_database(
+        &self,
+        conn: &Connection,
+        database: &str,
+        usernames: &[String],
+    ) -> Result<(), AdminError> {
+        self.limited(conn, async {
+            match conn.engine {
+                Engine::Postgres => postgres::drop_database(conn, database, usernames).await,
+                Engine::Mongodb => mongodb::drop_database(conn, database, usernames).await,
+                Engine::Influxdb => influxdb::drop_database(conn, database, usernames).await,
+            }
+        })
+        .await
+    }
+
+    /// True when `username`/`password` log in to `database`.
+    pub async fn can_login(&self, conn: &Connection, grant: &Grant) -> bool {
+        self.limited(conn, async {
+            Ok(match conn.engine {
+                Engine::Postgres => postgres::can_login(conn, grant).await,
+                Engine::Mongodb => mongodb::can_login(conn, grant).await,
+                Engine::Influxdb => influxdb::can_login(conn, grant).await,
+            })
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// A name for a database or user on a shared server, unique per namespace and
+/// at most 63 bytes: `<namespace>_<name>` with `-` as `_`, shortened with a
+/// hash of the whole when too long.
+pub fn shared_identifier(namespace: &str, name: &str) -> String {
+    let full = format!("{namespace}_{name}").replace(['-', '.'], "_");
+    if full.len() <= 63 {
+        return full;
+    }
+    let hash = fnv1a(full.as_bytes());
+    format!("{}_{hash:016x}", &full[..46])
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_identifiers_are_namespaced_and_bounded() {
+        assert_eq!(shared_identifier("shop", "orders_db"), "shop_orders_db");
+        assert_eq!(shared_identifier("team-a", "orders"), "team_a_orders");
+        let long = shared_identifier(&"n".repeat(63), "orders_db");
+        assert_eq!(long.len(), 63);
+        assert_ne!(long, shared_identifier(&"n".repeat(62), "orders_db"));
+        assert_eq!(
+            long,
+            shared_identifier(&"n".repeat(63), "orders_db"),
+            "deterministic"
+        );
+    }
+}

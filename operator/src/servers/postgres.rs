@@ -1,0 +1,185 @@
+//! PostgreSQL: a LOGIN role without any special attribute, owner of its own
+//! database, CONNECT and TEMPORARY revoked from PUBLIC on that database.
+
+use tokio_postgres::{Client, NoTls};
+
+use super::{AdminError, Connection, Grant, ServerInfo, TIMEOUT};
+
+/// `"ident"`: a quoted identifier; embedded quotes are doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `'literal'` for a session with `standard_conforming_strings = on`:
+/// embedded quotes are doubled, backslashes are plain characters.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn no_nul(s: &str) -> Result<&str, AdminError> {
+    if s.contains('\0') {
+        Err(AdminError::Refused(
+            "names and passwords cannot contain NUL".into(),
+        ))
+    } else {
+        Ok(s)
+    }
+}
+
+async fn connect(
+    conn: &Connection,
+    user: &str,
+    password: &str,
+    database: &str,
+) -> Result<Client, AdminError> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&conn.host)
+        .port(conn.port)
+        .user(user)
+        .password(password)
+        .dbname(database)
+        .application_name("dbps-operator")
+        .connect_timeout(TIMEOUT);
+    let (client, connection) = config.connect(NoTls).await.map_err(classify)?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    // Quoting below relies on it (the default since PostgreSQL 9.1).
+    client
+        .batch_execute("SET standard_conforming_strings = on")
+        .await
+        .map_err(classify)?;
+    Ok(client)
+}
+
+async fn admin(conn: &Connection) -> Result<Client, AdminError> {
+    connect(conn, &conn.username, &conn.password, "postgres").await
+}
+
+fn classify(e: tokio_postgres::Error) -> AdminError {
+    match e.as_db_error() {
+        Some(db)
+            if db.code() == &tokio_postgres::error::SqlState::INVALID_PASSWORD
+                || db.code()
+                    == &tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
+            AdminError::AuthenticationFailed(db.message().to_string())
+        }
+        Some(db) => AdminError::Refused(format!("{} ({})", db.message(), db.code().code())),
+        None => AdminError::Unreachable(e.to_string()),
+    }
+}
+
+pub async fn info(conn: &Connection) -> Result<ServerInfo, AdminError> {
+    let client = admin(conn).await?;
+    let row = client
+        .query_one("SHOW server_version", &[])
+        .await
+        .map_err(classify)?;
+    Ok(ServerInfo {
+        version: row.get(0),
+        enforces_database_roles: true,
+    })
+}
+
+pub async fn can_login(conn: &Connection, grant: &Grant) -> bool {
+    connect(conn, &grant.username, &grant.password, &grant.database)
+        .await
+        .is_ok()
+}
+
+pub async fn ensure(conn: &Connection, grant: &Grant) -> Result<(), AdminError> {
+    let (db, user, password) = (
+        no_nul(&grant.database)?,
+        no_nul(&grant.username)?,
+        no_nul(&grant.password)?,
+    );
+    let client = admin(conn).await?;
+    let role_exists = !client
+        .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user])
+        .await
+        .map_err(classify)?
+        .is_empty();
+    let attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT";
+    if !role_exists {
+        let sql = format!(
+            "CREATE ROLE {} {attributes} PASSWORD {}",
+            quote_ident(user),
+            quote_literal(password)
+        );
+        client.batch_execute(&sql).await.map_err(classify)?;
+    }
+    let owner: Option<String> = client
+        .query_opt(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .map_err(classify)?
+        .map(|row| row.get(0));
+    match owner.as_deref() {
+        None => {
+            let sql = format!(
+                "CREATE DATABASE {} OWNER {}",
+                quote_ident(db),
+                quote_ident(user)
+            );
+            client.batch_execute(&sql).await.map_err(classify)?;
+        }
+        Some(owner) if owner != user => {
+            let sql = format!(
+                "ALTER DATABASE {} OWNER TO {}",
+                quote_ident(db),
+                quote_ident(user)
+            );
+            client.batch_execute(&sql).await.map_err(classify)?;
+        }
+        Some(_) => {}
+    }
+    let sql = format!(
+        "REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC",
+        quote_ident(db)
+    );
+    client.batch_execute(&sql).await.map_err(classify)?;
+    // The password is set again only when it no longer works (rotation, drift).
+    if role_exists && !can_login(conn, grant).await {
+        let sql = format!(
+            "ALTER ROLE {} WITH {attributes} PASSWORD {}",
+            quote_ident(user),
+            quote_literal(password)
+        );
+        client.batch_execute(&sql).await.map_err(classify)?;
+    }
+    Ok(())
+}
+
+pub async fn drop_database(
+    conn: &Connection,
+    database: &str,
+    usernames: &[String],
+) -> Result<(), AdminError> {
+    let client = admin(conn).await?;
+    // WITH (FORCE) ends the sessions still connected to it (PostgreSQL 13+).
+    let sql = format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_ident(no_nul(database)?)
+    );
+    client.batch_execute(&sql).await.map_err(classify)?;
+    for user in usernames {
+        let sql = format!("DROP ROLE IF EXISTS {}", quote_ident(no_nul(user)?));
+        client.batch_execute(&sql).await.map_err(classify)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_doubles_the_quote_character_only() {
+        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
+        assert_eq!(quote_literal(r"it's \x"), r"'it''s \x'");
+    }
+}
