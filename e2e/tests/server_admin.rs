@@ -148,11 +148,11 @@ async fn administers(kind: Kind, engine: Engine) {
 
     // Drop: gone, and dropping again is fine; B is untouched.
     servers
-        .drop_database(&conn, &a.database, &[a.username.clone()])
+        .drop_database(&conn, &a.database, std::slice::from_ref(&a.username))
         .await
         .unwrap();
     servers
-        .drop_database(&conn, &a.database, &[a.username.clone()])
+        .drop_database(&conn, &a.database, std::slice::from_ref(&a.username))
         .await
         .unwrap();
     assert!(!servers.can_login(&conn, &a2).await);
@@ -247,7 +247,7 @@ async fn crafted_names_and_passwords_cannot_inject_sql() {
         "{dbs:?}"
     );
     servers
-        .drop_database(&conn, &evil.database, &[evil.username.clone()])
+        .drop_database(&conn, &evil.database, std::slice::from_ref(&evil.username))
         .await
         .unwrap();
     assert!(servers.can_login(&conn, &victim).await);
