@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use dbps_operator::api::Engine;
+use dbps_operator::servers::Grant;
+use mongodb::bson::{Document, doc};
+
 use crate::Error;
 use crate::ports::free_port;
 use crate::process::Process;
@@ -393,4 +397,96 @@ async fn start_ferretdb() -> Result<LocalServer, Error> {
             run_as: None,
         },
     })
+}
+
+/// Writes a row (PostgreSQL), a point (InfluxDB) or a document (MongoDB)
+/// with these credentials and reads it back.
+pub async fn round_trip(
+    server: &LocalServer,
+    engine: Engine,
+    database: &str,
+    username: &str,
+    password: &str,
+) -> Result<String, String> {
+    let g = Grant {
+        database: database.into(),
+        username: username.into(),
+        password: password.into(),
+    };
+    match engine {
+        Engine::Postgres => {
+            let conninfo = format!(
+                "host=127.0.0.1 port={} user={} password={} dbname={}",
+                server.port, g.username, g.password, g.database
+            );
+            let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            tokio::spawn(conn);
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS t (v text); INSERT INTO t VALUES ('hello')",
+                )
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let row = client
+                .query_one("SELECT v FROM t LIMIT 1", &[])
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            Ok(row.get(0))
+        }
+        Engine::Influxdb => {
+            let http = reqwest::Client::new();
+            let base = format!("http://127.0.0.1:{}", server.port);
+            let auth = [
+                ("db", g.database.as_str()),
+                ("u", g.username.as_str()),
+                ("p", g.password.as_str()),
+            ];
+            let write = http
+                .post(format!("{base}/write"))
+                .query(&auth)
+                .body("probe value=42")
+                .send()
+                .await;
+            let write = write.map_err(|e| e.to_string())?;
+            if !write.status().is_success() {
+                return Err(format!(
+                    "write: HTTP {} {}",
+                    write.status(),
+                    write.text().await.unwrap_or_default()
+                ));
+            }
+            let mut q = auth.to_vec();
+            q.push(("q", "SELECT value FROM probe"));
+            let read = http
+                .get(format!("{base}/query"))
+                .query(&q)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let body: serde_json::Value = read.json().await.map_err(|e| e.to_string())?;
+            body["results"][0]["series"][0]["values"][0][1]
+                .as_f64()
+                .map(|v| v.to_string())
+                .ok_or_else(|| format!("read: {body}"))
+        }
+        Engine::Mongodb => {
+            let uri = format!(
+                "mongodb://{}:{}@127.0.0.1:{}/{}?authSource={}&serverSelectionTimeoutMS=5000",
+                g.username, g.password, server.port, g.database, g.database
+            );
+            let client = mongodb::Client::with_uri_str(uri)
+                .await
+                .map_err(|e| e.to_string())?;
+            let docs = client.database(&g.database).collection::<Document>("probe");
+            docs.insert_one(doc! { "v": "hello" })
+                .await
+                .map_err(|e| e.to_string())?;
+            let found = docs.find_one(doc! {}).await.map_err(|e| e.to_string())?;
+            Ok(found
+                .and_then(|d| d.get_str("v").ok().map(String::from))
+                .unwrap_or_default())
+        }
+    }
 }

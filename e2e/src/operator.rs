@@ -33,6 +33,9 @@ pub async fn install_crds(client: &Client) -> Result<(), Error> {
     Ok(())
 }
 
+/// Label of the `DatabaseServer`s a test registers: its namespace.
+pub const TEST_LABEL: &str = "dbps-e2e/test";
+
 /// A running operator; stopped (gracefully) by [`Self::stop`] or on drop.
 pub struct RunningOperator {
     /// The user the operator authenticates as.
@@ -50,6 +53,8 @@ impl RunningOperator {
         let config = Config {
             namespace: Some(ctx.namespace.clone()),
             resync,
+            // Each test's operator keeps the status of the servers its test registers.
+            server_selector: Some(format!("{TEST_LABEL}={}", ctx.namespace)),
             ..Config::default()
         };
         let (stop, stopped) = oneshot::channel::<()>();

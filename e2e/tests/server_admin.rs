@@ -2,10 +2,9 @@
 //! a user that works, is idempotent, is confined to its database, and can be
 //! dropped; faults are told apart; quoting defeats injection.
 
-use dbps_e2e::databases::{Kind, LocalServer};
+use dbps_e2e::databases::{Kind, LocalServer, round_trip};
 use dbps_operator::api::Engine;
 use dbps_operator::servers::{AdminError, Connection, Grant, Servers};
-use mongodb::bson::{Document, doc};
 
 fn connection(server: &LocalServer, engine: Engine) -> Connection {
     Connection {
@@ -25,86 +24,6 @@ fn grant(database: &str, username: &str, password: &str) -> Grant {
     }
 }
 
-/// Writes a row/point/document with the grant's credentials and reads it back.
-async fn round_trip(server: &LocalServer, engine: Engine, g: &Grant) -> Result<String, String> {
-    match engine {
-        Engine::Postgres => {
-            let conninfo = format!(
-                "host=127.0.0.1 port={} user={} password={} dbname={}",
-                server.port, g.username, g.password, g.database
-            );
-            let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| format!("{e:?}"))?;
-            tokio::spawn(conn);
-            client
-                .batch_execute(
-                    "CREATE TABLE IF NOT EXISTS t (v text); INSERT INTO t VALUES ('hello')",
-                )
-                .await
-                .map_err(|e| format!("{e:?}"))?;
-            let row = client
-                .query_one("SELECT v FROM t LIMIT 1", &[])
-                .await
-                .map_err(|e| format!("{e:?}"))?;
-            Ok(row.get(0))
-        }
-        Engine::Influxdb => {
-            let http = reqwest::Client::new();
-            let base = format!("http://127.0.0.1:{}", server.port);
-            let auth = [
-                ("db", g.database.as_str()),
-                ("u", g.username.as_str()),
-                ("p", g.password.as_str()),
-            ];
-            let write = http
-                .post(format!("{base}/write"))
-                .query(&auth)
-                .body("probe value=42")
-                .send()
-                .await;
-            let write = write.map_err(|e| e.to_string())?;
-            if !write.status().is_success() {
-                return Err(format!(
-                    "write: HTTP {} {}",
-                    write.status(),
-                    write.text().await.unwrap_or_default()
-                ));
-            }
-            let mut q = auth.to_vec();
-            q.push(("q", "SELECT value FROM probe"));
-            let read = http
-                .get(format!("{base}/query"))
-                .query(&q)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let body: serde_json::Value = read.json().await.map_err(|e| e.to_string())?;
-            body["results"][0]["series"][0]["values"][0][1]
-                .as_f64()
-                .map(|v| v.to_string())
-                .ok_or_else(|| format!("read: {body}"))
-        }
-        Engine::Mongodb => {
-            let uri = format!(
-                "mongodb://{}:{}@127.0.0.1:{}/{}?authSource={}&serverSelectionTimeoutMS=5000",
-                g.username, g.password, server.port, g.database, g.database
-            );
-            let client = mongodb::Client::with_uri_str(uri)
-                .await
-                .map_err(|e| e.to_string())?;
-            let docs = client.database(&g.database).collection::<Document>("probe");
-            docs.insert_one(doc! { "v": "hello" })
-                .await
-                .map_err(|e| e.to_string())?;
-            let found = docs.find_one(doc! {}).await.map_err(|e| e.to_string())?;
-            Ok(found
-                .and_then(|d| d.get_str("v").ok().map(String::from))
-                .unwrap_or_default())
-        }
-    }
-}
-
 async fn administers(kind: Kind, engine: Engine) {
     let server = LocalServer::start(kind).await.unwrap();
     let conn = connection(&server, engine);
@@ -120,11 +39,15 @@ async fn administers(kind: Kind, engine: Engine) {
     }
     assert!(servers.can_login(&conn, &a).await);
     assert!(
-        round_trip(&server, engine, &a)
+        round_trip(&server, engine, &a.database, &a.username, &a.password)
             .await
             .is_ok_and(|v| v == "hello" || v == "42")
     );
-    assert!(round_trip(&server, engine, &b).await.is_ok());
+    assert!(
+        round_trip(&server, engine, &b.database, &b.username, &b.password)
+            .await
+            .is_ok()
+    );
 
     // B's credentials are refused on A's database.
     let b_on_a = grant(&a.database, &b.username, &b.password);
@@ -133,7 +56,15 @@ async fn administers(kind: Kind, engine: Engine) {
         "{engine:?}: B logs in to A's database"
     );
     assert!(
-        round_trip(&server, engine, &b_on_a).await.is_err(),
+        round_trip(
+            &server,
+            engine,
+            &b_on_a.database,
+            &b_on_a.username,
+            &b_on_a.password
+        )
+        .await
+        .is_err(),
         "{engine:?}: B writes to A's database"
     );
     // A wrong password is refused.

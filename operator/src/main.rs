@@ -33,6 +33,9 @@ struct RunArgs {
     /// DNS suffix of in-cluster Services.
     #[arg(long, env = "DBPS_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
+    /// Keep the status only of DatabaseServers matching this label selector.
+    #[arg(long, env = "DBPS_SERVER_SELECTOR")]
+    server_selector: Option<String>,
     /// Log as JSON lines (default) or as text.
     #[arg(long, env = "DBPS_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
@@ -50,6 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 resync: Duration::from_secs(args.resync_seconds),
                 cluster_domain: args.cluster_domain,
                 instance: std::env::var("POD_NAME").ok(),
+                server_selector: args.server_selector,
             };
             tracing::info!(namespace = ?config.namespace, "starting");
             controller::run(client, config, shutdown_signal()).await;

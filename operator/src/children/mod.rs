@@ -19,7 +19,9 @@ use crate::api::{CLAIM_LABEL, DatabaseClaim, SERVICE_LABEL, Service};
 
 pub use network_policy::network_policy;
 pub use rbac::{binding_reader_role, binding_reader_role_binding};
-pub use secrets::{Credentials, admin_secret, binding_secret, secret_value};
+pub use secrets::{
+    Credentials, Endpoint, admin_secret, binding_secret, binding_secret_for, secret_value,
+};
 pub use workload::{init_config, instance_service, statefulset};
 
 /// Field manager of every write the operator makes.

@@ -41,20 +41,51 @@ pub fn admin_secret(inputs: &Inputs) -> Secret {
     }
 }
 
+/// Where and as whom the service connects.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub username: String,
+}
+
+impl Inputs<'_> {
+    /// The endpoint of a dedicated instance.
+    pub fn dedicated_endpoint(&self) -> Endpoint {
+        let engine = self.claim.spec.engine;
+        let database = self.claim.database_name();
+        Endpoint {
+            host: self.host(),
+            port: engine.port(),
+            username: engine.app_username(&database),
+            database,
+        }
+    }
+}
+
+/// The binding Secret of a dedicated instance.
 pub fn binding_secret(inputs: &Inputs) -> Secret {
+    binding_secret_for(inputs, &inputs.dedicated_endpoint())
+}
+
+/// The servicebinding.io Secret for `endpoint` and the app password.
+pub fn binding_secret_for(inputs: &Inputs, endpoint: &Endpoint) -> Secret {
     let engine = inputs.claim.spec.engine;
-    let database = inputs.claim.database_name();
-    let username = engine.app_username(&database);
     let password = inputs.credentials.app_password.clone();
-    let host = inputs.host();
-    let port = engine.port();
+    let Endpoint {
+        host,
+        port,
+        database,
+        username,
+    } = endpoint.clone();
     let uri = engine.uri(&username, &password, &host, port, &database);
     Secret {
         metadata: inputs.meta(names::binding_secret(&inputs.claim_name()), "binding"),
         type_: Some(format!("servicebinding.io/{}", engine.binding_type())),
         data: Some(data([
             ("type", engine.binding_type().to_string()),
-            ("provider", super::secrets::PROVIDER.to_string()),
+            ("provider", PROVIDER.to_string()),
             ("host", host),
             ("port", port.to_string()),
             ("database", database),

@@ -51,13 +51,13 @@ pub async fn reconcile(
 }
 
 /// What the claim's status should say, before it is compared and written.
-struct Outcome {
-    phase: ClaimPhase,
-    ready: bool,
-    reason: &'static str,
-    message: String,
-    binding: Option<Binding>,
-    endpoint: Option<Endpoint>,
+pub(super) struct Outcome {
+    pub phase: ClaimPhase,
+    pub ready: bool,
+    pub reason: &'static str,
+    pub message: String,
+    pub binding: Option<Binding>,
+    pub endpoint: Option<Endpoint>,
 }
 
 async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> {
@@ -65,19 +65,7 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
     let resync = Action::requeue(ctx.config.resync);
 
     if let Some(server) = &claim.spec.server {
-        let outcome = Outcome {
-            phase: ClaimPhase::Failed,
-            ready: false,
-            reason: "InvalidSpec",
-            message: format!(
-                "spec.server {:?}: shared placement is not available in this operator version; remove spec.server for a dedicated instance",
-                server.name
-            ),
-            binding: None,
-            endpoint: None,
-        };
-        update_status(claim, ctx, outcome).await?;
-        return Ok(Action::await_change());
+        return super::shared::apply_shared(claim, &server.name, ctx).await;
     }
 
     // dereference
@@ -175,7 +163,7 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
 
 /// Writes the status when it differs from the live one, and records an
 /// event when the Ready condition's reason changes.
-async fn update_status(
+pub(super) async fn update_status(
     claim: &DatabaseClaim,
     ctx: &Context,
     outcome: Outcome,
@@ -265,6 +253,37 @@ async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> 
     let name = claim.name_any();
     let uid = claim.uid().unwrap_or_default();
     let secrets: Api<Secret> = ctx.api(&ns);
+    if let Some(server) = &claim.spec.server {
+        if let Err(e) = super::shared::cleanup_shared(claim, &server.name, ctx).await {
+            let outcome = Outcome {
+                phase: ClaimPhase::Deleting,
+                ready: false,
+                reason: "CleanupFailed",
+                message: e.to_string(),
+                binding: None,
+                endpoint: None,
+            };
+            update_status(claim, ctx, outcome).await?;
+            return Err(e);
+        }
+        let (database, _) = super::shared::shared_names(claim);
+        let note = match claim.spec.deletion_policy {
+            DeletionPolicy::Retain => {
+                release(&secrets, &names::binding_secret(&name), &uid).await?;
+                format!(
+                    "kept database {database:?} on DatabaseServer {:?} and Secret {:?} (deletionPolicy Retain)",
+                    server.name,
+                    names::binding_secret(&name)
+                )
+            }
+            DeletionPolicy::Delete => format!(
+                "dropped database {database:?} and its user on DatabaseServer {:?}",
+                server.name
+            ),
+        };
+        publish(ctx, claim, EventType::Normal, "Deleted", "Delete", note).await;
+        return Ok(Action::await_change());
+    }
     match claim.spec.deletion_policy {
         DeletionPolicy::Retain => {
             for secret_name in [names::admin_secret(&name), names::binding_secret(&name)] {

@@ -3,7 +3,9 @@
 
 mod apply;
 mod claim;
+mod server;
 mod service;
+mod shared;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,10 +23,11 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{finalizer, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::api::{DatabaseClaim, Service};
+use crate::api::{DatabaseClaim, DatabaseServer, Service};
 use crate::children::MANAGED_BY;
 
 pub use apply::is_subset;
+pub use shared::{SKIP_CLEANUP_ANNOTATION, selector_matches, shared_names};
 
 /// Finalizer that runs a claim's cleanup exactly once.
 pub const FINALIZER: &str = "dbps.io/cleanup";
@@ -40,6 +43,9 @@ pub struct Config {
     pub cluster_domain: String,
     /// Reporting instance in events (the pod name).
     pub instance: Option<String>,
+    /// Label selector of the `DatabaseServer`s whose status this operator
+    /// keeps (all when `None`). Claims may use any server.
+    pub server_selector: Option<String>,
 }
 
 impl Default for Config {
@@ -49,6 +55,7 @@ impl Default for Config {
             resync: Duration::from_secs(300),
             cluster_domain: "cluster.local".into(),
             instance: None,
+            server_selector: None,
         }
     }
 }
@@ -58,6 +65,7 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub config: Config,
+    pub servers: crate::servers::Servers,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -71,6 +79,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             config,
+            servers: Default::default(),
             failures: Mutex::default(),
         }
     }
@@ -84,7 +93,7 @@ impl Context {
     }
 
     /// Next delay after a transient failure of `key`.
-    fn backoff(&self, key: String) -> Duration {
+    pub(crate) fn backoff(&self, key: String) -> Duration {
         let mut failures = self.failures.lock().unwrap();
         let n = failures.entry(key).or_insert(0);
         *n = n.saturating_add(1);
@@ -114,6 +123,9 @@ pub enum Error {
     InvalidSpec(String),
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// Cleanup outside Kubernetes failed; retried.
+    #[error("cleanup: {0}")]
+    Cleanup(String),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
 }
@@ -125,6 +137,7 @@ impl Error {
             Error::InvalidObject(_) => "InvalidObject",
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::Kube(_) => "KubernetesApi",
+            Error::Cleanup(_) => "CleanupFailed",
             Error::Finalizer(e) => match &**e {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
                 _ => "Finalizer",
@@ -194,6 +207,7 @@ pub async fn run(
         watcher::Config::default(),
     );
     let claim_store = claims.store();
+    let server_claims = claim_store.clone();
     let claims = claims
         .owns(api_for::<StatefulSet>(&client, ns), owned.clone())
         .owns(api_for::<KubeService>(&client, ns), owned.clone())
@@ -219,6 +233,23 @@ pub async fn run(
                     .collect::<Vec<_>>()
             },
         )
+        .watches(
+            Api::<DatabaseServer>::all(client.clone()),
+            watcher::Config::default(),
+            move |server| {
+                // A server change (registration, namespaces, credentials) re-reconciles its claims.
+                let name = server.name_any();
+                server_claims
+                    .state()
+                    .into_iter()
+                    .filter(|c| {
+                        c.0.as_ref()
+                            .is_ok_and(|c| c.spec.server.as_ref().is_some_and(|s| s.name == name))
+                    })
+                    .map(|c| ObjectRef::from_obj(&*c))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(stopped(&stop))
         .run(claim::reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -234,10 +265,28 @@ pub async fn run(
             |claim| Some(ObjectRef::new(&claim.spec.service_ref.name).within(&claim.namespace()?)),
         )
         .graceful_shutdown_on(stopped(&stop))
-        .run(service::reconcile, error_policy, ctx)
+        .run(service::reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "service reconcile");
+            }
+        });
+
+    let mut selected = watcher::Config::default();
+    if let Some(selector) = &config.server_selector {
+        selected = selected.labels(selector);
+    }
+    let servers = Controller::new(Api::<DatabaseServer>::all(client.clone()), selected)
+        .watches(
+            api_for::<DatabaseClaim>(&client, ns),
+            watcher::Config::default(),
+            |claim| claim.spec.server.as_ref().map(|s| ObjectRef::new(&s.name)),
+        )
+        .graceful_shutdown_on(stopped(&stop))
+        .run(server::reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "server reconcile");
             }
         });
 
@@ -245,7 +294,7 @@ pub async fn run(
         shutdown.await;
         let _ = stop.send(());
     };
-    tokio::join!(claims, services, trigger);
+    tokio::join!(claims, services, servers, trigger);
 }
 
 #[cfg(test)]

@@ -1,0 +1,428 @@
+//! Shared placement against real servers: a claim on a registered
+//! `DatabaseServer` gets a working database and user that other claims'
+//! credentials cannot use; deletion drops or keeps them; faults converge.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use dbps_e2e::databases::{Kind, LocalServer, round_trip};
+use dbps_e2e::operator::TEST_LABEL;
+use dbps_e2e::{RunningOperator, TestContext};
+use dbps_operator::api::{ClaimPhase, DatabaseClaim, DatabaseServer, Engine, Service};
+use dbps_operator::servers::{Connection, Grant, Servers};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+async fn setup(test: &str) -> (TestContext, RunningOperator) {
+    let ctx = TestContext::new(test).await.unwrap();
+    let operator = RunningOperator::start(&ctx, Duration::from_secs(300))
+        .await
+        .unwrap();
+    (ctx, operator)
+}
+
+/// Registers `server` as DatabaseServer `<ns>-<engine>` with an admin Secret in the test namespace.
+async fn register(
+    ctx: &TestContext,
+    server: &LocalServer,
+    engine: Engine,
+    extra: serde_json::Value,
+) -> String {
+    let name = format!("{}-{}", ctx.namespace, engine.as_str());
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": format!("{name}-admin") },
+        "stringData": { "username": server.admin_user, "password": server.admin_password }
+    }))
+    .unwrap();
+    ctx.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let mut spec = json!({
+        "engine": engine.as_str(),
+        "host": server.host,
+        "port": server.port,
+        "adminSecretRef": { "namespace": ctx.namespace, "name": format!("{name}-admin") }
+    });
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let object: DatabaseServer = serde_json::from_value(json!({
+        "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseServer",
+        "metadata": { "name": name, "labels": { TEST_LABEL: ctx.namespace } },
+        "spec": spec
+    }))
+    .unwrap();
+    Api::<DatabaseServer>::all(ctx.client.clone())
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    name
+}
+
+async fn service(ctx: &TestContext, name: &str) {
+    let s: Service = serde_json::from_value(json!({
+        "apiVersion": "dbps.io/v1alpha1", "kind": "Service", "metadata": { "name": name }, "spec": {}
+    }))
+    .unwrap();
+    ctx.api::<Service>()
+        .create(&PostParams::default(), &s)
+        .await
+        .unwrap();
+}
+
+async fn claim(
+    ctx: &TestContext,
+    name: &str,
+    service: &str,
+    engine: Engine,
+    server: &str,
+    policy: &str,
+) {
+    let c: DatabaseClaim = serde_json::from_value(json!({
+        "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim", "metadata": { "name": name },
+        "spec": { "serviceRef": { "name": service }, "engine": engine.as_str(), "server": { "name": server }, "deletionPolicy": policy }
+    }))
+    .unwrap();
+    ctx.api::<DatabaseClaim>()
+        .create(&PostParams::default(), &c)
+        .await
+        .unwrap();
+}
+
+fn reason_is(reason: &'static str) -> impl Fn(Option<&DatabaseClaim>) -> bool {
+    move |c| {
+        c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == reason)
+        })
+    }
+}
+
+/// The binding Secret's values.
+async fn binding(ctx: &TestContext, claim: &str) -> BTreeMap<String, String> {
+    let secret = ctx
+        .api::<Secret>()
+        .get(&format!("{claim}-binding"))
+        .await
+        .unwrap();
+    secret
+        .data
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+        .collect()
+}
+
+fn admin(server: &LocalServer, engine: Engine) -> Connection {
+    Connection {
+        engine,
+        host: server.host.clone(),
+        port: server.port,
+        username: server.admin_user.clone(),
+        password: server.admin_password.clone(),
+    }
+}
+
+fn grant_of(b: &BTreeMap<String, String>) -> Grant {
+    Grant {
+        database: b["database"].clone(),
+        username: b["username"].clone(),
+        password: b["password"].clone(),
+    }
+}
+
+async fn lifecycle(kind: Kind, engine: Engine) {
+    let (ctx, _operator) = setup(&format!("shared-{}", engine.as_str())).await;
+    let server = LocalServer::start(kind).await.unwrap();
+    let name = register(&ctx, &server, engine, json!({})).await;
+    let servers: Api<DatabaseServer> = Api::all(ctx.client.clone());
+    let registered = ctx
+        .wait_for(
+            &servers,
+            &name,
+            "server Reachable",
+            |s: Option<&DatabaseServer>| {
+                s.and_then(|s| s.status.as_ref()).is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Reachable" && c.status == "True")
+                })
+            },
+        )
+        .await;
+    assert!(
+        registered
+            .status
+            .unwrap()
+            .version
+            .is_some_and(|v| !v.is_empty())
+    );
+
+    service(&ctx, "orders").await;
+    service(&ctx, "payments").await;
+    claim(&ctx, "orders-db", "orders", engine, &name, "Delete").await;
+    claim(&ctx, "payments-db", "payments", engine, &name, "Retain").await;
+    let claims = ctx.api::<DatabaseClaim>();
+    for c in ["orders-db", "payments-db"] {
+        let ready = ctx
+            .wait_for(&claims, c, "claim Ready", reason_is("Ready"))
+            .await;
+        let status = ready.status.unwrap();
+        assert_eq!(status.phase, Some(ClaimPhase::Ready));
+        assert_eq!(status.binding.unwrap().name, format!("{c}-binding"));
+        assert_eq!(status.endpoint.unwrap().port, i32::from(server.port));
+    }
+    let orders = binding(&ctx, "orders-db").await;
+    let payments = binding(&ctx, "payments-db").await;
+    let ns = ctx.namespace.replace('-', "_");
+    assert_eq!(orders["database"], format!("{ns}_orders_db"));
+    assert_eq!(orders["username"], format!("{ns}_orders_db_app"));
+    assert_eq!(orders["host"], "127.0.0.1");
+    assert_eq!(orders["port"], server.port.to_string());
+    assert_eq!(orders["type"], engine.binding_type());
+
+    // Each service's credentials work on its own database ...
+    for b in [&orders, &payments] {
+        let read = round_trip(
+            &server,
+            engine,
+            &b["database"],
+            &b["username"],
+            &b["password"],
+        )
+        .await;
+        assert!(read.is_ok(), "{engine:?}: {read:?}");
+    }
+    // ... and are refused on the other's.
+    let crossed = round_trip(
+        &server,
+        engine,
+        &orders["database"],
+        &payments["username"],
+        &payments["password"],
+    )
+    .await;
+    assert!(
+        crossed.is_err(),
+        "{engine:?}: payments reached the orders database"
+    );
+
+    ctx.wait_for(
+        &servers,
+        &name,
+        "server counts 2 claims",
+        |s: Option<&DatabaseServer>| {
+            s.and_then(|s| s.status.as_ref())
+                .is_some_and(|s| s.claims == 2)
+        },
+    )
+    .await;
+
+    // Delete drops the database and the user; Retain keeps them and the Secret.
+    let admin_servers = Servers::default();
+    let conn = admin(&server, engine);
+    claims
+        .delete("orders-db", &DeleteParams::default())
+        .await
+        .unwrap();
+    ctx.wait_gone(&claims, "orders-db", "orders claim gone")
+        .await;
+    assert!(
+        !admin_servers.can_login(&conn, &grant_of(&orders)).await,
+        "orders user survived Delete"
+    );
+    claims
+        .delete("payments-db", &DeleteParams::default())
+        .await
+        .unwrap();
+    ctx.wait_gone(&claims, "payments-db", "payments claim gone")
+        .await;
+    assert!(
+        admin_servers.can_login(&conn, &grant_of(&payments)).await,
+        "Retain lost the payments user"
+    );
+    let kept = ctx
+        .api::<Secret>()
+        .get("payments-db-binding")
+        .await
+        .unwrap();
+    assert!(
+        kept.metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+    let secrets = ctx.api::<Secret>();
+    ctx.wait_gone(&secrets, "orders-db-binding", "orders binding collected")
+        .await;
+}
+
+#[tokio::test]
+async fn postgres_shared_claims() {
+    lifecycle(Kind::Postgres, Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn mongodb_shared_claims() {
+    lifecycle(Kind::FerretDb, Engine::Mongodb).await;
+}
+
+#[tokio::test]
+async fn influxdb_shared_claims() {
+    lifecycle(Kind::InfluxDb, Engine::Influxdb).await;
+}
+
+#[tokio::test]
+async fn a_claim_made_while_the_server_is_down_becomes_ready_when_it_is_back() {
+    let (ctx, _operator) = setup("server-down").await;
+    let mut server = LocalServer::start(Kind::Postgres).await.unwrap();
+    let name = register(&ctx, &server, Engine::Postgres, json!({})).await;
+    server.pause();
+    service(&ctx, "orders").await;
+    claim(
+        &ctx,
+        "orders-db",
+        "orders",
+        Engine::Postgres,
+        &name,
+        "Delete",
+    )
+    .await;
+    let claims = ctx.api::<DatabaseClaim>();
+    let down = ctx
+        .wait_for(
+            &claims,
+            "orders-db",
+            "ServerUnreachable",
+            reason_is("ServerUnreachable"),
+        )
+        .await;
+    assert_eq!(down.status.unwrap().phase, Some(ClaimPhase::Provisioning));
+    let servers: Api<DatabaseServer> = Api::all(ctx.client.clone());
+    ctx.wait_for(
+        &servers,
+        &name,
+        "server not Reachable",
+        |s: Option<&DatabaseServer>| {
+            s.and_then(|s| s.status.as_ref()).is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Reachable" && c.status == "False" && c.reason == "ServerUnreachable"
+                })
+            })
+        },
+    )
+    .await;
+
+    server.resume().await.unwrap();
+    ctx.wait_for(&claims, "orders-db", "claim Ready", reason_is("Ready"))
+        .await;
+    let b = binding(&ctx, "orders-db").await;
+    assert!(
+        round_trip(
+            &server,
+            Engine::Postgres,
+            &b["database"],
+            &b["username"],
+            &b["password"]
+        )
+        .await
+        .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn deleting_while_the_server_is_down_retries_and_the_escape_hatch_lets_go() {
+    let (ctx, _operator) = setup("cleanup-down").await;
+    let mut server = LocalServer::start(Kind::Postgres).await.unwrap();
+    let name = register(&ctx, &server, Engine::Postgres, json!({})).await;
+    service(&ctx, "orders").await;
+    claim(&ctx, "first", "orders", Engine::Postgres, &name, "Delete").await;
+    claim(&ctx, "second", "orders", Engine::Postgres, &name, "Delete").await;
+    let claims = ctx.api::<DatabaseClaim>();
+    for c in ["first", "second"] {
+        ctx.wait_for(&claims, c, "claim Ready", reason_is("Ready"))
+            .await;
+    }
+    let first = binding(&ctx, "first").await;
+
+    server.pause();
+    for c in ["first", "second"] {
+        claims.delete(c, &DeleteParams::default()).await.unwrap();
+    }
+    for c in ["first", "second"] {
+        let stuck = ctx
+            .wait_for(&claims, c, "CleanupFailed", reason_is("CleanupFailed"))
+            .await;
+        assert_eq!(stuck.status.unwrap().phase, Some(ClaimPhase::Deleting));
+    }
+    // The escape hatch: the second claim goes without touching the server.
+    let skip = json!({ "metadata": { "annotations": { "dbps.io/skip-cleanup": "true" } } });
+    claims
+        .patch("second", &PatchParams::default(), &Patch::Merge(skip))
+        .await
+        .unwrap();
+    ctx.wait_gone(&claims, "second", "second claim gone via skip-cleanup")
+        .await;
+
+    // The first is cleaned up once the server is back.
+    server.resume().await.unwrap();
+    ctx.wait_gone(
+        &claims,
+        "first",
+        "first claim gone after the server returned",
+    )
+    .await;
+    let conn = admin(&server, Engine::Postgres);
+    assert!(!Servers::default().can_login(&conn, &grant_of(&first)).await);
+}
+
+#[tokio::test]
+async fn a_server_refuses_namespaces_it_does_not_allow() {
+    let (ctx, _operator) = setup("not-allowed").await;
+    let server = LocalServer::start(Kind::InfluxDb).await.unwrap();
+    let name = register(
+        &ctx,
+        &server,
+        Engine::Influxdb,
+        json!({ "allowedNamespaces": ["somebody-else"] }),
+    )
+    .await;
+    service(&ctx, "telemetry").await;
+    claim(
+        &ctx,
+        "readings",
+        "telemetry",
+        Engine::Influxdb,
+        &name,
+        "Delete",
+    )
+    .await;
+    let claims = ctx.api::<DatabaseClaim>();
+    let refused = ctx
+        .wait_for(
+            &claims,
+            "readings",
+            "NamespaceNotAllowed",
+            reason_is("NamespaceNotAllowed"),
+        )
+        .await;
+    assert_eq!(refused.status.unwrap().phase, Some(ClaimPhase::Failed));
+    assert!(
+        ctx.api::<Secret>()
+            .get_opt("readings-binding")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let allow = json!({ "spec": { "allowedNamespaces": ["somebody-else", ctx.namespace] } });
+    Api::<DatabaseServer>::all(ctx.client.clone())
+        .patch(&name, &PatchParams::default(), &Patch::Merge(allow))
+        .await
+        .unwrap();
+    ctx.wait_for(&claims, "readings", "claim Ready", reason_is("Ready"))
+        .await;
+}

@@ -1,0 +1,96 @@
+//! Status of a `DatabaseServer`: reachable with its admin credentials, its
+//! version, and how many claims use it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use super::shared::admin_connection;
+use super::{Context, Error};
+use crate::api::{DatabaseClaim, DatabaseServer, DatabaseServerStatus, set_condition};
+use crate::children::FIELD_MANAGER;
+
+/// The condition a server reports.
+pub const REACHABLE: &str = "Reachable";
+
+pub async fn reconcile(server: Arc<DatabaseServer>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = server.name_any();
+    let claims: Api<DatabaseClaim> = match &ctx.config.namespace {
+        Some(ns) => ctx.api(ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let count = claims
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|c| c.spec.server.as_ref().is_some_and(|s| s.name == name))
+        .count() as i32;
+
+    let (reachable, reason, message, version) = match admin_connection(&ctx, &server).await? {
+        Err(unavailable) => (false, unavailable.reason, unavailable.message, None),
+        Ok(conn) => match ctx.servers.info(&conn).await {
+            Ok(info) => {
+                let mut message = format!(
+                    "{} {} answers as {:?}",
+                    server.spec.engine.as_str(),
+                    info.version,
+                    conn.username
+                );
+                if !info.enforces_database_roles {
+                    message.push_str("; it does not enforce per-database roles");
+                }
+                (true, "Reachable", message, Some(info.version))
+            }
+            Err(e) => (false, e.reason(), e.to_string(), None),
+        },
+    };
+    let desired = |current: &DatabaseServerStatus| {
+        let mut conditions = current.conditions.clone();
+        let generation = server.metadata.generation;
+        set_condition(
+            &mut conditions,
+            REACHABLE,
+            reachable,
+            reason,
+            &message,
+            generation,
+        );
+        DatabaseServerStatus {
+            observed_generation: generation,
+            conditions,
+            version: version.clone().or_else(|| current.version.clone()),
+            claims: count,
+        }
+    };
+    let cached = server.status.clone().unwrap_or_default();
+    if desired(&cached) != cached {
+        let servers: Api<DatabaseServer> = Api::all(ctx.client.clone());
+        if let Some(live) = servers.get_opt(&name).await? {
+            let current = live.status.unwrap_or_default();
+            let status = desired(&current);
+            if status != current {
+                let patch = json!({ "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseServer", "status": status });
+                servers
+                    .patch_status(
+                        &name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(patch),
+                    )
+                    .await?;
+            }
+        }
+    }
+    ctx.succeeded(&format!("DatabaseServer/{name}"));
+    // An unreachable server is checked again soon.
+    let next = if reachable {
+        ctx.config.resync
+    } else {
+        ctx.config.resync.min(Duration::from_secs(15))
+    };
+    Ok(Action::requeue(next))
+}
