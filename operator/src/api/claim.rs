@@ -1,5 +1,5 @@
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +33,8 @@ pub const CLAIM_LABEL: &str = "dbps.io/claim";
     validation = Rule::new("!has(self.server) || (!has(self.storage) && !has(self.resources))").message("storage and resources apply to dedicated instances only: remove them, or remove server for a dedicated instance"),
     validation = Rule::new("has(self.server) == has(oldSelf.server) && (!has(self.server) || self.server == oldSelf.server)").message("server is immutable: placement cannot change after creation"),
     validation = Rule::new("has(self.database) == has(oldSelf.database) && (!has(self.database) || self.database == oldSelf.database)").message("database is immutable"),
-    validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)").message("storage is immutable: the volume of a running instance cannot change")
+    validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)").message("storage is immutable: the volume of a running instance cannot change"),
+    validation = Rule::new("!has(self.rotation) || has(self.server)").message("rotation applies to shared placement (spec.server) only")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseClaimSpec {
@@ -75,6 +76,27 @@ pub struct DatabaseClaimSpec {
     /// CPU and memory of a dedicated instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Credential rotation (shared placement). A rotation also happens when
+    /// the annotation `dbps.io/rotate` takes a new value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<Rotation>,
+}
+
+/// How credentials rotate: each rotation issues a new user and password in a
+/// new immutable binding Secret and points `status.binding.name` at it; the
+/// previous credentials keep working for the grace period, then are revoked.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rotation {
+    /// Rotate this often (seconds, at least 60). Absent: only on request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60))]
+    pub every_seconds: Option<i64>,
+    /// How long the previous credentials keep working (seconds). Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub grace_period_seconds: Option<i64>,
 }
 
 /// Reference to the owning `Service`.
@@ -176,6 +198,38 @@ pub struct DatabaseClaimStatus {
     /// Where the database listens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Endpoint>,
+    /// Which credentials are issued (shared placement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsStatus>,
+}
+
+/// The credentials in force and the ones still in their grace period.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsStatus {
+    /// Number of rotations so far.
+    pub generation: i64,
+    /// When the current credentials were issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<Time>,
+    /// The `dbps.io/rotate` annotation value last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// The previous credentials, valid until `expiresAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousCredentials>,
+}
+
+/// Credentials replaced by a rotation, still working until they expire.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousCredentials {
+    /// Their binding Secret.
+    pub secret: String,
+    /// Their user.
+    pub username: String,
+    /// When they are revoked.
+    pub expires_at: Time,
 }
 
 /// servicebinding.io Provisioned Service: the Secret holding the binding.

@@ -20,8 +20,8 @@ use serde_json::json;
 use super::apply::{apply, ensure};
 use super::{Context, Error, FINALIZER};
 use crate::api::{
-    Binding, ClaimPhase, DatabaseClaim, DatabaseClaimStatus, DeletionPolicy, Endpoint, READY,
-    Service, set_condition,
+    Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, DatabaseClaimStatus, DeletionPolicy,
+    Endpoint, READY, Service, set_condition,
 };
 use crate::children::{Credentials, Dedicated, FIELD_MANAGER, Inputs, names, secret_value};
 use crate::engines::PASSWORD_KEY;
@@ -162,37 +162,59 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
 }
 
 /// Writes the status when it differs from the live one, and records an
-/// event when the Ready condition's reason changes.
+/// event when the Ready condition's reason changes. Credentials status is kept.
 pub(super) async fn update_status(
     claim: &DatabaseClaim,
     ctx: &Context,
     outcome: Outcome,
 ) -> Result<(), Error> {
-    let current = claim.status.clone().unwrap_or_default();
-    let mut conditions = current.conditions.clone();
-    let generation = claim.metadata.generation;
-    set_condition(
-        &mut conditions,
-        READY,
-        outcome.ready,
-        outcome.reason,
-        &outcome.message,
-        generation,
-    );
-    let status = DatabaseClaimStatus {
-        observed_generation: generation,
-        phase: Some(outcome.phase),
-        conditions,
-        binding: outcome.binding,
-        endpoint: outcome.endpoint,
+    update_status_with(claim, ctx, outcome, None).await
+}
+
+/// As [`update_status`], setting the credentials status when given.
+pub(super) async fn update_status_with(
+    claim: &DatabaseClaim,
+    ctx: &Context,
+    outcome: Outcome,
+    credentials: Option<CredentialsStatus>,
+) -> Result<(), Error> {
+    let desired = |current: &DatabaseClaimStatus| {
+        let mut conditions = current.conditions.clone();
+        let generation = claim.metadata.generation;
+        set_condition(
+            &mut conditions,
+            READY,
+            outcome.ready,
+            outcome.reason,
+            &outcome.message,
+            generation,
+        );
+        DatabaseClaimStatus {
+            observed_generation: generation,
+            phase: Some(outcome.phase),
+            conditions,
+            binding: outcome.binding.clone(),
+            endpoint: outcome.endpoint.clone(),
+            credentials: credentials.clone().or_else(|| current.credentials.clone()),
+        }
     };
+    let cached = claim.status.clone().unwrap_or_default();
+    if desired(&cached) == cached {
+        return Ok(());
+    }
+    // The cache may not show our last write yet: compare with the live object.
+    let ns = claim.namespace().unwrap_or_default();
+    let claims: Api<DatabaseClaim> = ctx.api(&ns);
+    let Some(live) = claims.get_opt(&claim.name_any()).await? else {
+        return Ok(());
+    };
+    let current = live.status.unwrap_or_default();
+    let status = desired(&current);
     if status == current {
         return Ok(());
     }
     let previous_reason =
         crate::api::find_condition(&current.conditions, READY).map(|c| c.reason.clone());
-    let ns = claim.namespace().unwrap_or_default();
-    let claims: Api<DatabaseClaim> = ctx.api(&ns);
     let patch = json!({
         "apiVersion": "dbps.io/v1alpha1",
         "kind": "DatabaseClaim",
