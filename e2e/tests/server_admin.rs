@@ -77,13 +77,56 @@ async fn administers(kind: Kind, engine: Engine) {
     assert!(servers.can_login(&conn, &a2).await);
     assert!(!servers.can_login(&conn, &a).await);
 
-    // Drop: gone, and dropping again is fine; B is untouched.
+    // A second user of the same database (the other slot of a rotation)
+    // shares its data; revoking the first leaves the second working.
+    let a_next = grant(&a.database, "team_a_orders_app2", "PasswordA4");
+    servers.ensure(&conn, &a_next).await.unwrap();
+    let shared = round_trip(
+        &server,
+        engine,
+        &a_next.database,
+        &a_next.username,
+        &a_next.password,
+    )
+    .await;
+    assert!(
+        shared.is_ok(),
+        "{engine:?}: second user cannot use the first's data: {shared:?}"
+    );
     servers
-        .drop_database(&conn, &a.database, std::slice::from_ref(&a.username))
+        .revoke(&conn, &a.database, &a.username)
         .await
         .unwrap();
     servers
-        .drop_database(&conn, &a.database, std::slice::from_ref(&a.username))
+        .revoke(&conn, &a.database, &a.username)
+        .await
+        .unwrap();
+    assert!(
+        !servers.can_login(&conn, &a2).await,
+        "{engine:?}: revoked user still logs in"
+    );
+    assert!(servers.can_login(&conn, &a_next).await);
+    servers.ensure(&conn, &a2).await.unwrap();
+    assert!(
+        servers.can_login(&conn, &a2).await,
+        "{engine:?}: a revoked slot comes back with ensure"
+    );
+
+    // Drop: gone, and dropping again is fine; B is untouched.
+    servers
+        .drop_database(
+            &conn,
+            &a.database,
+            &[a.username.clone(), a_next.username.clone()],
+        )
+        .await
+        .unwrap();
+    servers
+        .drop_database(
+            &conn,
+            &a.database,
+            &[a.username.clone(), a_next.username.clone()],
+        )
         .await
         .unwrap();
     assert!(!servers.can_login(&conn, &a2).await);

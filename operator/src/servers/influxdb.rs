@@ -136,8 +136,13 @@ pub async fn drop_database(
     database: &str,
     usernames: &[String],
 ) -> Result<(), AdminError> {
-    // Both statements succeed when the object is already gone, except DROP USER.
+    // DROP DATABASE succeeds when the database is already gone; DROP USER does not.
     admin(conn, &format!("DROP DATABASE {}", quote_ident(database))).await?;
+    drop_users(conn, usernames).await
+}
+
+/// Drops the users that exist.
+pub async fn drop_users(conn: &Connection, usernames: &[String]) -> Result<(), AdminError> {
     let users = admin(conn, "SHOW USERS").await?;
     for user in usernames {
         let exists = users["results"][0]["series"][0]["values"]

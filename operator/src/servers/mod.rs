@@ -161,6 +161,26 @@ impl Servers {
         .await
     }
 
+    /// Ends `grant.username`'s access: it can no longer log in, and its open
+    /// sessions end where the engine allows. Idempotent.
+    pub async fn revoke(
+        &self,
+        conn: &Connection,
+        database: &str,
+        username: &str,
+    ) -> Result<(), AdminError> {
+        self.limited(conn, async {
+            match conn.engine {
+                Engine::Postgres => postgres::revoke(conn, username).await,
+                Engine::Mongodb => {
+                    mongodb::drop_users(conn, database, &[username.to_string()]).await
+                }
+                Engine::Influxdb => influxdb::drop_users(conn, &[username.to_string()]).await,
+            }
+        })
+        .await
+    }
+
     /// True when `username`/`password` log in to `database`.
     pub async fn can_login(&self, conn: &Connection, grant: &Grant) -> bool {
         self.limited(conn, async {
@@ -179,12 +199,19 @@ impl Servers {
 /// at most 63 bytes: `<namespace>_<name>` with `-` as `_`, shortened with a
 /// hash of the whole when too long.
 pub fn shared_identifier(namespace: &str, name: &str) -> String {
-    let full = format!("{namespace}_{name}").replace(['-', '.'], "_");
-    if full.len() <= 63 {
-        return full;
+    bounded(&format!("{namespace}_{name}").replace(['-', '.'], "_"))
+}
+
+/// `name` if it fits in 63 bytes, else its start and a hash of the whole.
+pub fn bounded(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_string();
     }
-    let hash = fnv1a(full.as_bytes());
-    format!("{}_{hash:016x}", &full[..46])
+    let mut cut = 46;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{:016x}", &name[..cut], fnv1a(name.as_bytes()))
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -133,6 +133,16 @@ pub async fn drop_database(
 ) -> Result<(), AdminError> {
     let admin = admin(conn).await?;
     run(&admin, database, doc! { "dropDatabase": 1 }).await?;
+    drop_users(conn, database, usernames).await
+}
+
+/// Drops the users of `database` that exist.
+pub async fn drop_users(
+    conn: &Connection,
+    database: &str,
+    usernames: &[String],
+) -> Result<(), AdminError> {
+    let admin = admin(conn).await?;
     for user in usernames {
         let grant = Grant {
             database: database.to_string(),

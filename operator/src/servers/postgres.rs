@@ -89,20 +89,41 @@ pub async fn can_login(conn: &Connection, grant: &Grant) -> bool {
         .is_ok()
 }
 
+/// The NOLOGIN role that owns `database`; the login users are its members
+/// and act as it, so tables one user creates are the other's too (the two
+/// users of a rotation share them).
+pub fn owner_role(database: &str) -> String {
+    super::bounded(&format!("{database}_owner"))
+}
+
 pub async fn ensure(conn: &Connection, grant: &Grant) -> Result<(), AdminError> {
     let (db, user, password) = (
         no_nul(&grant.database)?,
         no_nul(&grant.username)?,
         no_nul(&grant.password)?,
     );
+    let owner = owner_role(db);
     let client = admin(conn).await?;
-    let role_exists = !client
-        .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user])
-        .await
-        .map_err(classify)?
-        .is_empty();
+    let role_exists = |name: String| {
+        let client = &client;
+        async move {
+            client
+                .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
+                .await
+                .map(|rows| !rows.is_empty())
+                .map_err(classify)
+        }
+    };
+    if !role_exists(owner.clone()).await? {
+        let sql = format!(
+            "CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS",
+            quote_ident(&owner)
+        );
+        client.batch_execute(&sql).await.map_err(classify)?;
+    }
+    let user_exists = role_exists(user.to_string()).await?;
     let attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT";
-    if !role_exists {
+    if !user_exists {
         let sql = format!(
             "CREATE ROLE {} {attributes} PASSWORD {}",
             quote_ident(user),
@@ -110,7 +131,18 @@ pub async fn ensure(conn: &Connection, grant: &Grant) -> Result<(), AdminError> 
         );
         client.batch_execute(&sql).await.map_err(classify)?;
     }
-    let owner: Option<String> = client
+    let statements = [
+        format!("GRANT {} TO {}", quote_ident(&owner), quote_ident(user)),
+        format!(
+            "ALTER ROLE {} SET role = {}",
+            quote_ident(user),
+            quote_literal(&owner)
+        ),
+    ];
+    for sql in statements {
+        client.batch_execute(&sql).await.map_err(classify)?;
+    }
+    let current_owner: Option<String> = client
         .query_opt(
             "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
             &[&db],
@@ -118,20 +150,20 @@ pub async fn ensure(conn: &Connection, grant: &Grant) -> Result<(), AdminError> 
         .await
         .map_err(classify)?
         .map(|row| row.get(0));
-    match owner.as_deref() {
+    match current_owner.as_deref() {
         None => {
             let sql = format!(
                 "CREATE DATABASE {} OWNER {}",
                 quote_ident(db),
-                quote_ident(user)
+                quote_ident(&owner)
             );
             client.batch_execute(&sql).await.map_err(classify)?;
         }
-        Some(owner) if owner != user => {
+        Some(o) if o != owner => {
             let sql = format!(
                 "ALTER DATABASE {} OWNER TO {}",
                 quote_ident(db),
-                quote_ident(user)
+                quote_ident(&owner)
             );
             client.batch_execute(&sql).await.map_err(classify)?;
         }
@@ -143,13 +175,38 @@ pub async fn ensure(conn: &Connection, grant: &Grant) -> Result<(), AdminError> 
     );
     client.batch_execute(&sql).await.map_err(classify)?;
     // The password is set again only when it no longer works (rotation, drift).
-    if role_exists && !can_login(conn, grant).await {
+    if user_exists && !can_login(conn, grant).await {
         let sql = format!(
             "ALTER ROLE {} WITH {attributes} PASSWORD {}",
             quote_ident(user),
             quote_literal(password)
         );
         client.batch_execute(&sql).await.map_err(classify)?;
+    }
+    Ok(())
+}
+
+pub async fn revoke(conn: &Connection, username: &str) -> Result<(), AdminError> {
+    let user = no_nul(username)?;
+    let client = admin(conn).await?;
+    let exists = !client
+        .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user])
+        .await
+        .map_err(classify)?
+        .is_empty();
+    if exists {
+        let sql = format!(
+            "ALTER ROLE {} WITH NOLOGIN PASSWORD NULL",
+            quote_ident(user)
+        );
+        client.batch_execute(&sql).await.map_err(classify)?;
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                &[&user],
+            )
+            .await
+            .map_err(classify)?;
     }
     Ok(())
 }
@@ -166,7 +223,11 @@ pub async fn drop_database(
         quote_ident(no_nul(database)?)
     );
     client.batch_execute(&sql).await.map_err(classify)?;
-    for user in usernames {
+    for user in usernames
+        .iter()
+        .map(String::as_str)
+        .chain([owner_role(database).as_str()])
+    {
         let sql = format!("DROP ROLE IF EXISTS {}", quote_ident(no_nul(user)?));
         client.batch_execute(&sql).await.map_err(classify)?;
     }
