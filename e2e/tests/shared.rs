@@ -101,13 +101,17 @@ fn reason_is(reason: &'static str) -> impl Fn(Option<&DatabaseClaim>) -> bool {
     }
 }
 
-/// The binding Secret's values.
+/// The values of claim's first binding Secret.
 async fn binding(ctx: &TestContext, claim: &str) -> BTreeMap<String, String> {
-    let secret = ctx
-        .api::<Secret>()
-        .get(&format!("{claim}-binding"))
-        .await
-        .unwrap();
+    binding_of(
+        ctx.api::<Secret>()
+            .get(&format!("{claim}-binding"))
+            .await
+            .unwrap(),
+    )
+}
+
+fn binding_of(secret: Secret) -> BTreeMap<String, String> {
     secret
         .data
         .unwrap()
@@ -425,4 +429,138 @@ async fn a_server_refuses_namespaces_it_does_not_allow() {
         .unwrap();
     ctx.wait_for(&claims, "readings", "claim Ready", reason_is("Ready"))
         .await;
+}
+
+#[tokio::test]
+async fn rotation_swaps_the_binding_and_revokes_the_old_password_after_the_grace_period() {
+    let (ctx, _operator) = setup("rotation").await;
+    let server = LocalServer::start(Kind::Postgres).await.unwrap();
+    let name = register(&ctx, &server, Engine::Postgres, json!({})).await;
+    service(&ctx, "payments").await;
+    let c: DatabaseClaim = serde_json::from_value(json!({
+        "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim", "metadata": { "name": "payments-db" },
+        "spec": { "serviceRef": { "name": "payments" }, "engine": "postgres", "server": { "name": name },
+                  "deletionPolicy": "Delete", "rotation": { "gracePeriodSeconds": 4 } }
+    }))
+    .unwrap();
+    let claims = ctx.api::<DatabaseClaim>();
+    claims.create(&PostParams::default(), &c).await.unwrap();
+    ctx.wait_for(&claims, "payments-db", "claim Ready", reason_is("Ready"))
+        .await;
+    let old = binding(&ctx, "payments-db").await;
+    let conn = admin(&server, Engine::Postgres);
+
+    // Watch, every 100 ms, that the credentials status.binding.name points at log in.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let watcher = {
+        let (claims, secrets, conn) = (claims.clone(), ctx.api::<Secret>(), conn.clone());
+        tokio::spawn(async move {
+            let servers = Servers::default();
+            let (mut samples, mut failures) = (0, Vec::new());
+            while stopped.try_recv().is_err() {
+                let current = claims
+                    .get("payments-db")
+                    .await
+                    .unwrap()
+                    .status
+                    .unwrap()
+                    .binding
+                    .unwrap()
+                    .name;
+                let values = binding_of(secrets.get(&current).await.unwrap());
+                samples += 1;
+                if !servers.can_login(&conn, &grant_of(&values)).await {
+                    failures.push(current);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (samples, failures)
+        })
+    };
+
+    let rotate = json!({ "metadata": { "annotations": { "dbps.io/rotate": "2026-11-24" } } });
+    claims
+        .patch(
+            "payments-db",
+            &PatchParams::default(),
+            &Patch::Merge(rotate),
+        )
+        .await
+        .unwrap();
+    let rotated = ctx
+        .wait_for(
+            &claims,
+            "payments-db",
+            "binding swapped",
+            |c: Option<&DatabaseClaim>| {
+                c.and_then(|c| c.status.as_ref())
+                    .and_then(|s| s.binding.as_ref())
+                    .is_some_and(|b| b.name == "payments-db-binding-1")
+            },
+        )
+        .await;
+    let creds = rotated.status.unwrap().credentials.unwrap();
+    assert_eq!(creds.generation, 1);
+    assert_eq!(
+        creds.previous.as_ref().unwrap().secret,
+        "payments-db-binding"
+    );
+    let rotated_secret = ctx
+        .api::<Secret>()
+        .get("payments-db-binding-1")
+        .await
+        .unwrap();
+    assert_eq!(rotated_secret.immutable, Some(true));
+    let new = binding_of(rotated_secret);
+    assert_ne!(new["password"], old["password"]);
+    assert_ne!(new["username"], old["username"]);
+    let servers = Servers::default();
+    assert!(
+        servers.can_login(&conn, &grant_of(&new)).await,
+        "new credentials work"
+    );
+    assert!(
+        servers.can_login(&conn, &grant_of(&old)).await,
+        "old credentials work during the grace period"
+    );
+    // The service account may read both Secrets during the grace period.
+    let role = ctx
+        .api::<k8s_openapi::api::rbac::v1::Role>()
+        .get("payments-db-binding-reader")
+        .await
+        .unwrap();
+    let names = role.rules.unwrap()[0].resource_names.clone().unwrap();
+    assert_eq!(names, ["payments-db-binding-1", "payments-db-binding"]);
+
+    // After the grace period the old password is revoked and its Secret removed.
+    let secrets = ctx.api::<Secret>();
+    ctx.wait_gone(
+        &secrets,
+        "payments-db-binding",
+        "old binding Secret removed",
+    )
+    .await;
+    assert!(
+        !servers.can_login(&conn, &grant_of(&old)).await,
+        "old credentials still work"
+    );
+    assert!(servers.can_login(&conn, &grant_of(&new)).await);
+    // Data written under the old user is the new user's too.
+    let read = round_trip(
+        &server,
+        Engine::Postgres,
+        &new["database"],
+        &new["username"],
+        &new["password"],
+    )
+    .await;
+    assert!(read.is_ok(), "{read:?}");
+
+    let _ = stop.send(());
+    let (samples, failures) = watcher.await.unwrap();
+    assert!(samples > 20, "only {samples} samples");
+    assert!(
+        failures.is_empty(),
+        "moments without working credentials: {failures:?}"
+    );
 }

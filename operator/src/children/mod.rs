@@ -18,9 +18,9 @@ use kube::{Resource, ResourceExt};
 use crate::api::{CLAIM_LABEL, DatabaseClaim, SERVICE_LABEL, Service};
 
 pub use network_policy::network_policy;
-pub use rbac::{binding_reader_role, binding_reader_role_binding};
+pub use rbac::{binding_reader_role, binding_reader_role_binding, binding_reader_role_for};
 pub use secrets::{
-    Credentials, Endpoint, admin_secret, binding_secret, binding_secret_for, secret_value,
+    Credentials, Endpoint, admin_secret, binding_secret, binding_secret_generation, secret_value,
 };
 pub use workload::{init_config, instance_service, statefulset};
 
@@ -38,6 +38,13 @@ pub mod names {
     }
     pub fn binding_secret(claim: &str) -> String {
         format!("{claim}-binding")
+    }
+    /// Binding Secret of credentials generation `generation`.
+    pub fn binding_secret_of(claim: &str, generation: i64) -> String {
+        match generation {
+            0 => binding_secret(claim),
+            n => format!("{claim}-binding-{n}"),
+        }
     }
     pub fn init_config(claim: &str) -> String {
         format!("{claim}-init")

@@ -7,11 +7,17 @@ use serde_json::json;
 use super::{Inputs, names};
 
 pub fn binding_reader_role(inputs: &Inputs) -> Role {
+    binding_reader_role_for(inputs, &[names::binding_secret(&inputs.claim_name())])
+}
+
+/// The reader Role for several binding Secrets (current and previous
+/// credentials during a rotation's grace period).
+pub fn binding_reader_role_for(inputs: &Inputs, secrets: &[String]) -> Role {
     let mut role: Role = serde_json::from_value(json!({
         "rules": [{
             "apiGroups": [""],
             "resources": ["secrets"],
-            "resourceNames": [names::binding_secret(&inputs.claim_name())],
+            "resourceNames": secrets,
             "verbs": ["get"]
         }]
     }))

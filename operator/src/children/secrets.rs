@@ -66,11 +66,14 @@ impl Inputs<'_> {
 
 /// The binding Secret of a dedicated instance.
 pub fn binding_secret(inputs: &Inputs) -> Secret {
-    binding_secret_for(inputs, &inputs.dedicated_endpoint())
+    binding_secret_generation(inputs, &inputs.dedicated_endpoint(), 0)
 }
 
-/// The servicebinding.io Secret for `endpoint` and the app password.
-pub fn binding_secret_for(inputs: &Inputs, endpoint: &Endpoint) -> Secret {
+/// The servicebinding.io Secret for `endpoint` and the app password, of
+/// credentials generation `generation` (rotations so
+/// far). Generation 0 is `<claim>-binding`; later ones are `<claim>-binding-<n>`
+/// and immutable, as servicebinding.io rotation expects.
+pub fn binding_secret_generation(inputs: &Inputs, endpoint: &Endpoint, generation: i64) -> Secret {
     let engine = inputs.claim.spec.engine;
     let password = inputs.credentials.app_password.clone();
     let Endpoint {
@@ -81,8 +84,12 @@ pub fn binding_secret_for(inputs: &Inputs, endpoint: &Endpoint) -> Secret {
     } = endpoint.clone();
     let uri = engine.uri(&username, &password, &host, port, &database);
     Secret {
-        metadata: inputs.meta(names::binding_secret(&inputs.claim_name()), "binding"),
+        metadata: inputs.meta(
+            names::binding_secret_of(&inputs.claim_name(), generation),
+            "binding",
+        ),
         type_: Some(format!("servicebinding.io/{}", engine.binding_type())),
+        immutable: (generation > 0).then_some(true),
         data: Some(data([
             ("type", engine.binding_type().to_string()),
             ("provider", PROVIDER.to_string()),

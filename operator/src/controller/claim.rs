@@ -246,7 +246,7 @@ pub(super) async fn update_status_with(
     Ok(())
 }
 
-async fn publish(
+pub(super) async fn publish(
     ctx: &Context,
     claim: &DatabaseClaim,
     type_: EventType,
@@ -288,10 +288,23 @@ async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> 
             update_status(claim, ctx, outcome).await?;
             return Err(e);
         }
-        let (database, _) = super::shared::shared_names(claim);
+        let database = super::shared::shared_database(claim);
         let note = match claim.spec.deletion_policy {
             DeletionPolicy::Retain => {
-                release(&secrets, &names::binding_secret(&name), &uid).await?;
+                // The Secrets of the credentials in force and in their grace period.
+                let status = claim.status.clone().unwrap_or_default();
+                let mut kept: Vec<String> = status.binding.iter().map(|b| b.name.clone()).collect();
+                kept.extend(
+                    status
+                        .credentials
+                        .and_then(|c| c.previous)
+                        .map(|p| p.secret),
+                );
+                kept.push(names::binding_secret(&name));
+                kept.dedup();
+                for secret in &kept {
+                    release(&secrets, secret, &uid).await?;
+                }
                 format!(
                     "kept database {database:?} on DatabaseServer {:?} and Secret {:?} (deletionPolicy Retain)",
                     server.name,

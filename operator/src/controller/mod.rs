@@ -27,7 +27,9 @@ use crate::api::{DatabaseClaim, DatabaseServer, Service};
 use crate::children::MANAGED_BY;
 
 pub use apply::is_subset;
-pub use shared::{SKIP_CLEANUP_ANNOTATION, selector_matches, shared_names};
+pub use shared::{
+    ROTATE_ANNOTATION, SKIP_CLEANUP_ANNOTATION, selector_matches, shared_database, slot_username,
+};
 
 /// Finalizer that runs a claim's cleanup exactly once.
 pub const FINALIZER: &str = "dbps.io/cleanup";

@@ -8,30 +8,40 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use super::apply::{apply, ensure};
-use super::claim::{Outcome, update_status};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::runtime::events::EventType;
+
+use super::claim::{Outcome, publish, update_status, update_status_with};
 use super::{Context, Error};
 use crate::api::{
-    Binding, ClaimPhase, DatabaseClaim, DatabaseServer, Endpoint as StatusEndpoint, Service,
+    Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, DatabaseServer,
+    Endpoint as StatusEndpoint, PreviousCredentials, Service,
 };
 use crate::children::{
-    Credentials, Endpoint, Inputs, binding_reader_role, binding_reader_role_binding,
-    binding_secret_for, names, secret_value,
+    Credentials, Endpoint, Inputs, binding_reader_role_binding, binding_reader_role_for,
+    binding_secret_generation, names, secret_value,
 };
 use crate::engines::{PASSWORD_KEY, USERNAME_KEY};
 use crate::password;
 use crate::servers::{Connection, Grant, shared_identifier};
 
+/// Annotation whose new value requests a credential rotation.
+pub const ROTATE_ANNOTATION: &str = "dbps.io/rotate";
+/// Grace period of previous credentials when the claim sets none.
+pub const DEFAULT_GRACE_SECONDS: i64 = 300;
+
 /// Annotation that makes deletion skip the cleanup on the server (the escape
 /// hatch for a server that is gone for good).
 pub const SKIP_CLEANUP_ANNOTATION: &str = "dbps.io/skip-cleanup";
 
-/// Database and user names of a shared claim: unique per namespace.
-pub fn shared_names(claim: &DatabaseClaim) -> (String, String) {
-    let ns = claim.namespace().unwrap_or_default();
-    let base = claim.database_name();
-    (
-        shared_identifier(&ns, &base),
-        shared_identifier(&ns, &format!("{base}_app")),
+/// Database name of a shared claim: unique per namespace.
+pub fn shared_database(claim: &DatabaseClaim) -> String {
+    shared_identifier(
+        &claim.namespace().unwrap_or_default(),
+        &claim.database_name(),
     )
 }
 
@@ -221,10 +231,73 @@ pub async fn apply_shared(
         }
     };
 
-    // The binding Secret is written before the user exists, so a password
-    // the server knows is always one the Secret holds.
     let secrets: Api<Secret> = ctx.api(&ns);
-    let current = secrets.get_opt(&names::binding_secret(&name)).await?;
+    let key = format!("DatabaseClaim/{ns}/{name}");
+    let status_endpoint = Some(StatusEndpoint {
+        host: conn.host.clone(),
+        port: conn.port.into(),
+    });
+    let server_fault = |e: crate::servers::AdminError| Outcome {
+        phase: ClaimPhase::Provisioning,
+        ready: false,
+        reason: e.reason(),
+        message: format!("DatabaseServer {server_name:?}: {e}"),
+        binding: None,
+        endpoint: status_endpoint.clone(),
+    };
+    let database = shared_database(claim);
+    let now = Timestamp::now();
+    let trigger = claim.annotations().get(ROTATE_ANNOTATION).cloned();
+    let mut creds = match claim.status.as_ref().and_then(|s| s.credentials.clone()) {
+        Some(c) => c,
+        // First issue: an annotation already there is not a request.
+        None => CredentialsStatus {
+            generation: 0,
+            issued_at: Some(Time(now)),
+            trigger: trigger.clone(),
+            previous: None,
+        },
+    };
+
+    // 1. Credentials past their grace period are revoked, then their Secret goes.
+    if let Some(previous) = creds.previous.clone().filter(|p| p.expires_at.0 <= now) {
+        if let Err(e) = ctx
+            .servers
+            .revoke(&conn, &database, &previous.username)
+            .await
+        {
+            update_status(claim, ctx, server_fault(e)).await?;
+            return Ok(Action::requeue(ctx.backoff(key)));
+        }
+        match secrets.delete(&previous.secret, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        creds.previous = None;
+    }
+
+    // 2. A rotation is due on a new annotation value or on schedule, once the
+    //    previous rotation's grace period is over.
+    let rotation = claim.spec.rotation.clone().unwrap_or_default();
+    let requested = trigger.is_some() && trigger != creds.trigger;
+    let scheduled = rotation.every_seconds.is_some_and(|every| {
+        creds
+            .issued_at
+            .as_ref()
+            .is_some_and(|t| (now - t.0).get_seconds() >= every)
+    });
+    let rotate = (requested || scheduled) && creds.previous.is_none();
+    let generation = if rotate {
+        creds.generation + 1
+    } else {
+        creds.generation
+    };
+
+    // 3. The binding Secret of the generation in force is written before its
+    //    user exists, so a password the server knows is always one a Secret holds.
+    let secret_name = names::binding_secret_of(&name, generation);
+    let current = secrets.get_opt(&secret_name).await?;
     let credentials = Credentials {
         admin_password: String::new(),
         app_password: current
@@ -238,15 +311,29 @@ pub async fn apply_shared(
         credentials: &credentials,
         cluster_domain: &ctx.config.cluster_domain,
     };
-    let (database, username) = shared_names(claim);
     let endpoint = Endpoint {
         host: conn.host.clone(),
         port: conn.port,
         database: database.clone(),
-        username: username.clone(),
+        username: slot_username(claim, generation),
     };
-    let binding = apply(&secrets, &binding_secret_for(&inputs, &endpoint), current).await?;
-    ensure(&ctx.api::<Role>(&ns), &binding_reader_role(&inputs)).await?;
+    let binding = apply(
+        &secrets,
+        &binding_secret_generation(&inputs, &endpoint, generation),
+        current,
+    )
+    .await?;
+    let mut readable = vec![secret_name.clone()];
+    let previous_secret = match rotate {
+        true => Some(names::binding_secret_of(&name, creds.generation)),
+        false => creds.previous.as_ref().map(|p| p.secret.clone()),
+    };
+    readable.extend(previous_secret);
+    ensure(
+        &ctx.api::<Role>(&ns),
+        &binding_reader_role_for(&inputs, &readable),
+    )
+    .await?;
     ensure(
         &ctx.api::<RoleBinding>(&ns),
         &binding_reader_role_binding(&inputs),
@@ -255,27 +342,31 @@ pub async fn apply_shared(
 
     let grant = Grant {
         database,
-        username,
+        username: endpoint.username.clone(),
         password: credentials.app_password.clone(),
     };
-    let status_endpoint = Some(StatusEndpoint {
-        host: conn.host.clone(),
-        port: conn.port.into(),
-    });
     if let Err(e) = ctx.servers.ensure(&conn, &grant).await {
-        let outcome = Outcome {
-            phase: ClaimPhase::Provisioning,
-            ready: false,
-            reason: e.reason(),
-            message: format!("DatabaseServer {server_name:?}: {e}"),
-            binding: None,
-            endpoint: status_endpoint,
-        };
-        update_status(claim, ctx, outcome).await?;
-        return Ok(Action::requeue(
-            ctx.backoff(format!("DatabaseClaim/{ns}/{name}")),
-        ));
+        update_status(claim, ctx, server_fault(e)).await?;
+        return Ok(Action::requeue(ctx.backoff(key)));
     }
+    if rotate {
+        let grace = rotation
+            .grace_period_seconds
+            .unwrap_or(DEFAULT_GRACE_SECONDS);
+        creds.previous = Some(PreviousCredentials {
+            secret: names::binding_secret_of(&name, creds.generation),
+            username: slot_username(claim, creds.generation),
+            expires_at: Time(now + SignedDuration::from_secs(grace)),
+        });
+        creds.generation = generation;
+        creds.issued_at = Some(Time(now));
+        creds.trigger = trigger.or(creds.trigger);
+        let note = format!(
+            "issued Secret {secret_name:?}; the previous credentials stop working in {grace}s"
+        );
+        publish(ctx, claim, EventType::Normal, "Rotated", "Rotate", note).await;
+    }
+
     let mut message = format!(
         "database {:?} on DatabaseServer {server_name:?}; credentials in Secret {:?}",
         grant.database,
@@ -299,8 +390,30 @@ pub async fn apply_shared(
         }),
         endpoint: status_endpoint,
     };
-    update_status(claim, ctx, outcome).await?;
-    Ok(resync)
+    // Wake up for the end of a grace period or the next scheduled rotation.
+    let mut next = ctx.config.resync;
+    if let Some(p) = &creds.previous {
+        next = next.min(
+            Duration::try_from((p.expires_at.0 - now).abs()).unwrap_or_default()
+                + Duration::from_millis(100),
+        );
+    } else if let (Some(every), Some(issued)) = (rotation.every_seconds, &creds.issued_at) {
+        let due = issued.0 + SignedDuration::from_secs(every);
+        next = next.min(
+            Duration::try_from((due - now).abs()).unwrap_or_default() + Duration::from_millis(100),
+        );
+    }
+    update_status_with(claim, ctx, outcome, Some(creds)).await?;
+    Ok(Action::requeue(next))
+}
+
+/// The two users of a shared claim alternate with each rotation, so the
+/// previous one keeps working during the grace period.
+pub fn slot_username(claim: &DatabaseClaim, generation: i64) -> String {
+    let ns = claim.namespace().unwrap_or_default();
+    let base = claim.database_name();
+    let suffix = if generation % 2 == 0 { "_app" } else { "_app2" };
+    shared_identifier(&ns, &format!("{base}{suffix}"))
 }
 
 /// Deletion of a shared claim. `Delete` drops the database and user on the
@@ -328,9 +441,10 @@ pub async fn cleanup_shared(
     let conn = admin_connection(ctx, &server)
         .await?
         .map_err(|u| Error::Cleanup(format!("{}: {}", u.reason, u.message)))?;
-    let (database, username) = shared_names(claim);
+    let database = shared_database(claim);
+    let users = [slot_username(claim, 0), slot_username(claim, 1)];
     ctx.servers
-        .drop_database(&conn, &database, &[username])
+        .drop_database(&conn, &database, &users)
         .await
         .map_err(|e| Error::Cleanup(format!("DatabaseServer {server_name:?}: {e}; retrying (annotate the claim with {SKIP_CLEANUP_ANNOTATION}=true to skip)")))
 }
@@ -377,9 +491,9 @@ mod tests {
             "{apiVersion: dbps.io/v1alpha1, kind: DatabaseClaim, metadata: {name: orders-db, namespace: shop}, spec: {serviceRef: {name: orders}, engine: postgres, server: {name: pg}}}",
         )
         .unwrap();
-        assert_eq!(
-            shared_names(&claim),
-            ("shop_orders_db".into(), "shop_orders_db_app".into())
-        );
+        assert_eq!(shared_database(&claim), "shop_orders_db");
+        assert_eq!(slot_username(&claim, 0), "shop_orders_db_app");
+        assert_eq!(slot_username(&claim, 1), "shop_orders_db_app2");
+        assert_eq!(slot_username(&claim, 2), "shop_orders_db_app");
     }
 }
