@@ -564,3 +564,122 @@ async fn rotation_swaps_the_binding_and_revokes_the_old_password_after_the_grace
         "moments without working credentials: {failures:?}"
     );
 }
+
+#[tokio::test]
+async fn an_operator_restart_in_the_middle_of_fifty_claims_leaves_no_duplicates_or_orphans() {
+    let ctx = TestContext::new("restart").await.unwrap();
+    let first = RunningOperator::start(&ctx, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let server = LocalServer::start(Kind::Postgres).await.unwrap();
+    let name = register(&ctx, &server, Engine::Postgres, json!({})).await;
+    service(&ctx, "orders").await;
+    let names: Vec<String> = (0..50).map(|i| format!("c{i:02}")).collect();
+    for n in &names {
+        claim(&ctx, n, "orders", Engine::Postgres, &name, "Delete").await;
+    }
+    let claims = ctx.api::<DatabaseClaim>();
+    let ready_count = || async {
+        claims
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|c| c.status.as_ref().and_then(|s| s.phase) == Some(ClaimPhase::Ready))
+            .count()
+    };
+    // Crash the operator (its task is aborted mid-flight) once some claims are done.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while ready_count().await < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no progress before the crash"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(first);
+    let at_crash = ready_count().await;
+    assert!(
+        at_crash < 50,
+        "all claims were done before the crash: nothing was interrupted"
+    );
+
+    let _second = RunningOperator::start(&ctx, Duration::from_secs(300))
+        .await
+        .unwrap();
+    for n in &names {
+        ctx.wait_for(
+            &claims,
+            n,
+            "claim Ready after the restart",
+            reason_is("Ready"),
+        )
+        .await;
+    }
+
+    // Exactly one database, one login role and one owner role per claim.
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=admin password={} dbname=postgres",
+        server.port, server.admin_password
+    );
+    let (client, c) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(c);
+    let prefix = format!("{}_c", ctx.namespace.replace('-', "_"));
+    let count = |sql: &'static str| {
+        let (client, like) = (&client, format!("{prefix}%"));
+        async move {
+            client
+                .query_one(sql, &[&like])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM pg_database WHERE datname LIKE $1").await,
+        50
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM pg_roles WHERE rolname LIKE $1 AND rolname LIKE '%\\_app' AND rolcanlogin").await,
+        50
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM pg_roles WHERE rolname LIKE $1 AND rolname LIKE '%\\_owner'")
+            .await,
+        50
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM pg_roles WHERE rolname LIKE $1").await,
+        100,
+        "no other roles"
+    );
+    let secrets = ctx
+        .api::<Secret>()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    let bindings = secrets
+        .iter()
+        .filter(|s| s.type_.as_deref() == Some("servicebinding.io/postgresql"))
+        .count();
+    assert_eq!(bindings, 50);
+    // And every binding works.
+    let servers = Servers::default();
+    let conn = admin(&server, Engine::Postgres);
+    for s in secrets
+        .into_iter()
+        .filter(|s| s.type_.as_deref() == Some("servicebinding.io/postgresql"))
+    {
+        let values = binding_of(s);
+        assert!(
+            servers.can_login(&conn, &grant_of(&values)).await,
+            "{}",
+            values["database"]
+        );
+    }
+    eprintln!("{at_crash} of 50 claims were Ready when the operator crashed");
+}
