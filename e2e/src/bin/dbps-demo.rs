@@ -1,29 +1,45 @@
-//! `make demo`: a local Kubernetes control plane with fake nodes, the dbps
-//! operator, and one dedicated database per engine from `examples/`, until Ctrl-C.
+//! `make demo`: the local control plane, local PostgreSQL, FerretDB (MongoDB
+//! wire protocol) and InfluxDB registered as DatabaseServers, the dbps
+//! operator, and the sample services' claims. Waits until every claim is
+//! Ready, proves with the issued credentials that each service reaches its own
+//! database and no other, and keeps running until Ctrl-C.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use dbps_e2e::databases::{Kind, LocalServer, round_trip};
 use dbps_e2e::manifests::apply_yaml;
 use dbps_e2e::operator::install_crds;
 use dbps_e2e::{ControlPlane, Error};
-use dbps_operator::api::{ClaimPhase, DatabaseClaim};
+use dbps_operator::api::{ClaimPhase, DatabaseClaim, Engine};
 use dbps_operator::controller::{self, Config};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
 
-const NAMESPACE: &str = "demo";
-const EXAMPLES: [(&str, &str); 3] = [
+const SYSTEM_NAMESPACE: &str = "dbps-system";
+/// Namespace → manifests applied there.
+const SAMPLES: [(&str, &str, &str); 3] = [
     (
-        "examples/orders-postgres.yaml",
-        include_str!("../../../examples/orders-postgres.yaml"),
+        "shop",
+        "examples/shared/ecommerce.yaml",
+        include_str!("../../../examples/shared/ecommerce.yaml"),
     ),
     (
-        "examples/catalog-mongodb.yaml",
-        include_str!("../../../examples/catalog-mongodb.yaml"),
+        "iot",
+        "examples/shared/iot.yaml",
+        include_str!("../../../examples/shared/iot.yaml"),
     ),
     (
-        "examples/telemetry-influxdb.yaml",
-        include_str!("../../../examples/telemetry-influxdb.yaml"),
+        "dedicated",
+        "examples/*.yaml",
+        concat!(
+            include_str!("../../../examples/orders-postgres.yaml"),
+            "\n---\n",
+            include_str!("../../../examples/catalog-mongodb.yaml"),
+            "\n---\n",
+            include_str!("../../../examples/telemetry-influxdb.yaml"),
+        ),
     ),
 ];
 
@@ -37,6 +53,36 @@ async fn main() -> Result<(), Error> {
     let client = plane.client().await?;
     install_crds(&client).await?;
 
+    eprintln!("starting PostgreSQL, FerretDB and InfluxDB on loopback ports ...");
+    let (postgres, mongodb, influxdb) = tokio::try_join!(
+        LocalServer::start(Kind::Postgres),
+        LocalServer::start(Kind::FerretDb),
+        LocalServer::start(Kind::InfluxDb),
+    )?;
+    let servers = [
+        ("local-postgres", Engine::Postgres, &postgres),
+        ("local-mongodb", Engine::Mongodb, &mongodb),
+        ("local-influxdb", Engine::Influxdb, &influxdb),
+    ];
+    create_namespace(&client, SYSTEM_NAMESPACE, false).await?;
+    for (name, engine, server) in servers {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{ name: {name}-admin }}\nstringData: {{ username: {}, password: {} }}\n---\n\
+             apiVersion: dbps.io/v1alpha1\nkind: DatabaseServer\nmetadata: {{ name: {name} }}\n\
+             spec: {{ engine: {}, host: 127.0.0.1, port: {}, adminSecretRef: {{ namespace: {SYSTEM_NAMESPACE}, name: {name}-admin }} }}\n",
+            server.admin_user,
+            server.admin_password,
+            engine.as_str(),
+            server.port,
+        );
+        apply_yaml(&client, SYSTEM_NAMESPACE, &yaml).await?;
+        eprintln!(
+            "  DatabaseServer {name}: {} on 127.0.0.1:{}",
+            engine.as_str(),
+            server.port
+        );
+    }
+
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(controller::run(
         client.clone(),
@@ -45,22 +91,15 @@ async fn main() -> Result<(), Error> {
             let _ = stopped.await;
         },
     ));
-    eprintln!("operator running; applying the examples to namespace {NAMESPACE:?} ...");
-
-    let namespace: Namespace = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": NAMESPACE, "labels": { "pod-security.kubernetes.io/enforce": "restricted" } }
-    }))
-    .expect("static namespace");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await?;
-    for (file, yaml) in EXAMPLES {
-        let applied = apply_yaml(&client, NAMESPACE, yaml).await?;
-        eprintln!("  {file}: {}", applied.join(", "));
+    eprintln!("operator running; applying the samples ...");
+    for (namespace, file, yaml) in SAMPLES {
+        create_namespace(&client, namespace, true).await?;
+        let applied = apply_yaml(&client, namespace, yaml).await?;
+        eprintln!("  {namespace}: {file} → {} objects", applied.len());
     }
 
-    let claims: Api<DatabaseClaim> = Api::namespaced(client.clone(), NAMESPACE);
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let claims: Api<DatabaseClaim> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(180);
     let list = loop {
         let list = claims.list(&Default::default()).await?.items;
         let ready = list
@@ -73,9 +112,78 @@ async fn main() -> Result<(), Error> {
     };
     print_claims(&list);
 
+    // Prove isolation with the credentials each service was given.
+    let mut bindings = Vec::new();
+    for claim in list.iter().filter(|c| c.spec.server.is_some()) {
+        let ns = claim.namespace().unwrap_or_default();
+        let name = claim
+            .status
+            .as_ref()
+            .and_then(|s| s.binding.as_ref())
+            .map(|b| b.name.clone())
+            .unwrap_or_default();
+        let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+            .get(&name)
+            .await?;
+        let values: BTreeMap<String, String> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+            .collect();
+        bindings.push((
+            format!("{ns}/{}", claim.spec.service_ref.name),
+            claim.spec.engine,
+            values,
+        ));
+    }
+    let server_of = |engine: Engine| match engine {
+        Engine::Postgres => &postgres,
+        Engine::Mongodb => &mongodb,
+        Engine::Influxdb => &influxdb,
+    };
+    println!(
+        "\nEach service's credentials against each database (own: must work; others: must be refused):"
+    );
+    let mut violations = 0;
+    for (service, _, own) in &bindings {
+        let mut line = format!("  {service:<16}");
+        for (other, engine, target) in &bindings {
+            let result = round_trip(
+                server_of(*engine),
+                *engine,
+                &target["database"],
+                &own["username"],
+                &own["password"],
+            )
+            .await;
+            let expected = service == other;
+            let mark = match (result.is_ok(), expected) {
+                (true, true) => "✔ own",
+                (false, false) => "✘ refused",
+                (true, false) => {
+                    violations += 1;
+                    "!! ALLOWED"
+                }
+                (false, true) => {
+                    violations += 1;
+                    "!! FAILED"
+                }
+            };
+            line.push_str(&format!(" {other}:{mark}"));
+        }
+        println!("{line}");
+    }
+    println!(
+        "  (local-mongodb is FerretDB v1, which authenticates users per database but has no roles: on it, a\n   user that logged in to its own database is not kept out of others. MongoDB enforces readWrite.)"
+    );
+    if violations > 0 {
+        eprintln!("\n{violations} unexpected results: see above");
+    }
+
     let bin = dbps_e2e::binaries::dir().map_err(Error::Binaries)?;
     println!(
-        "\nEverything is up after {:.1}s; the local control plane is at {server}.\n\n  export KUBECONFIG={kc}\n  export PATH={bin}:$PATH\n  kubectl get dbps -n {NAMESPACE}\n  kubectl get statefulsets,pvc,networkpolicies,secrets -n {NAMESPACE}\n  kubectl explain databaseclaim.spec\n\nDatabase pods run on kwok's fake nodes: Kubernetes schedules them and reports them Ready,\nno database process runs behind them. Component logs are in {dir}.\nPress Ctrl-C to stop and clean up.",
+        "\nEverything is up after {:.1}s; the local control plane is at {server}.\n\n  export KUBECONFIG={kc}\n  export PATH={bin}:$PATH\n  kubectl get dbps -A\n  kubectl get databaseservers\n  kubectl annotate dbc -n shop payments-db dbps.io/rotate=now   # rotate its credentials\n\nDedicated instances (namespace dedicated) run on kwok's fake nodes: Kubernetes schedules them and\nreports them Ready, no database process runs behind them. Component logs are in {dir}.\nPress Ctrl-C to stop and clean up.",
         started.elapsed().as_secs_f64(),
         server = plane.server_url(),
         kc = plane.kubeconfig_path().display(),
@@ -86,22 +194,47 @@ async fn main() -> Result<(), Error> {
     eprintln!("stopping ...");
     let _ = stop.send(());
     let _ = operator.await;
+    drop((postgres, mongodb, influxdb));
     drop(plane);
+    Ok(())
+}
+
+async fn create_namespace(client: &Client, name: &str, restricted: bool) -> Result<(), Error> {
+    let mut labels = BTreeMap::new();
+    if restricted {
+        labels.insert(
+            "pod-security.kubernetes.io/enforce".to_string(),
+            "restricted".to_string(),
+        );
+    }
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "labels": labels }
+    }))
+    .expect("static namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await?;
     Ok(())
 }
 
 fn print_claims(claims: &[DatabaseClaim]) {
     println!(
-        "\n{:<12} {:<9} {:<10} {:<8} {:<18} ENDPOINT",
-        "CLAIM", "ENGINE", "SERVICE", "PHASE", "BINDING"
+        "\n{:<10} {:<14} {:<9} {:<10} {:<15} {:<8} {:<24} ENDPOINT",
+        "NAMESPACE", "CLAIM", "ENGINE", "SERVICE", "SERVER", "PHASE", "BINDING"
     );
     for c in claims {
         let status = c.status.clone().unwrap_or_default();
         println!(
-            "{:<12} {:<9} {:<10} {:<8} {:<18} {}",
-            c.metadata.name.as_deref().unwrap_or_default(),
+            "{:<10} {:<14} {:<9} {:<10} {:<15} {:<8} {:<24} {}",
+            c.namespace().unwrap_or_default(),
+            c.name_any(),
             c.spec.engine.as_str(),
             c.spec.service_ref.name,
+            c.spec
+                .server
+                .as_ref()
+                .map(|s| s.name.as_str())
+                .unwrap_or("(dedicated)"),
             status.phase.map(|p| format!("{p:?}")).unwrap_or_default(),
             status.binding.map(|b| b.name).unwrap_or_default(),
             status
