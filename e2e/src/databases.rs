@@ -31,6 +31,9 @@ pub struct LocalServer {
     pub port: u16,
     pub admin_user: String,
     pub admin_password: String,
+    /// With TLS: the CA (PEM) that signed the server's certificate. The server
+    /// then accepts TLS connections only.
+    pub ca_pem: Option<String>,
     process: Process,
     dir: Option<tempfile::TempDir>,
     restart: Restart,
@@ -46,10 +49,45 @@ struct Restart {
 impl LocalServer {
     /// Starts a server of `kind`.
     pub async fn start(kind: Kind) -> Result<Self, Error> {
+        Self::start_with(kind, false).await
+    }
+
+    /// Starts a server of `kind` that accepts TLS connections only, with a
+    /// certificate for `localhost`/`127.0.0.1` from a CA of its own.
+    pub async fn start_tls(kind: Kind) -> Result<Self, Error> {
+        Self::start_with(kind, true).await
+    }
+
+    async fn start_with(kind: Kind, tls: bool) -> Result<Self, Error> {
+        let tls = match tls {
+            false => None,
+            true => {
+                let ca = crate::pki::Authority::new("dbps-local-database-ca")?;
+                Some((
+                    ca.cert_pem().to_string(),
+                    ca.server(&format!("{kind:?}"), &[])?,
+                ))
+            }
+        };
         match kind {
-            Kind::Postgres => start_postgres().await,
-            Kind::InfluxDb => start_influxdb().await,
-            Kind::FerretDb => start_ferretdb().await,
+            Kind::Postgres => start_postgres(tls).await,
+            Kind::InfluxDb => start_influxdb(tls).await,
+            Kind::FerretDb => start_ferretdb(tls).await,
+        }
+    }
+
+    /// How the operator reaches this server as its administrator.
+    pub fn admin_connection(&self, engine: Engine) -> dbps_operator::servers::Connection {
+        dbps_operator::servers::Connection {
+            engine,
+            host: self.host.clone(),
+            port: self.port,
+            username: self.admin_user.clone(),
+            password: self.admin_password.clone(),
+            tls: self
+                .ca_pem
+                .clone()
+                .map(|ca| dbps_operator::servers::Tls { ca_pem: Some(ca) }),
         }
     }
 
@@ -125,6 +163,31 @@ fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, Error> {
         .map_err(|e| Error::io("create temp dir", e))
 }
 
+/// The CA (PEM) and the server's certificate and key, for TLS.
+type TlsFiles = Option<(String, crate::pki::CertifiedKey)>;
+
+/// Writes the certificate and key into `dir` (key readable by its owner only).
+fn write_tls(
+    dir: &Path,
+    tls: &TlsFiles,
+    run_as: Option<(u32, u32)>,
+) -> Result<Option<(PathBuf, PathBuf)>, Error> {
+    let Some((_, cert)) = tls else {
+        return Ok(None);
+    };
+    let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&crt, &cert.cert_pem).map_err(|e| Error::io("write server.crt", e))?;
+    std::fs::write(&key, &cert.key_pem).map_err(|e| Error::io("write server.key", e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io("chmod server.key", e))?;
+    if let Some((uid, gid)) = run_as {
+        chown_tree(&crt, uid, gid)?;
+        chown_tree(&key, uid, gid)?;
+    }
+    Ok(Some((crt, key)))
+}
+
 fn password() -> String {
     dbps_operator::password::generate()
 }
@@ -186,7 +249,7 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), Error> {
     Ok(())
 }
 
-async fn start_postgres() -> Result<LocalServer, Error> {
+async fn start_postgres(tls: TlsFiles) -> Result<LocalServer, Error> {
     let bin = postgres_bin()?;
     let run_as = unprivileged_account()?;
     let dir = temp_dir("dbps-postgres-")?;
@@ -216,40 +279,47 @@ async fn start_postgres() -> Result<LocalServer, Error> {
     let _ = std::fs::remove_file(&pwfile);
 
     let port = free_port()?;
-    let args = vec![
-        "-D".into(),
-        data.display().to_string(),
-        "-p".into(),
-        port.to_string(),
-        "-k".into(),
-        path.display().to_string(),
-        "-c".into(),
-        "listen_addresses=127.0.0.1".into(),
-        "-c".into(),
-        "fsync=off".into(),
-        "-c".into(),
-        "max_connections=200".into(),
-    ];
+    let mut args: Vec<String> = [
+        "-D",
+        &data.display().to_string(),
+        "-p",
+        &port.to_string(),
+        "-k",
+        &path.display().to_string(),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "fsync=off",
+        "-c",
+        "max_connections=200",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some((crt, key)) = write_tls(&path, &tls, run_as)? {
+        // TLS only: a plain TCP connection finds no pg_hba line.
+        let hba = data.join("pg_hba.conf");
+        let rules = "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n";
+        std::fs::write(&hba, rules).map_err(|e| Error::io("write pg_hba.conf", e))?;
+        if let Some((uid, gid)) = run_as {
+            chown_tree(&hba, uid, gid)?;
+        }
+        for setting in [
+            "ssl=on".to_string(),
+            format!("ssl_cert_file={}", crt.display()),
+            format!("ssl_key_file={}", key.display()),
+        ] {
+            args.extend(["-c".to_string(), setting]);
+        }
+    }
     let program = bin.join("postgres");
-    let mut process = spawn("postgres", &program, &args, &path, run_as)?;
-    let conninfo =
-        format!("host=127.0.0.1 port={port} user=admin password={admin_password} dbname=postgres");
-    process
-        .wait_until(Duration::from_secs(60), || {
-            let conninfo = conninfo.clone();
-            async move {
-                tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
-                    .await
-                    .is_ok()
-            }
-        })
-        .await?;
-    Ok(LocalServer {
+    let process = spawn("postgres", &program, &args, &path, run_as)?;
+    let server = LocalServer {
         kind: Kind::Postgres,
         host: "127.0.0.1".into(),
         port,
         admin_user: "admin".into(),
         admin_password,
+        ca_pem: tls.map(|(ca, _)| ca),
         process,
         dir: Some(dir),
         restart: Restart {
@@ -257,12 +327,32 @@ async fn start_postgres() -> Result<LocalServer, Error> {
             args,
             run_as,
         },
-    })
+    };
+    server.wait_ready().await
+}
+
+impl LocalServer {
+    /// Waits until the admin user can work with the server (over TLS when it has TLS).
+    async fn wait_ready(mut self) -> Result<Self, Error> {
+        let engine = match self.kind {
+            Kind::Postgres => Engine::Postgres,
+            Kind::InfluxDb => Engine::Influxdb,
+            Kind::FerretDb => Engine::Mongodb,
+        };
+        let conn = self.admin_connection(engine);
+        let servers = dbps_operator::servers::Servers::default();
+        self.process
+            .wait_until(Duration::from_secs(60), || async {
+                servers.info(&conn).await.is_ok()
+            })
+            .await?;
+        Ok(self)
+    }
 }
 
 // --- InfluxDB 1.x ----------------------------------------------------------
 
-async fn start_influxdb() -> Result<LocalServer, Error> {
+async fn start_influxdb(tls: TlsFiles) -> Result<LocalServer, Error> {
     let program = PathBuf::from("/usr/bin/influxd");
     if !program.is_file() {
         return Err(Error::Binaries(
@@ -272,6 +362,14 @@ async fn start_influxdb() -> Result<LocalServer, Error> {
     let dir = temp_dir("dbps-influxdb-")?;
     let path = dir.path().to_path_buf();
     let (port, rpc) = (free_port()?, free_port()?);
+    let https = match write_tls(&path, &tls, None)? {
+        None => String::new(),
+        Some((crt, key)) => format!(
+            "  https-enabled = true\n  https-certificate = \"{}\"\n  https-private-key = \"{}\"\n",
+            crt.display(),
+            key.display()
+        ),
+    };
     // No usage reporting, no self-monitoring store, everything on loopback.
     let config = format!(
         r#"reporting-disabled = true
@@ -289,7 +387,7 @@ bind-address = "127.0.0.1:{rpc}"
   bind-address = "127.0.0.1:{port}"
   auth-enabled = true
   log-enabled = false
-[continuous_queries]
+{https}[continuous_queries]
   enabled = false
 "#,
         dir = path.display()
@@ -299,10 +397,16 @@ bind-address = "127.0.0.1:{rpc}"
     let args = vec!["-config".into(), config_path.display().to_string()];
     let mut process = spawn("influxd", &program, &args, &path, None)?;
     crate::install_crypto_provider();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
-    let ping = format!("http://127.0.0.1:{port}/ping");
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
+    let scheme = match &tls {
+        None => "http",
+        Some((ca, _)) => {
+            builder = builder.tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes())?]);
+            "https"
+        }
+    };
+    let http = builder.build()?;
+    let ping = format!("{scheme}://127.0.0.1:{port}/ping");
     process
         .wait_until(Duration::from_secs(60), || {
             let (http, ping) = (http.clone(), ping.clone());
@@ -313,7 +417,7 @@ bind-address = "127.0.0.1:{rpc}"
     let admin_password = password();
     let q = format!("CREATE USER admin WITH PASSWORD '{admin_password}' WITH ALL PRIVILEGES");
     let response = http
-        .post(format!("http://127.0.0.1:{port}/query"))
+        .post(format!("{scheme}://127.0.0.1:{port}/query"))
         .form(&[("q", q.as_str())])
         .send()
         .await?;
@@ -329,6 +433,7 @@ bind-address = "127.0.0.1:{rpc}"
         port,
         admin_user: "admin".into(),
         admin_password,
+        ca_pem: tls.map(|(ca, _)| ca),
         process,
         dir: Some(dir),
         restart: Restart {
@@ -359,17 +464,16 @@ pub fn ferretdb_binary() -> Result<PathBuf, Error> {
     }
 }
 
-async fn start_ferretdb() -> Result<LocalServer, Error> {
+async fn start_ferretdb(tls: TlsFiles) -> Result<LocalServer, Error> {
     let program = ferretdb_binary()?;
     let dir = temp_dir("dbps-ferretdb-")?;
     let path = dir.path().to_path_buf();
     std::fs::create_dir_all(path.join("data")).map_err(|e| Error::io("create data dir", e))?;
     let (port, debug) = (free_port()?, free_port()?);
     let admin_password = password();
-    let args = vec![
+    let mut args = vec![
         "--handler=sqlite".into(),
         format!("--sqlite-url=file:{}/data/", path.display()),
-        format!("--listen-addr=127.0.0.1:{port}"),
         format!("--debug-addr=127.0.0.1:{debug}"),
         format!("--state-dir={}", path.display()),
         // No usage reporting.
@@ -381,14 +485,24 @@ async fn start_ferretdb() -> Result<LocalServer, Error> {
         format!("--setup-password={admin_password}"),
         "--log-level=error".into(),
     ];
-    let mut process = spawn("ferretdb", &program, &args, &path, None)?;
-    wait_for_port(&mut process, port).await?;
-    Ok(LocalServer {
+    match write_tls(&path, &tls, None)? {
+        None => args.push(format!("--listen-addr=127.0.0.1:{port}")),
+        Some((crt, key)) => args.extend([
+            // TLS only: no plain listener.
+            "--listen-addr=".to_string(),
+            format!("--listen-tls=127.0.0.1:{port}"),
+            format!("--listen-tls-cert-file={}", crt.display()),
+            format!("--listen-tls-key-file={}", key.display()),
+        ]),
+    }
+    let process = spawn("ferretdb", &program, &args, &path, None)?;
+    let server = LocalServer {
         kind: Kind::FerretDb,
         host: "127.0.0.1".into(),
         port,
         admin_user: "admin".into(),
         admin_password,
+        ca_pem: tls.map(|(ca, _)| ca),
         process,
         dir: Some(dir),
         restart: Restart {
@@ -396,7 +510,8 @@ async fn start_ferretdb() -> Result<LocalServer, Error> {
             args,
             run_as: None,
         },
-    })
+    };
+    server.wait_ready().await
 }
 
 /// Writes a row (PostgreSQL), a point (InfluxDB) or a document (MongoDB)

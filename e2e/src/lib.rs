@@ -17,7 +17,7 @@ pub mod control_plane;
 pub mod databases;
 pub mod manifests;
 pub mod operator;
-mod pki;
+pub(crate) mod pki;
 pub mod ports;
 mod process;
 pub mod shared;

@@ -4,17 +4,7 @@
 
 use dbps_e2e::databases::{Kind, LocalServer, round_trip};
 use dbps_operator::api::Engine;
-use dbps_operator::servers::{AdminError, Connection, Grant, Servers};
-
-fn connection(server: &LocalServer, engine: Engine) -> Connection {
-    Connection {
-        engine,
-        host: server.host.clone(),
-        port: server.port,
-        username: server.admin_user.clone(),
-        password: server.admin_password.clone(),
-    }
-}
+use dbps_operator::servers::{AdminError, Grant, Servers};
 
 fn grant(database: &str, username: &str, password: &str) -> Grant {
     Grant {
@@ -26,7 +16,7 @@ fn grant(database: &str, username: &str, password: &str) -> Grant {
 
 async fn administers(kind: Kind, engine: Engine) {
     let server = LocalServer::start(kind).await.unwrap();
-    let conn = connection(&server, engine);
+    let conn = server.admin_connection(engine);
     let servers = Servers::default();
 
     let info = servers.info(&conn).await.unwrap();
@@ -165,7 +155,7 @@ async fn mongodb_wire_databases_and_users() {
 async fn ferretdb_is_reported_as_not_enforcing_database_roles() {
     let server = LocalServer::start(Kind::FerretDb).await.unwrap();
     let info = Servers::default()
-        .info(&connection(&server, Engine::Mongodb))
+        .info(&server.admin_connection(Engine::Mongodb))
         .await
         .unwrap();
     assert!(info.version.contains("FerretDB"), "{}", info.version);
@@ -175,7 +165,7 @@ async fn ferretdb_is_reported_as_not_enforcing_database_roles() {
 #[tokio::test]
 async fn crafted_names_and_passwords_cannot_inject_sql() {
     let server = LocalServer::start(Kind::Postgres).await.unwrap();
-    let conn = connection(&server, Engine::Postgres);
+    let conn = server.admin_connection(Engine::Postgres);
     let servers = Servers::default();
     let victim = grant("victim", "victim_app", "VictimPass1");
     servers.ensure(&conn, &victim).await.unwrap();

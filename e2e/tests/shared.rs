@@ -30,6 +30,18 @@ async fn register(
     extra: serde_json::Value,
 ) -> String {
     let name = format!("{}-{}", ctx.namespace, engine.as_str());
+    register_as(ctx, &name, server, engine, extra).await
+}
+
+/// Registers `server` as DatabaseServer `name`.
+async fn register_as(
+    ctx: &TestContext,
+    name: &str,
+    server: &LocalServer,
+    engine: Engine,
+    extra: serde_json::Value,
+) -> String {
+    let name = name.to_string();
     let secret: Secret = serde_json::from_value(json!({
         "metadata": { "name": format!("{name}-admin") },
         "stringData": { "username": server.admin_user, "password": server.admin_password }
@@ -121,13 +133,7 @@ fn binding_of(secret: Secret) -> BTreeMap<String, String> {
 }
 
 fn admin(server: &LocalServer, engine: Engine) -> Connection {
-    Connection {
-        engine,
-        host: server.host.clone(),
-        port: server.port,
-        username: server.admin_user.clone(),
-        password: server.admin_password.clone(),
-    }
+    server.admin_connection(engine)
 }
 
 fn grant_of(b: &BTreeMap<String, String>) -> Grant {
@@ -682,4 +688,78 @@ async fn an_operator_restart_in_the_middle_of_fifty_claims_leaves_no_duplicates_
         );
     }
     eprintln!("{at_crash} of 50 claims were Ready when the operator crashed");
+}
+
+fn reachable(expected: &'static str) -> impl Fn(Option<&DatabaseServer>) -> bool {
+    move |s| {
+        s.and_then(|s| s.status.as_ref()).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Reachable" && c.status == expected)
+        })
+    }
+}
+
+/// A server that accepts TLS only is reached over TLS, verified against the
+/// CA of its registration; the binding tells the service to use TLS too.
+async fn over_tls(kind: Kind, engine: Engine, uri_mark: &str) {
+    let (ctx, _operator) = setup(&format!("tls-{}", engine.as_str())).await;
+    let server = LocalServer::start_tls(kind).await.unwrap();
+    let ca = server.ca_pem.clone().unwrap();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "server-ca" }, "stringData": { "ca.crt": ca }
+    }))
+    .unwrap();
+    ctx.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let tls = json!({ "tls": { "enabled": true, "caSecretRef": { "namespace": ctx.namespace, "name": "server-ca" } } });
+    let name = register(&ctx, &server, engine, tls).await;
+    let plain = register_as(&ctx, &format!("{name}-plain"), &server, engine, json!({})).await;
+    let servers: Api<DatabaseServer> = Api::all(ctx.client.clone());
+    ctx.wait_for(
+        &servers,
+        &name,
+        "TLS registration Reachable",
+        reachable("True"),
+    )
+    .await;
+    ctx.wait_for(
+        &servers,
+        &plain,
+        "plain registration not Reachable",
+        reachable("False"),
+    )
+    .await;
+
+    service(&ctx, "svc").await;
+    claim(&ctx, "db", "svc", engine, &name, "Delete").await;
+    let claims = ctx.api::<DatabaseClaim>();
+    ctx.wait_for(&claims, "db", "claim Ready over TLS", reason_is("Ready"))
+        .await;
+    let values = binding(&ctx, "db").await;
+    assert_eq!(values["ca.crt"], ca);
+    assert!(values["uri"].contains(uri_mark), "{}", values["uri"]);
+    let servers = Servers::default();
+    assert!(
+        servers
+            .can_login(&admin(&server, engine), &grant_of(&values))
+            .await
+    );
+}
+
+#[tokio::test]
+async fn postgres_over_tls() {
+    over_tls(Kind::Postgres, Engine::Postgres, "sslmode=verify-full").await;
+}
+
+#[tokio::test]
+async fn influxdb_over_tls() {
+    over_tls(Kind::InfluxDb, Engine::Influxdb, "https://").await;
+}
+
+#[tokio::test]
+async fn mongodb_wire_over_tls() {
+    over_tls(Kind::FerretDb, Engine::Mongodb, "tls=true").await;
 }

@@ -48,6 +48,8 @@ pub struct Endpoint {
     pub port: u16,
     pub database: String,
     pub username: String,
+    /// TLS to the server, with the CA (PEM) to verify it when not a public one.
+    pub tls: Option<Option<String>>,
 }
 
 impl Inputs<'_> {
@@ -60,6 +62,7 @@ impl Inputs<'_> {
             port: engine.port(),
             username: engine.app_username(&database),
             database,
+            tls: None,
         }
     }
 }
@@ -81,9 +84,10 @@ pub fn binding_secret_generation(inputs: &Inputs, endpoint: &Endpoint, generatio
         port,
         database,
         username,
+        tls,
     } = endpoint.clone();
-    let uri = engine.uri(&username, &password, &host, port, &database);
-    Secret {
+    let uri = engine.uri_with_tls(&username, &password, &host, port, &database, tls.is_some());
+    let mut secret = Secret {
         metadata: inputs.meta(
             names::binding_secret_of(&inputs.claim_name(), generation),
             "binding",
@@ -101,7 +105,16 @@ pub fn binding_secret_generation(inputs: &Inputs, endpoint: &Endpoint, generatio
             ("uri", uri),
         ])),
         ..Default::default()
+    };
+    // servicebinding.io optional keys for TLS: the CA and, for PostgreSQL, sslmode.
+    let entries = secret.data.get_or_insert_with(Default::default);
+    if let Some(ca) = tls.as_ref().and_then(Option::as_ref) {
+        entries.insert("ca.crt".into(), ByteString(ca.clone().into_bytes()));
     }
+    if tls.is_some() && engine == crate::api::Engine::Postgres {
+        entries.insert("sslmode".into(), ByteString(b"verify-full".to_vec()));
+    }
+    secret
 }
 
 fn data<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, ByteString> {

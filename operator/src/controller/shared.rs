@@ -16,6 +16,7 @@ use kube::runtime::events::EventType;
 
 use super::claim::{Outcome, publish, update_status, update_status_with};
 use super::{Context, Error};
+use crate::api::ServerTls;
 use crate::api::{
     Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, DatabaseServer,
     Endpoint as StatusEndpoint, PreviousCredentials, Service,
@@ -26,7 +27,10 @@ use crate::children::{
 };
 use crate::engines::{PASSWORD_KEY, USERNAME_KEY};
 use crate::password;
-use crate::servers::{Connection, Grant, shared_identifier};
+use crate::servers::{Connection, Grant, Tls, shared_identifier};
+
+/// Key of the CA certificate in the Secret a server's `tls.caSecretRef` names.
+pub const CA_KEY: &str = "ca.crt";
 
 /// Annotation whose new value requests a credential rotation.
 pub const ROTATE_ANNOTATION: &str = "dbps.io/rotate";
@@ -97,9 +101,40 @@ pub async fn admin_connection(
             ),
         }));
     };
+    let tls = match server.spec.tls.as_ref().filter(|t| t.enabled) {
+        None => None,
+        Some(ServerTls {
+            ca_secret_ref: None,
+            ..
+        }) => Some(Tls { ca_pem: None }),
+        Some(ServerTls {
+            ca_secret_ref: Some(ca),
+            ..
+        }) => {
+            let pem = ctx
+                .api::<Secret>(&ca.namespace)
+                .get_opt(&ca.name)
+                .await?
+                .and_then(|s| secret_value(&s, CA_KEY));
+            match pem {
+                Some(pem) => Some(Tls { ca_pem: Some(pem) }),
+                None => {
+                    return Ok(Err(Unavailable {
+                        phase: ClaimPhase::Pending,
+                        reason: "CaSecretNotFound",
+                        message: format!(
+                            "Secret {}/{} with key {CA_KEY:?} does not exist",
+                            ca.namespace, ca.name
+                        ),
+                    }));
+                }
+            }
+        }
+    };
     let engine = server.spec.engine;
     Ok(Ok(Connection {
         engine,
+        tls,
         host: server.spec.host.clone(),
         port: server
             .spec
@@ -316,6 +351,7 @@ pub async fn apply_shared(
         port: conn.port,
         database: database.clone(),
         username: slot_username(claim, generation),
+        tls: conn.tls.as_ref().map(|t| t.ca_pem.clone()),
     };
     let binding = apply(
         &secrets,

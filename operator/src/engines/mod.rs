@@ -138,13 +138,35 @@ impl Engine {
         port: u16,
         database: &str,
     ) -> String {
+        self.uri_with_tls(username, password, host, port, database, false)
+    }
+
+    /// Connection URI for the binding, asking for TLS when `tls`.
+    pub fn uri_with_tls(
+        self,
+        username: &str,
+        password: &str,
+        host: &str,
+        port: u16,
+        database: &str,
+        tls: bool,
+    ) -> String {
         let (u, p) = (percent_encode(username), percent_encode(password));
-        match self {
-            Engine::Postgres => format!("postgresql://{u}:{p}@{host}:{port}/{database}"),
-            Engine::Mongodb => {
-                format!("mongodb://{u}:{p}@{host}:{port}/{database}?authSource={database}")
+        match (self, tls) {
+            (Engine::Postgres, false) => format!("postgresql://{u}:{p}@{host}:{port}/{database}"),
+            (Engine::Postgres, true) => {
+                format!("postgresql://{u}:{p}@{host}:{port}/{database}?sslmode=verify-full")
             }
-            Engine::Influxdb => format!("http://{u}:{p}@{host}:{port}/?db={database}"),
+            (Engine::Mongodb, tls) => format!(
+                "mongodb://{u}:{p}@{host}:{port}/{database}?authSource={database}{}",
+                if tls { "&tls=true" } else { "" }
+            ),
+            (Engine::Influxdb, tls) => {
+                format!(
+                    "{}://{u}:{p}@{host}:{port}/?db={database}",
+                    if tls { "https" } else { "http" }
+                )
+            }
         }
     }
 }

@@ -1,21 +1,43 @@
 //! InfluxDB 1.x HTTP API: a database, a non-admin user, `GRANT ALL` on that
 //! database only.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use serde_json::Value;
 
-use super::{AdminError, Connection, Grant, ServerInfo, TIMEOUT};
+use super::{AdminError, Connection, Grant, ServerInfo, TIMEOUT, Tls};
 
-static HTTP: LazyLock<reqwest::Client> = LazyLock::new(|| {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .timeout(TIMEOUT)
         .connect_timeout(TIMEOUT)
         .pool_max_idle_per_host(super::MAX_CONNECTIONS_PER_SERVER)
-        .build()
-        .expect("HTTP client")
+}
+
+static HTTP: LazyLock<reqwest::Client> = LazyLock::new(|| {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    builder().build().expect("HTTP client")
 });
+
+/// HTTPS clients per CA, made once.
+static HTTPS: LazyLock<Mutex<HashMap<Tls, reqwest::Client>>> = LazyLock::new(Default::default);
+
+fn http(conn: &Connection) -> Result<reqwest::Client, AdminError> {
+    let Some(tls) = &conn.tls else {
+        return Ok(HTTP.clone());
+    };
+    let mut clients = HTTPS.lock().unwrap();
+    if let Some(client) = clients.get(tls) {
+        return Ok(client.clone());
+    }
+    let client = builder()
+        .tls_backend_preconfigured(tls.client_config()?)
+        .build()
+        .map_err(|e| AdminError::Tls(e.to_string()))?;
+    clients.insert(tls.clone(), client.clone());
+    Ok(client)
+}
 
 /// `"ident"` in InfluxQL: backslash and quote escaped.
 pub fn quote_ident(s: &str) -> String {
@@ -28,7 +50,8 @@ pub fn quote_literal(s: &str) -> String {
 }
 
 fn base(conn: &Connection) -> String {
-    format!("http://{}:{}", conn.host, conn.port)
+    let scheme = if conn.tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{}:{}", conn.host, conn.port)
 }
 
 /// Runs one statement as `user`; returns the JSON answer.
@@ -43,7 +66,7 @@ async fn query(
     if let Some(db) = db {
         form.push(("db", db));
     }
-    let response = HTTP
+    let response = http(conn)?
         .post(format!("{}/query", base(conn)))
         .basic_auth(user, Some(password))
         .form(&form)
@@ -79,7 +102,7 @@ async fn admin(conn: &Connection, q: &str) -> Result<Value, AdminError> {
 pub async fn info(conn: &Connection) -> Result<ServerInfo, AdminError> {
     // An authenticated statement proves the admin credentials too.
     admin(conn, "SHOW DATABASES").await?;
-    let ping = HTTP
+    let ping = http(conn)?
         .get(format!("{}/ping", base(conn)))
         .send()
         .await

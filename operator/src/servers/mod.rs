@@ -28,6 +28,45 @@ pub struct Connection {
     pub port: u16,
     pub username: String,
     pub password: String,
+    /// Connect over TLS, verifying the server against this CA (PEM), or the
+    /// well-known public roots when `None`.
+    pub tls: Option<Tls>,
+}
+
+/// TLS to a server.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tls {
+    /// PEM of the CA that signed the server certificate.
+    pub ca_pem: Option<String>,
+}
+
+impl Tls {
+    /// A rustls client configuration trusting the CA (or the public roots).
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, AdminError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_pem {
+            Some(pem) => {
+                for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    let cert = cert.map_err(|e| AdminError::Tls(format!("CA certificate: {e}")))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| AdminError::Tls(format!("CA certificate: {e}")))?;
+                }
+                if roots.is_empty() {
+                    return Err(AdminError::Tls("the CA Secret holds no certificate".into()));
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| AdminError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -77,6 +116,8 @@ pub enum AdminError {
     Refused(String),
     #[error("no answer within {TIMEOUT:?}")]
     Timeout,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl AdminError {
@@ -86,6 +127,7 @@ impl AdminError {
             AdminError::Unreachable(_) | AdminError::Timeout => "ServerUnreachable",
             AdminError::AuthenticationFailed(_) => "ServerAuthenticationFailed",
             AdminError::Refused(_) => "ServerRefused",
+            AdminError::Tls(_) => "ServerTlsFailed",
         }
     }
 }
@@ -214,7 +256,7 @@ pub fn bounded(name: &str) -> String {
     format!("{}_{:016x}", &name[..cut], fnv1a(name.as_bytes()))
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
     })

@@ -31,8 +31,27 @@ async fn client(
         .server_selection_timeout(TIMEOUT)
         .max_pool_size(super::MAX_CONNECTIONS_PER_SERVER as u32)
         .direct_connection(true)
+        .tls(match &conn.tls {
+            None => mongodb::options::Tls::Disabled,
+            Some(tls) => mongodb::options::Tls::Enabled(
+                mongodb::options::TlsOptions::builder()
+                    .ca_file_path(tls.ca_pem.as_deref().map(ca_file).transpose()?)
+                    .build(),
+            ),
+        })
         .build();
     mongodb::Client::with_options(options).map_err(classify)
+}
+
+/// The driver reads a CA from a file: one file per CA, named by its hash.
+fn ca_file(pem: &str) -> Result<std::path::PathBuf, AdminError> {
+    let path =
+        std::env::temp_dir().join(format!("dbps-ca-{:016x}.pem", super::fnv1a(pem.as_bytes())));
+    if !path.exists() {
+        std::fs::write(&path, pem)
+            .map_err(|e| AdminError::Tls(format!("writing the CA file: {e}")))?;
+    }
+    Ok(path)
 }
 
 async fn admin(conn: &Connection) -> Result<mongodb::Client, AdminError> {

@@ -41,10 +41,20 @@ async fn connect(
         .dbname(database)
         .application_name("dbps-operator")
         .connect_timeout(TIMEOUT);
-    let (client, connection) = config.connect(NoTls).await.map_err(classify)?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let client = match &conn.tls {
+        None => {
+            let (client, connection) = config.connect(NoTls).await.map_err(classify)?;
+            tokio::spawn(connection);
+            client
+        }
+        Some(tls) => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new(tls.client_config()?);
+            let (client, connection) = config.connect(connector).await.map_err(classify)?;
+            tokio::spawn(connection);
+            client
+        }
+    };
     // Quoting below relies on it (the default since PostgreSQL 9.1).
     client
         .batch_execute("SET standard_conforming_strings = on")
