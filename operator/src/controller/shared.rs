@@ -410,7 +410,7 @@ pub async fn apply_shared(
     );
     if ctx
         .servers
-        .info(&conn)
+        .cached_info(&conn)
         .await
         .is_ok_and(|i| !i.enforces_database_roles)
     {

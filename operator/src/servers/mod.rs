@@ -136,6 +136,7 @@ impl AdminError {
 #[derive(Default)]
 pub struct Servers {
     limits: Mutex<HashMap<(String, u16), Arc<Semaphore>>>,
+    infos: Mutex<HashMap<(String, u16), ServerInfo>>,
 }
 
 impl Servers {
@@ -160,16 +161,36 @@ impl Servers {
             .map_err(|_| AdminError::Timeout)?
     }
 
-    /// Version and capabilities of the server.
+    /// Version and capabilities of the server, asked now.
     pub async fn info(&self, conn: &Connection) -> Result<ServerInfo, AdminError> {
-        self.limited(conn, async {
-            match conn.engine {
-                Engine::Postgres => postgres::info(conn).await,
-                Engine::Mongodb => mongodb::info(conn).await,
-                Engine::Influxdb => influxdb::info(conn).await,
-            }
-        })
-        .await
+        let info = self
+            .limited(conn, async {
+                match conn.engine {
+                    Engine::Postgres => postgres::info(conn).await,
+                    Engine::Mongodb => mongodb::info(conn).await,
+                    Engine::Influxdb => influxdb::info(conn).await,
+                }
+            })
+            .await?;
+        self.infos
+            .lock()
+            .unwrap()
+            .insert((conn.host.clone(), conn.port), info.clone());
+        Ok(info)
+    }
+
+    /// As [`Self::info`], from the last answer when there is one.
+    pub async fn cached_info(&self, conn: &Connection) -> Result<ServerInfo, AdminError> {
+        let cached = self
+            .infos
+            .lock()
+            .unwrap()
+            .get(&(conn.host.clone(), conn.port))
+            .cloned();
+        match cached {
+            Some(info) => Ok(info),
+            None => self.info(conn).await,
+        }
     }
 
     /// Makes `grant.database` exist, owned by `grant.username`, whose password
