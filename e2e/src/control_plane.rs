@@ -545,3 +545,19 @@ impl ControlPlane {
             .collect()
     }
 }
+
+impl ControlPlane {
+    /// Runs one of the control plane's tools (`kubectl`, `helm`) against this
+    /// control plane with cluster-admin rights.
+    pub fn tool(&self, name: &str, args: &[&str]) -> Result<std::process::Output, Error> {
+        let bin = binaries::dir().map_err(Error::Binaries)?;
+        std::process::Command::new(bin.join(name))
+            .args(args)
+            .env("KUBECONFIG", &self.admin_kubeconfig)
+            .env("HELM_CACHE_HOME", self.path.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.path.join("helm/config"))
+            .env("HELM_DATA_HOME", self.path.join("helm/data"))
+            .output()
+            .map_err(|e| Error::io(format!("run {name}"), e))
+    }
+}

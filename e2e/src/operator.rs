@@ -45,11 +45,24 @@ pub struct RunningOperator {
 }
 
 impl RunningOperator {
-    /// Starts the operator for `ctx`'s namespace with the given resync period.
+    /// Starts the operator for `ctx`'s namespace with the given resync period,
+    /// with cluster-admin rights.
     pub async fn start(ctx: &TestContext, resync: Duration) -> Result<Self, Error> {
         install_crds(&ctx.client).await?;
         let user = format!("dbps-operator.{}", ctx.namespace);
-        let client = ctx.plane.client_for(&user, &["system:masters"]).await?;
+        Self::start_as(ctx, resync, &user, &["system:masters"]).await
+    }
+
+    /// Starts the operator authenticated as `user` in `groups`: RBAC decides
+    /// what it may do (e.g. the chart's ServiceAccount and its ClusterRole).
+    pub async fn start_as(
+        ctx: &TestContext,
+        resync: Duration,
+        user: &str,
+        groups: &[&str],
+    ) -> Result<Self, Error> {
+        let user = user.to_string();
+        let client = ctx.plane.client_for(&user, groups).await?;
         let config = Config {
             namespace: Some(ctx.namespace.clone()),
             resync,

@@ -7,7 +7,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::{Inputs, names};
-use crate::engines::{PASSWORD_KEY, USERNAME_KEY};
+use crate::engines::{APP_PASSWORD_KEY, APP_USERNAME_KEY, PASSWORD_KEY, USERNAME_KEY};
 
 /// Passwords of an instance. Generated once, then read back from the Secrets.
 #[derive(Clone, PartialEq, Eq)]
@@ -36,6 +36,8 @@ pub fn admin_secret(inputs: &Inputs) -> Secret {
         data: Some(data([
             (USERNAME_KEY, engine.admin_username().to_string()),
             (PASSWORD_KEY, inputs.credentials.admin_password.clone()),
+            (APP_USERNAME_KEY, inputs.dedicated_endpoint().username),
+            (APP_PASSWORD_KEY, inputs.credentials.app_password.clone()),
         ])),
         ..Default::default()
     }
@@ -178,14 +180,16 @@ mod tests {
     }
 
     #[test]
-    fn admin_secret_holds_the_superuser_only() {
+    fn admin_secret_holds_the_superuser_and_the_app_user_for_first_boot() {
         let json = build_json(ORDERS_CLAIM, ORDERS_SERVICE, admin_secret);
         let secret: Secret = serde_json::from_value(json).unwrap();
         assert_eq!(secret.metadata.name.as_deref(), Some("orders-db-admin"));
         let values = decoded(&secret);
-        assert_eq!(values.len(), 2);
+        assert_eq!(values.len(), 4);
         assert_eq!(values["username"], "dbps_admin");
         assert_eq!(values["password"], "admin-secret-pw");
+        assert_eq!(values["app-username"], "orders_db_app");
+        assert_eq!(values["app-password"], "app-secret-pw");
     }
 
     #[test]

@@ -45,11 +45,9 @@ pub fn statefulset(inputs: &Inputs) -> StatefulSet {
     let name = inputs.claim_name();
     let database = claim.database_name();
     let admin_secret = names::admin_secret(&name);
-    let binding_secret = names::binding_secret(&name);
     let instance = Instance {
         database: &database,
         admin_secret: &admin_secret,
-        binding_secret: &binding_secret,
     };
     let storage = claim.spec.storage.clone().unwrap_or_default();
     let uid = engine.run_as();
@@ -173,7 +171,7 @@ mod tests {
         let app_password = env.iter().find(|e| e["name"] == "APP_PASSWORD").unwrap();
         assert_eq!(
             app_password["valueFrom"]["secretKeyRef"],
-            json!({ "name": "orders-db-binding", "key": "password" })
+            json!({ "name": "orders-db-admin", "key": "app-password" })
         );
         let init = container["volumeMounts"]
             .as_array()

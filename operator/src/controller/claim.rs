@@ -106,16 +106,35 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
     let children = Dedicated::build(&inputs);
 
     // apply: Secrets first (the pod reads them), the workload last.
-    apply(&secrets, &children.admin_secret, admin).await?;
-    let binding = apply(&secrets, &children.binding_secret, binding).await?;
-    ensure(&ctx.api::<Role>(&ns), &children.role).await?;
-    ensure(&ctx.api::<RoleBinding>(&ns), &children.role_binding).await?;
-    ensure(&ctx.api::<NetworkPolicy>(&ns), &children.network_policy).await?;
-    if let Some(init) = &children.init_config {
-        ensure(&ctx.api::<ConfigMap>(&ns), init).await?;
-    }
-    ensure(&ctx.api::<KubeService>(&ns), &children.service).await?;
-    let sts = ensure(&ctx.api::<StatefulSet>(&ns), &children.statefulset).await?;
+    let applied = async {
+        apply(&secrets, &children.admin_secret, admin).await?;
+        let binding = apply(&secrets, &children.binding_secret, binding).await?;
+        ensure(&ctx.api::<Role>(&ns), &children.role).await?;
+        ensure(&ctx.api::<RoleBinding>(&ns), &children.role_binding).await?;
+        ensure(&ctx.api::<NetworkPolicy>(&ns), &children.network_policy).await?;
+        if let Some(init) = &children.init_config {
+            ensure(&ctx.api::<ConfigMap>(&ns), init).await?;
+        }
+        ensure(&ctx.api::<KubeService>(&ns), &children.service).await?;
+        let sts = ensure(&ctx.api::<StatefulSet>(&ns), &children.statefulset).await?;
+        Ok::<_, kube::Error>((binding, sts))
+    };
+    let (binding, sts) = match applied.await {
+        Ok(applied) => applied,
+        Err(e) => {
+            // Make the failure visible where the user looks (e.g. a missing permission).
+            let outcome = Outcome {
+                phase: ClaimPhase::Provisioning,
+                ready: false,
+                reason: "ApplyFailed",
+                message: format!("writing the instance's objects failed: {e}"),
+                binding: None,
+                endpoint: None,
+            };
+            update_status(claim, ctx, outcome).await?;
+            return Err(e.into());
+        }
+    };
 
     // status, from what was applied
     let ready = sts

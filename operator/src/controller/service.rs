@@ -11,18 +11,26 @@ use super::{Context, Error};
 use crate::api::{
     ClaimPhase, DatabaseClaim, READY, Service, ServiceDatabase, ServiceStatus, set_condition,
 };
-use crate::children::FIELD_MANAGER;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use crate::children::{FIELD_MANAGER, MANAGED_BY, names};
 
 pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = service.namespace().unwrap_or_default();
     let name = service.name_any();
     let claims: Api<DatabaseClaim> = ctx.api(&ns);
-    let mut databases: Vec<ServiceDatabase> = claims
+    let owned: Vec<DatabaseClaim> = claims
         .list(&ListParams::default())
         .await?
         .items
         .into_iter()
         .filter(|c| c.spec.service_ref.name == name)
+        .collect();
+    ensure_ownership_table(&ctx, &service, &owned).await?;
+    let mut databases: Vec<ServiceDatabase> = owned
+        .into_iter()
         .map(|c| ServiceDatabase {
             claim: c.name_any(),
             engine: c.spec.engine,
@@ -50,6 +58,107 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
     }
     ctx.succeeded(&format!("Service/{ns}/{name}"));
     Ok(Action::requeue(ctx.config.resync))
+}
+
+/// Name of the per-namespace ConfigMap the ownership admission policy reads.
+pub const OWNERSHIP_TABLE: &str = "dbps-bindings";
+
+/// The entries of the ownership table this Service owns:
+/// `secret.<name>` → the service, for each of its binding Secrets (first,
+/// current, and previous during a rotation); `secret.<claim>-admin` →
+/// `claim:<claim>` for the admin Secret of each dedicated instance (only the
+/// instance's pods, labelled `dbps.io/claim: <claim>`, may use it); and
+/// `account.<service>` → its ServiceAccount.
+pub fn ownership_entries(service: &Service, claims: &[DatabaseClaim]) -> BTreeMap<String, String> {
+    let name = service.name_any();
+    let mut entries = BTreeMap::from([(format!("account.{name}"), service.service_account())]);
+    for claim in claims {
+        let status = claim.status.clone().unwrap_or_default();
+        let secrets = [
+            Some(names::binding_secret(&claim.name_any())),
+            status.binding.map(|b| b.name),
+        ]
+        .into_iter()
+        .chain([status
+            .credentials
+            .and_then(|c| c.previous)
+            .map(|p| p.secret)])
+        .flatten();
+        for secret in secrets {
+            entries.insert(format!("secret.{secret}"), name.clone());
+        }
+        if claim.spec.server.is_none() {
+            let claim_name = claim.name_any();
+            entries.insert(
+                format!("secret.{}", names::admin_secret(&claim_name)),
+                format!("claim:{claim_name}"),
+            );
+        }
+    }
+    entries
+}
+
+/// Keeps this Service's entries in the namespace's ownership table. Each
+/// Service writes its own entries under a field manager of its own, so
+/// server-side apply merges them and drops the ones a Service no longer has.
+async fn ensure_ownership_table(
+    ctx: &Context,
+    service: &Service,
+    claims: &[DatabaseClaim],
+) -> Result<(), Error> {
+    let ns = service.namespace().unwrap_or_default();
+    let name = service.name_any();
+    let desired = ownership_entries(service, claims);
+    let configmaps: Api<ConfigMap> = ctx.api(&ns);
+    let live = configmaps.get_opt(OWNERSHIP_TABLE).await?;
+    let manager = format!("{FIELD_MANAGER}.service.{name}");
+    let mine = live.map(|cm| entries_of(&cm, &manager)).unwrap_or_default();
+    if mine == desired {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": OWNERSHIP_TABLE,
+            "labels": { "app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": "ownership" },
+        },
+        "data": desired,
+    });
+    configmaps
+        .patch(
+            OWNERSHIP_TABLE,
+            &PatchParams::apply(&manager).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The data entries of `cm` that `manager` applied (from its managed fields).
+fn entries_of(cm: &ConfigMap, manager: &str) -> BTreeMap<String, String> {
+    let data = cm.data.clone().unwrap_or_default();
+    cm.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply")
+        })
+        .filter_map(|m| m.fields_v1.as_ref())
+        .flat_map(|f| {
+            f.0.get("f:data")
+                .and_then(|d| d.as_object())
+                .map(|d| {
+                    d.keys()
+                        .filter_map(|k| k.strip_prefix("f:"))
+                        .map(String::from)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .filter_map(|k| data.get(&k).map(|v| (k, v.clone())))
+        .collect()
 }
 
 /// The status a Service with these databases should have.

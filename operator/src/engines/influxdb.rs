@@ -4,7 +4,9 @@
 
 use serde_json::{Value, json};
 
-use super::{Instance, PASSWORD_KEY, USERNAME_KEY, plain_env, secret_env};
+use super::{
+    APP_PASSWORD_KEY, APP_USERNAME_KEY, Instance, PASSWORD_KEY, USERNAME_KEY, plain_env, secret_env,
+};
 
 pub fn env(i: &Instance) -> Value {
     json!([
@@ -13,8 +15,8 @@ pub fn env(i: &Instance) -> Value {
         secret_env("INFLUXDB_ADMIN_USER", i.admin_secret, USERNAME_KEY),
         secret_env("INFLUXDB_ADMIN_PASSWORD", i.admin_secret, PASSWORD_KEY),
         plain_env("INFLUXDB_DB", i.database),
-        secret_env("INFLUXDB_USER", i.binding_secret, USERNAME_KEY),
-        secret_env("INFLUXDB_USER_PASSWORD", i.binding_secret, PASSWORD_KEY),
+        secret_env("INFLUXDB_USER", i.admin_secret, APP_USERNAME_KEY),
+        secret_env("INFLUXDB_USER_PASSWORD", i.admin_secret, APP_PASSWORD_KEY),
     ])
 }
 

@@ -15,12 +15,16 @@ pub use crate::api::Engine;
 pub const USERNAME_KEY: &str = "username";
 /// Key of the password in admin and binding Secrets.
 pub const PASSWORD_KEY: &str = "password";
+/// Keys of the app user in the admin Secret, which the instance reads at
+/// first boot (the binding Secret is for the service's pods only).
+pub const APP_USERNAME_KEY: &str = "app-username";
+pub const APP_PASSWORD_KEY: &str = "app-password";
 
 /// A dedicated instance as the engine needs to know it at first boot.
 pub struct Instance<'a> {
     pub database: &'a str,
+    /// Holds the superuser and the app user's credentials.
     pub admin_secret: &'a str,
-    pub binding_secret: &'a str,
 }
 
 /// A file the instance runs once, at first boot, to create the app user.
@@ -199,7 +203,6 @@ mod tests {
     const INSTANCE: Instance = Instance {
         database: "orders",
         admin_secret: "orders-db-admin",
-        binding_secret: "orders-db-binding",
     };
 
     #[test]
@@ -240,7 +243,14 @@ mod tests {
                 "{engine:?}"
             );
             assert!(
-                secret_refs.contains(&("orders-db-binding", PASSWORD_KEY)),
+                secret_refs.contains(&("orders-db-admin", APP_PASSWORD_KEY)),
+                "{engine:?}"
+            );
+            // The instance never references the binding: that Secret is the service's.
+            assert!(
+                secret_refs
+                    .iter()
+                    .all(|(name, _)| *name == "orders-db-admin"),
                 "{engine:?}"
             );
             for e in &env {

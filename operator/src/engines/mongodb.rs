@@ -2,7 +2,10 @@
 
 use serde_json::{Value, json};
 
-use super::{InitScript, Instance, PASSWORD_KEY, USERNAME_KEY, plain_env, secret_env};
+use super::{
+    APP_PASSWORD_KEY, APP_USERNAME_KEY, InitScript, Instance, PASSWORD_KEY, USERNAME_KEY,
+    plain_env, secret_env,
+};
 
 /// Run by the image's entrypoint once, on an empty data directory, as the
 /// root user it created from `MONGO_INITDB_ROOT_*`.
@@ -25,8 +28,8 @@ pub fn env(i: &Instance) -> Value {
         secret_env("MONGO_INITDB_ROOT_PASSWORD", i.admin_secret, PASSWORD_KEY),
         plain_env("MONGO_INITDB_DATABASE", i.database),
         plain_env("APP_DATABASE", i.database),
-        secret_env("APP_USER", i.binding_secret, USERNAME_KEY),
-        secret_env("APP_PASSWORD", i.binding_secret, PASSWORD_KEY),
+        secret_env("APP_USER", i.admin_secret, APP_USERNAME_KEY),
+        secret_env("APP_PASSWORD", i.admin_secret, APP_PASSWORD_KEY),
     ])
 }
 

@@ -2,7 +2,10 @@
 
 use serde_json::{Value, json};
 
-use super::{InitScript, Instance, PASSWORD_KEY, USERNAME_KEY, plain_env, secret_env};
+use super::{
+    APP_PASSWORD_KEY, APP_USERNAME_KEY, InitScript, Instance, PASSWORD_KEY, USERNAME_KEY,
+    plain_env, secret_env,
+};
 
 /// Run by the image's entrypoint once, on an empty data directory. psql's
 /// `:"var"` and `:'var'` quote the identifiers and the password.
@@ -29,8 +32,8 @@ pub fn env(i: &Instance) -> Value {
         secret_env("POSTGRES_PASSWORD", i.admin_secret, PASSWORD_KEY),
         plain_env("PGDATA", "/var/lib/postgresql/data/pgdata"),
         plain_env("APP_DATABASE", i.database),
-        secret_env("APP_USER", i.binding_secret, USERNAME_KEY),
-        secret_env("APP_PASSWORD", i.binding_secret, PASSWORD_KEY),
+        secret_env("APP_USER", i.admin_secret, APP_USERNAME_KEY),
+        secret_env("APP_PASSWORD", i.admin_secret, APP_PASSWORD_KEY),
     ])
 }
 

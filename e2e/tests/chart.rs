@@ -1,0 +1,522 @@
+//! The Helm chart on the real control plane: it lints and renders, rejects bad
+//! values, installs under Pod Security `restricted`, and its ClusterRole is
+//! exactly enough for the operator; its admission policy keeps pods off other
+//! services' credentials.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dbps_e2e::databases::{Kind, LocalServer};
+use dbps_e2e::operator::TEST_LABEL;
+use dbps_e2e::{RunningOperator, TestContext};
+use dbps_operator::api::{ClaimPhase, DatabaseClaim};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::sync::OnceCell;
+
+const RELEASE: &str = "dbps-operator";
+const RELEASE_NAMESPACE: &str = "dbps-system";
+/// The identity of the chart's ServiceAccount.
+const OPERATOR_USER: &str = "system:serviceaccount:dbps-system:dbps-operator";
+const OPERATOR_GROUPS: [&str; 3] = [
+    "system:serviceaccounts",
+    "system:serviceaccounts:dbps-system",
+    "system:authenticated",
+];
+
+fn chart() -> String {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/dbps-operator");
+    dir.canonicalize().unwrap().display().to_string()
+}
+
+fn run(ctx: &TestContext, tool: &str, args: &[&str]) -> (bool, String) {
+    let out = ctx.plane.tool(tool, args).unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+static INSTALLED: OnceCell<()> = OnceCell::const_new();
+
+/// `helm install` once per test binary, into a namespace enforcing Pod Security `restricted`.
+async fn installed(ctx: &TestContext) {
+    INSTALLED
+        .get_or_init(|| async {
+            let (ok, out) = run(ctx, "kubectl", &["create", "namespace", RELEASE_NAMESPACE]);
+            assert!(ok, "{out}");
+            let (ok, out) = run(
+                ctx,
+                "kubectl",
+                &[
+                    "label",
+                    "namespace",
+                    RELEASE_NAMESPACE,
+                    "pod-security.kubernetes.io/enforce=restricted",
+                ],
+            );
+            assert!(ok, "{out}");
+            let (ok, out) = run(
+                ctx,
+                "helm",
+                &[
+                    "install",
+                    RELEASE,
+                    &chart(),
+                    "--namespace",
+                    RELEASE_NAMESPACE,
+                    "--wait",
+                    "--timeout",
+                    "2m",
+                ],
+            );
+            assert!(ok, "helm install failed:\n{out}");
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn chart_lints_renders_and_rejects_bad_values() {
+    let ctx = TestContext::new("chart-render").await.unwrap();
+    let (ok, out) = run(&ctx, "helm", &["lint", &chart(), "--strict"]);
+    assert!(ok, "{out}");
+
+    let (ok, defaults) = run(
+        &ctx,
+        "helm",
+        &[
+            "template",
+            RELEASE,
+            &chart(),
+            "--namespace",
+            RELEASE_NAMESPACE,
+        ],
+    );
+    assert!(ok, "{defaults}");
+    for kind in [
+        "ClusterRole",
+        "Deployment",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "Role",
+    ] {
+        assert!(
+            defaults.contains(&format!("kind: {kind}\n")),
+            "{kind} missing"
+        );
+    }
+    assert!(!defaults.contains("kind: ServiceMonitor"));
+
+    let values = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        values.path(),
+        "replicaCount: 2\nwatchNamespace: shop\nlogFormat: text\nleaderElection: { enabled: false }\n\
+         metrics: { serviceMonitor: { enabled: true, interval: 15s, labels: { release: prom } } }\n\
+         admissionPolicy: { enabled: false }\n",
+    )
+    .unwrap();
+    let path = values.path().display().to_string();
+    let (ok, custom) = run(&ctx, "helm", &["template", RELEASE, &chart(), "-f", &path]);
+    assert!(ok, "{custom}");
+    assert!(custom.contains("kind: ServiceMonitor"));
+    assert!(custom.contains("- --namespace=shop"));
+    assert!(custom.contains("replicas: 2"));
+    assert!(!custom.contains("--leader-election"));
+    assert!(!custom.contains("kind: ValidatingAdmissionPolicy"));
+    assert!(!custom.contains("name: dbps-operator-leader-election"));
+
+    for (bad, expect) in [
+        ("replicaCount: 0\n", "replicaCount"),
+        ("logFormat: xml\n", "logFormat"),
+        ("watchNamespace: Not_A_Namespace\n", "watchNamespace"),
+        (
+            "admissionPolicy: { validationActions: [Reject] }\n",
+            "validationActions",
+        ),
+        ("unknownSetting: true\n", "unknownSetting"),
+    ] {
+        std::fs::write(values.path(), bad).unwrap();
+        let (ok, out) = run(&ctx, "helm", &["template", RELEASE, &chart(), "-f", &path]);
+        assert!(!ok, "accepted {bad}");
+        assert!(
+            out.contains("values don't meet the specifications of the schema")
+                && out.contains(expect),
+            "{bad}: {out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn chart_crds_are_the_generated_ones() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let chart =
+        std::fs::read_to_string(root.join("charts/dbps-operator/crds/dbps.io.yaml")).unwrap();
+    assert_eq!(
+        chart,
+        dbps_operator::api::crds_yaml(),
+        "run `make crds`: charts/dbps-operator/crds drifted"
+    );
+}
+
+fn phase_is(phase: ClaimPhase) -> impl Fn(Option<&DatabaseClaim>) -> bool {
+    move |c| c.and_then(|c| c.status.as_ref()).and_then(|s| s.phase) == Some(phase)
+}
+
+fn reason_is(reason: &'static str) -> impl Fn(Option<&DatabaseClaim>) -> bool {
+    move |c| {
+        c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == reason)
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_operator_works_with_exactly_the_charts_permissions() {
+    let ctx = TestContext::new("chart-rbac").await.unwrap();
+    installed(&ctx).await;
+    // The chart's Deployment passed Pod Security `restricted` and its pod runs on a kwok node.
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), RELEASE_NAMESPACE);
+    let deployment = deployments.get(RELEASE).await.unwrap();
+    assert_eq!(deployment.status.unwrap().ready_replicas, Some(1));
+
+    let _operator = RunningOperator::start_as(
+        &ctx,
+        Duration::from_secs(300),
+        OPERATOR_USER,
+        &OPERATOR_GROUPS,
+    )
+    .await
+    .unwrap();
+    let postgres = LocalServer::start(Kind::Postgres).await.unwrap();
+    let ns = &ctx.namespace;
+    let manifests = format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{ name: pg-admin }}
+stringData: {{ username: {user}, password: {password} }}
+---
+apiVersion: dbps.io/v1alpha1
+kind: DatabaseServer
+metadata: {{ name: {ns}-pg, labels: {{ {TEST_LABEL}: {ns} }} }}
+spec: {{ engine: postgres, host: 127.0.0.1, port: {port}, adminSecretRef: {{ namespace: {ns}, name: pg-admin }},
+        namespaceSelector: {{ matchLabels: {{ kubernetes.io/metadata.name: {ns} }} }} }}
+---
+apiVersion: dbps.io/v1alpha1
+kind: Service
+metadata: {{ name: shop }}
+spec: {{}}
+---
+apiVersion: dbps.io/v1alpha1
+kind: DatabaseClaim
+metadata: {{ name: pg-dedicated }}
+spec: {{ serviceRef: {{ name: shop }}, engine: postgres, deletionPolicy: Delete }}
+---
+apiVersion: dbps.io/v1alpha1
+kind: DatabaseClaim
+metadata: {{ name: mongo-dedicated }}
+spec: {{ serviceRef: {{ name: shop }}, engine: mongodb }}
+---
+apiVersion: dbps.io/v1alpha1
+kind: DatabaseClaim
+metadata: {{ name: influx-dedicated }}
+spec: {{ serviceRef: {{ name: shop }}, engine: influxdb }}
+---
+apiVersion: dbps.io/v1alpha1
+kind: DatabaseClaim
+metadata: {{ name: pg-shared }}
+spec: {{ serviceRef: {{ name: shop }}, engine: postgres, server: {{ name: {ns}-pg }}, deletionPolicy: Delete,
+        rotation: {{ gracePeriodSeconds: 1 }} }}
+"#,
+        user = postgres.admin_user,
+        password = postgres.admin_password,
+        port = postgres.port,
+    );
+    dbps_e2e::manifests::apply_yaml(&ctx.client, ns, &manifests)
+        .await
+        .unwrap();
+    let claims = ctx.api::<DatabaseClaim>();
+    for name in [
+        "pg-dedicated",
+        "mongo-dedicated",
+        "influx-dedicated",
+        "pg-shared",
+    ] {
+        ctx.wait_for(
+            &claims,
+            name,
+            "claim Ready under the chart's RBAC",
+            phase_is(ClaimPhase::Ready),
+        )
+        .await;
+    }
+    // Rotation (deletes a Secret) and deletion (drops a volume) work too.
+    let rotate = json!({ "metadata": { "annotations": { "dbps.io/rotate": "1" } } });
+    claims
+        .patch("pg-shared", &PatchParams::default(), &Patch::Merge(rotate))
+        .await
+        .unwrap();
+    let secrets = ctx.api::<k8s_openapi::api::core::v1::Secret>();
+    ctx.wait_gone(&secrets, "pg-shared-binding", "rotated-out Secret deleted")
+        .await;
+    claims
+        .delete("pg-dedicated", &Default::default())
+        .await
+        .unwrap();
+    ctx.wait_gone(
+        &claims,
+        "pg-dedicated",
+        "claim deleted under the chart's RBAC",
+    )
+    .await;
+
+    // Without the StatefulSet rule a dedicated claim cannot be provisioned, and says why.
+    let roles: Api<ClusterRole> = Api::all(ctx.client.clone());
+    let role = roles.get(RELEASE).await.unwrap();
+    let full = role.rules.clone().unwrap();
+    let without: Vec<_> = full
+        .iter()
+        .filter(|r| {
+            !r.resources
+                .iter()
+                .flatten()
+                .any(|res| res == "statefulsets")
+        })
+        .cloned()
+        .collect();
+    assert_eq!(without.len() + 1, full.len());
+    let patch = |rules: &Vec<k8s_openapi::api::rbac::v1::PolicyRule>| json!({ "rules": rules });
+    roles
+        .patch(
+            RELEASE,
+            &PatchParams::default(),
+            &Patch::Merge(patch(&without)),
+        )
+        .await
+        .unwrap();
+    let claim = format!(
+        "apiVersion: dbps.io/v1alpha1\nkind: DatabaseClaim\nmetadata: {{ name: late }}\nspec: {{ serviceRef: {{ name: shop }}, engine: postgres }}\n"
+    );
+    dbps_e2e::manifests::apply_yaml(&ctx.client, ns, &claim)
+        .await
+        .unwrap();
+    let failed = ctx
+        .wait_for(&claims, "late", "ApplyFailed", reason_is("ApplyFailed"))
+        .await;
+    let message = failed.status.unwrap().conditions[0].message.clone();
+    assert!(
+        message.contains("statefulsets") && message.contains("forbidden"),
+        "{message}"
+    );
+    // Putting the rule back heals it.
+    roles
+        .patch(
+            RELEASE,
+            &PatchParams::default(),
+            &Patch::Merge(patch(&full)),
+        )
+        .await
+        .unwrap();
+    ctx.wait_for(
+        &claims,
+        "late",
+        "claim Ready once the rule is back",
+        phase_is(ClaimPhase::Ready),
+    )
+    .await;
+}
+
+fn pod(name: &str, service: Option<&str>, account: &str, spec: serde_json::Value) -> Pod {
+    let mut labels = serde_json::Map::new();
+    if let Some(s) = service {
+        labels.insert("dbps.io/service".into(), json!(s));
+    }
+    let mut pod = json!({
+        "metadata": { "name": name, "labels": labels },
+        "spec": { "serviceAccountName": account, "containers": [{ "name": "app", "image": "app:1" }] }
+    });
+    let spec = spec.as_object().unwrap().clone();
+    for (k, v) in spec {
+        if k == "container" {
+            pod["spec"]["containers"][0]
+                .as_object_mut()
+                .unwrap()
+                .extend(v.as_object().unwrap().clone());
+        } else {
+            pod["spec"][k] = v;
+        }
+    }
+    serde_json::from_value(pod).unwrap()
+}
+
+#[tokio::test]
+async fn the_admission_policy_keeps_pods_off_other_services_credentials() {
+    let ctx = TestContext::new("chart-admission").await.unwrap();
+    installed(&ctx).await;
+    let _operator = RunningOperator::start_as(
+        &ctx,
+        Duration::from_secs(300),
+        OPERATOR_USER,
+        &OPERATOR_GROUPS,
+    )
+    .await
+    .unwrap();
+    let manifests = "
+apiVersion: v1
+kind: ServiceAccount
+metadata: { name: orders }
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: { name: payments-api }
+---
+apiVersion: dbps.io/v1alpha1
+kind: Service
+metadata: { name: orders }
+spec: {}
+---
+apiVersion: dbps.io/v1alpha1
+kind: DatabaseClaim
+metadata: { name: orders-db }
+spec: { serviceRef: { name: orders }, engine: postgres }
+---
+apiVersion: dbps.io/v1alpha1
+kind: Service
+metadata: { name: payments }
+spec: { serviceAccountName: payments-api }
+";
+    dbps_e2e::manifests::apply_yaml(&ctx.client, &ctx.namespace, manifests)
+        .await
+        .unwrap();
+    let claims = ctx.api::<DatabaseClaim>();
+    ctx.wait_for(
+        &claims,
+        "orders-db",
+        "claim Ready",
+        phase_is(ClaimPhase::Ready),
+    )
+    .await;
+    let tables = ctx.api::<ConfigMap>();
+    let table = ctx
+        .wait_for(
+            &tables,
+            "dbps-bindings",
+            "ownership table",
+            |c: Option<&ConfigMap>| {
+                c.and_then(|c| c.data.as_ref())
+                    .is_some_and(|d| d.contains_key("account.payments"))
+            },
+        )
+        .await;
+    let data = table.data.unwrap();
+    assert_eq!(data["secret.orders-db-binding"], "orders");
+    assert_eq!(data["secret.orders-db-admin"], "claim:orders-db");
+    assert_eq!(data["account.orders"], "orders");
+    assert_eq!(data["account.payments"], "payments-api");
+
+    let pods = ctx.api::<Pod>();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let try_create = |p: Pod| {
+        let (pods, dry_run) = (pods.clone(), dry_run.clone());
+        async move { pods.create(&dry_run, &p).await }
+    };
+    let secret_volume =
+        json!({ "volumes": [{ "name": "b", "secret": { "secretName": "orders-db-binding" } }] });
+    // The policy takes effect a moment after its parameters exist.
+    let mut rejected = None;
+    for _ in 0..100 {
+        match try_create(pod(
+            "p1",
+            Some("payments"),
+            "payments-api",
+            secret_volume.clone(),
+        ))
+        .await
+        {
+            Err(kube::Error::Api(s)) if s.message.contains("dbps:") => {
+                rejected = Some(s);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let status = rejected.expect("a payments pod mounting the orders binding was admitted");
+    assert!(
+        status.message.contains(
+            "is service payments and references Secret(s) orders-db-binding owned by service orders"
+        ),
+        "{}",
+        status.message
+    );
+
+    let foreign = [
+        (
+            "env valueFrom",
+            json!({ "container": { "env": [{ "name": "PW", "valueFrom": { "secretKeyRef": { "name": "orders-db-binding", "key": "password" } } }] } }),
+        ),
+        (
+            "envFrom",
+            json!({ "container": { "envFrom": [{ "secretRef": { "name": "orders-db-binding" } }] } }),
+        ),
+        (
+            "projected volume",
+            json!({ "volumes": [{ "name": "b", "projected": { "sources": [{ "secret": { "name": "orders-db-binding" } }] } }] }),
+        ),
+    ];
+    for (how, spec) in foreign {
+        let err = try_create(pod("p2", Some("payments"), "payments-api", spec))
+            .await
+            .expect_err(how);
+        assert!(
+            err.to_string().contains("owned by service orders"),
+            "{how}: {err}"
+        );
+    }
+    // The instance's admin Secret is for the instance's own pods only.
+    let admin_volume =
+        json!({ "volumes": [{ "name": "a", "secret": { "secretName": "orders-db-admin" } }] });
+    let err = try_create(pod("p7", Some("orders"), "orders", admin_volume))
+        .await
+        .expect_err("admin Secret admitted");
+    assert!(
+        err.to_string()
+            .contains("owned by the database instance of claim orders-db"),
+        "{err}"
+    );
+    let unlabelled = try_create(pod("p3", None, "default", secret_volume.clone())).await;
+    assert!(unlabelled.is_err_and(|e| e.to_string().contains("has no dbps.io/service label")));
+
+    // A pod claiming to be orders must run as orders' account.
+    let impostor = try_create(pod(
+        "p4",
+        Some("orders"),
+        "payments-api",
+        secret_volume.clone(),
+    ))
+    .await;
+    let err = impostor.expect_err("orders pod under payments' account admitted");
+    assert!(
+        err.to_string()
+            .contains("pods of service orders must run as ServiceAccount orders, not payments-api"),
+        "{err}"
+    );
+
+    // Orders' own pod, and a pod that references no binding, are admitted.
+    try_create(pod("p5", Some("orders"), "orders", secret_volume))
+        .await
+        .unwrap();
+    try_create(pod("p6", Some("payments"), "payments-api", json!({})))
+        .await
+        .unwrap();
+}
