@@ -301,10 +301,8 @@ spec: {{ serviceRef: {{ name: shop }}, engine: postgres, server: {{ name: {ns}-p
         )
         .await
         .unwrap();
-    let claim = format!(
-        "apiVersion: dbps.io/v1alpha1\nkind: DatabaseClaim\nmetadata: {{ name: late }}\nspec: {{ serviceRef: {{ name: shop }}, engine: postgres }}\n"
-    );
-    dbps_e2e::manifests::apply_yaml(&ctx.client, ns, &claim)
+    let claim = "apiVersion: dbps.io/v1alpha1\nkind: DatabaseClaim\nmetadata: { name: late }\nspec: { serviceRef: { name: shop }, engine: postgres }\n";
+    dbps_e2e::manifests::apply_yaml(&ctx.client, ns, claim)
         .await
         .unwrap();
     let failed = ctx
