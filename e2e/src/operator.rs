@@ -71,7 +71,8 @@ impl RunningOperator {
             ..Config::default()
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(controller::run(client, config, async move {
+        let metrics = std::sync::Arc::new(dbps_operator::metrics::Metrics::default());
+        let task = tokio::spawn(controller::run(client, config, metrics, async move {
             let _ = stopped.await;
         }));
         Ok(Self {

@@ -7,6 +7,9 @@
 pub mod api;
 pub mod children;
 pub mod controller;
+pub mod endpoints;
 pub mod engines;
+pub mod leader;
+pub mod metrics;
 pub mod password;
 pub mod servers;

@@ -1,7 +1,13 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dbps_operator::controller;
+use dbps_operator::endpoints::{self, Health};
+use dbps_operator::leader::{self, LeaseSettings};
+use dbps_operator::metrics::Metrics;
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +42,21 @@ struct RunArgs {
     /// Keep the status only of DatabaseServers matching this label selector.
     #[arg(long, env = "DBPS_SERVER_SELECTOR")]
     server_selector: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "DBPS_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Run the controllers only while holding a Lease (for several replicas).
+    #[arg(long, env = "DBPS_LEADER_ELECTION")]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "DBPS_LEASE_NAME", default_value = "dbps-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (the pod's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Seconds a leader holds the Lease without renewing it.
+    #[arg(long, env = "DBPS_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
     /// Log as JSON lines (default) or as text.
     #[arg(long, env = "DBPS_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
@@ -45,21 +66,76 @@ struct RunArgs {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
         Command::Crd => print!("{}", dbps_operator::api::crds_yaml()),
-        Command::Run(args) => {
-            init_logging(&args.log_format);
-            let client = kube::Client::try_default().await?;
-            let config = controller::Config {
-                namespace: args.namespace,
-                resync: Duration::from_secs(args.resync_seconds),
-                cluster_domain: args.cluster_domain,
-                instance: std::env::var("POD_NAME").ok(),
-                server_selector: args.server_selector,
-            };
-            tracing::info!(namespace = ?config.namespace, "starting");
-            controller::run(client, config, shutdown_signal()).await;
-            tracing::info!("stopped");
-        }
+        Command::Run(args) => run(args).await?,
     }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    init_logging(&args.log_format);
+    let client = kube::Client::try_default().await?;
+    let instance = std::env::var("POD_NAME").ok();
+    let config = controller::Config {
+        namespace: args.namespace,
+        resync: Duration::from_secs(args.resync_seconds),
+        cluster_domain: args.cluster_domain,
+        instance: instance.clone(),
+        server_selector: args.server_selector,
+    };
+    let metrics = Arc::new(Metrics::default());
+    let health = Health {
+        metrics: metrics.clone(),
+        ready: Default::default(),
+    };
+
+    // One shutdown signal (SIGTERM or Ctrl-C) for the endpoints and the controllers.
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let server = tokio::spawn(endpoints::serve(
+        args.listen,
+        health.clone(),
+        until_stopped(stopped.clone()),
+    ));
+    tracing::info!(namespace = ?config.namespace, listen = %args.listen, "starting");
+
+    if args.leader_election {
+        let lease = LeaseSettings {
+            namespace: args.lease_namespace,
+            name: args.lease_name,
+            identity: instance.unwrap_or_else(|| format!("dbps-operator-{}", std::process::id())),
+            duration: Duration::from_secs(args.lease_duration_seconds),
+        };
+        // A standby is ready: it serves, and takes over when the leader goes.
+        health.set_ready(true);
+        let on_change = |leading| metrics.set_leader(leading);
+        leader::run_while_leading(
+            client.clone(),
+            lease,
+            |stop| controller::run(client.clone(), config.clone(), metrics.clone(), stop),
+            on_change,
+            until_stopped(stopped.clone()),
+        )
+        .await?;
+    } else {
+        health.set_ready(true);
+        metrics.set_leader(true);
+        controller::run(
+            client,
+            config,
+            metrics.clone(),
+            until_stopped(stopped.clone()),
+        )
+        .await;
+    }
+    server.await??;
+    tracing::info!("stopped");
     Ok(())
 }
 

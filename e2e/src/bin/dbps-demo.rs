@@ -84,9 +84,11 @@ async fn main() -> Result<(), Error> {
     }
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = std::sync::Arc::new(dbps_operator::metrics::Metrics::default());
     let operator = tokio::spawn(controller::run(
         client.clone(),
         Config::default(),
+        metrics,
         async move {
             let _ = stopped.await;
         },

@@ -246,6 +246,16 @@ pub(super) async fn update_status_with(
             &Patch::Apply(patch),
         )
         .await?;
+    if let Some(created) = claim
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .filter(|_| outcome.ready && previous_reason.as_deref() != Some("Ready"))
+    {
+        let took = k8s_openapi::jiff::Timestamp::now().duration_since(created.0);
+        ctx.metrics
+            .claim_ready_after(std::time::Duration::try_from(took).unwrap_or_default());
+    }
     if previous_reason.as_deref() != Some(outcome.reason) {
         let type_ = if outcome.ready || outcome.reason == "Provisioning" {
             EventType::Normal

@@ -25,6 +25,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::api::{DatabaseClaim, DatabaseServer, Service};
 use crate::children::MANAGED_BY;
+use crate::metrics::Metrics;
 
 pub use apply::is_subset;
 pub use shared::{
@@ -68,11 +69,12 @@ pub struct Context {
     pub recorder: Recorder,
     pub config: Config,
     pub servers: crate::servers::Servers,
+    pub metrics: Arc<Metrics>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, config: Config) -> Self {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter {
             controller: MANAGED_BY.into(),
             instance: config.instance.clone(),
@@ -82,6 +84,7 @@ impl Context {
             client,
             config,
             servers: Default::default(),
+            metrics,
             failures: Mutex::default(),
         }
     }
@@ -186,13 +189,28 @@ where
     }
 }
 
-/// Runs both controllers until `shutdown` completes.
+/// Times a reconcile and counts it, with its error reason.
+async fn measured(
+    ctx: &Context,
+    controller: &'static str,
+    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile.await;
+    let reason = result.as_ref().err().map(Error::reason);
+    ctx.metrics
+        .reconciled(controller, started.elapsed(), reason);
+    result
+}
+
+/// Runs the controllers until `shutdown` completes.
 pub async fn run(
     client: Client,
     config: Config,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let ctx = Arc::new(Context::new(client.clone(), config.clone()));
+    let ctx = Arc::new(Context::new(client.clone(), config.clone(), metrics));
     let ns = &config.namespace;
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
@@ -209,6 +227,7 @@ pub async fn run(
         watcher::Config::default(),
     );
     let claim_store = claims.store();
+    let phase_store = claim_store.clone();
     let server_claims = claim_store.clone();
     let claims = claims
         .owns(api_for::<StatefulSet>(&client, ns), owned.clone())
@@ -253,7 +272,11 @@ pub async fn run(
             },
         )
         .graceful_shutdown_on(stopped(&stop))
-        .run(claim::reconcile, error_policy, ctx.clone())
+        .run(
+            |o, c| async move { measured(&c.clone(), "claim", claim::reconcile(o, c)).await },
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "claim reconcile");
@@ -267,7 +290,11 @@ pub async fn run(
             |claim| Some(ObjectRef::new(&claim.spec.service_ref.name).within(&claim.namespace()?)),
         )
         .graceful_shutdown_on(stopped(&stop))
-        .run(service::reconcile, error_policy, ctx.clone())
+        .run(
+            |o, c| async move { measured(&c.clone(), "service", service::reconcile(o, c)).await },
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "service reconcile");
@@ -285,18 +312,45 @@ pub async fn run(
             |claim| claim.spec.server.as_ref().map(|s| ObjectRef::new(&s.name)),
         )
         .graceful_shutdown_on(stopped(&stop))
-        .run(server::reconcile, error_policy, ctx.clone())
+        .run(
+            |o, c| async move { measured(&c.clone(), "server", server::reconcile(o, c)).await },
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "server reconcile");
             }
         });
 
+    // Claims by phase, for the metrics.
+    let counter_ctx = ctx.clone();
+    let mut counter_stop = stop.subscribe();
+    let counts = async move {
+        loop {
+            let mut counts: Vec<(crate::api::ClaimPhase, i64)> = Vec::new();
+            let phases = phase_store.state();
+            for phase in phases
+                .iter()
+                .filter_map(|c| c.0.as_ref().ok()?.status.as_ref()?.phase)
+            {
+                match counts.iter_mut().find(|(p, _)| *p == phase) {
+                    Some(entry) => entry.1 += 1,
+                    None => counts.push((phase, 1)),
+                }
+            }
+            counter_ctx.metrics.set_claims(counts);
+            tokio::select! {
+                _ = counter_stop.recv() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    };
     let trigger = async move {
         shutdown.await;
         let _ = stop.send(());
     };
-    tokio::join!(claims, services, servers, trigger);
+    tokio::join!(claims, services, servers, counts, trigger);
 }
 
 #[cfg(test)]

@@ -1,0 +1,156 @@
+//! Prometheus metrics of the operator.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::api::ClaimPhase;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabel {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Phase {
+    Pending,
+    Provisioning,
+    Ready,
+    Failed,
+    Deleting,
+}
+
+impl From<ClaimPhase> for Phase {
+    fn from(p: ClaimPhase) -> Self {
+        match p {
+            ClaimPhase::Pending => Phase::Pending,
+            ClaimPhase::Provisioning => Phase::Provisioning,
+            ClaimPhase::Ready => Phase::Ready,
+            ClaimPhase::Failed => Phase::Failed,
+            ClaimPhase::Deleting => Phase::Deleting,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: Phase,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    reconciles: Family<ControllerLabel, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    duration: Family<ControllerLabel, Histogram>,
+    ready_after: Histogram,
+    claims: Family<PhaseLabel, Gauge>,
+    leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("dbps");
+        let reconciles = Family::<ControllerLabel, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let duration = Family::<ControllerLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
+        let ready_after = Histogram::new(exponential_buckets(0.5, 2.0, 14));
+        let claims = Family::<PhaseLabel, Gauge>::default();
+        let leader = Gauge::default();
+        registry.register(
+            "reconciles",
+            "Reconciles, by controller",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles, by controller and reason",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            duration.clone(),
+        );
+        registry.register(
+            "claim_ready_seconds",
+            "Time from a claim's creation to its first Ready",
+            ready_after.clone(),
+        );
+        registry.register("claims", "Claims by phase", claims.clone());
+        registry.register(
+            "leader",
+            "1 while this replica is the leader (or runs without election)",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            ready_after,
+            claims,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn reconciled(
+        &self,
+        controller: &'static str,
+        took: Duration,
+        error: Option<&'static str>,
+    ) {
+        let label = ControllerLabel { controller };
+        self.reconciles.get_or_create(&label).inc();
+        self.duration
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+        if let Some(reason) = error {
+            self.errors
+                .get_or_create(&ErrorLabels { controller, reason })
+                .inc();
+        }
+    }
+
+    pub fn claim_ready_after(&self, took: Duration) {
+        self.ready_after.observe(took.as_secs_f64());
+    }
+
+    /// Replaces the claims-by-phase counts.
+    pub fn set_claims(&self, counts: impl IntoIterator<Item = (ClaimPhase, i64)>) {
+        self.claims.clear();
+        for (phase, n) in counts {
+            self.claims
+                .get_or_create(&PhaseLabel {
+                    phase: phase.into(),
+                })
+                .set(n);
+        }
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}
