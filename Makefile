@@ -13,6 +13,7 @@ demo: binaries
 
 ## test: formatting, lints, unit tests and every suite against real components
 test: fmt-check lint binaries
+	$(CARGO) build -p dbps-operator --bin dbps-operator
 	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) test --workspace --lib --bins --tests --no-fail-fast
 
 ## binaries: build (once) etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, kubectl, helm, FerretDB

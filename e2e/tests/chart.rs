@@ -518,3 +518,262 @@ spec: { serviceAccountName: payments-api }
         .await
         .unwrap();
 }
+
+/// The operator binary, as `make test` builds it.
+fn operator_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("dbps-operator");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p dbps-operator`",
+        bin.display()
+    );
+    bin
+}
+
+/// A `dbps-operator run` process under the chart's ServiceAccount identity.
+struct OperatorProcess {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl OperatorProcess {
+    fn start(ctx: &TestContext, identity: &str, extra: &[&str]) -> Self {
+        let kubeconfig = ctx
+            .plane
+            .write_kubeconfig(OPERATOR_USER, &OPERATOR_GROUPS)
+            .unwrap();
+        let port = dbps_e2e::ports::free_port().unwrap();
+        let log = ctx.plane.dir().join(format!("operator-{identity}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(operator_binary())
+            .args([
+                "run",
+                "--namespace",
+                &ctx.namespace,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", identity)
+            .env("POD_NAMESPACE", RELEASE_NAMESPACE)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Self { child, port, log }
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let response = reqwest::get(url).await.ok()?;
+        Some((
+            response.status().as_u16(),
+            response.text().await.unwrap_or_default(),
+        ))
+    }
+
+    /// The value of an unlabelled or fully labelled metric line, e.g. `dbps_leader`.
+    async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics").await?;
+        text.lines()
+            .find(|l| l.starts_with(&format!("{series} ")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    async fn wait_metric(&self, series: &str, want: f64) {
+        for _ in 0..300 {
+            if self.metric(series).await == Some(want) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "{series} never became {want}; now {:?}",
+            self.metric(series).await
+        );
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn claim_ready(ctx: &TestContext, name: &str) {
+    let yaml = format!(
+        "apiVersion: dbps.io/v1alpha1\nkind: Service\nmetadata: {{ name: svc }}\nspec: {{}}\n---\napiVersion: dbps.io/v1alpha1\nkind: DatabaseClaim\nmetadata: {{ name: {name} }}\nspec: {{ serviceRef: {{ name: svc }}, engine: postgres }}\n"
+    );
+    dbps_e2e::manifests::apply_yaml(&ctx.client, &ctx.namespace, &yaml)
+        .await
+        .unwrap();
+    let claims = ctx.api::<DatabaseClaim>();
+    ctx.wait_for(&claims, name, "claim Ready", phase_is(ClaimPhase::Ready))
+        .await;
+}
+
+#[tokio::test]
+async fn the_operator_process_serves_health_and_metrics_logs_json_and_stops_on_sigterm() {
+    let ctx = TestContext::new("chart-process").await.unwrap();
+    installed(&ctx).await;
+    let lease = format!("lease-{}", ctx.namespace);
+    let mut operator =
+        OperatorProcess::start(&ctx, "solo", &["--leader-election", "--lease-name", &lease]);
+    for _ in 0..300 {
+        if operator
+            .get("/readyz")
+            .await
+            .is_some_and(|(code, _)| code == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(operator.get("/healthz").await.map(|r| r.0), Some(200));
+    assert_eq!(operator.get("/readyz").await.map(|r| r.0), Some(200));
+    operator.wait_metric("dbps_leader", 1.0).await;
+
+    claim_ready(&ctx, "metered").await;
+    operator
+        .wait_metric("dbps_claims{phase=\"Ready\"}", 1.0)
+        .await;
+    let (_, text) = operator.get("/metrics").await.unwrap();
+    for series in [
+        "dbps_reconciles_total{controller=\"claim\"}",
+        "dbps_reconcile_duration_seconds_bucket{",
+        "dbps_claim_ready_seconds_count 1",
+        "dbps_reconciles_total{controller=\"service\"}",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+
+    // Graceful shutdown on SIGTERM: the process exits 0 and gives up its Lease.
+    operator.signal(libc::SIGTERM);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = operator.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "still running after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit {status}:\n{}", operator.logs());
+    let logs = operator.logs();
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 2);
+    for line in &lines {
+        let parsed: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(
+            parsed["level"].is_string() && parsed["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        logs.contains("shutting down") && logs.contains("stopped"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains("password"),
+        "a log line mentions a password:\n{logs}"
+    );
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(ctx.client.clone(), RELEASE_NAMESPACE);
+    let held = leases
+        .get(&lease)
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.holder_identity);
+    assert!(
+        held.as_ref().is_none_or(|h| h.is_empty()),
+        "Lease still held by {held:?}"
+    );
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
+    let ctx = TestContext::new("chart-leader").await.unwrap();
+    installed(&ctx).await;
+    let lease = format!("lease-{}", ctx.namespace);
+    let args = [
+        "--leader-election",
+        "--lease-name",
+        &lease,
+        "--lease-duration-seconds",
+        "4",
+    ];
+    let first = OperatorProcess::start(&ctx, "replica-a", &args);
+    first.wait_metric("dbps_leader", 1.0).await;
+    let second = OperatorProcess::start(&ctx, "replica-b", &args);
+    // The standby serves and is ready, but does not lead.
+    for _ in 0..300 {
+        if second
+            .get("/readyz")
+            .await
+            .is_some_and(|(code, _)| code == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(second.metric("dbps_leader").await, Some(0.0));
+
+    claim_ready(&ctx, "first").await;
+    assert!(
+        first
+            .metric("dbps_reconciles_total{controller=\"claim\"}")
+            .await
+            .is_some_and(|n| n > 0.0)
+    );
+    assert_eq!(
+        second
+            .metric("dbps_reconciles_total{controller=\"claim\"}")
+            .await,
+        None,
+        "the standby reconciled"
+    );
+
+    // The leader dies without giving up its Lease: the standby takes over once it expires.
+    first.signal(libc::SIGKILL);
+    let killed = std::time::Instant::now();
+    second.wait_metric("dbps_leader", 1.0).await;
+    let handover = killed.elapsed();
+    assert!(
+        handover < Duration::from_secs(15),
+        "handover took {handover:?}"
+    );
+    claim_ready(&ctx, "second").await;
+    assert!(
+        second
+            .metric("dbps_reconciles_total{controller=\"claim\"}")
+            .await
+            .is_some_and(|n| n > 0.0)
+    );
+    eprintln!(
+        "leader handover after SIGKILL: {:.1}s (lease 4s)",
+        handover.as_secs_f64()
+    );
+}
