@@ -777,3 +777,108 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
         handover.as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn every_pod_template_is_admitted_under_pod_security_restricted() {
+    let ctx = TestContext::new("chart-psa").await.unwrap();
+    let (ok, out) = run(
+        &ctx,
+        "kubectl",
+        &[
+            "label",
+            "namespace",
+            &ctx.namespace,
+            "pod-security.kubernetes.io/enforce=restricted",
+        ],
+    );
+    assert!(ok, "{out}");
+    let pods = ctx.api::<Pod>();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let admit = |name: String, template: k8s_openapi::api::core::v1::PodTemplateSpec| {
+        let (pods, dry_run) = (pods.clone(), dry_run.clone());
+        async move {
+            let mut pod = Pod {
+                metadata: template.metadata.unwrap_or_default(),
+                spec: template.spec,
+                ..Default::default()
+            };
+            pod.metadata.name = Some(name.clone());
+            // The admission's ServiceAccount cache may lag a moment behind a new account.
+            for _ in 0..100 {
+                match pods.create(&dry_run, &pod).await {
+                    Ok(_) => return,
+                    Err(e)
+                        if e.to_string().contains("serviceaccount")
+                            && e.to_string().contains("not found") =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(e) => panic!("{name} refused under restricted: {e}"),
+                }
+            }
+            let last = pods.create(&dry_run, &pod).await.err();
+            panic!("{name}: its ServiceAccount never became visible to admission: {last:?}");
+        }
+    };
+
+    // The database instances the operator builds, per engine.
+    let service: dbps_operator::api::Service = serde_json::from_value(json!({
+        "apiVersion": "dbps.io/v1alpha1", "kind": "Service", "metadata": { "name": "svc", "namespace": ctx.namespace }, "spec": {}
+    }))
+    .unwrap();
+    let credentials = dbps_operator::children::Credentials {
+        admin_password: "a".into(),
+        app_password: "b".into(),
+    };
+    for engine in ["postgres", "mongodb", "influxdb"] {
+        let mut claim: DatabaseClaim = serde_json::from_value(json!({
+            "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim",
+            "metadata": { "name": format!("{engine}-db"), "namespace": ctx.namespace, "uid": "0000" },
+            "spec": { "serviceRef": { "name": "svc" }, "engine": engine }
+        }))
+        .unwrap();
+        claim.metadata.uid = Some("00000000-0000-0000-0000-000000000000".into());
+        let inputs = dbps_operator::children::Inputs {
+            claim: &claim,
+            service: &service,
+            credentials: &credentials,
+            cluster_domain: "cluster.local",
+        };
+        let sts = dbps_operator::children::statefulset(&inputs);
+        let mut template = sts.spec.unwrap().template;
+        // As the StatefulSet controller does: the claim template becomes a PVC volume.
+        let data = serde_json::from_value(json!({ "name": "data", "persistentVolumeClaim": { "claimName": format!("data-{engine}-db-0") } }))
+            .unwrap();
+        template
+            .spec
+            .as_mut()
+            .unwrap()
+            .volumes
+            .get_or_insert_with(Vec::new)
+            .push(data);
+        admit(format!("{engine}-instance"), template).await;
+    }
+
+    // The chart's Deployment.
+    let (ok, rendered) = run(
+        &ctx,
+        "helm",
+        &[
+            "template",
+            RELEASE,
+            &chart(),
+            "--namespace",
+            &ctx.namespace,
+            "--show-only",
+            "templates/deployment.yaml",
+            "--set",
+            "serviceAccount.name=default",
+        ],
+    );
+    assert!(ok, "{rendered}");
+    let deployment: Deployment = serde_yaml::from_str(&rendered).unwrap();
+    admit("operator".into(), deployment.spec.unwrap().template).await;
+}
