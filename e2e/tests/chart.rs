@@ -517,6 +517,18 @@ spec: { serviceAccountName: payments-api }
     try_create(pod("p6", Some("payments"), "payments-api", json!({})))
         .await
         .unwrap();
+
+    // A deleted Service takes its entries out of the table.
+    let services = ctx.api::<dbps_operator::api::Service>();
+    services
+        .delete("payments", &Default::default())
+        .await
+        .unwrap();
+    ctx.wait_gone(&services, "payments", "Service deleted")
+        .await;
+    let table = tables.get("dbps-bindings").await.unwrap().data.unwrap();
+    assert!(!table.contains_key("account.payments"), "{table:?}");
+    assert_eq!(table["account.orders"], "orders");
 }
 
 /// The operator binary, as `make test` builds it.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -17,7 +18,26 @@ use k8s_openapi::api::core::v1::ConfigMap;
 
 use crate::children::{FIELD_MANAGER, MANAGED_BY, names};
 
+/// Finalizer that removes a deleted Service's entries from the ownership table.
+pub const SERVICE_FINALIZER: &str = "dbps.io/ownership";
+
 pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = service.namespace().unwrap_or_default();
+    let services: Api<Service> = ctx.api(&ns);
+    finalizer(&services, SERVICE_FINALIZER, service, |event| async {
+        match event {
+            Finalizer::Apply(service) => apply_service(service, &ctx).await,
+            Finalizer::Cleanup(service) => {
+                ensure_ownership_table(&ctx, &service, None).await?;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, Error> {
     let ns = service.namespace().unwrap_or_default();
     let name = service.name_any();
     let claims: Api<DatabaseClaim> = ctx.api(&ns);
@@ -28,7 +48,7 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
         .into_iter()
         .filter(|c| c.spec.service_ref.name == name)
         .collect();
-    ensure_ownership_table(&ctx, &service, &owned).await?;
+    ensure_ownership_table(ctx, &service, Some(&owned)).await?;
     let mut databases: Vec<ServiceDatabase> = owned
         .into_iter()
         .map(|c| ServiceDatabase {
@@ -98,17 +118,20 @@ pub fn ownership_entries(service: &Service, claims: &[DatabaseClaim]) -> BTreeMa
     entries
 }
 
-/// Keeps this Service's entries in the namespace's ownership table. Each
+/// Keeps this Service's entries in the namespace's ownership table (none
+/// once it is deleted: `claims` is `None`). Each
 /// Service writes its own entries under a field manager of its own, so
 /// server-side apply merges them and drops the ones a Service no longer has.
 async fn ensure_ownership_table(
     ctx: &Context,
     service: &Service,
-    claims: &[DatabaseClaim],
+    claims: Option<&[DatabaseClaim]>,
 ) -> Result<(), Error> {
     let ns = service.namespace().unwrap_or_default();
     let name = service.name_any();
-    let desired = ownership_entries(service, claims);
+    let desired = claims
+        .map(|c| ownership_entries(service, c))
+        .unwrap_or_default();
     let configmaps: Api<ConfigMap> = ctx.api(&ns);
     let live = configmaps.get_opt(OWNERSHIP_TABLE).await?;
     let manager = format!("{FIELD_MANAGER}.service.{name}");
