@@ -13,6 +13,7 @@
 //! ```
 
 pub mod binaries;
+pub mod claims;
 pub mod control_plane;
 pub mod databases;
 pub mod manifests;

@@ -3,7 +3,6 @@
 //! keeps or removes the data as the claim says; the fence lets only the
 //! owning service in; a quiet resync writes nothing.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dbps_operator::api::{ClaimPhase, DatabaseClaim, Service};
@@ -17,6 +16,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use dbps_e2e::claims::{phase_is, reason_is, secret_values as decoded};
 use dbps_e2e::{RunningOperator, TestContext};
 
 const QUIET_RESYNC: Duration = Duration::from_secs(2);
@@ -63,30 +63,6 @@ async fn create_claim(ctx: &TestContext, name: &str, spec: serde_json::Value) ->
         .create(&PostParams::default(), &claim)
         .await
         .unwrap()
-}
-
-fn phase_is(phase: ClaimPhase) -> impl Fn(Option<&DatabaseClaim>) -> bool {
-    move |c| c.and_then(|c| c.status.as_ref()).and_then(|s| s.phase) == Some(phase)
-}
-
-fn reason_is(reason: &'static str) -> impl Fn(Option<&DatabaseClaim>) -> bool {
-    move |c| {
-        c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.reason == reason)
-        })
-    }
-}
-
-fn decoded(secret: &Secret) -> BTreeMap<String, String> {
-    secret
-        .data
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
-        .collect()
 }
 
 fn owned_by(obj: &impl Resource, claim: &DatabaseClaim) -> bool {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use dbps_e2e::claims::{reason_is, secret_values};
 use dbps_e2e::databases::{Kind, LocalServer, round_trip};
 use dbps_e2e::operator::TEST_LABEL;
 use dbps_e2e::{RunningOperator, TestContext};
@@ -103,33 +104,14 @@ async fn claim(
         .unwrap();
 }
 
-fn reason_is(reason: &'static str) -> impl Fn(Option<&DatabaseClaim>) -> bool {
-    move |c| {
-        c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.reason == reason)
-        })
-    }
-}
-
 /// The values of claim's first binding Secret.
 async fn binding(ctx: &TestContext, claim: &str) -> BTreeMap<String, String> {
-    binding_of(
-        ctx.api::<Secret>()
+    secret_values(
+        &ctx.api::<Secret>()
             .get(&format!("{claim}-binding"))
             .await
             .unwrap(),
     )
-}
-
-fn binding_of(secret: Secret) -> BTreeMap<String, String> {
-    secret
-        .data
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
-        .collect()
 }
 
 fn admin(server: &LocalServer, engine: Engine) -> Connection {
@@ -473,7 +455,7 @@ async fn rotation_swaps_the_binding_and_revokes_the_old_password_after_the_grace
                     .binding
                     .unwrap()
                     .name;
-                let values = binding_of(secrets.get(&current).await.unwrap());
+                let values = secret_values(&secrets.get(&current).await.unwrap());
                 samples += 1;
                 if !servers.can_login(&conn, &grant_of(&values)).await {
                     failures.push(current);
@@ -517,7 +499,7 @@ async fn rotation_swaps_the_binding_and_revokes_the_old_password_after_the_grace
         .await
         .unwrap();
     assert_eq!(rotated_secret.immutable, Some(true));
-    let new = binding_of(rotated_secret);
+    let new = secret_values(&rotated_secret);
     assert_ne!(new["password"], old["password"]);
     assert_ne!(new["username"], old["username"]);
     let servers = Servers::default();
@@ -680,7 +662,7 @@ async fn an_operator_restart_in_the_middle_of_fifty_claims_leaves_no_duplicates_
         .into_iter()
         .filter(|s| s.type_.as_deref() == Some("servicebinding.io/postgresql"))
     {
-        let values = binding_of(s);
+        let values = secret_values(&s);
         assert!(
             servers.can_login(&conn, &grant_of(&values)).await,
             "{}",
