@@ -1,0 +1,105 @@
+//! Reading a database binding the servicebinding.io way: files under
+//! `$SERVICE_BINDING_ROOT/<binding>/` (`type`, `host`, `port`, `database`,
+//! `username`, `password`, `uri`), with environment variables as fallback
+//! (`<BINDING>_HOST`, … with the binding name upper-cased, `-` as `_`).
+
+use std::path::Path;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Binding {
+    pub kind: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}://{}@{}:{}/{}",
+            self.kind, self.username, self.host, self.port, self.database
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("binding {binding:?}: {what}")]
+pub struct BindingError {
+    pub binding: String,
+    pub what: String,
+}
+
+impl Binding {
+    /// Reads binding `name` from `$SERVICE_BINDING_ROOT/<name>/`, else from the environment.
+    pub fn read(name: &str) -> Result<Self, BindingError> {
+        let root = std::env::var_os("SERVICE_BINDING_ROOT");
+        Self::read_from(root.as_deref().map(Path::new), name, |k| {
+            std::env::var(k).ok()
+        })
+    }
+
+    pub fn read_from(
+        root: Option<&Path>,
+        name: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, BindingError> {
+        let prefix = name.to_ascii_uppercase().replace('-', "_");
+        let value = |key: &str| -> Result<String, BindingError> {
+            if let Some(root) = root {
+                if let Ok(v) = std::fs::read_to_string(root.join(name).join(key)) {
+                    return Ok(v.trim_end_matches('\n').to_string());
+                }
+            }
+            env(&format!("{prefix}_{}", key.to_ascii_uppercase())).ok_or_else(|| BindingError {
+                binding: name.into(),
+                what: format!(
+                    "no {key} (neither a file nor {prefix}_{})",
+                    key.to_ascii_uppercase()
+                ),
+            })
+        };
+        let port = value("port")?;
+        Ok(Self {
+            kind: value("type")?,
+            host: value("host")?,
+            port: port.parse().map_err(|_| BindingError {
+                binding: name.into(),
+                what: format!("port {port:?}"),
+            })?,
+            database: value("database")?,
+            username: value("username")?,
+            password: value("password")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_win_over_the_environment() {
+        let dir = std::env::temp_dir().join(format!("binding-test-{}", std::process::id()));
+        let b = dir.join("orders-db");
+        std::fs::create_dir_all(&b).unwrap();
+        for (k, v) in [
+            ("type", "postgresql"),
+            ("host", "db"),
+            ("port", "5432\n"),
+            ("database", "orders"),
+            ("username", "app"),
+        ] {
+            std::fs::write(b.join(k), v).unwrap();
+        }
+        let env = |k: &str| (k == "ORDERS_DB_PASSWORD").then(|| "from-env".to_string());
+        let binding = Binding::read_from(Some(&dir), "orders-db", env).unwrap();
+        assert_eq!(binding.port, 5432);
+        assert_eq!(binding.password, "from-env");
+        assert_eq!(format!("{binding:?}"), "postgresql://app@db:5432/orders");
+        assert!(Binding::read_from(None, "orders-db", |_| None).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

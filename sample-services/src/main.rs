@@ -1,0 +1,149 @@
+//! `dbps-sample <service>`: runs one sample service. Its database binding is
+//! read from `$SERVICE_BINDING_ROOT/<binding>/` (default binding name
+//! `<service>-db`, or `--binding`), with environment variables as fallback.
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use dbps_samples::binding::Binding;
+use dbps_samples::services::{alerts, catalog, devices, orders, payments, telemetry};
+use dbps_samples::{http, outbox, stores};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Service {
+    Orders,
+    Catalog,
+    Payments,
+    Devices,
+    Telemetry,
+    Alerts,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "dbps-sample",
+    about = "Sample services that own their databases through dbps"
+)]
+struct Cli {
+    service: Service,
+    /// Address to serve the HTTP API on.
+    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
+    listen: String,
+    /// Name of the binding (a directory under $SERVICE_BINDING_ROOT).
+    #[arg(long, env = "BINDING_NAME")]
+    binding: Option<String>,
+    /// orders: base URL of payments.
+    #[arg(long, env = "PAYMENTS_URL", default_value = "http://payments:8080")]
+    payments_url: String,
+    /// orders: base URL of catalog.
+    #[arg(long, env = "CATALOG_URL", default_value = "http://catalog:8080")]
+    catalog_url: String,
+    /// payments: base URL of orders.
+    #[arg(long, env = "ORDERS_URL", default_value = "http://orders:8080")]
+    orders_url: String,
+    /// payments: largest amount accepted, in cents.
+    #[arg(long, env = "PAYMENT_LIMIT_CENTS", default_value_t = 100_000)]
+    payment_limit_cents: i64,
+    /// telemetry: base URL of alerts (readings are offered to it).
+    #[arg(long, env = "ALERTS_URL")]
+    alerts_url: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let name = format!("{:?}", cli.service).to_lowercase();
+    let binding = Binding::read(cli.binding.as_deref().unwrap_or(&format!("{name}-db")))?;
+    tracing::info!(service = %name, database = ?binding, "starting");
+    let http_client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let routes = match cli.service {
+        Service::Orders => {
+            let db = stores::postgres(&binding).await?;
+            let svc = orders::Orders {
+                db: db.clone(),
+                http: http_client.clone(),
+                payments_url: cli.payments_url,
+                catalog_url: cli.catalog_url,
+            };
+            svc.setup().await?;
+            tokio::spawn(outbox::relay(
+                db,
+                http_client,
+                Duration::from_millis(500),
+                until_stopped(),
+            ));
+            svc.routes()
+        }
+        Service::Payments => {
+            let db = stores::postgres(&binding).await?;
+            let svc = payments::Payments {
+                db: db.clone(),
+                orders_url: cli.orders_url,
+                limit_cents: cli.payment_limit_cents,
+            };
+            svc.setup().await?;
+            tokio::spawn(outbox::relay(
+                db,
+                http_client,
+                Duration::from_millis(500),
+                until_stopped(),
+            ));
+            svc.routes()
+        }
+        Service::Catalog => {
+            let svc = catalog::Catalog {
+                db: stores::mongodb(&binding).await?,
+            };
+            svc.setup().await?;
+            svc.routes()
+        }
+        Service::Devices => {
+            let svc = devices::Devices {
+                db: stores::postgres(&binding).await?,
+            };
+            svc.setup().await?;
+            svc.routes()
+        }
+        Service::Telemetry => telemetry::Telemetry {
+            influx: stores::Influx::connect(&binding).await?,
+            http: http_client,
+            alerts_url: cli.alerts_url,
+        }
+        .routes(),
+        Service::Alerts => alerts::Alerts {
+            db: stores::mongodb(&binding).await?,
+        }
+        .routes(),
+    };
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = stop.send(true);
+    });
+    let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
+    tracing::info!(service = %name, listen = %cli.listen, "serving");
+    http::serve(listener, routes, until_stopped()).await?;
+    tracing::info!(service = %name, "stopped");
+    Ok(())
+}

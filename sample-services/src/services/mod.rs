@@ -1,0 +1,14 @@
+//! The six sample services. Each owns one database, reached through its
+//! binding, and exposes an HTTP API.
+
+pub mod alerts;
+pub mod catalog;
+pub mod devices;
+pub mod orders;
+pub mod payments;
+pub mod telemetry;
+
+/// Maps a database error to an API error, logging it.
+pub(crate) fn db_error(e: impl std::fmt::Display) -> crate::http::ApiError {
+    crate::http::ApiError::internal(e)
+}
