@@ -62,9 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = format!("{:?}", cli.service).to_lowercase();
     let binding = Binding::read(cli.binding.as_deref().unwrap_or(&format!("{name}-db")))?;
     tracing::info!(service = %name, database = ?binding, "starting");
-    let http_client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let http_client = http::client();
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let until_stopped = move || {
