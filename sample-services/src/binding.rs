@@ -48,10 +48,8 @@ impl Binding {
     ) -> Result<Self, BindingError> {
         let prefix = name.to_ascii_uppercase().replace('-', "_");
         let value = |key: &str| -> Result<String, BindingError> {
-            if let Some(root) = root {
-                if let Ok(v) = std::fs::read_to_string(root.join(name).join(key)) {
-                    return Ok(v.trim_end_matches('\n').to_string());
-                }
+            if let Some(Ok(v)) = root.map(|r| std::fs::read_to_string(r.join(name).join(key))) {
+                return Ok(v.trim_end_matches('\n').to_string());
             }
             env(&format!("{prefix}_{}", key.to_ascii_uppercase())).ok_or_else(|| BindingError {
                 binding: name.into(),
