@@ -169,7 +169,6 @@ async fn the_order_saga_pays_or_compensates_across_three_databases() {
     };
     eventually("the small order to be PAID", || {
         let id = small.id.clone();
-        let status_of = status_of.clone();
         async move { status_of(id).await.status == "PAID" }
     })
     .await;
@@ -178,7 +177,6 @@ async fn the_order_saga_pays_or_compensates_across_three_databases() {
     let large = place(json!([{ "sku": "lamp", "quantity": 1, "unit_price_cents": 900000 }])).await;
     eventually("the large order to be CANCELLED", || {
         let id = large.id.clone();
-        let status_of = status_of.clone();
         async move { status_of(id).await.status == "CANCELLED" }
     })
     .await;
@@ -246,8 +244,8 @@ async fn the_order_saga_pays_or_compensates_across_three_databases() {
         .await
         .unwrap();
     assert_eq!(
-        paid.iter().map(|o| o.id.clone()).collect::<Vec<_>>(),
-        [small.id.clone()]
+        paid.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+        [small.id.as_str()]
     );
     let details: OrderDetails = http
         .get(format!("{orders_url}/orders/{}/details", small.id))
@@ -298,8 +296,7 @@ async fn a_service_started_with_another_services_credentials_is_refused() {
     crossed.password = orders_db.password.clone();
     let err = stores::postgres(&crossed)
         .await
-        .err()
-        .expect("orders reached the payments database");
+        .expect_err("orders reached the payments database");
     let message = err
         .as_db_error()
         .map(|e| e.message().to_string())
