@@ -9,6 +9,7 @@ BINARIES = $(shell e2e/tools/build-binaries.sh)
 
 ## demo: start the local control plane (and, as it grows, the operator and databases)
 demo: binaries
+	$(CARGO) build -q -p dbps-samples --bin dbps-sample
 	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) run -q -p dbps-e2e --bin dbps-demo
 
 ## test: formatting, lints, unit tests and every suite against real components

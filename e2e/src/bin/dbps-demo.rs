@@ -22,13 +22,13 @@ const SYSTEM_NAMESPACE: &str = "dbps-system";
 const SAMPLES: [(&str, &str, &str); 3] = [
     (
         "shop",
-        "examples/shared/ecommerce.yaml",
-        include_str!("../../../examples/shared/ecommerce.yaml"),
+        "sample-services/manifests/ecommerce.yaml",
+        include_str!("../../../sample-services/manifests/ecommerce.yaml"),
     ),
     (
         "iot",
-        "examples/shared/iot.yaml",
-        include_str!("../../../examples/shared/iot.yaml"),
+        "sample-services/manifests/iot.yaml",
+        include_str!("../../../sample-services/manifests/iot.yaml"),
     ),
     (
         "dedicated",
@@ -183,6 +183,26 @@ async fn main() -> Result<(), Error> {
         eprintln!("\n{violations} unexpected results: see above");
     }
 
+    // Run the sample services as local processes with the credentials dbps issued them.
+    let samples = run_samples(&client, &plane).await?;
+    let url = |name: &str| samples.urls[name].clone();
+    println!(
+        "\nThe sample services run on loopback with their bindings (under {}):",
+        samples.root.display()
+    );
+    for (name, u) in &samples.urls {
+        println!("  {name:<10} {u}");
+    }
+    println!(
+        "\nTry them:\n  curl -s -XPOST {c}/products -H 'content-type: application/json' -d '{{\"sku\":\"mug\",\"name\":\"Mug\",\"price_cents\":1200,\"attributes\":{{\"color\":\"red\"}}}}'\n  curl -s '{c}/products?color=red'\n  curl -s -XPOST {o}/orders -H 'content-type: application/json' -d '{{\"customer\":\"ada\",\"items\":[{{\"sku\":\"mug\",\"quantity\":2,\"unit_price_cents\":1200}}]}}'\n  curl -s {o}/orders                       # PENDING, then PAID (or CANCELLED above {p}/payments' limit)\n  curl -s {o}/orders/<id>/details          # the order composed with the catalog's products\n  curl -s {p}/payments\n  curl -s -XPOST {a}/rules -H 'content-type: application/json' -d '{{\"metric\":\"temperature\",\"op\":\"gt\",\"threshold\":30}}'\n  curl -s -XPOST {t}/readings -H 'content-type: application/json' -d '[{{\"device_id\":\"th-1\",\"metric\":\"temperature\",\"value\":31.5}}]'\n  curl -s '{t}/readings?device_id=th-1'\n  curl -s {a}/alerts\n  curl -s -XPOST {d}/devices -H 'content-type: application/json' -d '{{\"id\":\"th-1\",\"name\":\"Greenhouse\",\"kind\":\"thermometer\"}}'",
+        c = url("catalog"),
+        o = url("orders"),
+        p = url("payments"),
+        a = url("alerts"),
+        t = url("telemetry"),
+        d = url("devices"),
+    );
+
     let bin = dbps_e2e::binaries::dir().map_err(Error::Binaries)?;
     println!(
         "\nEverything is up after {:.1}s; the local control plane is at {server}.\n\n  export KUBECONFIG={kc}\n  export PATH={bin}:$PATH\n  kubectl get dbps -A\n  kubectl get databaseservers\n  kubectl annotate dbc -n shop payments-db dbps.io/rotate=now   # rotate its credentials\n\nDedicated instances (namespace dedicated) run on kwok's fake nodes: Kubernetes schedules them and\nreports them Ready, no database process runs behind them. Component logs are in {dir}.\nPress Ctrl-C to stop and clean up.",
@@ -196,6 +216,7 @@ async fn main() -> Result<(), Error> {
     eprintln!("stopping ...");
     let _ = stop.send(());
     let _ = operator.await;
+    drop(samples);
     drop((postgres, mongodb, influxdb));
     drop(plane);
     Ok(())
@@ -254,4 +275,104 @@ async fn wait_for_shutdown() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// The sample services running as local processes.
+struct Samples {
+    root: std::path::PathBuf,
+    urls: BTreeMap<String, String>,
+    children: Vec<std::process::Child>,
+}
+
+impl Drop for Samples {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Writes each sample service's binding from the Secret its claim names and
+/// starts `dbps-sample <service>` on a free loopback port.
+async fn run_samples(client: &Client, plane: &ControlPlane) -> Result<Samples, Error> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("locate the demo binary", e))?;
+    let program = exe.with_file_name("dbps-sample");
+    if !program.is_file() {
+        return Err(Error::Binaries(format!(
+            "{} is missing: cargo build -p dbps-samples",
+            program.display()
+        )));
+    }
+    let root = plane.dir().join("bindings");
+    let services = [
+        ("shop", "orders"),
+        ("shop", "catalog"),
+        ("shop", "payments"),
+        ("iot", "devices"),
+        ("iot", "telemetry"),
+        ("iot", "alerts"),
+    ];
+    let mut urls = BTreeMap::new();
+    for (_, name) in services {
+        let port = dbps_e2e::ports::free_port()?;
+        urls.insert(name.to_string(), format!("http://127.0.0.1:{port}"));
+    }
+    let mut samples = Samples {
+        root: root.clone(),
+        urls,
+        children: Vec::new(),
+    };
+    for (ns, name) in services {
+        let claim = Api::<DatabaseClaim>::namespaced(client.clone(), ns)
+            .get(&format!("{name}-db"))
+            .await?;
+        let secret_name = claim
+            .status
+            .and_then(|s| s.binding)
+            .map(|b| b.name)
+            .unwrap_or_default();
+        let secret = Api::<Secret>::namespaced(client.clone(), ns)
+            .get(&secret_name)
+            .await?;
+        let dir = root.join(format!("{name}-db"));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create binding dir", e))?;
+        for (key, value) in secret.data.unwrap_or_default() {
+            std::fs::write(dir.join(&key), &value.0).map_err(|e| Error::io("write binding", e))?;
+        }
+        let listen = samples.urls[name].trim_start_matches("http://").to_string();
+        let log = std::fs::File::create(plane.dir().join(format!("sample-{name}.log")))
+            .map_err(|e| Error::io("create log", e))?;
+        let child = std::process::Command::new(&program)
+            .arg(name)
+            .env("SERVICE_BINDING_ROOT", &root)
+            .env("LISTEN", &listen)
+            .env("PAYMENTS_URL", &samples.urls["payments"])
+            .env("CATALOG_URL", &samples.urls["catalog"])
+            .env("ORDERS_URL", &samples.urls["orders"])
+            .env("ALERTS_URL", &samples.urls["alerts"])
+            .stdout(log.try_clone().map_err(|e| Error::io("log", e))?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| Error::io(format!("start {}", program.display()), e))?;
+        samples.children.push(child);
+    }
+    let http = reqwest::Client::new();
+    for (name, url) in samples.urls.clone() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if matches!(http.get(format!("{url}/healthz")).send().await, Ok(r) if r.status().is_success())
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Wait(format!(
+                    "sample service {name} did not become healthy; see {}",
+                    plane.dir().join(format!("sample-{name}.log")).display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(samples)
 }
