@@ -271,3 +271,52 @@ async fn readings_round_trip_through_influxdb_and_fire_alert_rules() {
         "another user read the telemetry database"
     );
 }
+
+#[tokio::test]
+async fn the_binary_reads_its_binding_serves_logs_json_and_stops_on_sigterm() {
+    let root = tempfile::tempdir().unwrap();
+    let postgres = LocalServer::start(Kind::Postgres).await.unwrap();
+    provision(&postgres, Engine::Postgres, "devices", root.path()).await;
+    let port = dbps_e2e::ports::free_port().unwrap();
+    let log = root.path().join("devices.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dbps-sample"))
+        .arg("devices")
+        .env("SERVICE_BINDING_ROOT", root.path())
+        .env("LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let http = dbps_samples::http::client();
+    let url = format!("http://127.0.0.1:{port}");
+    eventually("the service to be healthy", || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { matches!(http.get(format!("{url}/healthz")).send().await, Ok(r) if r.status().is_success()) }
+    })
+    .await;
+    let d = json!({ "id": "th-1", "name": "Greenhouse", "kind": "thermometer" });
+    assert_eq!(
+        http.post(format!("{url}/devices"))
+            .json(&d)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit {status}");
+    let logs = std::fs::read_to_string(&log).unwrap();
+    for line in logs.lines().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(v["level"].is_string());
+    }
+    assert!(logs.contains("\"stopped\""), "{logs}");
+    let password = std::fs::read_to_string(root.path().join("devices-db/password")).unwrap();
+    assert!(!logs.contains(&password), "the password was logged");
+}
