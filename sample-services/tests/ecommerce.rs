@@ -14,7 +14,7 @@ use dbps_samples::services::orders::{Order, OrderDetails, Orders};
 use dbps_samples::services::payments::{Payment, Payments};
 use dbps_samples::stores;
 use serde_json::json;
-use support::{eventually, provision, serve};
+use support::{eventually, get_json, get_status, provision, serve};
 
 #[tokio::test]
 async fn the_order_saga_pays_or_compensates_across_three_databases() {
@@ -52,25 +52,11 @@ async fn the_order_saga_pays_or_compensates_across_three_databases() {
         .await
         .unwrap();
     assert_eq!(dup.status(), 409);
-    let red: Vec<Product> = http
-        .get(format!("{catalog_url}/products?color=red"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let red: Vec<Product> = get_json(&http, format!("{catalog_url}/products?color=red")).await;
     let mut skus: Vec<&str> = red.iter().map(|p| p.sku.as_str()).collect();
     skus.sort();
     assert_eq!(skus, ["lamp", "mug-red"]);
-    let big: Vec<Product> = http
-        .get(format!("{catalog_url}/products?volume_ml=350"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let big: Vec<Product> = get_json(&http, format!("{catalog_url}/products?volume_ml=350")).await;
     assert_eq!(big.len(), 1);
 
     // payments starts after orders: the first OrderPlaced waits in the outbox, retried.
@@ -182,14 +168,11 @@ async fn the_order_saga_pays_or_compensates_across_three_databases() {
     .await;
     let cancelled = status_of(large.id.clone()).await;
     assert!(cancelled.reason.unwrap().contains("exceeds the limit"));
-    let recorded: Vec<Payment> = http
-        .get(format!("{payments_url}/payments?order_id={}", large.id))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let recorded: Vec<Payment> = get_json(
+        &http,
+        format!("{payments_url}/payments?order_id={}", large.id),
+    )
+    .await;
     assert_eq!(recorded.len(), 1);
     assert_eq!(recorded[0].status, "FAILED");
 
@@ -215,14 +198,7 @@ async fn the_order_saga_pays_or_compensates_across_three_databases() {
             .unwrap();
         assert_eq!(r.status(), 204);
     }
-    let all: Vec<Payment> = http
-        .get(format!("{payments_url}/payments"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Vec<Payment> = get_json(&http, format!("{payments_url}/payments")).await;
     assert_eq!(all.len(), 2, "one payment per order: {all:?}");
     let answers: i64 = payments
         .db
@@ -235,26 +211,13 @@ async fn the_order_saga_pays_or_compensates_across_three_databases() {
     assert_eq!(answers, 2);
 
     // Lists and API composition.
-    let paid: Vec<Order> = http
-        .get(format!("{orders_url}/orders?status=PAID"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let paid: Vec<Order> = get_json(&http, format!("{orders_url}/orders?status=PAID")).await;
     assert_eq!(
         paid.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
         [small.id.as_str()]
     );
-    let details: OrderDetails = http
-        .get(format!("{orders_url}/orders/{}/details", small.id))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let details: OrderDetails =
+        get_json(&http, format!("{orders_url}/orders/{}/details", small.id)).await;
     assert_eq!(details.order.status, "PAID");
     let names: Vec<&str> = details
         .products
@@ -263,19 +226,11 @@ async fn the_order_saga_pays_or_compensates_across_three_databases() {
         .collect();
     assert_eq!(names, ["Red mug", "Blue tee"]);
     assert_eq!(
-        http.get(format!("{orders_url}/orders/nope"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(&http, format!("{orders_url}/orders/nope")).await,
         404
     );
     assert_eq!(
-        http.get(format!("{orders_url}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(&http, format!("{orders_url}/healthz")).await,
         200
     );
 }

@@ -11,7 +11,7 @@ use dbps_samples::services::devices::{Device, Devices};
 use dbps_samples::services::telemetry::{Reading, Telemetry};
 use dbps_samples::stores;
 use serde_json::json;
-use support::{eventually, provision, serve};
+use support::{eventually, get_json, get_status, post_status, provision, serve};
 
 #[tokio::test]
 async fn devices_register_and_list() {
@@ -29,55 +29,21 @@ async fn devices_register_and_list() {
         json!({ "id": "th-1", "name": "Greenhouse", "kind": "thermometer", "location": "north" }),
         json!({ "id": "m-7", "name": "Main meter", "kind": "meter", "location": null }),
     ] {
-        assert_eq!(
-            http.post(format!("{url}/devices"))
-                .json(&d)
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            201
-        );
+        assert_eq!(post_status(&http, format!("{url}/devices"), &d).await, 201);
     }
     let again = json!({ "id": "th-1", "name": "x", "kind": "y" });
     assert_eq!(
-        http.post(format!("{url}/devices"))
-            .json(&again)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        post_status(&http, format!("{url}/devices"), &again).await,
         409
     );
-    let one: Device = http
-        .get(format!("{url}/devices/th-1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one: Device = get_json(&http, format!("{url}/devices/th-1")).await;
     assert_eq!(one.location.as_deref(), Some("north"));
-    let all: Vec<Device> = http
-        .get(format!("{url}/devices"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Vec<Device> = get_json(&http, format!("{url}/devices")).await;
     assert_eq!(
         all.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
         ["m-7", "th-1"]
     );
-    assert_eq!(
-        http.get(format!("{url}/devices/none"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(get_status(&http, format!("{url}/devices/none")).await, 404);
 }
 
 #[tokio::test]
@@ -111,22 +77,10 @@ async fn readings_round_trip_through_influxdb_and_fire_alert_rules() {
     }
     let bad = json!({ "metric": "x", "op": "between", "threshold": 1 });
     assert_eq!(
-        http.post(format!("{alerts_url}/rules"))
-            .json(&bad)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        post_status(&http, format!("{alerts_url}/rules"), &bad).await,
         400
     );
-    let stored: Vec<Rule> = http
-        .get(format!("{alerts_url}/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stored: Vec<Rule> = get_json(&http, format!("{alerts_url}/rules")).await;
     let flexible = stored.iter().find(|r| r.metric == "temperature").unwrap();
     assert_eq!(flexible.extra["severity"], "high");
     assert_eq!(flexible.extra["labels"]["team"], "greenhouse");
@@ -155,56 +109,37 @@ async fn readings_round_trip_through_influxdb_and_fire_alert_rules() {
     assert_eq!(r.status(), 204);
 
     // Query by device and time range.
-    let range: Vec<Reading> = http
-        .get(format!(
+    let range: Vec<Reading> = get_json(
+        &http,
+        format!(
             "{url}/readings?device_id=th-1&from_ms={}&to_ms={}&metric=temperature",
             t0,
             t0 + 120_000
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     let values: Vec<f64> = range.iter().map(|r| r.value).collect();
     assert_eq!(values, [21.5, 31.0]);
     assert_eq!(range[1].timestamp_ms, Some(t0 + 60_000));
-    let escaped: Vec<Reading> = http
-        .get(format!("{url}/readings?device_id=th%202%2Cx%3Dy"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let escaped: Vec<Reading> =
+        get_json(&http, format!("{url}/readings?device_id=th%202%2Cx%3Dy")).await;
     assert_eq!(
         escaped.len(),
         1,
         "a device id with a space, comma and equals sign round-trips"
     );
-    let quoted: Vec<Reading> = http
-        .get(format!("{url}/readings?device_id=x'%20OR%20'1'%3D'1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let quoted: Vec<Reading> = get_json(
+        &http,
+        format!("{url}/readings?device_id=x'%20OR%20'1'%3D'1"),
+    )
+    .await;
     assert!(
         quoted.is_empty(),
         "a quote in the device id does not widen the query"
     );
 
     // The readings over a threshold fired, each once.
-    let fired: Vec<Alert> = http
-        .get(format!("{alerts_url}/alerts"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fired: Vec<Alert> = get_json(&http, format!("{alerts_url}/alerts")).await;
     let mut hits: Vec<(String, f64)> = fired
         .iter()
         .map(|a| (a.reading.device_id.clone(), a.reading.value))
@@ -218,14 +153,7 @@ async fn readings_round_trip_through_influxdb_and_fire_alert_rules() {
             ("th-1".to_string(), 31.0)
         ]
     );
-    let for_meter: Vec<Alert> = http
-        .get(format!("{alerts_url}/alerts?device_id=m-7"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let for_meter: Vec<Alert> = get_json(&http, format!("{alerts_url}/alerts?device_id=m-7")).await;
     assert_eq!(for_meter.len(), 1);
 
     // Ingest keeps working when alerts is down.
@@ -237,25 +165,13 @@ async fn readings_round_trip_through_influxdb_and_fire_alert_rules() {
     let lonely_url = serve(lonely.routes()).await;
     let one = json!([{ "device_id": "th-9", "metric": "temperature", "value": 40.0 }]);
     assert_eq!(
-        http.post(format!("{lonely_url}/readings"))
-            .json(&one)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        post_status(&http, format!("{lonely_url}/readings"), &one).await,
         204
     );
     eventually("the reading to be stored", || {
         let (http, url) = (http.clone(), url.clone());
         async move {
-            let r: Vec<Reading> = http
-                .get(format!("{url}/readings?device_id=th-9"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let r: Vec<Reading> = get_json(&http, format!("{url}/readings?device_id=th-9")).await;
             r.len() == 1
         }
     })
@@ -296,15 +212,7 @@ async fn the_binary_reads_its_binding_serves_logs_json_and_stops_on_sigterm() {
     })
     .await;
     let d = json!({ "id": "th-1", "name": "Greenhouse", "kind": "thermometer" });
-    assert_eq!(
-        http.post(format!("{url}/devices"))
-            .json(&d)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
+    assert_eq!(post_status(&http, format!("{url}/devices"), &d).await, 201);
 
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

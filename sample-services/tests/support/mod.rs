@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses part of its support
 //! Real databases for the sample services: a database and a least-privileged
 //! user per service on a local server, handed over as a servicebinding.io
 //! binding directory, and the services served on loopback ports.
@@ -68,4 +69,32 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// GET `url` and decode its JSON answer.
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+) -> T {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// GET `url`; its status.
+pub async fn get_status(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> u16 {
+    http.get(url).send().await.unwrap().status().as_u16()
+}
+
+/// POST `body` as JSON to `url`; its status.
+pub async fn post_status(
+    http: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    body: &serde_json::Value,
+) -> u16 {
+    http.post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
