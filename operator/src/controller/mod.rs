@@ -98,7 +98,7 @@ impl Context {
     }
 
     /// Next delay after a transient failure of `key`.
-    pub(crate) fn backoff(&self, key: String) -> Duration {
+    fn backoff(&self, key: String) -> Duration {
         let mut failures = self.failures.lock().unwrap();
         let n = failures.entry(key).or_insert(0);
         *n = n.saturating_add(1);
@@ -128,6 +128,9 @@ pub enum Error {
     InvalidSpec(String),
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// A database server could not be used; retried with backoff.
+    #[error("database server: {0}")]
+    Unavailable(String),
     /// Cleanup outside Kubernetes failed; retried.
     #[error("cleanup: {0}")]
     Cleanup(String),
@@ -143,6 +146,7 @@ impl Error {
             Error::InvalidSpec(_) => "InvalidSpec",
             Error::Kube(_) => "KubernetesApi",
             Error::Cleanup(_) => "CleanupFailed",
+            Error::Unavailable(_) => "ServerUnavailable",
             Error::Finalizer(e) => match &**e {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
                 _ => "Finalizer",

@@ -259,15 +259,14 @@ pub async fn apply_shared(
     let conn = match admin_connection(ctx, &server).await? {
         Ok(conn) => conn,
         Err(unavailable) => {
+            let why = Error::Unavailable(unavailable.message.clone());
             update_status(claim, ctx, unavailable.outcome()).await?;
-            return Ok(Action::requeue(
-                ctx.backoff(format!("DatabaseClaim/{ns}/{name}")),
-            ));
+            // error_policy retries with backoff.
+            return Err(why);
         }
     };
 
     let secrets: Api<Secret> = ctx.api(&ns);
-    let key = format!("DatabaseClaim/{ns}/{name}");
     let status_endpoint = Some(StatusEndpoint {
         host: conn.host.clone(),
         port: conn.port.into(),
@@ -301,8 +300,9 @@ pub async fn apply_shared(
             .revoke(&conn, &database, &previous.username)
             .await
         {
+            let why = Error::Unavailable(e.to_string());
             update_status(claim, ctx, server_fault(e)).await?;
-            return Ok(Action::requeue(ctx.backoff(key)));
+            return Err(why);
         }
         match secrets.delete(&previous.secret, &Default::default()).await {
             Ok(_) => {}
@@ -382,8 +382,9 @@ pub async fn apply_shared(
         password: credentials.app_password.clone(),
     };
     if let Err(e) = ctx.servers.ensure(&conn, &grant).await {
+        let why = Error::Unavailable(e.to_string());
         update_status(claim, ctx, server_fault(e)).await?;
-        return Ok(Action::requeue(ctx.backoff(key)));
+        return Err(why);
     }
     if rotate {
         let grace = rotation
