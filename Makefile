@@ -5,17 +5,21 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BINARIES = $(shell e2e/tools/build-binaries.sh)
 
-.PHONY: demo test binaries crds fmt-check lint bench clean-cache
+.PHONY: demo test deps binaries crds fmt-check lint bench clean-cache
 
 ## demo: start the local control plane (and, as it grows, the operator and databases)
-demo: binaries
+demo: deps binaries
 	$(CARGO) build -q -p dbps-samples --bin dbps-sample
 	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) run -q -p dbps-e2e --bin dbps-demo
 
 ## test: formatting, lints, unit tests and every suite against real components
-test: fmt-check lint binaries
+test: deps fmt-check lint binaries
 	$(CARGO) build -p dbps-operator --bin dbps-operator
 	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) test --workspace --lib --bins --tests --no-fail-fast
+
+## deps: install what a fresh machine lacks (Debian packages, a Go toolchain, rustfmt/clippy)
+deps:
+	@e2e/tools/install-deps.sh >/dev/null
 
 ## binaries: build (once) etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, kubectl, helm, FerretDB
 binaries:

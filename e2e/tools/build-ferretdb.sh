@@ -8,6 +8,9 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
 . "$here/versions.env"
+# A Go toolchain fetched by install-deps.sh (when the system Go is too old).
+fetched_go="${DBPS_CACHE_DIR:-$HOME/.cache/dbps}/$GO_TOOLCHAIN/bin"
+[ -x "$fetched_go/go" ] && export PATH="$fetched_go:$PATH"
 log() { printf '[build-ferretdb] %s\n' "$*" >&2; }
 
 cache=${DBPS_CACHE_DIR:-$HOME/.cache/dbps}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what `make demo` and `make test` need and a machine may lack:
+# Debian packages (make, a C compiler, git, Go, PostgreSQL, InfluxDB 1.x),
+# a Go toolchain new enough for toolchain switching, rustfmt and clippy.
+# Quick when everything is there. Prints the PATH to use (a fetched Go
+# toolchain goes first) as its last line.
+set -euo pipefail
+step() { printf '[install-deps] %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+. "$here/versions.env"
+
+
+need=()
+command -v make >/dev/null || need+=(make)
+command -v cc >/dev/null || need+=(build-essential)
+command -v git >/dev/null || need+=(git)
+command -v go >/dev/null || need+=(golang-go)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v influxd >/dev/null || need+=(influxdb)
+if [ ${#need[@]} -gt 0 ]; then
+  step "installing ${need[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+fi
+
+# Go 1.21+ fetches newer toolchains itself (GOTOOLCHAIN=auto). Debian's Go is
+# older: take a current toolchain from the Go module proxy instead (the build
+# scripts put it first on PATH when it is there).
+go_minor=$(go version | sed -n 's/.*go1\.\([0-9]*\).*/\1/p')
+if [ "${go_minor:-0}" -lt 21 ]; then
+  toolchain=$GO_TOOLCHAIN
+  dest=${DBPS_CACHE_DIR:-$HOME/.cache/dbps}/$toolchain
+  if [ ! -x "$dest/bin/go" ]; then
+    module="golang.org/toolchain@v0.0.1-$toolchain.linux-$(go env GOARCH)"
+    dir=$(cd /tmp && GOFLAGS=-mod=mod go mod download -json "$module" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+    mkdir -p "$(dirname "$dest")" && cp -r "$dir" "$dest.tmp" && chmod -R u+w "$dest.tmp"
+    chmod +x "$dest.tmp"/bin/* "$dest.tmp"/pkg/tool/*/*
+    mv "$dest.tmp" "$dest"
+  fi
+  export PATH=$dest/bin:$PATH
+fi
+go version >&2
+
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy >&2
+fi
+
+echo "$PATH"
