@@ -196,10 +196,15 @@ impl Servers {
     /// Makes `grant.database` exist, owned by `grant.username`, whose password
     /// is `grant.password` and who can reach no other database. Idempotent.
     pub async fn ensure(&self, conn: &Connection, grant: &Grant) -> Result<(), AdminError> {
+        // Asked before taking a connection slot (info takes one itself).
+        let roles = match conn.engine {
+            Engine::Mongodb => self.cached_info(conn).await?.enforces_database_roles,
+            Engine::Postgres | Engine::Influxdb => true,
+        };
         self.limited(conn, async {
             match conn.engine {
                 Engine::Postgres => postgres::ensure(conn, grant).await,
-                Engine::Mongodb => mongodb::ensure(conn, grant).await,
+                Engine::Mongodb => mongodb::ensure(conn, grant, roles).await,
                 Engine::Influxdb => influxdb::ensure(conn, grant).await,
             }
         })

@@ -125,9 +125,13 @@ async fn user_exists(client: &mongodb::Client, grant: &Grant) -> Result<bool, Ad
     Ok(matches!(info.get("users"), Some(Bson::Array(users)) if !users.is_empty()))
 }
 
-pub async fn ensure(conn: &Connection, grant: &Grant) -> Result<(), AdminError> {
+/// `enforces_roles`: false on FerretDB v1, which accepts only users without roles.
+pub async fn ensure(
+    conn: &Connection,
+    grant: &Grant,
+    enforces_roles: bool,
+) -> Result<(), AdminError> {
     let admin = admin(conn).await?;
-    let enforces_roles = info(conn).await?.enforces_database_roles;
     let roles = if enforces_roles {
         vec![Bson::Document(
             doc! { "role": "readWrite", "db": &grant.database },
