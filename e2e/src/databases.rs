@@ -46,6 +46,17 @@ struct Restart {
     run_as: Option<(u32, u32)>,
 }
 
+impl Kind {
+    /// The dbps engine this server speaks.
+    pub fn engine(self) -> Engine {
+        match self {
+            Kind::Postgres => Engine::Postgres,
+            Kind::InfluxDb => Engine::Influxdb,
+            Kind::FerretDb => Engine::Mongodb,
+        }
+    }
+}
+
 impl LocalServer {
     /// Starts a server of `kind`.
     pub async fn start(kind: Kind) -> Result<Self, Error> {
@@ -334,12 +345,7 @@ async fn start_postgres(tls: TlsFiles) -> Result<LocalServer, Error> {
 impl LocalServer {
     /// Waits until the admin user can work with the server (over TLS when it has TLS).
     async fn wait_ready(mut self) -> Result<Self, Error> {
-        let engine = match self.kind {
-            Kind::Postgres => Engine::Postgres,
-            Kind::InfluxDb => Engine::Influxdb,
-            Kind::FerretDb => Engine::Mongodb,
-        };
-        let conn = self.admin_connection(engine);
+        let conn = self.admin_connection(self.kind.engine());
         let servers = dbps_operator::servers::Servers::default();
         self.process
             .wait_until(Duration::from_secs(60), || async {

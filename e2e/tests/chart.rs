@@ -588,6 +588,21 @@ impl OperatorProcess {
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }
 
+    /// Waits (up to 30 s) until `/readyz` answers 200.
+    async fn wait_ready(&self) {
+        for _ in 0..300 {
+            if self
+                .get("/readyz")
+                .await
+                .is_some_and(|(code, _)| code == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("/readyz never answered 200:\n{}", self.logs());
+    }
+
     async fn wait_metric(&self, series: &str, want: f64) {
         for _ in 0..300 {
             if self.metric(series).await == Some(want) {
@@ -637,16 +652,7 @@ async fn the_operator_process_serves_health_and_metrics_logs_json_and_stops_on_s
     let lease = format!("lease-{}", ctx.namespace);
     let mut operator =
         OperatorProcess::start(&ctx, "solo", &["--leader-election", "--lease-name", &lease]);
-    for _ in 0..300 {
-        if operator
-            .get("/readyz")
-            .await
-            .is_some_and(|(code, _)| code == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    operator.wait_ready().await;
     assert_eq!(operator.get("/healthz").await.map(|r| r.0), Some(200));
     assert_eq!(operator.get("/readyz").await.map(|r| r.0), Some(200));
     operator.wait_metric("dbps_leader", 1.0).await;
@@ -728,16 +734,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     first.wait_metric("dbps_leader", 1.0).await;
     let second = OperatorProcess::start(&ctx, "replica-b", &args);
     // The standby serves and is ready, but does not lead.
-    for _ in 0..300 {
-        if second
-            .get("/readyz")
-            .await
-            .is_some_and(|(code, _)| code == 200)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    second.wait_ready().await;
     assert_eq!(second.metric("dbps_leader").await, Some(0.0));
 
     claim_ready(&ctx, "first").await;

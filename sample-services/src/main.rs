@@ -71,6 +71,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    // orders and payments deliver their outbox events in the background.
+    let relay = |db: stores::Postgres| {
+        tokio::spawn(outbox::relay(
+            db,
+            http_client.clone(),
+            Duration::from_millis(500),
+            until_stopped(),
+        ));
+    };
     let routes = match cli.service {
         Service::Orders => {
             let db = stores::postgres(&binding).await?;
@@ -81,12 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 catalog_url: cli.catalog_url,
             };
             svc.setup().await?;
-            tokio::spawn(outbox::relay(
-                db,
-                http_client,
-                Duration::from_millis(500),
-                until_stopped(),
-            ));
+            relay(db);
             svc.routes()
         }
         Service::Payments => {
@@ -97,12 +101,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 limit_cents: cli.payment_limit_cents,
             };
             svc.setup().await?;
-            tokio::spawn(outbox::relay(
-                db,
-                http_client,
-                Duration::from_millis(500),
-                until_stopped(),
-            ));
+            relay(db);
             svc.routes()
         }
         Service::Catalog => {
