@@ -30,3 +30,24 @@ pub fn secret_values(secret: &Secret) -> BTreeMap<String, String> {
         .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
         .collect()
 }
+
+/// The ownership identity of a claim, as the operator marks its objects on
+/// a server (cluster `test`).
+pub fn claimant(
+    namespace: &str,
+    claim: &str,
+    uid: &str,
+    service: &str,
+    adopt: bool,
+) -> dbps_operator::servers::Claimant {
+    dbps_operator::servers::Claimant {
+        mark: dbps_operator::servers::Mark {
+            cluster: "test".into(),
+            namespace: namespace.into(),
+            claim: claim.into(),
+            uid: uid.into(),
+            service: service.into(),
+        },
+        adopt,
+    }
+}

@@ -611,3 +611,188 @@ pub async fn round_trip(
         }
     }
 }
+
+/// Statements run as the server's administrator, the way a person (not
+/// dbps) would: to make objects dbps did not make, or to leave the state an
+/// interrupted reconcile leaves.
+pub mod behind_dbps {
+    use super::*;
+
+    async fn postgres(server: &LocalServer, database: &str, sql: &str) -> Result<(), String> {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={} password={} dbname={database}",
+            server.port, server.admin_user, server.admin_password
+        );
+        let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| format!("{e:?}"))
+    }
+
+    async fn influx(server: &LocalServer, db: Option<&str>, q: &str) -> Result<(), String> {
+        let mut form = vec![("q", q)];
+        form.extend(db.map(|db| ("db", db)));
+        let answer = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/query", server.port))
+            .basic_auth(&server.admin_user, Some(&server.admin_password))
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let body: serde_json::Value = answer.json().await.map_err(|e| e.to_string())?;
+        match body["results"][0]["error"]
+            .as_str()
+            .or(body["error"].as_str())
+        {
+            Some(e) => Err(e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    async fn mongo(server: &LocalServer) -> Result<mongodb::Client, String> {
+        let uri = format!(
+            "mongodb://{}:{}@127.0.0.1:{}/admin?authSource=admin&serverSelectionTimeoutMS=5000",
+            server.admin_user, server.admin_password, server.port
+        );
+        mongodb::Client::with_uri_str(uri)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// A database with data in it and a user who can use it, made by hand.
+    pub async fn create(
+        server: &LocalServer,
+        engine: Engine,
+        database: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<(), String> {
+        match engine {
+            Engine::Postgres => {
+                postgres(
+                    server,
+                    "postgres",
+                    &format!("CREATE ROLE \"{username}\" LOGIN PASSWORD '{password}'"),
+                )
+                .await?;
+                postgres(
+                    server,
+                    "postgres",
+                    &format!("CREATE DATABASE \"{database}\" OWNER \"{username}\""),
+                )
+                .await
+            }
+            Engine::Influxdb => {
+                for q in [
+                    format!("CREATE DATABASE \"{database}\""),
+                    format!("CREATE USER \"{username}\" WITH PASSWORD '{password}'"),
+                    format!("GRANT ALL ON \"{database}\" TO \"{username}\""),
+                ] {
+                    influx(server, None, &q).await?;
+                }
+                Ok(())
+            }
+            Engine::Mongodb => {
+                let client = mongo(server).await?;
+                let db = client.database(database);
+                db.run_command(doc! { "createUser": username, "pwd": password, "roles": [] })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                db.collection::<Document>("legacy")
+                    .insert_one(doc! { "v": "legacy" })
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// The state a reconcile leaves when it stops between writing a mark and
+    /// making the object: PostgreSQL — the database exists (owned by the
+    /// marked owner role) without its own mark; MongoDB and InfluxDB — the
+    /// marks exist and the database and users do not.
+    pub async fn interrupt_after_marking(
+        server: &LocalServer,
+        engine: Engine,
+        database: &str,
+        usernames: &[&str],
+    ) -> Result<(), String> {
+        match engine {
+            Engine::Postgres => {
+                postgres(
+                    server,
+                    "postgres",
+                    &format!("COMMENT ON DATABASE \"{database}\" IS NULL"),
+                )
+                .await
+            }
+            Engine::Influxdb => {
+                influx(server, None, &format!("DROP DATABASE \"{database}\"")).await?;
+                for user in usernames {
+                    influx(server, None, &format!("DROP USER \"{user}\"")).await?;
+                }
+                Ok(())
+            }
+            Engine::Mongodb => {
+                let client = mongo(server).await?;
+                let db = client.database(database);
+                for user in usernames {
+                    db.run_command(doc! { "dropUser": *user })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                db.drop().await.map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Whether `database` exists on the server.
+    pub async fn database_exists(
+        server: &LocalServer,
+        engine: Engine,
+        database: &str,
+    ) -> Result<bool, String> {
+        match engine {
+            Engine::Postgres => {
+                let conninfo = format!(
+                    "host=127.0.0.1 port={} user={} password={} dbname=postgres",
+                    server.port, server.admin_user, server.admin_password
+                );
+                let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                tokio::spawn(conn);
+                let rows = client
+                    .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                Ok(!rows.is_empty())
+            }
+            Engine::Influxdb => {
+                let answer = reqwest::Client::new()
+                    .post(format!("http://127.0.0.1:{}/query", server.port))
+                    .basic_auth(&server.admin_user, Some(&server.admin_password))
+                    .form(&[("q", "SHOW DATABASES")])
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let body: serde_json::Value = answer.json().await.map_err(|e| e.to_string())?;
+                Ok(body["results"][0]["series"][0]["values"]
+                    .as_array()
+                    .is_some_and(|rows| rows.iter().any(|r| r[0] == database)))
+            }
+            Engine::Mongodb => {
+                let names = mongo(server)
+                    .await?
+                    .list_database_names()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(names.iter().any(|n| n == database))
+            }
+        }
+    }
+}

@@ -2,9 +2,10 @@
 //! a user that works, is idempotent, is confined to its database, and can be
 //! dropped; faults are told apart; quoting defeats injection.
 
-use dbps_e2e::databases::{Kind, LocalServer, round_trip};
-use dbps_operator::api::Engine;
-use dbps_operator::servers::{AdminError, Grant, Servers};
+use dbps_e2e::claims::claimant;
+use dbps_e2e::databases::{Kind, LocalServer, behind_dbps, round_trip};
+use dbps_operator::api::{Engine, Reason};
+use dbps_operator::servers::{AdminError, Conflict, Grant, Servers};
 
 fn grant(database: &str, username: &str, password: &str) -> Grant {
     Grant {
@@ -24,8 +25,10 @@ async fn administers(kind: Kind, engine: Engine) {
 
     let a = grant("team_a_orders", "team_a_orders_app", "PasswordA1");
     let b = grant("team_b_payments", "team_b_payments_app", "PasswordB2");
-    for g in [&a, &a, &b] {
-        servers.ensure(&conn, g).await.unwrap(); // twice for a: idempotent
+    let owner_a = claimant("team-a", "orders", "uid-a", "orders", false);
+    let owner_b = claimant("team-b", "payments", "uid-b", "payments", false);
+    for (g, c) in [(&a, &owner_a), (&a, &owner_a), (&b, &owner_b)] {
+        servers.ensure(&conn, g, c).await.unwrap(); // twice for a: idempotent
     }
     assert!(servers.can_login(&conn, &a).await);
     assert!(
@@ -63,14 +66,14 @@ async fn administers(kind: Kind, engine: Engine) {
 
     // A new password takes over (what rotation relies on).
     let a2 = grant(&a.database, &a.username, "PasswordA3");
-    servers.ensure(&conn, &a2).await.unwrap();
+    servers.ensure(&conn, &a2, &owner_a).await.unwrap();
     assert!(servers.can_login(&conn, &a2).await);
     assert!(!servers.can_login(&conn, &a).await);
 
     // A second user of the same database (the other slot of a rotation)
     // shares its data; revoking the first leaves the second working.
     let a_next = grant(&a.database, "team_a_orders_app2", "PasswordA4");
-    servers.ensure(&conn, &a_next).await.unwrap();
+    servers.ensure(&conn, &a_next, &owner_a).await.unwrap();
     let shared = round_trip(
         &server,
         engine,
@@ -84,11 +87,11 @@ async fn administers(kind: Kind, engine: Engine) {
         "{engine:?}: second user cannot use the first's data: {shared:?}"
     );
     servers
-        .revoke(&conn, &a.database, &a.username)
+        .revoke(&conn, &a.database, &a.username, &owner_a.mark)
         .await
         .unwrap();
     servers
-        .revoke(&conn, &a.database, &a.username)
+        .revoke(&conn, &a.database, &a.username, &owner_a.mark)
         .await
         .unwrap();
     assert!(
@@ -96,7 +99,7 @@ async fn administers(kind: Kind, engine: Engine) {
         "{engine:?}: revoked user still logs in"
     );
     assert!(servers.can_login(&conn, &a_next).await);
-    servers.ensure(&conn, &a2).await.unwrap();
+    servers.ensure(&conn, &a2, &owner_a).await.unwrap();
     assert!(
         servers.can_login(&conn, &a2).await,
         "{engine:?}: a revoked slot comes back with ensure"
@@ -108,6 +111,7 @@ async fn administers(kind: Kind, engine: Engine) {
             &conn,
             &a.database,
             &[a.username.clone(), a_next.username.clone()],
+            &owner_a.mark,
         )
         .await
         .unwrap();
@@ -116,6 +120,7 @@ async fn administers(kind: Kind, engine: Engine) {
             &conn,
             &a.database,
             &[a.username.clone(), a_next.username.clone()],
+            &owner_a.mark,
         )
         .await
         .unwrap();
@@ -133,7 +138,11 @@ async fn administers(kind: Kind, engine: Engine) {
     let mut down = conn.clone();
     down.port = dbps_e2e::ports::free_port().unwrap();
     let err = servers.info(&down).await.unwrap_err();
-    assert_eq!(err.reason(), "ServerUnreachable", "{engine:?}: {err:?}");
+    assert_eq!(
+        err.reason(),
+        Reason::ServerUnreachable,
+        "{engine:?}: {err:?}"
+    );
 }
 
 #[tokio::test]
@@ -168,14 +177,23 @@ async fn crafted_names_and_passwords_cannot_inject_sql() {
     let conn = server.admin_connection(Engine::Postgres);
     let servers = Servers::default();
     let victim = grant("victim", "victim_app", "VictimPass1");
-    servers.ensure(&conn, &victim).await.unwrap();
+    let victim_owner = claimant("shop", "victim", "uid-v", "victim", false);
+    servers.ensure(&conn, &victim, &victim_owner).await.unwrap();
 
     let evil = grant(
         r#"x"; DROP DATABASE victim; --"#,
         r#"evil" SUPERUSER; --"#,
         r#"p'; ALTER ROLE admin NOLOGIN; --\"#,
     );
-    servers.ensure(&conn, &evil).await.unwrap();
+    // The mark, a quoted literal too, carries crafted text as well.
+    let evil_owner = claimant(
+        "shop",
+        "e'; DROP DATABASE victim; --",
+        "uid-e",
+        "x'); --",
+        false,
+    );
+    servers.ensure(&conn, &evil, &evil_owner).await.unwrap();
     // The crafted strings became plain names and a plain password.
     assert!(servers.can_login(&conn, &evil).await);
     assert!(
@@ -211,8 +229,219 @@ async fn crafted_names_and_passwords_cannot_inject_sql() {
         "{dbs:?}"
     );
     servers
-        .drop_database(&conn, &evil.database, std::slice::from_ref(&evil.username))
+        .drop_database(
+            &conn,
+            &evil.database,
+            std::slice::from_ref(&evil.username),
+            &evil_owner.mark,
+        )
         .await
         .unwrap();
     assert!(servers.can_login(&conn, &victim).await);
+}
+
+/// Another claim naming the same database (same namespace, another Service)
+/// touches nothing of the owner's; an unmarked database is adopted only when
+/// allowed; a re-created claim gets its objects back; an interrupted
+/// provisioning converges without anyone else taking the names.
+async fn ownership(kind: Kind, engine: Engine) {
+    let server = LocalServer::start(kind).await.unwrap();
+    let conn = server.admin_connection(engine);
+    let servers = Servers::default();
+    let owned = grant("shop_orders_db", "shop_orders_db_app", "OwnerPass1");
+    let owner = claimant("shop", "orders-db", "uid-1", "orders", false);
+    servers.ensure(&conn, &owned, &owner).await.unwrap();
+    let wrote = round_trip(
+        &server,
+        engine,
+        &owned.database,
+        &owned.username,
+        &owned.password,
+    )
+    .await;
+    assert!(wrote.is_ok(), "{engine:?}: {wrote:?}");
+
+    // The takeover: same database and user names, another claim and Service.
+    let intruder = claimant("shop", "orders-copy", "uid-9", "intruder", false);
+    let taken = grant(&owned.database, &owned.username, "IntruderPass9");
+    let refused = servers.ensure(&conn, &taken, &intruder).await.unwrap_err();
+    assert_eq!(
+        refused.reason(),
+        Reason::DatabaseOwnedByAnotherClaim,
+        "{engine:?}"
+    );
+    assert!(
+        refused.to_string().contains("claim shop/orders-db"),
+        "{refused}"
+    );
+    // Even the platform team's adoption does not hand over another claim's database.
+    let adopting = claimant("shop", "orders-copy", "uid-9", "intruder", true);
+    assert!(servers.ensure(&conn, &taken, &adopting).await.is_err());
+    // Its own user name on the owner's database is refused as well.
+    let beside = grant(&owned.database, "shop_intruder_app", "IntruderPass9");
+    assert!(servers.ensure(&conn, &beside, &intruder).await.is_err());
+    assert!(
+        servers.can_login(&conn, &owned).await,
+        "{engine:?}: the owner's password was changed"
+    );
+    assert!(!servers.can_login(&conn, &taken).await);
+    // Revoking and dropping as the intruder leave everything in place.
+    servers
+        .revoke(&conn, &owned.database, &owned.username, &intruder.mark)
+        .await
+        .unwrap();
+    let dropped = servers
+        .drop_database(
+            &conn,
+            &owned.database,
+            std::slice::from_ref(&owned.username),
+            &intruder.mark,
+        )
+        .await
+        .unwrap();
+    assert!(dropped.dropped.is_empty(), "{engine:?}: {dropped:?}");
+    assert!(dropped.kept.contains(&owned.database), "{dropped:?}");
+    let read = round_trip(
+        &server,
+        engine,
+        &owned.database,
+        &owned.username,
+        &owned.password,
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "{engine:?}: the owner lost its data: {read:?}"
+    );
+
+    // A database dbps did not make is not adopted ...
+    behind_dbps::create(
+        &server,
+        engine,
+        "legacy_orders",
+        "legacy_orders_app",
+        "LegacyPass1",
+    )
+    .await
+    .unwrap();
+    let legacy = grant("legacy_orders", "legacy_orders_app", "NewPass42");
+    let migrating = claimant("shop", "legacy", "uid-l", "orders", false);
+    let refused = servers
+        .ensure(&conn, &legacy, &migrating)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, AdminError::Conflict(Conflict::Exists { .. })),
+        "{engine:?}: {refused:?}"
+    );
+    assert_eq!(refused.reason(), Reason::DatabaseExists);
+    let untouched = grant("legacy_orders", "legacy_orders_app", "LegacyPass1");
+    assert!(
+        servers.can_login(&conn, &untouched).await,
+        "{engine:?}: the legacy password was changed"
+    );
+    let gone = servers
+        .drop_database(
+            &conn,
+            &legacy.database,
+            std::slice::from_ref(&legacy.username),
+            &migrating.mark,
+        )
+        .await
+        .unwrap();
+    assert!(gone.dropped.is_empty(), "{gone:?}");
+    assert!(
+        behind_dbps::database_exists(&server, engine, "legacy_orders")
+            .await
+            .unwrap()
+    );
+    // ... unless the platform team allows this claim to.
+    let allowed = claimant("shop", "legacy", "uid-l", "orders", true);
+    let adopted = servers.ensure(&conn, &legacy, &allowed).await.unwrap();
+    assert!(
+        adopted.adopted.contains(&legacy.database),
+        "{engine:?}: {adopted:?}"
+    );
+    assert!(servers.can_login(&conn, &legacy).await);
+    let used = round_trip(
+        &server,
+        engine,
+        &legacy.database,
+        &legacy.username,
+        &legacy.password,
+    )
+    .await;
+    assert!(used.is_ok(), "{engine:?}: {used:?}");
+    // Adopted, it is the claim's own: no adoption needed again.
+    servers.ensure(&conn, &legacy, &migrating).await.unwrap();
+
+    // Re-created with the same name and Service (Retain): reattached, and the
+    // old UID no longer owns it.
+    let recreated = claimant("shop", "orders-db", "uid-2", "orders", false);
+    let back = servers.ensure(&conn, &owned, &recreated).await.unwrap();
+    assert!(
+        back.reattached.contains(&owned.database),
+        "{engine:?}: {back:?}"
+    );
+    let stale = servers
+        .drop_database(
+            &conn,
+            &owned.database,
+            std::slice::from_ref(&owned.username),
+            &owner.mark,
+        )
+        .await
+        .unwrap();
+    assert!(stale.dropped.is_empty(), "{engine:?}: {stale:?}");
+
+    // Interrupted between mark and object: the names stay this claim's.
+    behind_dbps::interrupt_after_marking(
+        &server,
+        engine,
+        &owned.database,
+        &[owned.username.as_str()],
+    )
+    .await
+    .unwrap();
+    assert!(
+        servers.ensure(&conn, &taken, &intruder).await.is_err(),
+        "{engine:?}: taken in the gap"
+    );
+    servers.ensure(&conn, &owned, &recreated).await.unwrap();
+    assert!(servers.can_login(&conn, &owned).await);
+    servers.ensure(&conn, &owned, &recreated).await.unwrap();
+
+    // Deletion by the owner drops exactly its objects; the names are free again.
+    let done = servers
+        .drop_database(
+            &conn,
+            &owned.database,
+            std::slice::from_ref(&owned.username),
+            &recreated.mark,
+        )
+        .await
+        .unwrap();
+    assert!(
+        done.dropped.contains(&owned.database),
+        "{engine:?}: {done:?}"
+    );
+    assert!(done.kept.is_empty(), "{engine:?}: {done:?}");
+    assert!(!servers.can_login(&conn, &owned).await);
+    servers.ensure(&conn, &taken, &intruder).await.unwrap();
+    assert!(servers.can_login(&conn, &taken).await);
+}
+
+#[tokio::test]
+async fn postgres_ownership_marks() {
+    ownership(Kind::Postgres, Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn influxdb_ownership_marks() {
+    ownership(Kind::InfluxDb, Engine::Influxdb).await;
+}
+
+#[tokio::test]
+async fn mongodb_wire_ownership_marks() {
+    ownership(Kind::FerretDb, Engine::Mongodb).await;
 }

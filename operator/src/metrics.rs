@@ -112,14 +112,14 @@ impl Metrics {
         &self,
         controller: &'static str,
         took: Duration,
-        error: Option<&'static str>,
+        error: Option<crate::api::Reason>,
     ) {
         let label = ControllerLabel { controller };
         self.reconciles.get_or_create(&label).inc();
         self.duration
             .get_or_create(&label)
             .observe(took.as_secs_f64());
-        if let Some(reason) = error {
+        if let Some(reason) = error.map(crate::api::Reason::as_str) {
             self.errors
                 .get_or_create(&ErrorLabels { controller, reason })
                 .inc();

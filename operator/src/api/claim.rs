@@ -6,6 +6,40 @@ use serde::{Deserialize, Serialize};
 /// Label dbps puts on every object it makes for a claim.
 pub const CLAIM_LABEL: &str = "dbps.io/claim";
 
+/// The major version of `v` (the spec's version or the engine's default),
+/// as a CEL expression over `v`; the defaults must match
+/// [`Engine::default_version`].
+macro_rules! cel_major {
+    ($v:literal) => {
+        concat!(
+            "int((has(",
+            $v,
+            ".version) ? ",
+            $v,
+            ".version : (",
+            $v,
+            ".engine == 'postgres' ? '17' : ",
+            $v,
+            ".engine == 'mongodb' ? '8.0' : '1.11')).split('.')[0])"
+        )
+    };
+}
+
+/// CEL: the major version of a dedicated claim never goes down.
+const MAJOR_DOWNGRADE: &str = concat!(
+    "has(self.server) || ",
+    cel_major!("self"),
+    " >= ",
+    cel_major!("oldSelf")
+);
+/// CEL: nor up: a major upgrade needs a data migration.
+const MAJOR_UPGRADE: &str = concat!(
+    "has(self.server) || ",
+    cel_major!("self"),
+    " <= ",
+    cel_major!("oldSelf")
+);
+
 /// One database owned by one `Service`. Without `server`, dbps runs a
 /// dedicated instance for it (StatefulSet with a volume); with `server`, it
 /// carves a database and a user out of a registered `DatabaseServer`. Either
@@ -34,7 +68,10 @@ pub const CLAIM_LABEL: &str = "dbps.io/claim";
     validation = Rule::new("has(self.server) == has(oldSelf.server) && (!has(self.server) || self.server == oldSelf.server)").message("server is immutable: placement cannot change after creation"),
     validation = Rule::new("has(self.database) == has(oldSelf.database) && (!has(self.database) || self.database == oldSelf.database)").message("database is immutable"),
     validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)").message("storage is immutable: the volume of a running instance cannot change"),
-    validation = Rule::new("!has(self.rotation) || has(self.server)").message("rotation applies to shared placement (spec.server) only")
+    validation = Rule::new("!has(self.rotation) || has(self.server)").message("rotation applies to shared placement (spec.server) only"),
+    validation = Rule::new("!has(self.server) || !has(self.version)").message("version describes a dedicated instance; a shared claim runs on the server's version: remove version"),
+    validation = Rule::new(MAJOR_DOWNGRADE).message("version: a major downgrade cannot start on the data directory of a newer major version; keep the current major version"),
+    validation = Rule::new(MAJOR_UPGRADE).message("version: a major upgrade of a running instance is refused; move the data to a new claim with the new version (dump and restore, see docs/operations.md#major-upgrades) and switch the service's binding")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseClaimSpec {
@@ -46,8 +83,11 @@ pub struct DatabaseClaimSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("engine is immutable"))]
     pub engine: Engine,
 
-    /// Engine version (image tag of a dedicated instance), e.g. `17` for
+    /// Engine version of a dedicated instance (its image tag), e.g. `17` for
     /// postgres. Default per engine: postgres 17, mongodb 8.0, influxdb 1.11.
+    /// Minor versions change in place; the major version cannot change (a
+    /// downgrade cannot read newer data, an upgrade needs a migration). Not
+    /// for shared claims, which run on their server's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+){0,2}$"))]
     pub version: Option<String>,
@@ -198,9 +238,12 @@ pub struct DatabaseClaimStatus {
     /// Where the database listens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Endpoint>,
-    /// Which credentials are issued (shared placement).
+    /// Which credentials are issued, and their fingerprints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsStatus>,
+    /// Name of the database on its server (shared placement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
 /// The credentials in force and the ones still in their grace period.
@@ -218,6 +261,14 @@ pub struct CredentialsStatus {
     /// The previous credentials, valid until `expiresAt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PreviousCredentials>,
+    /// Fingerprint (salted SHA-256, not the password) of the password in the
+    /// binding Secret in force: a Secret edited by hand no longer matches it,
+    /// and is replaced rather than believed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Fingerprint of the superuser password of a dedicated instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_fingerprint: Option<String>,
 }
 
 /// Credentials replaced by a rotation, still working until they expire.

@@ -5,6 +5,7 @@
 #[allow(clippy::duplicated_attributes)]
 mod claim;
 mod condition;
+mod reason;
 #[allow(clippy::duplicated_attributes)]
 mod server;
 #[allow(clippy::duplicated_attributes)]
@@ -12,6 +13,7 @@ mod service;
 
 pub use claim::*;
 pub use condition::*;
+pub use reason::Reason;
 pub use server::*;
 pub use service::*;
 

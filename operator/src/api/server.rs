@@ -55,6 +55,44 @@ pub struct DatabaseServerSpec {
     /// Labels of the namespaces whose claims may use this server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
+    /// Pre-existing databases that named claims may take over (migrations).
+    /// Without an entry here, a claim never touches a database or user that
+    /// dbps did not make; with one, that claim gets the database under its
+    /// existing name, and its users' names if they exist. A database that
+    /// another claim owns is never adopted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.database == a.database))").message("each database may be adopted by one claim only"))]
+    pub adoptions: Option<Vec<Adoption>>,
+}
+
+/// A database on the server that one claim may adopt.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(self.database in ['postgres', 'template0', 'template1', 'admin', 'config', 'local', '_internal'])").message("a server's own databases cannot be adopted"))]
+pub struct Adoption {
+    /// Name of the database on the server.
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"))]
+    pub database: String,
+    /// The claim that may adopt it.
+    pub claim: ClaimRef,
+}
+
+/// A claim in a namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ClaimRef {
+    /// Namespace of the claim.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub namespace: String,
+    /// Name of the claim.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
 }
 
 /// A Secret in a given namespace.

@@ -1,5 +1,8 @@
 //! Server-side apply, skipped when the live object already says everything
-//! the desired one does, so a steady-state resync writes nothing.
+//! the desired one does and was last applied from the same desired object,
+//! so a steady-state resync writes nothing while a field dropped from the
+//! desired object is pruned from the live one (server-side apply removes
+//! fields the manager applied before and applies no more).
 
 use std::fmt::Debug;
 
@@ -39,24 +42,56 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
-/// Applies `desired` unless `current` already matches it; returns the live object.
+/// Annotation holding a hash of the desired object dbps last applied (Secret
+/// values left out): a change of the desired object, a removed field
+/// included, changes it.
+pub const APPLIED_HASH_ANNOTATION: &str = "dbps.io/applied-hash";
+
+/// Hash of a desired object, Secret values left out (only their keys count:
+/// the values are compared by [`is_subset`]).
+pub fn desired_hash(desired: &Value) -> String {
+    let mut shape = desired.clone();
+    for field in ["data", "stringData"] {
+        if let Some(Value::Object(entries)) = shape.get_mut(field) {
+            entries.values_mut().for_each(|v| *v = Value::Null);
+        }
+    }
+    let text = serde_json::to_string(&shape).expect("serializable");
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether `current` needs no write to become `desired`: it holds every
+/// desired value and was applied from the same desired object.
+pub fn up_to_date(desired: &Value, current: &Value) -> bool {
+    let hash = desired_hash(desired);
+    current["metadata"]["annotations"][APPLIED_HASH_ANNOTATION].as_str() == Some(hash.as_str())
+        && is_subset(desired, current)
+}
+
+/// Applies `desired` unless `current` is [`up_to_date`]; returns the live object.
 pub async fn apply<K>(api: &Api<K>, desired: &K, current: Option<K>) -> Result<K, kube::Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + Debug,
 {
+    let mut want = serde_json::to_value(desired).expect("serializable");
+    let hash = desired_hash(&want);
     if let Some(current) = current {
-        let want = serde_json::to_value(desired).expect("serializable");
         let have = serde_json::to_value(&current).expect("serializable");
-        if is_subset(&want, &have) {
+        if up_to_date(&want, &have) {
             return Ok(current);
         }
     }
+    want["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = Value::String(hash);
     let name = desired.name_any();
     tracing::debug!(%name, "apply");
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(desired),
+        &Patch::Apply(want),
     )
     .await
 }
@@ -95,6 +130,34 @@ mod tests {
             &json!({ "matchLabels": { "a": "1", "b": "2" } }),
             &json!({ "matchLabels": { "a": "1" } })
         ));
+    }
+
+    #[test]
+    fn a_field_dropped_from_the_desired_object_needs_a_write_that_prunes_it() {
+        let before = json!({ "metadata": { "name": "x" }, "spec": { "resources": { "limits": { "memory": "1Gi" }, "requests": { "cpu": "1" } } } });
+        let mut live = before.clone();
+        live["metadata"]["annotations"] = json!({ APPLIED_HASH_ANNOTATION: desired_hash(&before) });
+        assert!(up_to_date(&before, &live), "steady state: no write");
+        let after = json!({ "metadata": { "name": "x" }, "spec": { "resources": { "requests": { "cpu": "1" } } } });
+        assert!(
+            is_subset(&after, &live),
+            "the subset rule alone misses the removal"
+        );
+        assert!(!up_to_date(&after, &live));
+        // An object dbps applied before the hash existed is applied once.
+        assert!(!up_to_date(&before, &before));
+    }
+
+    #[test]
+    fn secret_values_do_not_enter_the_hash_but_their_keys_do() {
+        let a = json!({ "data": { "password": "c2VjcmV0" } });
+        let b = json!({ "data": { "password": "b3RoZXI=" } });
+        let c = json!({ "data": { "password": "c2VjcmV0", "ca.crt": "eA==" } });
+        assert_eq!(desired_hash(&a), desired_hash(&b));
+        assert_ne!(desired_hash(&a), desired_hash(&c));
+        let mut live = b.clone();
+        live["metadata"] = json!({ "annotations": { APPLIED_HASH_ANNOTATION: desired_hash(&a) } });
+        assert!(!up_to_date(&a, &live), "an edited value is restored");
     }
 
     #[test]

@@ -18,13 +18,13 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::apply::{apply, ensure};
-use super::{Context, Error, FINALIZER};
+use super::{Context, Error, FINALIZER, drift};
 use crate::api::{
-    Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, DatabaseClaimStatus, DeletionPolicy,
-    Endpoint, READY, Service, set_condition,
+    Binding, CLAIM_LABEL, ClaimPhase, CredentialsStatus, DatabaseClaim, DatabaseClaimStatus,
+    DeletionPolicy, Endpoint, READY, Reason, SERVICE_LABEL, Service, set_condition,
 };
 use crate::children::{Credentials, Dedicated, FIELD_MANAGER, Inputs, names, secret_value};
-use crate::engines::PASSWORD_KEY;
+use crate::engines::{APP_PASSWORD_KEY, PASSWORD_KEY};
 use crate::password;
 
 pub async fn reconcile(
@@ -54,10 +54,44 @@ pub async fn reconcile(
 pub(super) struct Outcome {
     pub phase: ClaimPhase,
     pub ready: bool,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
     pub binding: Option<Binding>,
     pub endpoint: Option<Endpoint>,
+}
+
+impl Outcome {
+    /// Not ready, for `reason`.
+    pub fn waiting(phase: ClaimPhase, reason: Reason, message: String) -> Self {
+        Outcome {
+            phase,
+            ready: false,
+            reason,
+            message,
+            binding: None,
+            endpoint: None,
+        }
+    }
+}
+
+/// The major version of a version string (`17`, `8.0` → 8, `1.11` → 1).
+pub fn major(version: &str) -> Option<u32> {
+    version.split('.').next()?.parse().ok()
+}
+
+/// The version of the running instance, from its StatefulSet's image tag.
+fn running_version(sts: &StatefulSet) -> Option<String> {
+    let image = sts
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .image
+        .clone()?;
+    image.rsplit_once(':').map(|(_, tag)| tag.to_string())
 }
 
 async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> {
@@ -72,16 +106,13 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
     let services: Api<Service> = ctx.api(&ns);
     let service_name = &claim.spec.service_ref.name;
     let Some(service) = services.get_opt(service_name).await? else {
-        let outcome = Outcome {
-            phase: ClaimPhase::Pending,
-            ready: false,
-            reason: "ServiceNotFound",
-            message: format!(
+        let outcome = Outcome::waiting(
+            ClaimPhase::Pending,
+            Reason::ServiceNotFound,
+            format!(
                 "Service {service_name:?} (dbps.io) does not exist in namespace {ns:?}; create it or correct spec.serviceRef.name"
             ),
-            binding: None,
-            endpoint: None,
-        };
+        );
         update_status(claim, ctx, outcome).await?;
         // The Service watch brings the claim back when the Service appears.
         return Ok(resync);
@@ -90,11 +121,137 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
     let name = claim.name_any();
     let admin = secrets.get_opt(&names::admin_secret(&name)).await?;
     let binding = secrets.get_opt(&names::binding_secret(&name)).await?;
-    let existing = |s: &Option<Secret>| s.as_ref().and_then(|s| secret_value(s, PASSWORD_KEY));
-    let credentials = Credentials {
-        admin_password: existing(&admin).unwrap_or_else(password::generate),
-        app_password: existing(&binding).unwrap_or_else(password::generate),
+    let statefulsets: Api<StatefulSet> = ctx.api(&ns);
+    let live_sts = statefulsets.get_opt(&names::instance(&name)).await?;
+    // The volume matters only until this claim's StatefulSet holds it.
+    let owns_sts = live_sts.as_ref().is_some_and(|s| {
+        drift::foreign(&s.metadata, "StatefulSet", claim, service_name).is_none()
+            && s.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == claim.metadata.uid.as_ref())
+    });
+    let volume = match owns_sts {
+        true => None,
+        false => {
+            ctx.api::<PersistentVolumeClaim>(&ns)
+                .get_opt(&names::data_pvc(&name))
+                .await?
+        }
     };
+
+    // Nothing of another Service, and nothing dbps did not make, is touched.
+    let found = [
+        admin.as_ref().map(|s| (&s.metadata, "Secret")),
+        binding.as_ref().map(|s| (&s.metadata, "Secret")),
+        live_sts.as_ref().map(|s| (&s.metadata, "StatefulSet")),
+        volume
+            .as_ref()
+            .map(|v| (&v.metadata, "PersistentVolumeClaim")),
+    ];
+    let mut refusal = found
+        .iter()
+        .flatten()
+        .find_map(|(meta, kind)| drift::foreign(meta, kind, claim, service_name))
+        .map(|message| (Reason::ObjectOwnedByAnotherService, message));
+    if refusal.is_none() && volume.is_some() && admin.is_none() {
+        refusal = Some((
+            Reason::VolumeWithoutCredentials,
+            format!(
+                "volume {:?} exists but Secret {:?}, which holds the credentials it was initialised with, does not; nothing was attached. Restore the Secret, or delete the volume to start afresh",
+                names::data_pvc(&name),
+                names::admin_secret(&name)
+            ),
+        ));
+    }
+    let version = claim
+        .spec
+        .version
+        .clone()
+        .unwrap_or_else(|| claim.spec.engine.default_version().to_string());
+    if let Some(running) = live_sts.as_ref().and_then(running_version)
+        && refusal.is_none()
+        && major(&running) != major(&version)
+    {
+        refusal = Some((
+            Reason::MajorVersionChange,
+            format!(
+                "the instance runs {} {running}; {version} is another major version, which cannot run on its data. Set spec.version back to {running} (minor versions change in place), or move the data to a new claim",
+                claim.spec.engine.as_str()
+            ),
+        ));
+    }
+    if let Some((reason, message)) = refusal {
+        update_status(
+            claim,
+            ctx,
+            Outcome::waiting(ClaimPhase::Failed, reason, message),
+        )
+        .await?;
+        return Ok(resync);
+    }
+
+    // Credentials: believed only when they match what dbps issued.
+    let uid = claim.uid().unwrap_or_default();
+    let recorded = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.credentials.clone())
+        .unwrap_or_default();
+    let value = |s: &Option<Secret>, key: &str| s.as_ref().and_then(|s| secret_value(s, key));
+    let (binding_pw, admin_app_pw, admin_pw) = (
+        value(&binding, PASSWORD_KEY),
+        value(&admin, APP_PASSWORD_KEY),
+        value(&admin, PASSWORD_KEY),
+    );
+    let app = drift::choose(
+        &uid,
+        recorded.fingerprint.as_deref(),
+        &[binding_pw.as_deref(), admin_app_pw.as_deref()],
+    );
+    let superuser = drift::choose(
+        &uid,
+        recorded.admin_fingerprint.as_deref(),
+        &[admin_pw.as_deref()],
+    );
+    let Some(app_password) = app.value().map(String::from) else {
+        let outcome = Outcome::waiting(
+            ClaimPhase::Failed,
+            Reason::BindingSecretEdited,
+            format!(
+                "Secrets {:?} and {:?} were both edited by hand and no longer hold the password the instance was initialised with; dbps does not use an edited password. Restore either Secret from a backup",
+                names::binding_secret(&name),
+                names::admin_secret(&name)
+            ),
+        );
+        update_status(claim, ctx, outcome).await?;
+        return Ok(resync);
+    };
+    let mut notices = Vec::new();
+    if matches!(app, drift::Choice::Restore(_)) && recorded.fingerprint.is_some() {
+        notices.push(match binding_pw {
+            None => (Reason::BindingSecretDeleted, format!("Secret {:?} was deleted; dbps wrote it again with the credentials it issued", names::binding_secret(&name))),
+            Some(_) => (Reason::BindingSecretEdited, format!("Secret {:?} was edited by hand; dbps restored the credentials it issued and did not use the edited password", names::binding_secret(&name))),
+        });
+    }
+    let admin_password = match &superuser {
+        drift::Choice::Lost => {
+            notices.push((Reason::AdminSecretEdited, format!(
+                "Secret {:?} no longer holds the superuser password dbps issued (edited or deleted by hand); dbps does not use the edited value, and the instance keeps the password it was initialised with. Restore the Secret from a backup",
+                names::admin_secret(&name)
+            )));
+            admin_pw.clone().unwrap_or_else(password::generate)
+        }
+        other => other.value().unwrap_or_default().to_string(),
+    };
+    let credentials = Credentials {
+        admin_password,
+        app_password,
+    };
+    let mut issued = recorded.clone();
+    issued.fingerprint = Some(password::fingerprint(&uid, &credentials.app_password));
+    if superuser != drift::Choice::Lost {
+        issued.admin_fingerprint = Some(password::fingerprint(&uid, &credentials.admin_password));
+    }
 
     // build
     let inputs = Inputs {
@@ -116,25 +273,33 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
             ensure(&ctx.api::<ConfigMap>(&ns), init).await?;
         }
         ensure(&ctx.api::<KubeService>(&ns), &children.service).await?;
-        let sts = ensure(&ctx.api::<StatefulSet>(&ns), &children.statefulset).await?;
+        let sts = apply(&statefulsets, &children.statefulset, live_sts).await?;
         Ok::<_, kube::Error>((binding, sts))
     };
     let (binding, sts) = match applied.await {
         Ok(applied) => applied,
         Err(e) => {
             // Make the failure visible where the user looks (e.g. a missing permission).
-            let outcome = Outcome {
-                phase: ClaimPhase::Provisioning,
-                ready: false,
-                reason: "ApplyFailed",
-                message: format!("writing the instance's objects failed: {e}"),
-                binding: None,
-                endpoint: None,
-            };
+            let outcome = Outcome::waiting(
+                ClaimPhase::Provisioning,
+                Reason::ApplyFailed,
+                format!("writing the instance's objects failed: {e}"),
+            );
             update_status(claim, ctx, outcome).await?;
             return Err(e.into());
         }
     };
+    for (reason, note) in &notices {
+        publish(
+            ctx,
+            claim,
+            EventType::Warning,
+            *reason,
+            "Repair",
+            note.clone(),
+        )
+        .await;
+    }
 
     // status, from what was applied
     let ready = sts
@@ -147,11 +312,11 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
         host: inputs.host(),
         port: claim.spec.engine.port().into(),
     };
-    let outcome = if ready {
+    let mut outcome = if ready {
         Outcome {
             phase: ClaimPhase::Ready,
             ready: true,
-            reason: "Ready",
+            reason: Reason::Ready,
             message: format!(
                 "{} {} is ready; credentials in Secret {:?}",
                 claim.spec.engine.as_str(),
@@ -167,7 +332,7 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
         Outcome {
             phase: ClaimPhase::Provisioning,
             ready: false,
-            reason: "Provisioning",
+            reason: Reason::Provisioning,
             message: format!(
                 "waiting for StatefulSet {:?} to have a ready replica",
                 sts.name_any()
@@ -176,7 +341,13 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
             endpoint: Some(endpoint),
         }
     };
-    update_status(claim, ctx, outcome).await?;
+    if superuser == drift::Choice::Lost {
+        outcome.message.push_str(&format!(
+            "; Secret {:?} was edited by hand: restore it from a backup",
+            names::admin_secret(&name)
+        ));
+    }
+    update_status_with(claim, ctx, outcome, Some(issued)).await?;
     Ok(resync)
 }
 
@@ -197,6 +368,17 @@ pub(super) async fn update_status_with(
     outcome: Outcome,
     credentials: Option<CredentialsStatus>,
 ) -> Result<(), Error> {
+    update_status_full(claim, ctx, outcome, credentials, None).await
+}
+
+/// As [`update_status_with`], also recording the database's name on its server.
+pub(super) async fn update_status_full(
+    claim: &DatabaseClaim,
+    ctx: &Context,
+    outcome: Outcome,
+    credentials: Option<CredentialsStatus>,
+    database: Option<String>,
+) -> Result<(), Error> {
     let desired = |current: &DatabaseClaimStatus| {
         let mut conditions = current.conditions.clone();
         let generation = claim.metadata.generation;
@@ -204,7 +386,7 @@ pub(super) async fn update_status_with(
             &mut conditions,
             READY,
             outcome.ready,
-            outcome.reason,
+            outcome.reason.as_str(),
             &outcome.message,
             generation,
         );
@@ -215,6 +397,7 @@ pub(super) async fn update_status_with(
             binding: outcome.binding.clone(),
             endpoint: outcome.endpoint.clone(),
             credentials: credentials.clone().or_else(|| current.credentials.clone()),
+            database: database.clone().or_else(|| current.database.clone()),
         }
     };
     let cached = claim.status.clone().unwrap_or_default();
@@ -232,8 +415,8 @@ pub(super) async fn update_status_with(
     if status == current {
         return Ok(());
     }
-    let previous_reason =
-        crate::api::find_condition(&current.conditions, READY).map(|c| c.reason.clone());
+    let previous_reason = crate::api::find_condition(&current.conditions, READY)
+        .and_then(|c| Reason::parse(&c.reason));
     let patch = json!({
         "apiVersion": "dbps.io/v1alpha1",
         "kind": "DatabaseClaim",
@@ -250,14 +433,14 @@ pub(super) async fn update_status_with(
         .metadata
         .creation_timestamp
         .as_ref()
-        .filter(|_| outcome.ready && previous_reason.as_deref() != Some("Ready"))
+        .filter(|_| outcome.ready && previous_reason != Some(Reason::Ready))
     {
         let took = k8s_openapi::jiff::Timestamp::now().duration_since(created.0);
         ctx.metrics
             .claim_ready_after(std::time::Duration::try_from(took).unwrap_or_default());
     }
-    if previous_reason.as_deref() != Some(outcome.reason) {
-        let type_ = if outcome.ready || outcome.reason == "Provisioning" {
+    if previous_reason != Some(outcome.reason) {
+        let type_ = if outcome.ready || outcome.reason == Reason::Provisioning {
             EventType::Normal
         } else {
             EventType::Warning
@@ -279,13 +462,13 @@ pub(super) async fn publish(
     ctx: &Context,
     claim: &DatabaseClaim,
     type_: EventType,
-    reason: &str,
+    reason: Reason,
     action: &str,
     note: String,
 ) {
     let event = Event {
         type_,
-        reason: reason.into(),
+        reason: reason.as_str().into(),
         note: Some(note),
         action: action.into(),
         secondary: None,
@@ -305,47 +488,36 @@ async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> 
     let uid = claim.uid().unwrap_or_default();
     let secrets: Api<Secret> = ctx.api(&ns);
     if let Some(server) = &claim.spec.server {
-        if let Err(e) = super::shared::cleanup_shared(claim, &server.name, ctx).await {
-            let outcome = Outcome {
-                phase: ClaimPhase::Deleting,
-                ready: false,
-                reason: "CleanupFailed",
-                message: e.to_string(),
-                binding: None,
-                endpoint: None,
-            };
-            update_status(claim, ctx, outcome).await?;
-            return Err(e);
-        }
-        let database = super::shared::shared_database(claim);
-        let note = match claim.spec.deletion_policy {
-            DeletionPolicy::Retain => {
-                // The Secrets of the credentials in force and in their grace period.
-                let status = claim.status.clone().unwrap_or_default();
-                let mut kept: Vec<String> = status.binding.iter().map(|b| b.name.clone()).collect();
-                kept.extend(
-                    status
-                        .credentials
-                        .and_then(|c| c.previous)
-                        .map(|p| p.secret),
-                );
-                kept.push(names::binding_secret(&name));
-                kept.dedup();
-                for secret in &kept {
-                    release(&secrets, secret, &uid).await?;
-                }
-                format!(
-                    "kept database {database:?} on DatabaseServer {:?} and Secret {:?} (deletionPolicy Retain)",
-                    server.name,
-                    names::binding_secret(&name)
-                )
+        let note = match super::shared::cleanup_shared(claim, &server.name, ctx).await {
+            Ok(note) => note,
+            Err(e) => {
+                let outcome =
+                    Outcome::waiting(ClaimPhase::Deleting, Reason::CleanupFailed, e.to_string());
+                update_status(claim, ctx, outcome).await?;
+                return Err(e);
             }
-            DeletionPolicy::Delete => format!(
-                "dropped database {database:?} and its user on DatabaseServer {:?}",
-                server.name
-            ),
         };
-        publish(ctx, claim, EventType::Normal, "Deleted", "Delete", note).await;
+        if claim.spec.deletion_policy == DeletionPolicy::Retain {
+            // The Secrets of the credentials in force and in their grace period.
+            let status = claim.status.clone().unwrap_or_default();
+            let mut kept: Vec<String> = status.binding.iter().map(|b| b.name.clone()).collect();
+            kept.extend(
+                status
+                    .credentials
+                    .and_then(|c| c.previous)
+                    .map(|p| p.secret),
+            );
+            kept.push(names::binding_secret(&name));
+            kept.dedup();
+            for secret in &kept {
+                release(&secrets, secret, &uid).await?;
+            }
+        }
+        let reason = match claim.spec.deletion_policy {
+            DeletionPolicy::Retain => Reason::Retained,
+            DeletionPolicy::Delete => Reason::Deleted,
+        };
+        publish(ctx, claim, EventType::Normal, reason, "Delete", note).await;
         return Ok(Action::await_change());
     }
     match claim.spec.deletion_policy {
@@ -353,13 +525,41 @@ async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> 
             for secret_name in [names::admin_secret(&name), names::binding_secret(&name)] {
                 release(&secrets, &secret_name, &uid).await?;
             }
+            // The volume remembers its Service: it is handed back to a claim
+            // of the same name and Service only.
+            let pvcs: Api<PersistentVolumeClaim> = ctx.api(&ns);
+            let label = json!({ "metadata": { "labels": {
+                SERVICE_LABEL: claim.spec.service_ref.name,
+                CLAIM_LABEL: name,
+            } } });
+            match pvcs
+                .patch(
+                    &names::data_pvc(&name),
+                    &PatchParams::default(),
+                    &Patch::Merge(label),
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
             let note = format!(
-                "kept volume {:?} and Secrets {:?}, {:?} (deletionPolicy Retain)",
+                "kept volume {:?} and Secrets {:?}, {:?} for Service {:?} (deletionPolicy Retain)",
                 names::data_pvc(&name),
                 names::admin_secret(&name),
-                names::binding_secret(&name)
+                names::binding_secret(&name),
+                claim.spec.service_ref.name
             );
-            publish(ctx, claim, EventType::Normal, "Retained", "Delete", note).await;
+            publish(
+                ctx,
+                claim,
+                EventType::Normal,
+                Reason::Retained,
+                "Delete",
+                note,
+            )
+            .await;
         }
         DeletionPolicy::Delete => {
             let pvcs: Api<PersistentVolumeClaim> = ctx.api(&ns);
@@ -375,7 +575,15 @@ async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> 
                 "deleted volume {:?}; Secrets follow the claim",
                 names::data_pvc(&name)
             );
-            publish(ctx, claim, EventType::Normal, "Deleted", "Delete", note).await;
+            publish(
+                ctx,
+                claim,
+                EventType::Normal,
+                Reason::Deleted,
+                "Delete",
+                note,
+            )
+            .await;
         }
     }
     Ok(Action::await_change())

@@ -3,6 +3,7 @@
 
 mod apply;
 mod claim;
+mod drift;
 mod server;
 mod service;
 mod shared;
@@ -23,11 +24,13 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{finalizer, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::api::{DatabaseClaim, DatabaseServer, Service};
+use crate::api::{DatabaseClaim, DatabaseServer, Reason, Service};
 use crate::children::MANAGED_BY;
 use crate::metrics::Metrics;
 
-pub use apply::is_subset;
+pub use apply::{APPLIED_HASH_ANNOTATION, is_subset, up_to_date};
+pub use claim::major;
+pub use drift::{Choice, choose, foreign};
 pub use shared::{
     ROTATE_ANNOTATION, SKIP_CLEANUP_ANNOTATION, selector_matches, shared_database, slot_username,
 };
@@ -71,6 +74,7 @@ pub struct Context {
     pub servers: crate::servers::Servers,
     pub metrics: Arc<Metrics>,
     failures: Mutex<HashMap<String, u32>>,
+    cluster: tokio::sync::OnceCell<String>,
 }
 
 impl Context {
@@ -86,7 +90,27 @@ impl Context {
             servers: Default::default(),
             metrics,
             failures: Mutex::default(),
+            cluster: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The identity of this cluster in ownership marks: the UID of its
+    /// `kube-system` namespace (asked once).
+    pub async fn cluster_id(&self) -> Result<String, Error> {
+        self.cluster
+            .get_or_try_init(|| async {
+                let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
+                    Api::all(self.client.clone());
+                Ok::<_, Error>(
+                    namespaces
+                        .get("kube-system")
+                        .await?
+                        .uid()
+                        .unwrap_or_default(),
+                )
+            })
+            .await
+            .cloned()
     }
 
     fn api<K>(&self, namespace: &str) -> Api<K>
@@ -129,8 +153,8 @@ pub enum Error {
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     /// A database server could not be used; retried with backoff.
-    #[error("database server: {0}")]
-    Unavailable(String),
+    #[error("database server: {1}")]
+    Unavailable(Reason, String),
     /// Cleanup outside Kubernetes failed; retried.
     #[error("cleanup: {0}")]
     Cleanup(String),
@@ -140,23 +164,23 @@ pub enum Error {
 
 impl Error {
     /// A stable label for logs and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Error::InvalidObject(_) => "InvalidObject",
-            Error::InvalidSpec(_) => "InvalidSpec",
-            Error::Kube(_) => "KubernetesApi",
-            Error::Cleanup(_) => "CleanupFailed",
-            Error::Unavailable(_) => "ServerUnavailable",
+            Error::InvalidObject(_) => Reason::InvalidObject,
+            Error::InvalidSpec(_) => Reason::InvalidSpec,
+            Error::Kube(_) => Reason::KubernetesApi,
+            Error::Cleanup(_) => Reason::CleanupFailed,
+            Error::Unavailable(reason, _) => *reason,
             Error::Finalizer(e) => match &**e {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
-                _ => "Finalizer",
+                _ => Reason::Finalizer,
             },
         }
     }
 
     /// Invalid input waits for a change; everything else is retried.
     pub fn is_permanent(&self) -> bool {
-        matches!(self.reason(), "InvalidObject" | "InvalidSpec")
+        self.reason().is_permanent()
     }
 }
 
@@ -173,11 +197,11 @@ where
     )
     .replace("//", "/");
     if error.is_permanent() {
-        tracing::warn!(object = %key, reason = error.reason(), %error, "waiting for a change");
+        tracing::warn!(object = %key, reason = %error.reason(), %error, "waiting for a change");
         Action::await_change()
     } else {
         let delay = ctx.backoff(key.clone());
-        tracing::warn!(object = %key, reason = error.reason(), %error, ?delay, "retrying");
+        tracing::warn!(object = %key, reason = %error.reason(), %error, ?delay, "retrying");
         Action::requeue(delay)
     }
 }
@@ -375,7 +399,10 @@ mod tests {
         assert!(Error::InvalidObject("x".into()).is_permanent());
         let transient = Error::Kube(kube::Error::Service("connection refused".into()));
         assert!(!transient.is_permanent());
-        assert_eq!(transient.reason(), "KubernetesApi");
+        assert_eq!(transient.reason(), Reason::KubernetesApi);
+        let unreachable = Error::Unavailable(Reason::ServerUnreachable, "down".into());
+        assert_eq!(unreachable.reason().as_str(), "ServerUnreachable");
+        assert!(!unreachable.is_permanent());
         let wrapped = Error::Finalizer(Box::new(finalizer::Error::ApplyFailed(
             Error::InvalidSpec("x".into()),
         )));

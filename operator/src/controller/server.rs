@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::shared::admin_connection;
 use super::{Context, Error};
-use crate::api::{DatabaseClaim, DatabaseServer, DatabaseServerStatus, set_condition};
+use crate::api::{DatabaseClaim, DatabaseServer, DatabaseServerStatus, Reason, set_condition};
 use crate::children::FIELD_MANAGER;
 
 /// The condition a server reports.
@@ -44,7 +44,7 @@ pub async fn reconcile(server: Arc<DatabaseServer>, ctx: Arc<Context>) -> Result
                 if !info.enforces_database_roles {
                     message.push_str("; it does not enforce per-database roles");
                 }
-                (true, "Reachable", message, Some(info.version))
+                (true, Reason::Reachable, message, Some(info.version))
             }
             Err(e) => (false, e.reason(), e.to_string(), None),
         },
@@ -56,7 +56,7 @@ pub async fn reconcile(server: Arc<DatabaseServer>, ctx: Arc<Context>) -> Result
             &mut conditions,
             REACHABLE,
             reachable,
-            reason,
+            reason.as_str(),
             &message,
             generation,
         );

@@ -14,12 +14,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
 
-use super::claim::{Outcome, publish, update_status, update_status_with};
-use super::{Context, Error};
+use super::claim::{Outcome, publish, update_status, update_status_full};
+use super::{Context, Error, drift};
 use crate::api::ServerTls;
 use crate::api::{
     Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, DatabaseServer,
-    Endpoint as StatusEndpoint, PreviousCredentials, Service,
+    Endpoint as StatusEndpoint, PreviousCredentials, Reason, Service,
 };
 use crate::children::{
     Credentials, Endpoint, Inputs, binding_reader_role_binding, binding_reader_role_for,
@@ -27,7 +27,9 @@ use crate::children::{
 };
 use crate::engines::{PASSWORD_KEY, USERNAME_KEY};
 use crate::password;
-use crate::servers::{Connection, Grant, Tls, shared_identifier};
+use crate::servers::{
+    AdminError, Claimant, Connection, Grant, Mark, Tls, ownership, shared_identifier,
+};
 
 /// Key of the CA certificate in the Secret a server's `tls.caSecretRef` names.
 pub const CA_KEY: &str = "ca.crt";
@@ -49,23 +51,46 @@ pub fn shared_database(claim: &DatabaseClaim) -> String {
     )
 }
 
+/// The database a claim uses on `server`: the one it was given (recorded in
+/// its status), else one the platform team lets it adopt, else its own name.
+/// The second value says whether the claim may adopt that database.
+pub fn placed_database(claim: &DatabaseClaim, server: &DatabaseServer) -> (String, bool) {
+    let ns = claim.namespace().unwrap_or_default();
+    let adoption = server
+        .spec
+        .adoptions
+        .iter()
+        .flatten()
+        .find(|a| a.claim.namespace == ns && a.claim.name == claim.name_any());
+    let recorded = claim.status.as_ref().and_then(|s| s.database.clone());
+    let database = recorded
+        .or_else(|| adoption.map(|a| a.database.clone()))
+        .unwrap_or_else(|| shared_database(claim));
+    let adopt = adoption.is_some_and(|a| a.database == database);
+    (database, adopt)
+}
+
+/// The ownership mark of `claim`'s objects on a server.
+pub async fn mark_of(ctx: &Context, claim: &DatabaseClaim) -> Result<Mark, Error> {
+    Ok(Mark {
+        cluster: ctx.cluster_id().await?,
+        namespace: claim.namespace().unwrap_or_default(),
+        claim: claim.name_any(),
+        uid: claim.uid().unwrap_or_default(),
+        service: claim.spec.service_ref.name.clone(),
+    })
+}
+
 /// Why a server cannot be used right now, as a condition reason and message.
 pub struct Unavailable {
     pub phase: ClaimPhase,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Unavailable {
     fn outcome(self) -> Outcome {
-        Outcome {
-            phase: self.phase,
-            ready: false,
-            reason: self.reason,
-            message: self.message,
-            binding: None,
-            endpoint: None,
-        }
+        Outcome::waiting(self.phase, self.reason, self.message)
     }
 }
 
@@ -79,7 +104,7 @@ pub async fn admin_connection(
     let Some(secret) = secrets.get_opt(&r.name).await? else {
         return Ok(Err(Unavailable {
             phase: ClaimPhase::Pending,
-            reason: "AdminSecretNotFound",
+            reason: Reason::AdminSecretNotFound,
             message: format!(
                 "DatabaseServer {:?} references Secret {}/{} which does not exist",
                 server.name_any(),
@@ -94,7 +119,7 @@ pub async fn admin_connection(
     ) else {
         return Ok(Err(Unavailable {
             phase: ClaimPhase::Pending,
-            reason: "AdminSecretInvalid",
+            reason: Reason::AdminSecretInvalid,
             message: format!(
                 "Secret {}/{} needs the keys `username` and `password`",
                 r.namespace, r.name
@@ -121,7 +146,7 @@ pub async fn admin_connection(
                 None => {
                     return Ok(Err(Unavailable {
                         phase: ClaimPhase::Pending,
-                        reason: "CaSecretNotFound",
+                        reason: Reason::CaSecretNotFound,
                         message: format!(
                             "Secret {}/{} with key {CA_KEY:?} does not exist",
                             ca.namespace, ca.name
@@ -207,7 +232,7 @@ pub async fn apply_shared(
         );
         let outcome = Unavailable {
             phase: ClaimPhase::Pending,
-            reason: "ServerNotFound",
+            reason: Reason::ServerNotFound,
             message,
         }
         .outcome();
@@ -222,7 +247,7 @@ pub async fn apply_shared(
         );
         let outcome = Unavailable {
             phase: ClaimPhase::Failed,
-            reason: "InvalidSpec",
+            reason: Reason::InvalidSpec,
             message,
         }
         .outcome();
@@ -234,7 +259,7 @@ pub async fn apply_shared(
             format!("DatabaseServer {server_name:?} does not accept claims from namespace {ns:?}");
         let outcome = Unavailable {
             phase: ClaimPhase::Failed,
-            reason: "NamespaceNotAllowed",
+            reason: Reason::NamespaceNotAllowed,
             message,
         }
         .outcome();
@@ -249,7 +274,7 @@ pub async fn apply_shared(
         );
         let outcome = Unavailable {
             phase: ClaimPhase::Pending,
-            reason: "ServiceNotFound",
+            reason: Reason::ServiceNotFound,
             message,
         }
         .outcome();
@@ -259,7 +284,7 @@ pub async fn apply_shared(
     let conn = match admin_connection(ctx, &server).await? {
         Ok(conn) => conn,
         Err(unavailable) => {
-            let why = Error::Unavailable(unavailable.message.clone());
+            let why = Error::Unavailable(unavailable.reason, unavailable.message.clone());
             update_status(claim, ctx, unavailable.outcome()).await?;
             // error_policy retries with backoff.
             return Err(why);
@@ -271,15 +296,46 @@ pub async fn apply_shared(
         host: conn.host.clone(),
         port: conn.port.into(),
     });
-    let server_fault = |e: crate::servers::AdminError| Outcome {
-        phase: ClaimPhase::Provisioning,
-        ready: false,
-        reason: e.reason(),
-        message: format!("DatabaseServer {server_name:?}: {e}"),
-        binding: None,
-        endpoint: status_endpoint.clone(),
+    let server_fault = |e: &crate::servers::AdminError| {
+        let phase = match e {
+            crate::servers::AdminError::Conflict(_) => ClaimPhase::Failed,
+            _ => ClaimPhase::Provisioning,
+        };
+        let mut outcome = Outcome::waiting(
+            phase,
+            e.reason(),
+            format!("DatabaseServer {server_name:?}: {e}"),
+        );
+        outcome.endpoint = status_endpoint.clone();
+        outcome
     };
-    let database = shared_database(claim);
+    let (database, adopt) = placed_database(claim, &server);
+    let claimant = Claimant {
+        mark: mark_of(ctx, claim).await?,
+        adopt,
+    };
+    let mark = &claimant.mark;
+    let uid = &mark.uid;
+
+    // A claim not placed yet writes nothing, not even its binding Secret,
+    // until the server shows that the names it would use are its to take.
+    let placed = claim.status.as_ref().and_then(|s| s.database.as_ref()) == Some(&database);
+    if !placed {
+        let users = [slot_username(claim, 0)];
+        let authorized = match ctx.servers.inspect(&conn, &database, &users).await {
+            Ok(found) => ownership::authorize(&found, &claimant).map_err(AdminError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = authorized {
+            let outcome = server_fault(&e);
+            update_status(claim, ctx, outcome).await?;
+            return match e {
+                AdminError::Conflict(_) => Ok(resync),
+                e => Err(Error::Unavailable(e.reason(), e.to_string())),
+            };
+        }
+    }
+
     let now = Timestamp::now();
     let trigger = claim.annotations().get(ROTATE_ANNOTATION).cloned();
     let mut creds = match claim.status.as_ref().and_then(|s| s.credentials.clone()) {
@@ -289,7 +345,7 @@ pub async fn apply_shared(
             generation: 0,
             issued_at: Some(Time(now)),
             trigger: trigger.clone(),
-            previous: None,
+            ..Default::default()
         },
     };
 
@@ -297,12 +353,11 @@ pub async fn apply_shared(
     if let Some(previous) = creds.previous.clone().filter(|p| p.expires_at.0 <= now) {
         if let Err(e) = ctx
             .servers
-            .revoke(&conn, &database, &previous.username)
+            .revoke(&conn, &database, &previous.username, mark)
             .await
         {
-            let why = Error::Unavailable(e.to_string());
-            update_status(claim, ctx, server_fault(e)).await?;
-            return Err(why);
+            update_status(claim, ctx, server_fault(&e)).await?;
+            return Err(Error::Unavailable(e.reason(), e.to_string()));
         }
         match secrets.delete(&previous.secret, &Default::default()).await {
             Ok(_) => {}
@@ -330,15 +385,49 @@ pub async fn apply_shared(
     };
 
     // 3. The binding Secret of the generation in force is written before its
-    //    user exists, so a password the server knows is always one a Secret holds.
+    //    user exists, so a password the server knows is always one a Secret
+    //    holds. A Secret edited or deleted by hand is not believed: its
+    //    credentials are issued anew.
     let secret_name = names::binding_secret_of(&name, generation);
-    let current = secrets.get_opt(&secret_name).await?;
+    let mut current = secrets.get_opt(&secret_name).await?;
+    let found = current.as_ref().and_then(|s| secret_value(s, PASSWORD_KEY));
+    let recorded = match rotate {
+        true => None,
+        false => creds.fingerprint.clone(),
+    };
+    let mut notice = None;
+    let app_password = match drift::choose(uid, recorded.as_deref(), &[found.as_deref()]) {
+        drift::Choice::Lost => {
+            notice = Some(match &current {
+                Some(_) => (
+                    Reason::BindingSecretEdited,
+                    format!(
+                        "Secret {secret_name:?} was edited by hand; dbps issued new credentials in it and did not use the edited password"
+                    ),
+                ),
+                None => (
+                    Reason::BindingSecretDeleted,
+                    format!(
+                        "Secret {secret_name:?} was deleted; dbps wrote it again with new credentials"
+                    ),
+                ),
+            });
+            if current.as_ref().is_some_and(|s| s.immutable == Some(true)) {
+                // An immutable Secret cannot be written over: it is replaced.
+                match secrets.delete(&secret_name, &Default::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+                current = None;
+            }
+            password::generate()
+        }
+        choice => choice.value().unwrap_or_default().to_string(),
+    };
     let credentials = Credentials {
         admin_password: String::new(),
-        app_password: current
-            .as_ref()
-            .and_then(|s| secret_value(s, PASSWORD_KEY))
-            .unwrap_or_else(password::generate),
+        app_password,
     };
     let inputs = Inputs {
         claim,
@@ -377,14 +466,37 @@ pub async fn apply_shared(
     .await?;
 
     let grant = Grant {
-        database,
+        database: database.clone(),
         username: endpoint.username.clone(),
         password: credentials.app_password.clone(),
     };
-    if let Err(e) = ctx.servers.ensure(&conn, &grant).await {
-        let why = Error::Unavailable(e.to_string());
-        update_status(claim, ctx, server_fault(e)).await?;
-        return Err(why);
+    let provisioned = match ctx.servers.ensure(&conn, &grant, &claimant).await {
+        Ok(provisioned) => provisioned,
+        Err(e) => {
+            update_status(claim, ctx, server_fault(&e)).await?;
+            return match e {
+                AdminError::Conflict(_) => Ok(resync),
+                e => Err(Error::Unavailable(e.reason(), e.to_string())),
+            };
+        }
+    };
+    if let Some((reason, note)) = notice {
+        publish(ctx, claim, EventType::Warning, reason, "Repair", note).await;
+    }
+    if !provisioned.adopted.is_empty() {
+        let note = format!(
+            "adopted {} on DatabaseServer {server_name:?}, as its spec.adoptions allows",
+            provisioned.adopted.join(", ")
+        );
+        publish(
+            ctx,
+            claim,
+            EventType::Normal,
+            Reason::Adopted,
+            "Adopt",
+            note,
+        )
+        .await;
     }
     if rotate {
         let grace = rotation
@@ -401,8 +513,17 @@ pub async fn apply_shared(
         let note = format!(
             "issued Secret {secret_name:?}; the previous credentials stop working in {grace}s"
         );
-        publish(ctx, claim, EventType::Normal, "Rotated", "Rotate", note).await;
+        publish(
+            ctx,
+            claim,
+            EventType::Normal,
+            Reason::Rotated,
+            "Rotate",
+            note,
+        )
+        .await;
     }
+    creds.fingerprint = Some(password::fingerprint(uid, &credentials.app_password));
 
     let mut message = format!(
         "database {:?} on DatabaseServer {server_name:?}; credentials in Secret {:?}",
@@ -420,7 +541,7 @@ pub async fn apply_shared(
     let outcome = Outcome {
         phase: ClaimPhase::Ready,
         ready: true,
-        reason: "Ready",
+        reason: Reason::Ready,
         message,
         binding: Some(Binding {
             name: binding.name_any(),
@@ -440,7 +561,7 @@ pub async fn apply_shared(
             Duration::try_from((due - now).abs()).unwrap_or_default() + Duration::from_millis(100),
         );
     }
-    update_status_with(claim, ctx, outcome, Some(creds)).await?;
+    update_status_full(claim, ctx, outcome, Some(creds), Some(database)).await?;
     Ok(Action::requeue(next))
 }
 
@@ -453,21 +574,32 @@ pub fn slot_username(claim: &DatabaseClaim, generation: i64) -> String {
     shared_identifier(&ns, &format!("{base}{suffix}"))
 }
 
-/// Deletion of a shared claim. `Delete` drops the database and user on the
-/// server (retrying while the server is unreachable); `Retain` keeps them and
-/// the binding Secret. The annotation `dbps.io/skip-cleanup: "true"` skips
-/// the server side.
+/// Deletion of a shared claim. `Delete` drops the database and users on the
+/// server that carry this claim's mark, and nothing else (retrying while the
+/// server is unreachable); `Retain` keeps them and the binding Secret. The
+/// annotation `dbps.io/skip-cleanup: "true"` skips the server side. Returns
+/// what happened, for the event.
 pub async fn cleanup_shared(
     claim: &DatabaseClaim,
     server_name: &str,
     ctx: &Context,
-) -> Result<(), Error> {
+) -> Result<String, Error> {
     let skip = claim
         .annotations()
         .get(SKIP_CLEANUP_ANNOTATION)
         .is_some_and(|v| v == "true");
-    if skip || claim.spec.deletion_policy != crate::api::DeletionPolicy::Delete {
-        return Ok(());
+    let recorded = claim.status.as_ref().and_then(|s| s.database.clone());
+    if claim.spec.deletion_policy != crate::api::DeletionPolicy::Delete {
+        let database = recorded.unwrap_or_else(|| shared_database(claim));
+        return Ok(format!(
+            "kept database {database:?} on DatabaseServer {server_name:?} and Secret {:?} (deletionPolicy Retain)",
+            names::binding_secret(&claim.name_any())
+        ));
+    }
+    if skip {
+        return Ok(format!(
+            "left DatabaseServer {server_name:?} untouched ({SKIP_CLEANUP_ANNOTATION})"
+        ));
     }
     let servers: Api<DatabaseServer> = Api::all(ctx.client.clone());
     let Some(server) = servers.get_opt(server_name).await? else {
@@ -478,12 +610,28 @@ pub async fn cleanup_shared(
     let conn = admin_connection(ctx, &server)
         .await?
         .map_err(|u| Error::Cleanup(format!("{}: {}", u.reason, u.message)))?;
-    let database = shared_database(claim);
+    let (database, _) = placed_database(claim, &server);
+    let mark = mark_of(ctx, claim).await?;
     let users = [slot_username(claim, 0), slot_username(claim, 1)];
-    ctx.servers
-        .drop_database(&conn, &database, &users)
+    let dropped = ctx
+        .servers
+        .drop_database(&conn, &database, &users, &mark)
         .await
-        .map_err(|e| Error::Cleanup(format!("DatabaseServer {server_name:?}: {e}; retrying (annotate the claim with {SKIP_CLEANUP_ANNOTATION}=true to skip)")))
+        .map_err(|e| Error::Cleanup(format!("DatabaseServer {server_name:?}: {e}; retrying (annotate the claim with {SKIP_CLEANUP_ANNOTATION}=true to skip)")))?;
+    let mut note = match dropped.dropped.is_empty() {
+        true => format!("dropped nothing on DatabaseServer {server_name:?}"),
+        false => format!(
+            "dropped {} on DatabaseServer {server_name:?}",
+            dropped.dropped.join(", ")
+        ),
+    };
+    if !dropped.kept.is_empty() {
+        note.push_str(&format!(
+            "; left {}, which this claim does not own",
+            dropped.kept.join(", ")
+        ));
+    }
+    Ok(note)
 }
 
 #[cfg(test)]

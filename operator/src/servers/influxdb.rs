@@ -6,7 +6,8 @@ use std::sync::{LazyLock, Mutex};
 
 use serde_json::Value;
 
-use super::{AdminError, Connection, Grant, ServerInfo, TIMEOUT, Tls};
+use super::ownership::{self, Claimant, Mark, ObjectKind, Presence, Verdict, authorize};
+use super::{AdminError, Connection, Dropped, Grant, Provisioned, ServerInfo, TIMEOUT, Tls};
 
 fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
@@ -132,13 +133,187 @@ pub async fn can_login(conn: &Connection, grant: &Grant) -> bool {
     .is_ok()
 }
 
-pub async fn ensure(conn: &Connection, grant: &Grant) -> Result<(), AdminError> {
+/// Names in the catalog: one series per database and per user.
+fn database_key(database: &str) -> String {
+    format!("database:{database}")
+}
+fn user_key(username: &str) -> String {
+    format!("user:{username}")
+}
+
+/// A tag value in line protocol: commas, equals signs and spaces escaped.
+fn line_tag(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace(',', "\\,")
+        .replace('=', "\\=")
+        .replace(' ', "\\ ")
+}
+
+/// A string field value in line protocol: backslashes and quotes escaped.
+fn line_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The names the server holds, from `SHOW DATABASES` or `SHOW USERS`.
+async fn names(conn: &Connection, q: &str) -> Result<Vec<String>, AdminError> {
+    let answer = admin(conn, q).await?;
+    Ok(answer["results"][0]["series"][0]["values"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| r[0].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The catalog's marks for `keys`. The catalog is made on first use.
+async fn read_marks(
+    conn: &Connection,
+    keys: &[String],
+) -> Result<HashMap<String, String>, AdminError> {
+    admin(
+        conn,
+        &format!("CREATE DATABASE {}", quote_ident(super::CATALOG)),
+    )
+    .await?;
+    let filter = keys
+        .iter()
+        .map(|k| format!("\"object\" = {}", quote_literal(k)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let q = format!("SELECT \"mark\", \"object\" FROM \"owners\" WHERE {filter}");
+    let answer = query(
+        conn,
+        &conn.username,
+        &conn.password,
+        Some(super::CATALOG),
+        &q,
+    )
+    .await?;
+    let mut marks = HashMap::new();
+    for series in answer["results"][0]["series"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let columns = series["columns"].as_array().cloned().unwrap_or_default();
+        let col = |name: &str| columns.iter().position(|c| c.as_str() == Some(name));
+        let (Some(mark), Some(object)) = (col("mark"), col("object")) else {
+            continue;
+        };
+        for row in series["values"].as_array().into_iter().flatten() {
+            if let (Some(o), Some(m)) = (row[object].as_str(), row[mark].as_str()) {
+                marks.insert(o.to_string(), m.to_string());
+            }
+        }
+    }
+    Ok(marks)
+}
+
+/// Writes a mark: one point at time 0 per object, so writing again replaces it.
+async fn write_mark(conn: &Connection, key: &str, mark: &Mark) -> Result<(), AdminError> {
+    let line = format!(
+        "owners,object={} mark={} 0",
+        line_tag(key),
+        line_string(&mark.encode())
+    );
+    let response = http(conn)?
+        .post(format!("{}/write", base(conn)))
+        .basic_auth(&conn.username, Some(&conn.password))
+        .query(&[("db", super::CATALOG), ("precision", "s")])
+        .body(line)
+        .send()
+        .await
+        .map_err(|e| AdminError::Unreachable(e.to_string()))?;
+    match response.status().as_u16() {
+        200..=299 => Ok(()),
+        401 | 403 => Err(AdminError::AuthenticationFailed(
+            response.status().to_string(),
+        )),
+        _ => Err(AdminError::Refused(format!(
+            "writing the ownership catalog: {}",
+            response.text().await.unwrap_or_default()
+        ))),
+    }
+}
+
+async fn erase_mark(conn: &Connection, key: &str) -> Result<(), AdminError> {
+    let q = format!(
+        "DELETE FROM \"owners\" WHERE \"object\" = {}",
+        quote_literal(key)
+    );
+    query(
+        conn,
+        &conn.username,
+        &conn.password,
+        Some(super::CATALOG),
+        &q,
+    )
+    .await
+    .map(drop)
+}
+
+async fn presences(
+    conn: &Connection,
+    database: &str,
+    usernames: &[String],
+) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
+    let mut keys = vec![database_key(database)];
+    keys.extend(usernames.iter().map(|u| user_key(u)));
+    let marks = read_marks(conn, &keys).await?;
+    let databases = names(conn, "SHOW DATABASES").await?;
+    let users = names(conn, "SHOW USERS").await?;
+    let mut found = vec![(
+        ObjectKind::Database,
+        database.to_string(),
+        Presence::of(
+            databases.iter().any(|d| d == database),
+            marks.get(&keys[0]).map(String::as_str),
+        ),
+    )];
+    for (user, key) in usernames.iter().zip(&keys[1..]) {
+        let presence = Presence::of(
+            users.iter().any(|u| u == user),
+            marks.get(key).map(String::as_str),
+        );
+        found.push((ObjectKind::User, user.clone(), presence));
+    }
+    Ok(found)
+}
+
+pub async fn inspect(
+    conn: &Connection,
+    database: &str,
+    usernames: &[String],
+) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
+    presences(conn, database, usernames).await
+}
+
+/// The marks are written before the objects (a reservation), so a
+/// reconcile that stops in between leaves a name this claim still holds.
+pub async fn ensure(
+    conn: &Connection,
+    grant: &Grant,
+    claimant: &Claimant,
+) -> Result<Provisioned, AdminError> {
+    let found = presences(conn, &grant.database, std::slice::from_ref(&grant.username)).await?;
+    let verdicts = authorize(&found, claimant)?;
+    let mut provisioned = Provisioned::default();
+    for ((kind, name, _), verdict) in found.iter().zip(&verdicts) {
+        provisioned.record(verdict, name);
+        if *verdict != Verdict::Ours {
+            let key = match kind {
+                ObjectKind::Database => database_key(name),
+                ObjectKind::User => user_key(name),
+            };
+            write_mark(conn, &key, &claimant.mark).await?;
+        }
+    }
     let (db, user) = (quote_ident(&grant.database), quote_ident(&grant.username));
     admin(conn, &format!("CREATE DATABASE {db}")).await?;
-    let users = admin(conn, "SHOW USERS").await?;
-    let exists = users["results"][0]["series"][0]["values"]
-        .as_array()
-        .is_some_and(|rows| rows.iter().any(|r| r[0].as_str() == Some(&grant.username)));
+    let exists = found[1].2 != Presence::Absent
+        && names(conn, "SHOW USERS").await?.contains(&grant.username);
     let password = quote_literal(&grant.password);
     if !exists {
         admin(
@@ -146,34 +321,76 @@ pub async fn ensure(conn: &Connection, grant: &Grant) -> Result<(), AdminError> 
             &format!("CREATE USER {user} WITH PASSWORD {password}"),
         )
         .await?;
+    } else if verdicts[1] == Verdict::Adopt {
+        // An adopted user gets exactly the rights dbps gives its own.
+        admin(conn, &format!("REVOKE ALL PRIVILEGES FROM {user}")).await?;
     }
     admin(conn, &format!("GRANT ALL ON {db} TO {user}")).await?;
     if exists && !can_login(conn, grant).await {
         admin(conn, &format!("SET PASSWORD FOR {user} = {password}")).await?;
     }
-    Ok(())
+    Ok(provisioned)
 }
 
 pub async fn drop_database(
     conn: &Connection,
     database: &str,
     usernames: &[String],
-) -> Result<(), AdminError> {
-    // DROP DATABASE succeeds when the database is already gone; DROP USER does not.
-    admin(conn, &format!("DROP DATABASE {}", quote_ident(database))).await?;
-    drop_users(conn, usernames).await
+    mark: &Mark,
+) -> Result<Dropped, AdminError> {
+    let found = presences(conn, database, usernames).await?;
+    let users = names(conn, "SHOW USERS").await?;
+    let mut dropped = Dropped::default();
+    for (kind, name, presence) in &found {
+        if *presence == Presence::Absent {
+            continue;
+        }
+        if !ownership::owned_by(presence, mark) {
+            dropped.kept.push(name.clone());
+            continue;
+        }
+        let key = match kind {
+            ObjectKind::Database => {
+                // DROP DATABASE succeeds when the database is already gone; DROP USER does not.
+                admin(conn, &format!("DROP DATABASE {}", quote_ident(name))).await?;
+                database_key(name)
+            }
+            ObjectKind::User => {
+                if users.contains(name) {
+                    admin(conn, &format!("DROP USER {}", quote_ident(name))).await?;
+                }
+                user_key(name)
+            }
+        };
+        erase_mark(conn, &key).await?;
+        dropped.dropped.push(name.clone());
+    }
+    Ok(dropped)
 }
 
-/// Drops the users that exist.
-pub async fn drop_users(conn: &Connection, usernames: &[String]) -> Result<(), AdminError> {
-    let users = admin(conn, "SHOW USERS").await?;
-    for user in usernames {
-        let exists = users["results"][0]["series"][0]["values"]
-            .as_array()
-            .is_some_and(|rows| rows.iter().any(|r| r[0].as_str() == Some(user)));
-        if exists {
-            admin(conn, &format!("DROP USER {}", quote_ident(user))).await?;
-        }
+/// Drops `username` if it carries `mark`; its mark stays, so the name is
+/// still this claim's for its next rotation.
+pub async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<(), AdminError> {
+    let key = user_key(username);
+    let marks = read_marks(conn, std::slice::from_ref(&key)).await?;
+    let exists = names(conn, "SHOW USERS")
+        .await?
+        .iter()
+        .any(|u| u == username);
+    let presence = Presence::of(exists, marks.get(&key).map(String::as_str));
+    if exists && ownership::owned_by(&presence, mark) {
+        admin(conn, &format!("DROP USER {}", quote_ident(username))).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_protocol_escapes_tags_and_strings() {
+        assert_eq!(line_tag("user:a b,c=d"), r"user:a\ b\,c\=d");
+        assert_eq!(line_string(r#"{"a":"b\c"}"#), r#""{\"a\":\"b\\c\"}""#);
+    }
 }

@@ -5,15 +5,22 @@
 
 mod influxdb;
 mod mongodb;
+pub mod ownership;
 mod postgres;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedMutexGuard, Semaphore};
 
-use crate::api::Engine;
+use crate::api::{Engine, Reason};
+pub use ownership::{Claimant, Conflict, Mark, ObjectKind, Presence, Verdict};
+
+/// Name of the catalog database in which dbps keeps its ownership marks on
+/// MongoDB and InfluxDB. It has a `-`, which no name dbps gives a claim's
+/// database has, and no claim may adopt it.
+pub const CATALOG: &str = "dbps-catalog";
 
 /// Concurrent admin connections to one server.
 pub const MAX_CONNECTIONS_PER_SERVER: usize = 4;
@@ -118,28 +125,84 @@ pub enum AdminError {
     Timeout,
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
 }
 
 impl AdminError {
     /// Reason for the claim's or server's condition.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            AdminError::Unreachable(_) | AdminError::Timeout => "ServerUnreachable",
-            AdminError::AuthenticationFailed(_) => "ServerAuthenticationFailed",
-            AdminError::Refused(_) => "ServerRefused",
-            AdminError::Tls(_) => "ServerTlsFailed",
+            AdminError::Unreachable(_) | AdminError::Timeout => Reason::ServerUnreachable,
+            AdminError::AuthenticationFailed(_) => Reason::ServerAuthenticationFailed,
+            AdminError::Refused(_) => Reason::ServerRefused,
+            AdminError::Tls(_) => Reason::ServerTlsFailed,
+            AdminError::Conflict(Conflict::OwnedByAnotherClaim { .. }) => {
+                Reason::DatabaseOwnedByAnotherClaim
+            }
+            AdminError::Conflict(Conflict::Exists { .. }) => Reason::DatabaseExists,
         }
     }
 }
+
+/// What [`Servers::ensure`] found and did beyond the usual.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provisioned {
+    /// Unmarked objects this claim adopted (the platform team allowed it).
+    pub adopted: Vec<String>,
+    /// Objects of this claim before it was re-created, now marked with its UID.
+    pub reattached: Vec<String>,
+}
+
+impl Provisioned {
+    fn record(&mut self, verdict: &Verdict, name: &str) {
+        match verdict {
+            Verdict::Adopt => self.adopted.push(name.to_string()),
+            Verdict::Reattach => self.reattached.push(name.to_string()),
+            Verdict::Create | Verdict::Ours => {}
+        }
+    }
+}
+
+/// What a deletion dropped, and what it left because the marks say another
+/// claim (or nobody) owns it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub dropped: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+type NameLock = tokio::sync::Mutex<()>;
 
 /// Entry point, shared by all reconciles: bounds connections per server.
 #[derive(Default)]
 pub struct Servers {
     limits: Mutex<HashMap<(String, u16), Arc<Semaphore>>>,
     infos: Mutex<HashMap<(String, u16), ServerInfo>>,
+    /// One reconcile at a time per database on a server: two claims naming
+    /// the same database never both find it free.
+    names: Mutex<HashMap<(String, u16, String), Weak<NameLock>>>,
 }
 
 impl Servers {
+    /// Holds the database name `database` on the server of `conn`.
+    async fn hold(&self, conn: &Connection, database: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut names = self.names.lock().unwrap();
+            names.retain(|_, held| held.strong_count() > 0);
+            let key = (conn.host.clone(), conn.port, database.to_string());
+            match names.get(&key).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    names.insert(key, Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+
     async fn limited<T>(
         &self,
         conn: &Connection,
@@ -194,56 +257,84 @@ impl Servers {
     }
 
     /// Makes `grant.database` exist, owned by `grant.username`, whose password
-    /// is `grant.password` and who can reach no other database. Idempotent.
-    pub async fn ensure(&self, conn: &Connection, grant: &Grant) -> Result<(), AdminError> {
+    /// is `grant.password` and who can reach no other database, every object
+    /// marked as the claimant's. Reads the marks first: an object of another
+    /// claim, or one dbps did not make (unless the claimant may adopt it),
+    /// fails with [`AdminError::Conflict`] and nothing is changed. Idempotent.
+    pub async fn ensure(
+        &self,
+        conn: &Connection,
+        grant: &Grant,
+        claimant: &Claimant,
+    ) -> Result<Provisioned, AdminError> {
         // Asked before taking a connection slot (info takes one itself).
         let roles = match conn.engine {
             Engine::Mongodb => self.cached_info(conn).await?.enforces_database_roles,
             Engine::Postgres | Engine::Influxdb => true,
         };
+        let _held = self.hold(conn, &grant.database).await;
         self.limited(conn, async {
             match conn.engine {
-                Engine::Postgres => postgres::ensure(conn, grant).await,
-                Engine::Mongodb => mongodb::ensure(conn, grant, roles).await,
-                Engine::Influxdb => influxdb::ensure(conn, grant).await,
+                Engine::Postgres => postgres::ensure(conn, grant, claimant).await,
+                Engine::Mongodb => mongodb::ensure(conn, grant, claimant, roles).await,
+                Engine::Influxdb => influxdb::ensure(conn, grant, claimant).await,
             }
         })
         .await
     }
 
-    /// Drops the database and the users (ending their sessions first).
-    /// Idempotent: what is already gone is skipped.
+    /// Drops the database and the users (ending their sessions first) that
+    /// carry `mark`, and nothing else. Idempotent: what is gone is skipped.
     pub async fn drop_database(
         &self,
         conn: &Connection,
         database: &str,
         usernames: &[String],
-    ) -> Result<(), AdminError> {
+        mark: &Mark,
+    ) -> Result<Dropped, AdminError> {
+        let _held = self.hold(conn, database).await;
         self.limited(conn, async {
             match conn.engine {
-                Engine::Postgres => postgres::drop_database(conn, database, usernames).await,
-                Engine::Mongodb => mongodb::drop_database(conn, database, usernames).await,
-                Engine::Influxdb => influxdb::drop_database(conn, database, usernames).await,
+                Engine::Postgres => postgres::drop_database(conn, database, usernames, mark).await,
+                Engine::Mongodb => mongodb::drop_database(conn, database, usernames, mark).await,
+                Engine::Influxdb => influxdb::drop_database(conn, database, usernames, mark).await,
             }
         })
         .await
     }
 
-    /// Ends `grant.username`'s access: it can no longer log in, and its open
-    /// sessions end where the engine allows. Idempotent.
+    /// Ends `username`'s access if it carries `mark`: it can no longer log
+    /// in, and its open sessions end where the engine allows. Idempotent.
     pub async fn revoke(
         &self,
         conn: &Connection,
         database: &str,
         username: &str,
+        mark: &Mark,
     ) -> Result<(), AdminError> {
+        let _held = self.hold(conn, database).await;
         self.limited(conn, async {
             match conn.engine {
-                Engine::Postgres => postgres::revoke(conn, username).await,
-                Engine::Mongodb => {
-                    mongodb::drop_users(conn, database, &[username.to_string()]).await
-                }
-                Engine::Influxdb => influxdb::drop_users(conn, &[username.to_string()]).await,
+                Engine::Postgres => postgres::revoke(conn, username, mark).await,
+                Engine::Mongodb => mongodb::revoke(conn, database, username, mark).await,
+                Engine::Influxdb => influxdb::revoke(conn, username, mark).await,
+            }
+        })
+        .await
+    }
+
+    /// What the server holds under the names of a claim's database and users.
+    pub async fn inspect(
+        &self,
+        conn: &Connection,
+        database: &str,
+        usernames: &[String],
+    ) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
+        self.limited(conn, async {
+            match conn.engine {
+                Engine::Postgres => postgres::inspect(conn, database, usernames).await,
+                Engine::Mongodb => mongodb::inspect(conn, database, usernames).await,
+                Engine::Influxdb => influxdb::inspect(conn, database, usernames).await,
             }
         })
         .await

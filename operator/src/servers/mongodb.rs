@@ -6,7 +6,8 @@
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::{ClientOptions, Credential, ServerAddress};
 
-use super::{AdminError, Connection, Grant, ServerInfo, TIMEOUT};
+use super::ownership::{self, Claimant, Mark, ObjectKind, Presence, Verdict, authorize};
+use super::{AdminError, Connection, Dropped, Grant, Provisioned, ServerInfo, TIMEOUT};
 
 async fn client(
     conn: &Connection,
@@ -115,66 +116,193 @@ pub async fn can_login(conn: &Connection, grant: &Grant) -> bool {
     .is_ok()
 }
 
-async fn user_exists(client: &mongodb::Client, grant: &Grant) -> Result<bool, AdminError> {
-    let info = run(
-        client,
-        &grant.database,
-        doc! { "usersInfo": &grant.username },
-    )
-    .await?;
+async fn user_exists(
+    client: &mongodb::Client,
+    database: &str,
+    username: &str,
+) -> Result<bool, AdminError> {
+    let info = run(client, database, doc! { "usersInfo": username }).await?;
     Ok(matches!(info.get("users"), Some(Bson::Array(users)) if !users.is_empty()))
 }
 
+async fn database_exists(client: &mongodb::Client, database: &str) -> Result<bool, AdminError> {
+    let listed = run(
+        client,
+        "admin",
+        doc! { "listDatabases": 1, "nameOnly": true, "filter": { "name": database } },
+    )
+    .await?;
+    Ok(matches!(listed.get("databases"), Some(Bson::Array(dbs))
+        if dbs.iter().any(|d| d.as_document().and_then(|d| d.get_str("name").ok()) == Some(database))))
+}
+
+/// Catalog keys: one document per database and per user of a database.
+fn database_key(database: &str) -> String {
+    format!("database:{database}")
+}
+fn user_key(database: &str, username: &str) -> String {
+    format!("user:{database}.{username}")
+}
+
+fn catalog(client: &mongodb::Client) -> mongodb::Collection<Document> {
+    client.database(super::CATALOG).collection("owners")
+}
+
+async fn read_mark(client: &mongodb::Client, key: &str) -> Result<Option<String>, AdminError> {
+    let found = catalog(client)
+        .find_one(doc! { "_id": key })
+        .await
+        .map_err(classify)?;
+    Ok(found.and_then(|d| d.get_str("mark").ok().map(String::from)))
+}
+
+async fn write_mark(client: &mongodb::Client, key: &str, mark: &Mark) -> Result<(), AdminError> {
+    catalog(client)
+        .replace_one(
+            doc! { "_id": key },
+            doc! { "_id": key, "mark": mark.encode() },
+        )
+        .upsert(true)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+async fn erase_mark(client: &mongodb::Client, key: &str) -> Result<(), AdminError> {
+    catalog(client)
+        .delete_one(doc! { "_id": key })
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+async fn presences(
+    client: &mongodb::Client,
+    database: &str,
+    usernames: &[String],
+) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
+    let mut found = vec![(
+        ObjectKind::Database,
+        database.to_string(),
+        Presence::of(
+            database_exists(client, database).await?,
+            read_mark(client, &database_key(database)).await?.as_deref(),
+        ),
+    )];
+    for user in usernames {
+        let presence = Presence::of(
+            user_exists(client, database, user).await?,
+            read_mark(client, &user_key(database, user))
+                .await?
+                .as_deref(),
+        );
+        found.push((ObjectKind::User, user.clone(), presence));
+    }
+    Ok(found)
+}
+
+pub async fn inspect(
+    conn: &Connection,
+    database: &str,
+    usernames: &[String],
+) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
+    presences(&admin(conn).await?, database, usernames).await
+}
+
 /// `enforces_roles`: false on FerretDB v1, which accepts only users without roles.
+/// The marks are written before the objects (a reservation), so a reconcile
+/// that stops in between leaves a name this claim still holds.
 pub async fn ensure(
     conn: &Connection,
     grant: &Grant,
+    claimant: &Claimant,
     enforces_roles: bool,
-) -> Result<(), AdminError> {
+) -> Result<Provisioned, AdminError> {
     let admin = admin(conn).await?;
+    let (db, user) = (&grant.database, &grant.username);
+    let found = presences(&admin, db, std::slice::from_ref(user)).await?;
+    let verdicts = authorize(&found, claimant)?;
+    let mut provisioned = Provisioned::default();
+    for ((kind, name, _), verdict) in found.iter().zip(&verdicts) {
+        provisioned.record(verdict, name);
+        if *verdict != Verdict::Ours {
+            let key = match kind {
+                ObjectKind::Database => database_key(db),
+                ObjectKind::User => user_key(db, name),
+            };
+            write_mark(&admin, &key, &claimant.mark).await?;
+        }
+    }
     let roles = if enforces_roles {
-        vec![Bson::Document(
-            doc! { "role": "readWrite", "db": &grant.database },
-        )]
+        vec![Bson::Document(doc! { "role": "readWrite", "db": db })]
     } else {
         Vec::new()
     };
-    if !user_exists(&admin, grant).await? {
-        let create = doc! { "createUser": &grant.username, "pwd": &grant.password, "roles": roles };
-        run(&admin, &grant.database, create).await?;
-    } else if !can_login(conn, grant).await {
-        let update = doc! { "updateUser": &grant.username, "pwd": &grant.password };
-        run(&admin, &grant.database, update).await?;
+    if !user_exists(&admin, db, user).await? {
+        let create = doc! { "createUser": user, "pwd": &grant.password, "roles": roles };
+        run(&admin, db, create).await?;
+    } else {
+        if verdicts[1] == Verdict::Adopt && enforces_roles {
+            // An adopted user gets exactly the rights dbps gives its own.
+            run(&admin, db, doc! { "updateUser": user, "roles": roles }).await?;
+        }
+        if !can_login(conn, grant).await {
+            let update = doc! { "updateUser": user, "pwd": &grant.password };
+            run(&admin, db, update).await?;
+        }
     }
-    Ok(())
+    Ok(provisioned)
 }
 
 pub async fn drop_database(
     conn: &Connection,
     database: &str,
     usernames: &[String],
-) -> Result<(), AdminError> {
+    mark: &Mark,
+) -> Result<Dropped, AdminError> {
     let admin = admin(conn).await?;
-    run(&admin, database, doc! { "dropDatabase": 1 }).await?;
-    drop_users(conn, database, usernames).await
+    let found = presences(&admin, database, usernames).await?;
+    let mut dropped = Dropped::default();
+    for (kind, name, presence) in &found {
+        if *presence == Presence::Absent {
+            continue;
+        }
+        if !ownership::owned_by(presence, mark) {
+            dropped.kept.push(name.clone());
+            continue;
+        }
+        let key = match kind {
+            ObjectKind::Database => {
+                run(&admin, database, doc! { "dropDatabase": 1 }).await?;
+                database_key(database)
+            }
+            ObjectKind::User => {
+                if user_exists(&admin, database, name).await? {
+                    run(&admin, database, doc! { "dropUser": name }).await?;
+                }
+                user_key(database, name)
+            }
+        };
+        erase_mark(&admin, &key).await?;
+        dropped.dropped.push(name.clone());
+    }
+    Ok(dropped)
 }
 
-/// Drops the users of `database` that exist.
-pub async fn drop_users(
+/// Drops `username` if it carries `mark`; its mark stays, so the name is
+/// still this claim's for its next rotation.
+pub async fn revoke(
     conn: &Connection,
     database: &str,
-    usernames: &[String],
+    username: &str,
+    mark: &Mark,
 ) -> Result<(), AdminError> {
     let admin = admin(conn).await?;
-    for user in usernames {
-        let grant = Grant {
-            database: database.to_string(),
-            username: user.clone(),
-            password: String::new(),
-        };
-        if user_exists(&admin, &grant).await? {
-            run(&admin, database, doc! { "dropUser": user }).await?;
-        }
+    let exists = user_exists(&admin, database, username).await?;
+    let key = user_key(database, username);
+    let presence = Presence::of(exists, read_mark(&admin, &key).await?.as_deref());
+    if exists && ownership::owned_by(&presence, mark) {
+        run(&admin, database, doc! { "dropUser": username }).await?;
     }
     Ok(())
 }

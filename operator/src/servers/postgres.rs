@@ -3,7 +3,8 @@
 
 use tokio_postgres::{Client, NoTls};
 
-use super::{AdminError, Connection, Grant, ServerInfo, TIMEOUT};
+use super::ownership::{self, Claimant, Mark, ObjectKind, Presence, Verdict, authorize};
+use super::{AdminError, Connection, Dropped, Grant, Provisioned, ServerInfo, TIMEOUT};
 
 /// `"ident"`: a quoted identifier; embedded quotes are doubled.
 pub fn quote_ident(s: &str) -> String {
@@ -106,39 +107,145 @@ pub fn owner_role(database: &str) -> String {
     super::bounded(&format!("{database}_owner"))
 }
 
-pub async fn ensure(conn: &Connection, grant: &Grant) -> Result<(), AdminError> {
+/// Databases and roles under the given names, with their marks (comments).
+/// A database without a comment whose owner is a role carrying a mark counts
+/// as marked by it: dbps creates the owner role (marked, in one transaction)
+/// before the database, so that is a database dbps made whose comment an
+/// interrupted reconcile did not write yet.
+async fn presences(
+    client: &Client,
+    database: &str,
+    roles: &[String],
+) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
+    let rows = client
+        .query(
+            "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = ANY($1)",
+            &[&roles],
+        )
+        .await
+        .map_err(classify)?;
+    let role_presence = |name: &str| {
+        let row = rows.iter().find(|r| r.get::<_, String>(0) == name);
+        Presence::of(
+            row.is_some(),
+            row.and_then(|r| r.get::<_, Option<String>>(1)).as_deref(),
+        )
+    };
+    let db = client
+        .query_opt(
+            "SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+            &[&database],
+        )
+        .await
+        .map_err(classify)?;
+    let mut database_presence = Presence::of(
+        db.is_some(),
+        db.as_ref()
+            .and_then(|r| r.get::<_, Option<String>>(1))
+            .as_deref(),
+    );
+    if database_presence == Presence::Unmarked {
+        let dba: String = db.as_ref().map(|r| r.get(0)).unwrap_or_default();
+        if let (true, Presence::Marked(mark)) = (dba == owner_role(database), role_presence(&dba)) {
+            database_presence = Presence::Marked(mark);
+        }
+    }
+    let mut found = vec![(
+        ObjectKind::Database,
+        database.to_string(),
+        database_presence,
+    )];
+    found.extend(
+        roles
+            .iter()
+            .map(|r| (ObjectKind::User, r.clone(), role_presence(r))),
+    );
+    Ok(found)
+}
+
+pub async fn inspect(
+    conn: &Connection,
+    database: &str,
+    usernames: &[String],
+) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
+    let client = admin(conn).await?;
+    let mut roles = vec![owner_role(database)];
+    roles.extend(usernames.iter().cloned());
+    presences(&client, no_nul(database)?, &roles).await
+}
+
+fn comment(kind: ObjectKind, name: &str, mark: &Mark) -> String {
+    let object = match kind {
+        ObjectKind::Database => "DATABASE",
+        ObjectKind::User => "ROLE",
+    };
+    format!(
+        "COMMENT ON {object} {} IS {}",
+        quote_ident(name),
+        quote_literal(&mark.encode())
+    )
+}
+
+pub async fn ensure(
+    conn: &Connection,
+    grant: &Grant,
+    claimant: &Claimant,
+) -> Result<Provisioned, AdminError> {
     let (db, user, password) = (
         no_nul(&grant.database)?,
         no_nul(&grant.username)?,
         no_nul(&grant.password)?,
     );
+    let mark = &claimant.mark;
     let owner = owner_role(db);
     let client = admin(conn).await?;
-    let role_exists = |name: String| {
-        let client = &client;
-        async move {
-            client
-                .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&name])
-                .await
-                .map(|rows| !rows.is_empty())
-                .map_err(classify)
-        }
+    let found = presences(&client, db, &[owner.clone(), user.to_string()]).await?;
+    // Nothing is written unless every object is this claim's to use.
+    let verdicts = authorize(&found, claimant)?;
+    let mut provisioned = Provisioned::default();
+    for ((_, name, _), verdict) in found.iter().zip(&verdicts) {
+        provisioned.record(verdict, name);
+    }
+    let (owner_verdict, user_verdict) = (&verdicts[1], &verdicts[2]);
+
+    // The owner role, created and marked in one transaction.
+    let owner_attributes = "NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS";
+    let sql = match owner_verdict {
+        Verdict::Create => Some(format!(
+            "CREATE ROLE {} {owner_attributes}; {}",
+            quote_ident(&owner),
+            comment(ObjectKind::User, &owner, mark)
+        )),
+        Verdict::Adopt => Some(format!(
+            "ALTER ROLE {} WITH {owner_attributes}; {}",
+            quote_ident(&owner),
+            comment(ObjectKind::User, &owner, mark)
+        )),
+        Verdict::Reattach => Some(comment(ObjectKind::User, &owner, mark)),
+        Verdict::Ours => None,
     };
-    if !role_exists(owner.clone()).await? {
-        let sql = format!(
-            "CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS",
-            quote_ident(&owner)
-        );
+    if let Some(sql) = sql {
         client.batch_execute(&sql).await.map_err(classify)?;
     }
-    let user_exists = role_exists(user.to_string()).await?;
+
+    // The login user, likewise.
     let attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT";
-    if !user_exists {
-        let sql = format!(
-            "CREATE ROLE {} {attributes} PASSWORD {}",
+    let sql = match user_verdict {
+        Verdict::Create => Some(format!(
+            "CREATE ROLE {} {attributes} PASSWORD {}; {}",
             quote_ident(user),
-            quote_literal(password)
-        );
+            quote_literal(password),
+            comment(ObjectKind::User, user, mark)
+        )),
+        Verdict::Adopt => Some(format!(
+            "ALTER ROLE {} WITH {attributes}; {}",
+            quote_ident(user),
+            comment(ObjectKind::User, user, mark)
+        )),
+        Verdict::Reattach => Some(comment(ObjectKind::User, user, mark)),
+        Verdict::Ours => None,
+    };
+    if let Some(sql) = sql {
         client.batch_execute(&sql).await.map_err(classify)?;
     }
     let statements = [
@@ -152,14 +259,18 @@ pub async fn ensure(conn: &Connection, grant: &Grant) -> Result<(), AdminError> 
     for sql in statements {
         client.batch_execute(&sql).await.map_err(classify)?;
     }
-    let current_owner: Option<String> = client
+
+    // The database: CREATE DATABASE cannot share a transaction, so it is made
+    // owned by the marked role first and marked itself right after (see `presences`).
+    let current = client
         .query_opt(
-            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+            "SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
             &[&db],
         )
         .await
-        .map_err(classify)?
-        .map(|row| row.get(0));
+        .map_err(classify)?;
+    let current_owner: Option<String> = current.as_ref().map(|row| row.get(0));
+    let current_mark: Option<String> = current.as_ref().and_then(|row| row.get(1));
     match current_owner.as_deref() {
         None => {
             let sql = format!(
@@ -179,13 +290,19 @@ pub async fn ensure(conn: &Connection, grant: &Grant) -> Result<(), AdminError> 
         }
         Some(_) => {}
     }
+    if current_mark.as_deref() != Some(mark.encode().as_str()) {
+        client
+            .batch_execute(&comment(ObjectKind::Database, db, mark))
+            .await
+            .map_err(classify)?;
+    }
     let sql = format!(
         "REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC",
         quote_ident(db)
     );
     client.batch_execute(&sql).await.map_err(classify)?;
     // The password is set again only when it no longer works (rotation, drift).
-    if user_exists && !can_login(conn, grant).await {
+    if *user_verdict != Verdict::Create && !can_login(conn, grant).await {
         let sql = format!(
             "ALTER ROLE {} WITH {attributes} PASSWORD {}",
             quote_ident(user),
@@ -193,31 +310,38 @@ pub async fn ensure(conn: &Connection, grant: &Grant) -> Result<(), AdminError> 
         );
         client.batch_execute(&sql).await.map_err(classify)?;
     }
-    Ok(())
+    Ok(provisioned)
 }
 
-pub async fn revoke(conn: &Connection, username: &str) -> Result<(), AdminError> {
+pub async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<(), AdminError> {
     let user = no_nul(username)?;
     let client = admin(conn).await?;
-    let exists = !client
-        .query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user])
+    let rows = client
+        .query(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+            &[&user],
+        )
         .await
-        .map_err(classify)?
-        .is_empty();
-    if exists {
-        let sql = format!(
-            "ALTER ROLE {} WITH NOLOGIN PASSWORD NULL",
-            quote_ident(user)
-        );
-        client.batch_execute(&sql).await.map_err(classify)?;
-        client
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
-                &[&user],
-            )
-            .await
-            .map_err(classify)?;
+        .map_err(classify)?;
+    let Some(row) = rows.first() else {
+        return Ok(());
+    };
+    let presence = Presence::of(true, row.get::<_, Option<String>>(0).as_deref());
+    if !ownership::owned_by(&presence, mark) {
+        return Ok(());
     }
+    let sql = format!(
+        "ALTER ROLE {} WITH NOLOGIN PASSWORD NULL",
+        quote_ident(user)
+    );
+    client.batch_execute(&sql).await.map_err(classify)?;
+    client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            &[&user],
+        )
+        .await
+        .map_err(classify)?;
     Ok(())
 }
 
@@ -225,23 +349,34 @@ pub async fn drop_database(
     conn: &Connection,
     database: &str,
     usernames: &[String],
-) -> Result<(), AdminError> {
+    mark: &Mark,
+) -> Result<Dropped, AdminError> {
+    let database = no_nul(database)?;
     let client = admin(conn).await?;
-    // WITH (FORCE) ends the sessions still connected to it (PostgreSQL 13+).
-    let sql = format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        quote_ident(no_nul(database)?)
-    );
-    client.batch_execute(&sql).await.map_err(classify)?;
-    for user in usernames
-        .iter()
-        .map(String::as_str)
-        .chain([owner_role(database).as_str()])
-    {
-        let sql = format!("DROP ROLE IF EXISTS {}", quote_ident(no_nul(user)?));
+    let mut roles: Vec<String> = usernames.to_vec();
+    roles.push(owner_role(database));
+    let found = presences(&client, database, &roles).await?;
+    let mut dropped = Dropped::default();
+    // The database first: its owner role cannot go while it owns it.
+    for (kind, name, presence) in &found {
+        if *presence == Presence::Absent {
+            continue;
+        }
+        if !ownership::owned_by(presence, mark) {
+            dropped.kept.push(name.clone());
+            continue;
+        }
+        let sql = match kind {
+            // WITH (FORCE) ends the sessions still connected to it (PostgreSQL 13+).
+            ObjectKind::Database => {
+                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))
+            }
+            ObjectKind::User => format!("DROP ROLE IF EXISTS {}", quote_ident(no_nul(name)?)),
+        };
         client.batch_execute(&sql).await.map_err(classify)?;
+        dropped.dropped.push(name.clone());
     }
-    Ok(())
+    Ok(dropped)
 }
 
 #[cfg(test)]

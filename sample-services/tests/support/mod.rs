@@ -24,8 +24,9 @@ pub async fn provision(
         username: format!("{database}_app"),
         password: dbps_operator::password::generate(),
     };
+    let owner = dbps_e2e::claims::claimant("samples", database, database, database, false);
     Servers::default()
-        .ensure(&server.admin_connection(engine), &grant)
+        .ensure(&server.admin_connection(engine), &grant, &owner)
         .await
         .unwrap();
     let name = format!("{database}-db");
