@@ -29,6 +29,7 @@ binaries:
 ## crds: regenerate crds/ from the Rust types
 crds:
 	$(CARGO) run -q -p dbps-operator -- crd > crds/dbps.io.yaml
+	cp crds/dbps.io.yaml charts/dbps-operator/crds/dbps.io.yaml
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

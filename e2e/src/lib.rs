@@ -16,6 +16,7 @@ pub mod binaries;
 pub mod claims;
 pub mod control_plane;
 pub mod databases;
+pub mod fixtures;
 pub mod manifests;
 pub mod operator;
 pub(crate) mod pki;

@@ -88,6 +88,10 @@ reasons! {
     Retained,
     /// The claim's data was deleted.
     Deleted,
+    /// Every database of a Service is ready.
+    DatabasesReady,
+    /// Some database of a Service is not ready.
+    DatabasesNotReady,
 }
 
 impl std::fmt::Display for Reason {

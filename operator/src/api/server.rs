@@ -59,10 +59,9 @@ pub struct DatabaseServerSpec {
     /// Without an entry here, a claim never touches a database or user that
     /// dbps did not make; with one, that claim gets the database under its
     /// existing name, and its users' names if they exist. A database that
-    /// another claim owns is never adopted.
+    /// another claim owns is never adopted. Each database at most once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
-    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.database == a.database))").message("each database may be adopted by one claim only"))]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["database"]))]
     pub adoptions: Option<Vec<Adoption>>,
 }
 

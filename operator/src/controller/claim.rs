@@ -512,6 +512,15 @@ async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> 
             for secret in &kept {
                 release(&secrets, secret, &uid).await?;
             }
+            if vetted(claim) {
+                let entries = kept
+                    .iter()
+                    .map(|s| (format!("secret.{s}"), claim.spec.service_ref.name.clone()))
+                    .collect();
+                super::service::retain_entries(ctx, &ns, &name, Some(entries)).await?;
+            }
+        } else if vetted(claim) {
+            super::service::retain_entries(ctx, &ns, &name, None).await?;
         }
         let reason = match claim.spec.deletion_policy {
             DeletionPolicy::Retain => Reason::Retained,
@@ -524,6 +533,21 @@ async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> 
         DeletionPolicy::Retain => {
             for secret_name in [names::admin_secret(&name), names::binding_secret(&name)] {
                 release(&secrets, &secret_name, &uid).await?;
+            }
+            // The kept Secrets stay fenced for their Service in the ownership table.
+            if vetted(claim) {
+                let entries = [
+                    (
+                        format!("secret.{}", names::binding_secret(&name)),
+                        claim.spec.service_ref.name.clone(),
+                    ),
+                    (
+                        format!("secret.{}", names::admin_secret(&name)),
+                        format!("claim:{name}"),
+                    ),
+                ]
+                .into();
+                super::service::retain_entries(ctx, &ns, &name, Some(entries)).await?;
             }
             // The volume remembers its Service: it is handed back to a claim
             // of the same name and Service only.
@@ -562,19 +586,31 @@ async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> 
             .await;
         }
         DeletionPolicy::Delete => {
-            let pvcs: Api<PersistentVolumeClaim> = ctx.api(&ns);
-            match pvcs
-                .delete(&names::data_pvc(&name), &DeleteParams::background())
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
+            if vetted(claim) {
+                super::service::retain_entries(ctx, &ns, &name, None).await?;
             }
-            let note = format!(
-                "deleted volume {:?}; Secrets follow the claim",
-                names::data_pvc(&name)
-            );
+            let pvcs: Api<PersistentVolumeClaim> = ctx.api(&ns);
+            let volume = names::data_pvc(&name);
+            // A volume kept for another Service (or not made by dbps) is not this claim's to delete.
+            let kept = pvcs.get_opt(&volume).await?.and_then(|pvc| {
+                drift::foreign(
+                    &pvc.metadata,
+                    "PersistentVolumeClaim",
+                    claim,
+                    &claim.spec.service_ref.name,
+                )
+            });
+            let note = match kept {
+                Some(why) => format!("left volume {volume:?}: {why}"),
+                None => {
+                    match pvcs.delete(&volume, &DeleteParams::background()).await {
+                        Ok(_) => {}
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    format!("deleted volume {volume:?}; Secrets follow the claim")
+                }
+            };
             publish(
                 ctx,
                 claim,
@@ -587,6 +623,17 @@ async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> 
         }
     }
     Ok(Action::await_change())
+}
+
+/// Whether the claim was ever accepted as the owner of its names: not
+/// refused for a conflict, and reconciled at least once.
+fn vetted(claim: &DatabaseClaim) -> bool {
+    claim
+        .status
+        .as_ref()
+        .and_then(|s| crate::api::find_condition(&s.conditions, READY))
+        .and_then(|c| Reason::parse(&c.reason))
+        .is_some_and(|r| !r.is_conflict())
 }
 
 /// Removes the claim's owner reference from a Secret so it outlives the claim.

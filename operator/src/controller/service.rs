@@ -10,7 +10,8 @@ use serde_json::json;
 
 use super::{Context, Error};
 use crate::api::{
-    ClaimPhase, DatabaseClaim, READY, Service, ServiceDatabase, ServiceStatus, set_condition,
+    ClaimPhase, DatabaseClaim, READY, Reason, Service, ServiceDatabase, ServiceStatus,
+    set_condition,
 };
 use std::collections::BTreeMap;
 
@@ -89,11 +90,22 @@ pub const OWNERSHIP_TABLE: &str = "dbps-bindings";
 /// `claim:<claim>` for the admin Secret of each dedicated instance (only the
 /// instance's pods, labelled `dbps.io/claim: <claim>`, may use it); and
 /// `account.<service>` → its ServiceAccount.
+///
+/// A claim counts once the claim controller has vetted it: a claim not yet
+/// reconciled, or refused because the names it asks for belong to another
+/// Service, adds nothing (a claim must not put its Service in front of
+/// another's Secret by naming it).
 pub fn ownership_entries(service: &Service, claims: &[DatabaseClaim]) -> BTreeMap<String, String> {
     let name = service.name_any();
     let mut entries = BTreeMap::from([(format!("account.{name}"), service.service_account())]);
     for claim in claims {
         let status = claim.status.clone().unwrap_or_default();
+        let vetted = crate::api::find_condition(&status.conditions, READY)
+            .and_then(|c| Reason::parse(&c.reason))
+            .is_some_and(|r| !r.is_conflict());
+        if !vetted {
+            continue;
+        }
         let secrets = [
             Some(names::binding_secret(&claim.name_any())),
             status.binding.map(|b| b.name),
@@ -116,6 +128,51 @@ pub fn ownership_entries(service: &Service, claims: &[DatabaseClaim]) -> BTreeMa
         }
     }
     entries
+}
+
+/// Field manager of the entries kept for the Secrets of a deleted claim.
+fn retained_manager(claim: &str) -> String {
+    format!("{FIELD_MANAGER}.retained.{claim}")
+}
+
+/// Keeps (or, with `None`, drops) the ownership-table entries of the Secrets
+/// a deleted claim leaves behind (deletionPolicy Retain), so they stay fenced
+/// for their Service after the claim is gone.
+pub async fn retain_entries(
+    ctx: &Context,
+    namespace: &str,
+    claim: &str,
+    entries: Option<BTreeMap<String, String>>,
+) -> Result<(), Error> {
+    let configmaps: Api<ConfigMap> = ctx.api(namespace);
+    let manager = retained_manager(claim);
+    let desired = entries.unwrap_or_default();
+    let live = configmaps.get_opt(OWNERSHIP_TABLE).await?;
+    if live
+        .as_ref()
+        .map(|cm| entries_of(cm, &manager))
+        .unwrap_or_default()
+        == desired
+    {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": OWNERSHIP_TABLE,
+            "labels": { "app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": "ownership" },
+        },
+        "data": desired,
+    });
+    configmaps
+        .patch(
+            OWNERSHIP_TABLE,
+            &PatchParams::apply(&manager).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Keeps this Service's entries in the namespace's ownership table (none
@@ -200,7 +257,7 @@ pub fn compute(service: &Service, databases: Vec<ServiceDatabase>) -> ServiceSta
             &mut conditions,
             READY,
             true,
-            "DatabasesReady",
+            Reason::DatabasesReady.as_str(),
             message,
             generation,
         );
@@ -210,7 +267,7 @@ pub fn compute(service: &Service, databases: Vec<ServiceDatabase>) -> ServiceSta
             &mut conditions,
             READY,
             false,
-            "DatabasesNotReady",
+            Reason::DatabasesNotReady.as_str(),
             message,
             generation,
         );
@@ -262,5 +319,56 @@ mod tests {
 
         let status = compute(&service, vec![db("a", Some(ClaimPhase::Ready))]);
         assert_eq!(status.conditions[0].status, "True");
+    }
+
+    fn claim_with_reason(name: &str, service: &str, reason: Option<Reason>) -> DatabaseClaim {
+        let mut claim: DatabaseClaim = serde_yaml::from_str(&format!(
+            "{{apiVersion: dbps.io/v1alpha1, kind: DatabaseClaim, metadata: {{name: {name}, namespace: shop}}, spec: {{serviceRef: {{name: {service}}}, engine: postgres}}}}"
+        ))
+        .unwrap();
+        if let Some(reason) = reason {
+            let mut status = crate::api::DatabaseClaimStatus::default();
+            set_condition(
+                &mut status.conditions,
+                READY,
+                false,
+                reason.as_str(),
+                "",
+                None,
+            );
+            claim.status = Some(status);
+        }
+        claim
+    }
+
+    #[test]
+    fn a_refused_or_unvetted_claim_does_not_put_its_service_in_front_of_a_secret() {
+        let intruder: Service = serde_yaml::from_str(
+            "{apiVersion: dbps.io/v1alpha1, kind: Service, metadata: {name: intruder, namespace: shop}, spec: {}}",
+        )
+        .unwrap();
+        let claims = [
+            claim_with_reason(
+                "orders-db",
+                "intruder",
+                Some(Reason::ObjectOwnedByAnotherService),
+            ),
+            claim_with_reason(
+                "copy-db",
+                "intruder",
+                Some(Reason::DatabaseOwnedByAnotherClaim),
+            ),
+            claim_with_reason("new-db", "intruder", None),
+            claim_with_reason("own-db", "intruder", Some(Reason::Provisioning)),
+        ];
+        let entries = ownership_entries(&intruder, &claims);
+        assert_eq!(
+            entries.keys().collect::<Vec<_>>(),
+            [
+                "account.intruder",
+                "secret.own-db-admin",
+                "secret.own-db-binding"
+            ]
+        );
     }
 }

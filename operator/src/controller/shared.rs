@@ -390,6 +390,19 @@ pub async fn apply_shared(
     //    credentials are issued anew.
     let secret_name = names::binding_secret_of(&name, generation);
     let mut current = secrets.get_opt(&secret_name).await?;
+    // A Secret of that name kept for another Service, or not made by dbps, is left alone.
+    if let Some(message) = current
+        .as_ref()
+        .and_then(|s| drift::foreign(&s.metadata, "Secret", claim, &service.name_any()))
+    {
+        let outcome = Outcome::waiting(
+            ClaimPhase::Failed,
+            Reason::ObjectOwnedByAnotherService,
+            message,
+        );
+        update_status(claim, ctx, outcome).await?;
+        return Ok(resync);
+    }
     let found = current.as_ref().and_then(|s| secret_value(s, PASSWORD_KEY));
     let recorded = match rotate {
         true => None,

@@ -1,0 +1,709 @@
+//! One database, one owner, at the controller: another Service of the same
+//! namespace, asking for the same names, cannot take over, drop or reuse a
+//! service's database; a retained volume goes back to its own Service only;
+//! what a person edits or deletes of what dbps wrote is repaired, never
+//! adopted; removed fields are pruned; a major version never changes in place.
+
+use std::time::Duration;
+
+use dbps_e2e::claims::reason_is;
+use dbps_e2e::databases::{Kind, LocalServer, behind_dbps, round_trip};
+use dbps_e2e::fixtures::{claim, register, secret, service, wait_event};
+use dbps_e2e::{RunningOperator, TestContext};
+use dbps_operator::api::{ClaimPhase, DatabaseClaim, DatabaseServer, Engine};
+use dbps_operator::servers::{Grant, Servers};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+async fn setup(test: &str, resync: Duration) -> (TestContext, RunningOperator) {
+    let ctx = TestContext::new(test).await.unwrap();
+    let operator = RunningOperator::start(&ctx, resync).await.unwrap();
+    (ctx, operator)
+}
+
+fn grant_of(b: &std::collections::BTreeMap<String, String>) -> Grant {
+    Grant {
+        database: b["database"].clone(),
+        username: b["username"].clone(),
+        password: b["password"].clone(),
+    }
+}
+
+/// The ownership table's entry for `key`.
+async fn table_entry(ctx: &TestContext, key: &str) -> Option<String> {
+    ctx.api::<ConfigMap>()
+        .get_opt("dbps-bindings")
+        .await
+        .unwrap()
+        .and_then(|cm| cm.data?.get(key).cloned())
+}
+
+async fn delete_claim(ctx: &TestContext, name: &str) {
+    let claims = ctx.api::<DatabaseClaim>();
+    claims.delete(name, &DeleteParams::default()).await.unwrap();
+    ctx.wait_gone(&claims, name, &format!("{name} deleted"))
+        .await;
+}
+
+/// Per engine, on a shared server: the takeover, the foreign drop and the
+/// reuse of a retained database are refused, and the owner keeps working.
+async fn another_service_cannot_take_drop_or_reuse(kind: Kind) {
+    let engine = kind.engine();
+    let (ctx, _operator) = setup(
+        &format!("takeover-{}", engine.as_str()),
+        Duration::from_secs(300),
+    )
+    .await;
+    let server = LocalServer::start(kind).await.unwrap();
+    let name = format!("{}-srv", ctx.namespace);
+    register(&ctx, &name, &server, json!({})).await;
+    service(&ctx, "orders", json!({})).await;
+    service(&ctx, "intruder", json!({})).await;
+    let claims = ctx.api::<DatabaseClaim>();
+    let spec = |service: &str, policy: &str| {
+        json!({ "serviceRef": { "name": service }, "engine": engine.as_str(),
+                "server": { "name": name }, "database": "orders_db", "deletionPolicy": policy })
+    };
+    claim(&ctx, "orders-db", spec("orders", "Retain")).await;
+    ctx.wait_for(&claims, "orders-db", "owner Ready", reason_is("Ready"))
+        .await;
+    let owner = secret(&ctx, "orders-db-binding").await.unwrap();
+    let owned = grant_of(&owner);
+    let wrote = round_trip(
+        &server,
+        engine,
+        &owned.database,
+        &owned.username,
+        &owned.password,
+    )
+    .await;
+    assert!(wrote.is_ok(), "{engine:?}: {wrote:?}");
+
+    // The takeover: another Service's claim names the same database.
+    claim(&ctx, "intruder-db", spec("intruder", "Delete")).await;
+    let refused = ctx
+        .wait_for(
+            &claims,
+            "intruder-db",
+            "takeover refused",
+            reason_is("DatabaseOwnedByAnotherClaim"),
+        )
+        .await;
+    let status = refused.status.unwrap();
+    assert_eq!(status.phase, Some(ClaimPhase::Failed));
+    assert!(status.binding.is_none());
+    let message = &status.conditions[0].message;
+    assert!(
+        message.contains(&format!("claim {}/orders-db", ctx.namespace))
+            && message.contains("Service \"orders\""),
+        "{message}"
+    );
+    let (type_, _) = wait_event(&ctx, "intruder-db", "DatabaseOwnedByAnotherClaim").await;
+    assert_eq!(type_, "Warning");
+    assert_eq!(
+        secret(&ctx, "intruder-db-binding").await,
+        None,
+        "nothing written"
+    );
+    assert_eq!(table_entry(&ctx, "secret.intruder-db-binding").await, None);
+    let admin = server.admin_connection(engine);
+    let servers = Servers::default();
+    assert!(
+        servers.can_login(&admin, &owned).await,
+        "{engine:?}: the owner's password changed"
+    );
+
+    // Deleting the refused claim (deletionPolicy Delete) drops nothing of the owner's.
+    delete_claim(&ctx, "intruder-db").await;
+    let read = round_trip(
+        &server,
+        engine,
+        &owned.database,
+        &owned.username,
+        &owned.password,
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "{engine:?}: the owner lost its database: {read:?}"
+    );
+    let (_, note) = wait_event(&ctx, "intruder-db", "Deleted").await;
+    assert!(note.contains("dropped nothing"), "{note}");
+    let still = claims.get("orders-db").await.unwrap();
+    assert!(reason_is("Ready")(Some(&still)));
+
+    // Reuse: the owner's claim is deleted (Retain); a claim of the same
+    // name for another Service gets neither the database nor the Secret.
+    delete_claim(&ctx, "orders-db").await;
+    assert_eq!(
+        table_entry(&ctx, "secret.orders-db-binding")
+            .await
+            .as_deref(),
+        Some("orders"),
+        "the kept Secret stays fenced for its Service"
+    );
+    claim(&ctx, "orders-db", spec("intruder", "Delete")).await;
+    ctx.wait_for(
+        &claims,
+        "orders-db",
+        "reuse refused",
+        reason_is("DatabaseOwnedByAnotherClaim"),
+    )
+    .await;
+    assert_eq!(
+        secret(&ctx, "orders-db-binding").await,
+        Some(owner.clone()),
+        "kept Secret untouched"
+    );
+    assert_eq!(
+        table_entry(&ctx, "secret.orders-db-binding")
+            .await
+            .as_deref(),
+        Some("orders")
+    );
+    delete_claim(&ctx, "orders-db").await;
+    assert!(
+        behind_dbps::database_exists(&server, engine, &owned.database)
+            .await
+            .unwrap()
+    );
+    assert!(servers.can_login(&admin, &owned).await);
+
+    // The owner comes back under the same name: its database and credentials.
+    claim(&ctx, "orders-db", spec("orders", "Delete")).await;
+    ctx.wait_for(&claims, "orders-db", "owner back", reason_is("Ready"))
+        .await;
+    assert_eq!(secret(&ctx, "orders-db-binding").await, Some(owner));
+    let read = round_trip(
+        &server,
+        engine,
+        &owned.database,
+        &owned.username,
+        &owned.password,
+    )
+    .await;
+    assert!(read.is_ok(), "{engine:?}: {read:?}");
+    // Now deleted with Delete by its owner, the database goes.
+    delete_claim(&ctx, "orders-db").await;
+    assert!(!servers.can_login(&admin, &owned).await);
+}
+
+#[tokio::test]
+async fn postgres_another_service_cannot_take_drop_or_reuse() {
+    another_service_cannot_take_drop_or_reuse(Kind::Postgres).await;
+}
+
+#[tokio::test]
+async fn mongodb_another_service_cannot_take_drop_or_reuse() {
+    another_service_cannot_take_drop_or_reuse(Kind::FerretDb).await;
+}
+
+#[tokio::test]
+async fn influxdb_another_service_cannot_take_drop_or_reuse() {
+    another_service_cannot_take_drop_or_reuse(Kind::InfluxDb).await;
+}
+
+#[tokio::test]
+async fn a_database_dbps_did_not_make_is_adopted_only_when_the_platform_allows_it() {
+    let (ctx, _operator) = setup("adoption", Duration::from_secs(300)).await;
+    let server = LocalServer::start(Kind::Postgres).await.unwrap();
+    let engine = Engine::Postgres;
+    let name = format!("{}-srv", ctx.namespace);
+    register(&ctx, &name, &server, json!({})).await;
+    service(&ctx, "orders", json!({})).await;
+    let ns = ctx.namespace.replace('-', "_");
+    // Made by hand under the very name dbps would give the claim, and a legacy one.
+    let squatted = format!("{ns}_orders_db");
+    behind_dbps::create(&server, engine, &squatted, "squatter", "SquatPass1")
+        .await
+        .unwrap();
+    behind_dbps::create(
+        &server,
+        engine,
+        "legacy_orders",
+        "legacy_user",
+        "LegacyPass1",
+    )
+    .await
+    .unwrap();
+    let claims = ctx.api::<DatabaseClaim>();
+    let spec = json!({ "serviceRef": { "name": "orders" }, "engine": "postgres", "server": { "name": name } });
+    claim(&ctx, "orders-db", spec.clone()).await;
+    claim(&ctx, "legacy-db", spec.clone()).await;
+    let refused = ctx
+        .wait_for(
+            &claims,
+            "orders-db",
+            "not adopted",
+            reason_is("DatabaseExists"),
+        )
+        .await;
+    let message = refused.status.unwrap().conditions[0].message.clone();
+    assert!(message.contains("spec.adoptions"), "{message}");
+    assert_eq!(secret(&ctx, "orders-db-binding").await, None);
+    let legacy = ctx
+        .wait_for(
+            &claims,
+            "legacy-db",
+            "Ready on its own database",
+            reason_is("Ready"),
+        )
+        .await;
+    assert_eq!(
+        legacy.status.unwrap().database.as_deref(),
+        Some(format!("{ns}_legacy_db").as_str())
+    );
+    let squatter = Grant {
+        database: squatted.clone(),
+        username: "squatter".into(),
+        password: "SquatPass1".into(),
+    };
+    let admin = server.admin_connection(engine);
+    assert!(Servers::default().can_login(&admin, &squatter).await);
+
+    // The platform team lets orders-db adopt its database; a legacy database
+    // under another name goes to a claim made for it.
+    let servers: Api<DatabaseServer> = Api::all(ctx.client.clone());
+    let adoptions = json!({ "spec": { "adoptions": [
+        { "database": squatted, "claim": { "namespace": ctx.namespace, "name": "orders-db" } },
+        { "database": "legacy_orders", "claim": { "namespace": ctx.namespace, "name": "late-db" } },
+    ] } });
+    servers
+        .patch(&name, &PatchParams::default(), &Patch::Merge(adoptions))
+        .await
+        .unwrap();
+    ctx.wait_for(&claims, "orders-db", "adopted", reason_is("Ready"))
+        .await;
+    let (_, note) = wait_event(&ctx, "orders-db", "Adopted").await;
+    assert!(note.contains(&squatted), "{note}");
+    let binding = secret(&ctx, "orders-db-binding").await.unwrap();
+    assert_eq!(binding["database"], squatted);
+    let used = round_trip(
+        &server,
+        engine,
+        &binding["database"],
+        &binding["username"],
+        &binding["password"],
+    )
+    .await;
+    assert!(used.is_ok(), "{used:?}");
+    // The claim already placed keeps its own database.
+    let placed = claims.get("legacy-db").await.unwrap();
+    assert_eq!(
+        placed.status.unwrap().database.as_deref(),
+        Some(format!("{ns}_legacy_db").as_str())
+    );
+
+    claim(&ctx, "late-db", spec).await;
+    let late = ctx
+        .wait_for(&claims, "late-db", "legacy adopted", reason_is("Ready"))
+        .await;
+    assert_eq!(
+        late.status.unwrap().database.as_deref(),
+        Some("legacy_orders")
+    );
+    let binding = secret(&ctx, "late-db-binding").await.unwrap();
+    assert_eq!(binding["database"], "legacy_orders");
+    let used = round_trip(
+        &server,
+        engine,
+        "legacy_orders",
+        &binding["username"],
+        &binding["password"],
+    )
+    .await;
+    assert!(used.is_ok(), "{used:?}");
+}
+
+#[tokio::test]
+async fn a_retained_volume_goes_back_to_its_own_service_only() {
+    let (ctx, _operator) = setup("retained-volume", Duration::from_secs(300)).await;
+    service(&ctx, "orders", json!({})).await;
+    service(&ctx, "intruder", json!({})).await;
+    let claims = ctx.api::<DatabaseClaim>();
+    let spec = |service: &str, policy: &str| json!({ "serviceRef": { "name": service }, "engine": "postgres", "deletionPolicy": policy });
+    claim(&ctx, "orders-db", spec("orders", "Retain")).await;
+    ctx.wait_for(&claims, "orders-db", "Ready", reason_is("Ready"))
+        .await;
+    let admin = secret(&ctx, "orders-db-admin").await.unwrap();
+    let binding = secret(&ctx, "orders-db-binding").await.unwrap();
+    delete_claim(&ctx, "orders-db").await;
+    let pvcs = ctx.api::<PersistentVolumeClaim>();
+    let kept = pvcs.get("data-orders-db-0").await.unwrap();
+    assert_eq!(
+        kept.metadata.labels.unwrap()["dbps.io/service"],
+        "orders",
+        "the kept volume remembers its Service"
+    );
+
+    // Another Service's claim of the same name: refused, nothing attached.
+    claim(&ctx, "orders-db", spec("intruder", "Delete")).await;
+    let refused = ctx
+        .wait_for(
+            &claims,
+            "orders-db",
+            "refused",
+            reason_is("ObjectOwnedByAnotherService"),
+        )
+        .await;
+    let message = refused.status.unwrap().conditions[0].message.clone();
+    assert!(message.contains("kept for Service \"orders\""), "{message}");
+    wait_event(&ctx, "orders-db", "ObjectOwnedByAnotherService").await;
+    let statefulsets = ctx.api::<StatefulSet>();
+    assert!(statefulsets.get_opt("orders-db").await.unwrap().is_none());
+    assert_eq!(secret(&ctx, "orders-db-admin").await, Some(admin.clone()));
+    assert_eq!(
+        secret(&ctx, "orders-db-binding").await,
+        Some(binding.clone())
+    );
+    assert_eq!(
+        table_entry(&ctx, "secret.orders-db-binding")
+            .await
+            .as_deref(),
+        Some("orders")
+    );
+    // Deleted with Delete, the refused claim leaves the volume alone.
+    delete_claim(&ctx, "orders-db").await;
+    assert!(pvcs.get_opt("data-orders-db-0").await.unwrap().is_some());
+
+    // The same Service gets it back, with the credentials it was made with.
+    claim(&ctx, "orders-db", spec("orders", "Retain")).await;
+    ctx.wait_for(&claims, "orders-db", "reattached", reason_is("Ready"))
+        .await;
+    assert_eq!(secret(&ctx, "orders-db-admin").await, Some(admin));
+    assert_eq!(secret(&ctx, "orders-db-binding").await, Some(binding));
+
+    // A Secret a person made under the name dbps would use is not taken over.
+    let mine: Secret = serde_json::from_value(
+        json!({ "metadata": { "name": "mine-binding" }, "stringData": { "password": "hers" } }),
+    )
+    .unwrap();
+    ctx.api::<Secret>()
+        .create(&PostParams::default(), &mine)
+        .await
+        .unwrap();
+    claim(&ctx, "mine", spec("orders", "Delete")).await;
+    let refused = ctx
+        .wait_for(
+            &claims,
+            "mine",
+            "refused",
+            reason_is("ObjectOwnedByAnotherService"),
+        )
+        .await;
+    assert!(
+        refused.status.unwrap().conditions[0]
+            .message
+            .contains("not made by dbps")
+    );
+    assert_eq!(
+        secret(&ctx, "mine-binding").await.unwrap()["password"],
+        "hers"
+    );
+    assert!(statefulsets.get_opt("mine").await.unwrap().is_none());
+}
+
+/// Writes `value` to `key` of Secret `name`, as a person would.
+async fn edit_secret(ctx: &TestContext, name: &str, key: &str, value: &str) {
+    ctx.api::<Secret>()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "stringData": { key: value } })),
+        )
+        .await
+        .unwrap();
+}
+
+async fn wait_secret(
+    ctx: &TestContext,
+    name: &str,
+    what: &str,
+    check: impl Fn(&std::collections::BTreeMap<String, String>) -> bool + Send + 'static,
+) -> std::collections::BTreeMap<String, String> {
+    let secret = ctx
+        .wait_for(
+            &ctx.api::<Secret>(),
+            name,
+            what,
+            move |s: Option<&Secret>| s.is_some_and(|s| check(&dbps_e2e::claims::secret_values(s))),
+        )
+        .await;
+    dbps_e2e::claims::secret_values(&secret)
+}
+
+#[tokio::test]
+async fn an_edited_or_deleted_binding_of_a_shared_claim_gets_new_credentials_never_the_edited_ones()
+{
+    let (ctx, _operator) = setup("drift-shared", Duration::from_secs(2)).await;
+    let server = LocalServer::start(Kind::Postgres).await.unwrap();
+    let name = format!("{}-srv", ctx.namespace);
+    register(&ctx, &name, &server, json!({})).await;
+    service(&ctx, "orders", json!({})).await;
+    let claims = ctx.api::<DatabaseClaim>();
+    claim(
+        &ctx,
+        "orders-db",
+        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres", "server": { "name": name } }),
+    )
+    .await;
+    ctx.wait_for(&claims, "orders-db", "Ready", reason_is("Ready"))
+        .await;
+    let issued = secret(&ctx, "orders-db-binding").await.unwrap();
+    let admin = server.admin_connection(Engine::Postgres);
+    let servers = Servers::default();
+
+    edit_secret(&ctx, "orders-db-binding", "password", "weak").await;
+    let repaired = wait_secret(&ctx, "orders-db-binding", "new credentials", |s| {
+        s["password"] != "weak"
+    })
+    .await;
+    let (type_, note) = wait_event(&ctx, "orders-db", "BindingSecretEdited").await;
+    assert_eq!(type_, "Warning");
+    assert!(note.contains("did not use the edited password"), "{note}");
+    let weak = Grant {
+        password: "weak".into(),
+        ..grant_of(&issued)
+    };
+    assert!(
+        !servers.can_login(&admin, &weak).await,
+        "the database took the hand-set password"
+    );
+    assert!(servers.can_login(&admin, &grant_of(&repaired)).await);
+    assert!(repaired["uri"].contains(&repaired["password"]));
+
+    ctx.api::<Secret>()
+        .delete("orders-db-binding", &DeleteParams::default())
+        .await
+        .unwrap();
+    let rewritten = wait_secret(&ctx, "orders-db-binding", "written again", |_| true).await;
+    wait_event(&ctx, "orders-db", "BindingSecretDeleted").await;
+    assert!(servers.can_login(&admin, &grant_of(&rewritten)).await);
+    let claim = claims.get("orders-db").await.unwrap();
+    assert_eq!(
+        claim.status.unwrap().binding.unwrap().name,
+        "orders-db-binding"
+    );
+}
+
+#[tokio::test]
+async fn an_edited_or_deleted_secret_of_a_dedicated_claim_is_restored_never_adopted() {
+    let (ctx, _operator) = setup("drift-dedicated", Duration::from_secs(2)).await;
+    service(&ctx, "orders", json!({})).await;
+    let claims = ctx.api::<DatabaseClaim>();
+    claim(
+        &ctx,
+        "orders-db",
+        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres" }),
+    )
+    .await;
+    ctx.wait_for(&claims, "orders-db", "Ready", reason_is("Ready"))
+        .await;
+    let binding = secret(&ctx, "orders-db-binding").await.unwrap();
+    let admin = secret(&ctx, "orders-db-admin").await.unwrap();
+    let issued = binding["password"].clone();
+
+    edit_secret(&ctx, "orders-db-binding", "password", "weak").await;
+    let expected = issued.clone();
+    wait_secret(&ctx, "orders-db-binding", "restored", move |s| {
+        s["password"] == expected
+    })
+    .await;
+    let (type_, _) = wait_event(&ctx, "orders-db", "BindingSecretEdited").await;
+    assert_eq!(type_, "Warning");
+    assert_eq!(
+        secret(&ctx, "orders-db-binding").await,
+        Some(binding.clone())
+    );
+
+    ctx.api::<Secret>()
+        .delete("orders-db-binding", &DeleteParams::default())
+        .await
+        .unwrap();
+    let expected = issued.clone();
+    wait_secret(&ctx, "orders-db-binding", "written again", move |s| {
+        s["password"] == expected
+    })
+    .await;
+    wait_event(&ctx, "orders-db", "BindingSecretDeleted").await;
+
+    // The admin Secret's copy of the app password is restored too.
+    edit_secret(&ctx, "orders-db-admin", "app-password", "weak").await;
+    let expected = issued.clone();
+    wait_secret(&ctx, "orders-db-admin", "copy restored", move |s| {
+        s["app-password"] == expected
+    })
+    .await;
+    // The superuser password exists in no other copy: the edit is reported,
+    // not believed (the fingerprint keeps the issued one).
+    edit_secret(&ctx, "orders-db-admin", "password", "weak").await;
+    let (type_, note) = wait_event(&ctx, "orders-db", "AdminSecretEdited").await;
+    assert_eq!(type_, "Warning");
+    assert!(note.contains("does not use the edited value"), "{note}");
+    let flagged = ctx
+        .wait_for(
+            &claims,
+            "orders-db",
+            "flagged",
+            |c: Option<&DatabaseClaim>| {
+                c.and_then(|c| c.status.as_ref())
+                    .is_some_and(|s| s.conditions[0].message.contains("edited by hand"))
+            },
+        )
+        .await;
+    let status = flagged.status.unwrap();
+    assert_eq!(
+        status.credentials.unwrap().admin_fingerprint,
+        Some(dbps_operator::password::fingerprint(
+            flagged.metadata.uid.as_deref().unwrap(),
+            &admin["password"]
+        ))
+    );
+    // Put back, it is believed again and the claim says so.
+    edit_secret(&ctx, "orders-db-admin", "password", &admin["password"]).await;
+    ctx.wait_for(
+        &claims,
+        "orders-db",
+        "clean",
+        |c: Option<&DatabaseClaim>| {
+            c.and_then(|c| c.status.as_ref())
+                .is_some_and(|s| !s.conditions[0].message.contains("edited by hand"))
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_field_removed_from_the_claim_leaves_the_statefulset() {
+    let (ctx, _operator) = setup("prune", Duration::from_secs(300)).await;
+    service(&ctx, "orders", json!({})).await;
+    let claims = ctx.api::<DatabaseClaim>();
+    claim(
+        &ctx,
+        "orders-db",
+        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres",
+                "resources": { "requests": { "cpu": "100m", "memory": "128Mi" }, "limits": { "memory": "256Mi" } } }),
+    )
+    .await;
+    let statefulsets = ctx.api::<StatefulSet>();
+    let limits = |s: Option<&StatefulSet>| {
+        s.and_then(|s| {
+            s.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+                .resources
+                .clone()
+        })
+        .and_then(|r| r.limits)
+    };
+    ctx.wait_for(
+        &statefulsets,
+        "orders-db",
+        "limits set",
+        move |s: Option<&StatefulSet>| limits(s).is_some(),
+    )
+    .await;
+    claims
+        .patch(
+            "orders-db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "resources": { "limits": null } } })),
+        )
+        .await
+        .unwrap();
+    let pruned = ctx
+        .wait_for(
+            &statefulsets,
+            "orders-db",
+            "limits pruned",
+            move |s: Option<&StatefulSet>| s.is_some() && limits(s).is_none(),
+        )
+        .await;
+    let resources = pruned.spec.unwrap().template.spec.unwrap().containers[0]
+        .resources
+        .clone()
+        .unwrap();
+    assert_eq!(
+        resources.requests.unwrap()["memory"].0,
+        "128Mi",
+        "the rest stays"
+    );
+}
+
+#[tokio::test]
+async fn minor_versions_roll_and_a_major_change_is_refused() {
+    let (ctx, _operator) = setup("versions", Duration::from_secs(300)).await;
+    service(&ctx, "orders", json!({})).await;
+    let claims = ctx.api::<DatabaseClaim>();
+    let statefulsets = ctx.api::<StatefulSet>();
+    let image = |s: Option<&StatefulSet>| {
+        s.and_then(|s| {
+            s.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+                .image
+                .clone()
+        })
+    };
+    claim(
+        &ctx,
+        "orders-db",
+        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres", "version": "16" }),
+    )
+    .await;
+    ctx.wait_for(&claims, "orders-db", "Ready", reason_is("Ready"))
+        .await;
+    let set = |v: &str| json!({ "spec": { "version": v } });
+    for (version, expected) in [
+        ("15", "a major downgrade cannot start"),
+        ("17", "a major upgrade of a running instance is refused"),
+    ] {
+        let err = claims
+            .patch(
+                "orders-db",
+                &PatchParams::default(),
+                &Patch::Merge(set(version)),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(expected), "{version}: {err}");
+    }
+    claims
+        .patch(
+            "orders-db",
+            &PatchParams::default(),
+            &Patch::Merge(set("16.4")),
+        )
+        .await
+        .unwrap();
+    ctx.wait_for(
+        &statefulsets,
+        "orders-db",
+        "minor rolled",
+        move |s: Option<&StatefulSet>| image(s).as_deref() == Some("postgres:16.4"),
+    )
+    .await;
+
+    // An instance whose image is of another major than the claim asks for
+    // (e.g. made when the default was another version) is not rolled over.
+    statefulsets
+        .patch(
+            "orders-db",
+            &PatchParams::apply("a-person").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "apps/v1", "kind": "StatefulSet",
+                "spec": { "template": { "spec": { "containers": [{ "name": "postgres", "image": "postgres:15" }] } } }
+            })),
+        )
+        .await
+        .unwrap();
+    let refused = ctx
+        .wait_for(
+            &claims,
+            "orders-db",
+            "refused",
+            reason_is("MajorVersionChange"),
+        )
+        .await;
+    assert_eq!(refused.status.unwrap().phase, Some(ClaimPhase::Failed));
+    let live = statefulsets.get("orders-db").await.unwrap();
+    assert_eq!(image(Some(&live)).as_deref(), Some("postgres:15"));
+}
