@@ -28,6 +28,24 @@ fn pg(extra: Value) -> Value {
     spec
 }
 
+fn server(name: &str, extra: Value) -> Value {
+    let mut spec = json!({ "engine": "postgres", "host": "db.example", "adminSecretRef": { "namespace": "dbps", "name": "pg" } });
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    json!({ "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseServer", "metadata": { "name": name }, "spec": spec })
+}
+
+fn server_case(what: &'static str, name: &str, extra: Value, message: &'static str) -> Case {
+    Case {
+        what,
+        kind: "DatabaseServer",
+        before: None,
+        object: server(name, extra),
+        message,
+    }
+}
+
 fn cases() -> Vec<Case> {
     let create = |what, name: &str, spec, message| Case {
         what,
@@ -171,6 +189,149 @@ fn cases() -> Vec<Case> {
             pg(json!({ "database": "orders2" })),
             "database is immutable",
         ),
+        create(
+            "version on a shared claim",
+            "c16",
+            pg(json!({ "server": { "name": "shared-pg" }, "version": "16" })),
+            "version describes a dedicated instance",
+        ),
+        create(
+            "rotation on a dedicated claim",
+            "c17",
+            pg(json!({ "rotation": { "everySeconds": 3600 } })),
+            "rotation applies to shared placement (spec.server) only",
+        ),
+        create(
+            "rotation more often than a minute",
+            "c18",
+            pg(json!({ "server": { "name": "shared-pg" }, "rotation": { "everySeconds": 5 } })),
+            "spec.rotation.everySeconds in body should be greater than or equal to 60",
+        ),
+        create(
+            "grace period over a day",
+            "c19",
+            pg(
+                json!({ "server": { "name": "shared-pg" }, "rotation": { "gracePeriodSeconds": 90000 } }),
+            ),
+            "spec.rotation.gracePeriodSeconds in body should be less than or equal to 86400",
+        ),
+        create(
+            "storage class not a DNS name",
+            "c20",
+            pg(json!({ "storage": { "storageClassName": "Fast_SSD" } })),
+            "spec.storage.storageClassName in body should match",
+        ),
+        update(
+            "major downgrade",
+            "u6",
+            pg(json!({ "version": "17" })),
+            pg(json!({ "version": "16" })),
+            "a major downgrade cannot start on the data directory of a newer major version",
+        ),
+        update(
+            "major upgrade",
+            "u7",
+            pg(json!({ "version": "16" })),
+            pg(json!({ "version": "17.2" })),
+            "a major upgrade of a running instance is refused",
+        ),
+        update(
+            "downgrade from the default version",
+            "u8",
+            pg(json!({})),
+            pg(json!({ "version": "16" })),
+            "a major downgrade cannot start",
+        ),
+        update(
+            "version removed, so the default's major applies",
+            "u9",
+            pg(json!({ "version": "16" })),
+            pg(json!({})),
+            "a major upgrade of a running instance is refused",
+        ),
+        update(
+            "mongodb major downgrade",
+            "u10",
+            json!({ "serviceRef": { "name": "orders" }, "engine": "mongodb", "version": "8.0" }),
+            json!({ "serviceRef": { "name": "orders" }, "engine": "mongodb", "version": "7.0" }),
+            "a major downgrade cannot start",
+        ),
+        update(
+            "influxdb major upgrade",
+            "u11",
+            json!({ "serviceRef": { "name": "orders" }, "engine": "influxdb" }),
+            json!({ "serviceRef": { "name": "orders" }, "engine": "influxdb", "version": "2.7" }),
+            "a major upgrade of a running instance is refused",
+        ),
+        update(
+            "server removed",
+            "u12",
+            pg(json!({ "server": { "name": "shared-pg" } })),
+            pg(json!({})),
+            "server is immutable",
+        ),
+        update(
+            "version added to a shared claim",
+            "u13",
+            pg(json!({ "server": { "name": "shared-pg" } })),
+            pg(json!({ "server": { "name": "shared-pg" }, "version": "15" })),
+            "version describes a dedicated instance",
+        ),
+        update(
+            "storage added",
+            "u14",
+            pg(json!({})),
+            pg(json!({ "storage": { "size": "1Gi" } })),
+            "storage is immutable",
+        ),
+        server_case(
+            "adopting a server's own database",
+            "adopt-postgres",
+            json!({ "adoptions": [{ "database": "postgres", "claim": { "namespace": "shop", "name": "orders-db" } }] }),
+            "a server's own databases cannot be adopted",
+        ),
+        server_case(
+            "adopting the catalog or a name with a dash",
+            "adopt-dash",
+            json!({ "adoptions": [{ "database": "dbps-catalog", "claim": { "namespace": "shop", "name": "orders-db" } }] }),
+            "spec.adoptions[0].database in body should match",
+        ),
+        server_case(
+            "adopting one database twice",
+            "adopt-twice",
+            json!({ "adoptions": [
+                { "database": "legacy", "claim": { "namespace": "shop", "name": "a" } },
+                { "database": "legacy", "claim": { "namespace": "shop", "name": "b" } }] }),
+            "Duplicate value",
+        ),
+        server_case(
+            "adoption for a claim name that is not a DNS label",
+            "adopt-bad-claim",
+            json!({ "adoptions": [{ "database": "legacy", "claim": { "namespace": "shop", "name": "Orders_DB" } }] }),
+            "spec.adoptions[0].claim.name in body should match",
+        ),
+        server_case(
+            "adoption without a claim",
+            "adopt-no-claim",
+            json!({ "adoptions": [{ "database": "legacy" }] }),
+            "spec.adoptions[0].claim: Required value",
+        ),
+        Case {
+            what: "DatabaseServer without a host",
+            kind: "DatabaseServer",
+            before: None,
+            object: json!({ "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseServer", "metadata": { "name": "no-host" },
+                "spec": { "engine": "postgres", "adminSecretRef": { "namespace": "dbps", "name": "pg" } } }),
+            message: "spec.host: Required value",
+        },
+        Case {
+            what: "DatabaseServer engine changed",
+            kind: "DatabaseServer",
+            before: Some(server("engine-change", json!({}))),
+            object: json!({ "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseServer", "metadata": { "name": "engine-change" },
+                "spec": { "engine": "mongodb", "host": "db.example", "adminSecretRef": { "namespace": "dbps", "name": "pg" } } }),
+            message: "engine is immutable",
+        },
         Case {
             what: "Service with an empty selector",
             kind: "Service",
@@ -219,7 +380,7 @@ async fn malformed_objects_are_rejected_by_the_apiserver_with_a_clear_message() 
     let ctx = TestContext::new("validation").await.unwrap();
     install_crds(&ctx.client).await.unwrap();
     let cases = cases();
-    assert!(cases.len() >= 15);
+    assert!(cases.len() >= 40, "{} cases", cases.len());
     let mut failures = Vec::new();
     for case in &cases {
         let api = api(&ctx, case.kind);
@@ -272,4 +433,23 @@ async fn malformed_objects_are_rejected_by_the_apiserver_with_a_clear_message() 
             .await
             .unwrap();
     }
+    let adopting = server(
+        "ok-adoptions",
+        json!({ "adoptions": [{ "database": "legacy_orders", "claim": { "namespace": "shop", "name": "orders-db" } }] }),
+    );
+    api(&ctx, "DatabaseServer")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(adopting).unwrap(),
+        )
+        .await
+        .unwrap();
+    // A minor change of the same major version rolls.
+    let claims = api(&ctx, "DatabaseClaim");
+    let mut minor = claims.get("ok-dedicated").await.unwrap();
+    minor.data["spec"]["version"] = json!("16.6");
+    claims
+        .replace("ok-dedicated", &PostParams::default(), &minor)
+        .await
+        .unwrap();
 }
