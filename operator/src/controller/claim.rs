@@ -118,25 +118,31 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
         return Ok(resync);
     };
     let secrets: Api<Secret> = ctx.api(&ns);
-    let name = claim.name_any();
-    let admin = secrets.get_opt(&names::admin_secret(&name)).await?;
-    let binding = secrets.get_opt(&names::binding_secret(&name)).await?;
     let statefulsets: Api<StatefulSet> = ctx.api(&ns);
-    let live_sts = statefulsets.get_opt(&names::instance(&name)).await?;
-    // The volume matters only until this claim's StatefulSet holds it.
-    let owns_sts = live_sts.as_ref().is_some_and(|s| {
-        drift::foreign(&s.metadata, "StatefulSet", claim, service_name).is_none()
-            && s.owner_references()
+    let name = claim.name_any();
+    let read = async {
+        let admin = secrets.get_opt(&names::admin_secret(&name)).await?;
+        let binding = secrets.get_opt(&names::binding_secret(&name)).await?;
+        let live_sts = statefulsets.get_opt(&names::instance(&name)).await?;
+        // The volume matters only until this claim's StatefulSet holds it.
+        let owns_sts = live_sts.as_ref().is_some_and(|s| {
+            s.owner_references()
                 .iter()
-                .any(|o| Some(&o.uid) == claim.metadata.uid.as_ref())
-    });
-    let volume = match owns_sts {
-        true => None,
-        false => {
-            ctx.api::<PersistentVolumeClaim>(&ns)
-                .get_opt(&names::data_pvc(&name))
-                .await?
-        }
+                .any(|o| o.controller == Some(true) && Some(&o.uid) == claim.metadata.uid.as_ref())
+        });
+        let volume = match owns_sts {
+            true => None,
+            false => {
+                ctx.api::<PersistentVolumeClaim>(&ns)
+                    .get_opt(&names::data_pvc(&name))
+                    .await?
+            }
+        };
+        Ok::<_, kube::Error>((admin, binding, live_sts, volume))
+    };
+    let (admin, binding, live_sts, volume) = match read.await {
+        Ok(found) => found,
+        Err(e) => return Err(visible_failure(claim, ctx, e).await),
     };
 
     // Nothing of another Service, and nothing dbps did not make, is touched.
@@ -278,16 +284,7 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
     };
     let (binding, sts) = match applied.await {
         Ok(applied) => applied,
-        Err(e) => {
-            // Make the failure visible where the user looks (e.g. a missing permission).
-            let outcome = Outcome::waiting(
-                ClaimPhase::Provisioning,
-                Reason::ApplyFailed,
-                format!("writing the instance's objects failed: {e}"),
-            );
-            update_status(claim, ctx, outcome).await?;
-            return Err(e.into());
-        }
+        Err(e) => return Err(visible_failure(claim, ctx, e).await),
     };
     for (reason, note) in &notices {
         publish(
@@ -349,6 +346,20 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
     }
     update_status_with(claim, ctx, outcome, Some(issued)).await?;
     Ok(resync)
+}
+
+/// Makes a failure to read or write the instance's objects visible where the
+/// user looks (e.g. a missing permission), and returns it for the retry.
+async fn visible_failure(claim: &DatabaseClaim, ctx: &Context, e: kube::Error) -> Error {
+    let outcome = Outcome::waiting(
+        ClaimPhase::Provisioning,
+        Reason::ApplyFailed,
+        format!("reading or writing the instance's objects failed: {e}"),
+    );
+    match update_status(claim, ctx, outcome).await {
+        Ok(()) => e.into(),
+        Err(status) => status,
+    }
 }
 
 /// Writes the status when it differs from the live one, and records an
