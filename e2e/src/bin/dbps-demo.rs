@@ -85,9 +85,19 @@ async fn main() -> Result<(), Error> {
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics = std::sync::Arc::new(dbps_operator::metrics::Metrics::default());
+    // Resync bounds how long a hand-edited Secret goes unrepaired (Secrets
+    // are not watched): short here, so the demo shows it.
+    let resync = std::env::var("DBPS_RESYNC_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let config = Config {
+        resync: std::time::Duration::from_secs(resync),
+        ..Config::default()
+    };
     let operator = tokio::spawn(controller::run(
         client.clone(),
-        Config::default(),
+        config,
         metrics,
         async move {
             let _ = stopped.await;
@@ -205,7 +215,7 @@ async fn main() -> Result<(), Error> {
 
     let bin = dbps_e2e::binaries::dir().map_err(Error::Binaries)?;
     println!(
-        "\nEverything is up after {:.1}s; the local control plane is at {server}.\n\n  export KUBECONFIG={kc}\n  export PATH={bin}:$PATH\n  kubectl get dbps -A\n  kubectl get databaseservers\n  kubectl annotate dbc -n shop payments-db dbps.io/rotate=now   # rotate its credentials\n\nDedicated instances (namespace dedicated) run on kwok's fake nodes: Kubernetes schedules them and\nreports them Ready, no database process runs behind them. Component logs are in {dir}.\nPress Ctrl-C to stop and clean up.",
+        "\nEverything is up after {:.1}s; the local control plane is at {server}.\n\n  export KUBECONFIG={kc}\n  export PATH={bin}:$PATH\n  kubectl get dbps -A\n  kubectl get databaseservers\n  kubectl annotate dbc -n shop payments-db dbps.io/rotate=now   # rotate its credentials\n\nThe operator resyncs every {resync}s (DBPS_RESYNC_SECONDS): a Secret edited by hand is repaired within that.\n\nDedicated instances (namespace dedicated) run on kwok's fake nodes: Kubernetes schedules them and\nreports them Ready, no database process runs behind them. Component logs are in {dir}.\nPress Ctrl-C to stop and clean up.",
         started.elapsed().as_secs_f64(),
         server = plane.server_url(),
         kc = plane.kubeconfig_path().display(),
