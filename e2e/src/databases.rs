@@ -618,7 +618,10 @@ pub async fn round_trip(
 pub mod behind_dbps {
     use super::*;
 
-    async fn postgres(server: &LocalServer, database: &str, sql: &str) -> Result<(), String> {
+    async fn pg_admin(
+        server: &LocalServer,
+        database: &str,
+    ) -> Result<tokio_postgres::Client, String> {
         let conninfo = format!(
             "host=127.0.0.1 port={} user={} password={} dbname={database}",
             server.port, server.admin_user, server.admin_password
@@ -627,6 +630,11 @@ pub mod behind_dbps {
             .await
             .map_err(|e| format!("{e:?}"))?;
         tokio::spawn(conn);
+        Ok(client)
+    }
+
+    async fn postgres(server: &LocalServer, database: &str, sql: &str) -> Result<(), String> {
+        let client = pg_admin(server, database).await?;
         client
             .batch_execute(sql)
             .await
@@ -758,14 +766,7 @@ pub mod behind_dbps {
     ) -> Result<bool, String> {
         match engine {
             Engine::Postgres => {
-                let conninfo = format!(
-                    "host=127.0.0.1 port={} user={} password={} dbname=postgres",
-                    server.port, server.admin_user, server.admin_password
-                );
-                let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| format!("{e:?}"))?;
-                tokio::spawn(conn);
+                let client = pg_admin(server, "postgres").await?;
                 let rows = client
                     .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
                     .await

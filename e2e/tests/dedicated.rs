@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -42,27 +42,11 @@ async fn setup(test: &str) -> (TestContext, RunningOperator) {
 }
 
 async fn create_service(ctx: &TestContext, name: &str, spec: serde_json::Value) -> Service {
-    let service: Service = serde_json::from_value(json!({
-        "apiVersion": "dbps.io/v1alpha1", "kind": "Service",
-        "metadata": { "name": name }, "spec": spec
-    }))
-    .unwrap();
-    ctx.api::<Service>()
-        .create(&PostParams::default(), &service)
-        .await
-        .unwrap()
+    dbps_e2e::fixtures::service(ctx, name, spec).await
 }
 
 async fn create_claim(ctx: &TestContext, name: &str, spec: serde_json::Value) -> DatabaseClaim {
-    let claim: DatabaseClaim = serde_json::from_value(json!({
-        "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim",
-        "metadata": { "name": name }, "spec": spec
-    }))
-    .unwrap();
-    ctx.api::<DatabaseClaim>()
-        .create(&PostParams::default(), &claim)
-        .await
-        .unwrap()
+    dbps_e2e::fixtures::claim(ctx, name, spec).await
 }
 
 fn owned_by(obj: &impl Resource, claim: &DatabaseClaim) -> bool {

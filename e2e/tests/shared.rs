@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use dbps_e2e::claims::{reason_is, secret_values};
 use dbps_e2e::databases::{Kind, LocalServer, round_trip};
-use dbps_e2e::operator::TEST_LABEL;
 use dbps_e2e::{RunningOperator, TestContext};
 use dbps_operator::api::{ClaimPhase, DatabaseClaim, DatabaseServer, Engine, Service};
 use dbps_operator::servers::{Connection, Grant, Servers};
@@ -42,36 +41,9 @@ async fn register_as(
     engine: Engine,
     extra: serde_json::Value,
 ) -> String {
-    let name = name.to_string();
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": { "name": format!("{name}-admin") },
-        "stringData": { "username": server.admin_user, "password": server.admin_password }
-    }))
-    .unwrap();
-    ctx.api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-    let mut spec = json!({
-        "engine": engine.as_str(),
-        "host": server.host,
-        "port": server.port,
-        "adminSecretRef": { "namespace": ctx.namespace, "name": format!("{name}-admin") }
-    });
-    spec.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    let object: DatabaseServer = serde_json::from_value(json!({
-        "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseServer",
-        "metadata": { "name": name, "labels": { TEST_LABEL: ctx.namespace } },
-        "spec": spec
-    }))
-    .unwrap();
-    Api::<DatabaseServer>::all(ctx.client.clone())
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap();
-    name
+    assert_eq!(server.kind.engine(), engine);
+    dbps_e2e::fixtures::register(ctx, name, server, extra).await;
+    name.to_string()
 }
 
 async fn service(ctx: &TestContext, name: &str) {

@@ -144,16 +144,22 @@ pub async fn retain_entries(
     claim: &str,
     entries: Option<BTreeMap<String, String>>,
 ) -> Result<(), Error> {
-    let configmaps: Api<ConfigMap> = ctx.api(namespace);
-    let manager = retained_manager(claim);
     let desired = entries.unwrap_or_default();
+    write_entries(ctx, namespace, &retained_manager(claim), desired).await
+}
+
+/// Makes the entries `manager` applied to the ownership table of `namespace`
+/// exactly `desired` (server-side apply drops the ones it no longer lists).
+async fn write_entries(
+    ctx: &Context,
+    namespace: &str,
+    manager: &str,
+    desired: BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let configmaps: Api<ConfigMap> = ctx.api(namespace);
     let live = configmaps.get_opt(OWNERSHIP_TABLE).await?;
-    if live
-        .as_ref()
-        .map(|cm| entries_of(cm, &manager))
-        .unwrap_or_default()
-        == desired
-    {
+    let mine = live.map(|cm| entries_of(&cm, manager)).unwrap_or_default();
+    if mine == desired {
         return Ok(());
     }
     let patch = json!({
@@ -168,7 +174,7 @@ pub async fn retain_entries(
     configmaps
         .patch(
             OWNERSHIP_TABLE,
-            &PatchParams::apply(&manager).force(),
+            &PatchParams::apply(manager).force(),
             &Patch::Apply(patch),
         )
         .await?;
@@ -185,34 +191,11 @@ async fn ensure_ownership_table(
     claims: Option<&[DatabaseClaim]>,
 ) -> Result<(), Error> {
     let ns = service.namespace().unwrap_or_default();
-    let name = service.name_any();
     let desired = claims
         .map(|c| ownership_entries(service, c))
         .unwrap_or_default();
-    let configmaps: Api<ConfigMap> = ctx.api(&ns);
-    let live = configmaps.get_opt(OWNERSHIP_TABLE).await?;
-    let manager = format!("{FIELD_MANAGER}.service.{name}");
-    let mine = live.map(|cm| entries_of(&cm, &manager)).unwrap_or_default();
-    if mine == desired {
-        return Ok(());
-    }
-    let patch = json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": OWNERSHIP_TABLE,
-            "labels": { "app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": "ownership" },
-        },
-        "data": desired,
-    });
-    configmaps
-        .patch(
-            OWNERSHIP_TABLE,
-            &PatchParams::apply(&manager).force(),
-            &Patch::Apply(patch),
-        )
-        .await?;
-    Ok(())
+    let manager = format!("{FIELD_MANAGER}.service.{}", service.name_any());
+    write_entries(ctx, &ns, &manager, desired).await
 }
 
 /// The data entries of `cm` that `manager` applied (from its managed fields).

@@ -340,30 +340,27 @@ pub async fn drop_database(
 ) -> Result<Dropped, AdminError> {
     let found = presences(conn, database, usernames).await?;
     let users = names(conn, "SHOW USERS").await?;
-    let mut dropped = Dropped::default();
-    for (kind, name, presence) in &found {
-        if *presence == Presence::Absent {
-            continue;
-        }
-        if !ownership::owned_by(presence, mark) {
-            dropped.kept.push(name.clone());
-            continue;
-        }
+    let (drop, kept) = ownership::droppable(found, mark);
+    let mut dropped = Dropped {
+        kept,
+        ..Default::default()
+    };
+    for (kind, name) in drop {
         let key = match kind {
             ObjectKind::Database => {
                 // DROP DATABASE succeeds when the database is already gone; DROP USER does not.
-                admin(conn, &format!("DROP DATABASE {}", quote_ident(name))).await?;
-                database_key(name)
+                admin(conn, &format!("DROP DATABASE {}", quote_ident(&name))).await?;
+                database_key(&name)
             }
             ObjectKind::User => {
-                if users.contains(name) {
-                    admin(conn, &format!("DROP USER {}", quote_ident(name))).await?;
+                if users.contains(&name) {
+                    admin(conn, &format!("DROP USER {}", quote_ident(&name))).await?;
                 }
-                user_key(name)
+                user_key(&name)
             }
         };
         erase_mark(conn, &key).await?;
-        dropped.dropped.push(name.clone());
+        dropped.dropped.push(name);
     }
     Ok(dropped)
 }

@@ -262,29 +262,26 @@ pub async fn drop_database(
 ) -> Result<Dropped, AdminError> {
     let admin = admin(conn).await?;
     let found = presences(&admin, database, usernames).await?;
-    let mut dropped = Dropped::default();
-    for (kind, name, presence) in &found {
-        if *presence == Presence::Absent {
-            continue;
-        }
-        if !ownership::owned_by(presence, mark) {
-            dropped.kept.push(name.clone());
-            continue;
-        }
+    let (drop, kept) = ownership::droppable(found, mark);
+    let mut dropped = Dropped {
+        kept,
+        ..Default::default()
+    };
+    for (kind, name) in drop {
         let key = match kind {
             ObjectKind::Database => {
                 run(&admin, database, doc! { "dropDatabase": 1 }).await?;
                 database_key(database)
             }
             ObjectKind::User => {
-                if user_exists(&admin, database, name).await? {
-                    run(&admin, database, doc! { "dropUser": name }).await?;
+                if user_exists(&admin, database, &name).await? {
+                    run(&admin, database, doc! { "dropUser": &name }).await?;
                 }
-                user_key(database, name)
+                user_key(database, &name)
             }
         };
         erase_mark(&admin, &key).await?;
-        dropped.dropped.push(name.clone());
+        dropped.dropped.push(name);
     }
     Ok(dropped)
 }

@@ -170,6 +170,24 @@ pub fn authorize(
         .collect()
 }
 
+/// Of the objects found under a claim's names, those a deletion by `mine`
+/// drops (they carry its mark), and the names of those it leaves.
+pub fn droppable(
+    found: Vec<(ObjectKind, String, Presence)>,
+    mine: &Mark,
+) -> (Vec<(ObjectKind, String)>, Vec<String>) {
+    let mut drop = Vec::new();
+    let mut kept = Vec::new();
+    for (kind, name, presence) in found {
+        match presence {
+            Presence::Absent => {}
+            p if owned_by(&p, mine) => drop.push((kind, name)),
+            _ => kept.push(name),
+        }
+    }
+    (drop, kept)
+}
+
 /// Who may do what with the objects of one claim on one server.
 #[derive(Clone, Debug)]
 pub struct Claimant {

@@ -356,25 +356,25 @@ pub async fn drop_database(
     let mut roles: Vec<String> = usernames.to_vec();
     roles.push(owner_role(database));
     let found = presences(&client, database, &roles).await?;
-    let mut dropped = Dropped::default();
+    let (drop, kept) = ownership::droppable(found, mark);
+    let mut dropped = Dropped {
+        kept,
+        ..Default::default()
+    };
     // The database first: its owner role cannot go while it owns it.
-    for (kind, name, presence) in &found {
-        if *presence == Presence::Absent {
-            continue;
-        }
-        if !ownership::owned_by(presence, mark) {
-            dropped.kept.push(name.clone());
-            continue;
-        }
+    for (kind, name) in drop {
         let sql = match kind {
             // WITH (FORCE) ends the sessions still connected to it (PostgreSQL 13+).
             ObjectKind::Database => {
-                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name))
+                format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident(&name)
+                )
             }
-            ObjectKind::User => format!("DROP ROLE IF EXISTS {}", quote_ident(no_nul(name)?)),
+            ObjectKind::User => format!("DROP ROLE IF EXISTS {}", quote_ident(no_nul(&name)?)),
         };
         client.batch_execute(&sql).await.map_err(classify)?;
-        dropped.dropped.push(name.clone());
+        dropped.dropped.push(name);
     }
     Ok(dropped)
 }
