@@ -18,6 +18,7 @@ pub mod control_plane;
 pub mod databases;
 pub mod fixtures;
 pub mod manifests;
+pub mod node;
 pub mod operator;
 pub(crate) mod pki;
 pub mod ports;

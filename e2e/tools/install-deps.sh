@@ -19,6 +19,12 @@ command -v git >/dev/null || need+=(git)
 command -v go >/dev/null || need+=(golang-go)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v influxd >/dev/null || need+=(influxdb)
+# The real node: runc's seccomp support, and what kube-proxy and the
+# NetworkPolicy enforcer (kube-router) call.
+[ -e /usr/include/seccomp.h ] || need+=(libseccomp-dev)
+command -v iptables >/dev/null || need+=(iptables)
+command -v ipset >/dev/null || need+=(ipset)
+command -v conntrack >/dev/null || need+=(conntrack)
 if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]}"
   as_root apt-get update -qq

@@ -1,0 +1,525 @@
+//! A real node on this machine, in network and mount namespaces of its own:
+//! containerd (with runc) runs there, on the node address 10.250.0.2, with
+//! the kernel settings kubelet checks masked inside its private mount
+//! namespace so the host's values never change. Everything it starts is
+//! recorded (`~/.cache/dbps/real-node/<id>.json`: the namespace holder's pid
+//! and start time, the cgroups it made) and removed by that record — on
+//! drop, or by the next start when a run was killed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::process::Process;
+
+/// The node's address, on its own loopback device, inside its namespace.
+pub const NODE_IP: &str = "10.250.0.2";
+
+/// Kernel settings kubelet wants, masked (bind-mounted) inside the node's
+/// mount namespace: kubelet reads them there (`protectKernelDefaults`) and
+/// never writes the host's.
+pub const MASKED_SYSCTLS: &[(&str, &str)] = &[
+    ("vm/overcommit_memory", "1"),
+    ("vm/panic_on_oom", "0"),
+    ("kernel/panic", "10"),
+    ("kernel/panic_on_oops", "1"),
+    ("kernel/keys/root_maxkeys", "1000000"),
+    ("kernel/keys/root_maxbytes", "25000000"),
+];
+
+/// Host-wide settings a node could be tempted to change; a run must leave
+/// them as it found them.
+pub const WATCHED_SYSCTLS: &[&str] = &[
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+    "net/ipv4/ip_forward",
+    "net/netfilter/nf_conntrack_max",
+];
+
+/// The host's values of [`WATCHED_SYSCTLS`].
+pub fn host_sysctls() -> Vec<(String, String)> {
+    WATCHED_SYSCTLS
+        .iter()
+        .map(|s| {
+            let v = std::fs::read_to_string(Path::new("/proc/sys").join(s)).unwrap_or_default();
+            (s.to_string(), v.trim().to_string())
+        })
+        .collect()
+}
+
+/// What a run leaves to be removed, written before it is made.
+#[derive(Serialize, Deserialize, Default, Debug)]
+struct Record {
+    holder_pid: u32,
+    holder_start: u64,
+    /// Cgroup directories this run made, parents first.
+    cgroups: Vec<PathBuf>,
+    dir: PathBuf,
+}
+
+fn records_dir() -> PathBuf {
+    std::env::var_os("DBPS_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dbps")
+        })
+        .join("real-node")
+}
+
+/// Start time of process `pid` (field 22 of `/proc/<pid>/stat`), which tells
+/// a recorded process from a later one with the same pid.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The processes in a cgroup directory (and below it).
+fn cgroup_pids(dir: &Path) -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pids.extend(cgroup_pids(&entry.path()));
+            }
+        }
+    }
+    pids
+}
+
+/// Removes a cgroup directory and the ones kubelet and runc made below it.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+impl Record {
+    /// Ends everything the record names: processes in its cgroups, its
+    /// namespace holder (the namespaces, their mounts and links go with it),
+    /// then the cgroups and the directory.
+    fn remove(&self) {
+        for _ in 0..3 {
+            let mut killed = false;
+            for cg in self.cgroups.iter().rev() {
+                for pid in cgroup_pids(cg) {
+                    // SAFETY: a process inside a cgroup this run made.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                    killed = true;
+                }
+            }
+            if !killed {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if start_time(self.holder_pid) == Some(self.holder_start) {
+            // SAFETY: the recorded holder, recognised by its start time.
+            unsafe { libc::kill(self.holder_pid as libc::pid_t, libc::SIGKILL) };
+            for _ in 0..50 {
+                if start_time(self.holder_pid) != Some(self.holder_start) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        for cg in self.cgroups.iter().rev() {
+            remove_cgroup_tree(cg);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes what runs that were killed before their teardown left behind.
+pub fn sweep_leftovers() {
+    let Ok(entries) = std::fs::read_dir(records_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(record) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+        else {
+            continue;
+        };
+        // A run whose holder still runs under the process that started it
+        // is alive; any other record is what a killed run left.
+        let alive = start_time(record.holder_pid) == Some(record.holder_start)
+            && !is_orphan(record.holder_pid);
+        if !alive {
+            record.remove();
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Whether the run that started holder `pid` is gone (its parent is init).
+fn is_orphan(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ppid = stat
+        .rsplit_once(')')
+        .and_then(|(_, after)| after.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+    ppid.is_none_or(|p| p == 1)
+}
+
+/// The node's namespaces with containerd running in them.
+pub struct Node {
+    id: String,
+    dir: PathBuf,
+    bin: PathBuf,
+    record_path: PathBuf,
+    record: Record,
+    holder: Option<Process>,
+    procs: Vec<Process>,
+    /// The cgroup (one path in every hierarchy) the node's pods go under.
+    pub cgroup_root: String,
+}
+
+const SETUP: &str = r#"set -eu
+ip link set lo up
+ip addr add "$NODE_IP/32" dev lo
+echo 1 > /proc/sys/net/ipv4/ip_forward
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p "$D/varlog" "$D/sysctl"
+mount --bind "$D/varlog" /var/log
+for s in $MASKS; do
+  p=${s%%=*}; v=${s#*=}; f="$D/sysctl/$(echo "$p" | tr / _)"
+  echo "$v" > "$f"
+  mount --bind "$f" "/proc/sys/$p"
+done
+touch "$D/ready"
+exec sleep infinity
+"#;
+
+impl Node {
+    /// Why a real node cannot run here, if it cannot.
+    pub fn unavailable() -> Option<String> {
+        // SAFETY: plain getter.
+        if unsafe { libc::geteuid() } != 0 {
+            return Some("the real node needs root".into());
+        }
+        for tool in ["unshare", "nsenter", "ip", "mount", "iptables", "ipset"] {
+            let found = std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
+                .unwrap_or(false)
+                || Path::new("/usr/sbin").join(tool).exists();
+            if !found {
+                return Some(format!("{tool} is not installed"));
+            }
+        }
+        if !Path::new("/sys/fs/cgroup/memory").exists() {
+            return Some("no cgroup v1 memory hierarchy".into());
+        }
+        None
+    }
+
+    /// Starts the namespaces and containerd, with the node binaries in `bin`.
+    pub async fn start(bin: &Path) -> Result<Self, Error> {
+        if let Some(why) = Self::unavailable() {
+            return Err(Error::Binaries(why));
+        }
+        sweep_leftovers();
+        let id = format!("{:08x}", rand_id());
+        let dir = std::env::temp_dir().join(format!("dbps-node-{id}"));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("node dir", e))?;
+        let records = records_dir();
+        std::fs::create_dir_all(&records).map_err(|e| Error::io("records dir", e))?;
+        let masks = MASKED_SYSCTLS
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let holder = Process::spawn(
+            "node-namespaces",
+            Path::new("/usr/bin/unshare"),
+            &[
+                "--net".into(),
+                "--mount".into(),
+                "--propagation".into(),
+                "private".into(),
+                "--".into(),
+                "/bin/sh".into(),
+                "-c".into(),
+                SETUP.into(),
+            ],
+            &dir,
+            |cmd| {
+                cmd.env("D", &dir)
+                    .env("NODE_IP", NODE_IP)
+                    .env("MASKS", &masks);
+            },
+        )?;
+        let holder_pid = holder.pid().unwrap_or_default();
+        let mut node = Node {
+            id: id.clone(),
+            record_path: records.join(format!("{id}.json")),
+            record: Record {
+                holder_pid,
+                holder_start: start_time(holder_pid).unwrap_or_default(),
+                cgroups: Vec::new(),
+                dir: dir.clone(),
+            },
+            dir,
+            bin: bin.to_path_buf(),
+            holder: Some(holder),
+            procs: Vec::new(),
+            cgroup_root: String::new(),
+        };
+        node.save_record()?;
+        let ready = node.dir.join("ready");
+        node.holder
+            .as_mut()
+            .unwrap()
+            .wait_until(Duration::from_secs(10), || {
+                let ready = ready.clone();
+                async move { ready.exists() }
+            })
+            .await?;
+        node.make_cgroups()?;
+        node.start_containerd().await?;
+        Ok(node)
+    }
+
+    fn save_record(&self) -> Result<(), Error> {
+        let text = serde_json::to_vec(&self.record).expect("record serializes");
+        std::fs::write(&self.record_path, text).map_err(|e| Error::io("write node record", e))
+    }
+
+    /// One cgroup path in every v1 hierarchy, under this process's memory
+    /// cgroup (so the node's pods count against the same memory limit).
+    fn make_cgroups(&mut self) -> Result<(), Error> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let memory_path = own
+            .lines()
+            .find_map(|l| {
+                l.split(':')
+                    .nth(2)
+                    .filter(|_| l.split(':').nth(1) == Some("memory"))
+            })
+            .unwrap_or("/")
+            .trim_end_matches('/')
+            .to_string();
+        self.cgroup_root = format!("{memory_path}/dbps-node-{}", self.id);
+        let hierarchies = [
+            "cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer", "systemd",
+        ];
+        for h in hierarchies {
+            let base = Path::new("/sys/fs/cgroup").join(h);
+            if !base.exists() {
+                continue;
+            }
+            let mut path = base.clone();
+            for part in self.cgroup_root.trim_start_matches('/').split('/') {
+                let parent = path.clone();
+                path = path.join(part);
+                if path.exists() {
+                    continue;
+                }
+                self.record.cgroups.push(path.clone());
+                self.save_record()?;
+                std::fs::create_dir(&path)
+                    .map_err(|e| Error::io(format!("create cgroup {}", path.display()), e))?;
+                if h == "cpuset" {
+                    for f in ["cpuset.cpus", "cpuset.mems"] {
+                        let v = std::fs::read_to_string(parent.join(f)).unwrap_or_default();
+                        std::fs::write(path.join(f), v.trim())
+                            .map_err(|e| Error::io(format!("write {f}"), e))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves `pid` into the node's cgroup `sub` (made under the root).
+    fn enter_cgroup(&mut self, pid: u32, sub: &str) -> Result<(), Error> {
+        for h in [
+            "cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer",
+        ] {
+            let root = Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join(self.cgroup_root.trim_start_matches('/'));
+            let path = root.join(sub);
+            if !path.exists() {
+                std::fs::create_dir(&path)
+                    .map_err(|e| Error::io(format!("create cgroup {}", path.display()), e))?;
+                if h == "cpuset" {
+                    for f in ["cpuset.cpus", "cpuset.mems"] {
+                        let v = std::fs::read_to_string(root.join(f)).unwrap_or_default();
+                        let _ = std::fs::write(path.join(f), v.trim());
+                    }
+                }
+            }
+            std::fs::write(path.join("cgroup.procs"), pid.to_string())
+                .map_err(|e| Error::io(format!("enter cgroup {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Path of the node's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The containerd socket.
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    /// `nsenter` arguments that run a program inside the node's namespaces.
+    fn inside(&self, program: &Path, args: &[String]) -> Vec<String> {
+        let mut all = vec![
+            "--target".to_string(),
+            self.record.holder_pid.to_string(),
+            "--net".into(),
+            "--mount".into(),
+            "--".into(),
+            program.display().to_string(),
+        ];
+        all.extend(args.iter().cloned());
+        all
+    }
+
+    /// Runs `program` inside the node's namespaces and returns its output.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<std::process::Output, Error> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let program = if program.contains('/') {
+            PathBuf::from(program)
+        } else {
+            self.bin.join(program)
+        };
+        let program = if program.exists() {
+            program
+        } else {
+            PathBuf::from(program.file_name().unwrap_or_default())
+        };
+        Command::new("nsenter")
+            .args(self.inside(&program, &args))
+            .env("PATH", self.path_env())
+            .output()
+            .map_err(|e| Error::io("nsenter", e))
+    }
+
+    fn path_env(&self) -> String {
+        format!(
+            "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            self.bin.display()
+        )
+    }
+
+    async fn start_containerd(&mut self) -> Result<(), Error> {
+        let d = &self.dir;
+        let config = d.join("containerd.toml");
+        let text = format!(
+            r#"version = 3
+root = "{root}"
+state = "/run/containerd"
+oom_score = 0
+[grpc]
+  address = "{sock}"
+[plugins."io.containerd.cri.v1.runtime"]
+  enable_selinux = false
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        BinaryName = "{bin}/runc"
+        SystemdCgroup = false
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{bin}"]
+    conf_dir = "{d}/cni/net.d"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "registry.k8s.io/pause:3.10.2"
+"#,
+            root = d.join("containerd").display(),
+            sock = self.containerd_socket().display(),
+            bin = self.bin.display(),
+            d = d.display(),
+        );
+        std::fs::create_dir_all(d.join("cni/net.d")).map_err(|e| Error::io("cni dir", e))?;
+        std::fs::write(&config, text).map_err(|e| Error::io("write containerd config", e))?;
+        let args = self.inside(
+            &self.bin.join("containerd"),
+            &["--config".into(), config.display().to_string()],
+        );
+        let path = self.path_env();
+        let mut containerd = Process::spawn(
+            "containerd",
+            Path::new("/usr/bin/nsenter"),
+            &args,
+            d,
+            |cmd| {
+                cmd.env("PATH", path);
+            },
+        )?;
+        if let Some(pid) = containerd.pid() {
+            // containerd and the shims it starts live in the node's cgroup.
+            self.enter_cgroup(pid, "runtime")?;
+        }
+        let sock = self.containerd_socket();
+        let ctr = self.bin.join("ctr");
+        containerd
+            .wait_until(Duration::from_secs(30), || {
+                let (sock, ctr) = (sock.clone(), ctr.clone());
+                async move {
+                    Command::new(&ctr)
+                        .args(["--address", &sock.display().to_string(), "version"])
+                        .output()
+                        .is_ok_and(|o| o.status.success())
+                }
+            })
+            .await?;
+        self.procs.push(containerd);
+        Ok(())
+    }
+
+    /// Stops every process and removes what the record names.
+    pub fn stop(&mut self) {
+        for p in self.procs.iter_mut().rev() {
+            p.stop();
+        }
+        self.procs.clear();
+        if let Some(mut holder) = self.holder.take() {
+            // Processes of the node's cgroups first, then the holder.
+            self.record.remove();
+            holder.stop();
+        }
+        let _ = std::fs::remove_file(&self.record_path);
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn rand_id() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    u32::from_le_bytes(b)
+}

@@ -1,0 +1,92 @@
+//! The real node's foundation: its own network and mount namespaces on this
+//! machine, containerd running there, the kernel settings kubelet checks
+//! masked inside, and nothing left behind — no process, cgroup, directory
+//! or record, and every host-wide setting as it was.
+
+use std::path::PathBuf;
+
+use dbps_e2e::node::{NODE_IP, Node, host_sysctls};
+
+fn node_binaries() -> PathBuf {
+    let out = std::process::Command::new("e2e/tools/build-binaries.sh")
+        .arg("--node")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("run build-binaries.sh --node");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim(),
+    )
+}
+
+fn host(cmd: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(cmd).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_node_runs_containerd_in_namespaces_of_its_own_and_leaves_nothing() {
+    let bin = node_binaries();
+    let sysctls_before = host_sysctls();
+    let links_before = host("ip", &["-o", "link"]);
+
+    let node = Node::start(&bin).await.unwrap();
+    let dir = node.dir().to_path_buf();
+
+    // The node's address exists inside only.
+    let inside = node.run("ip", &["-o", "addr"]).unwrap();
+    assert!(String::from_utf8_lossy(&inside.stdout).contains(NODE_IP));
+    assert!(!host("ip", &["-o", "addr"]).contains(NODE_IP));
+    // Inside, kubelet sees the kernel settings it wants; the host keeps its own.
+    let masked = node
+        .run("cat", &["/proc/sys/kernel/panic_on_oops"])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&masked.stdout).trim(), "1");
+    let forward = node.run("cat", &["/proc/sys/net/ipv4/ip_forward"]).unwrap();
+    assert_eq!(String::from_utf8_lossy(&forward.stdout).trim(), "1");
+    assert_eq!(host_sysctls(), sysctls_before, "host settings changed");
+    // containerd answers, with its CRI plugin and runc.
+    let sock = node.containerd_socket().display().to_string();
+    let version = node.run("ctr", &["--address", &sock, "version"]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&version.stdout).contains("v2.4.2"),
+        "{}",
+        String::from_utf8_lossy(&version.stderr)
+    );
+    let plugins = node
+        .run("ctr", &["--address", &sock, "plugins", "ls"])
+        .unwrap();
+    let plugins = String::from_utf8_lossy(&plugins.stdout);
+    let cri = plugins
+        .lines()
+        .find(|l| l.contains("io.containerd.grpc.v1") && l.contains("cri"))
+        .unwrap_or_default();
+    assert!(cri.contains("ok"), "CRI plugin not ok:\n{plugins}");
+    let cgroup =
+        PathBuf::from("/sys/fs/cgroup/memory").join(node.cgroup_root.trim_start_matches('/'));
+    assert!(cgroup.join("runtime").exists());
+
+    drop(node);
+    assert!(!dir.exists(), "node directory left");
+    assert!(!cgroup.exists(), "cgroup left");
+    assert_eq!(host_sysctls(), sysctls_before, "host settings changed");
+    assert_eq!(
+        host("ip", &["-o", "link"]),
+        links_before,
+        "host links changed"
+    );
+    let records = std::fs::read_dir(
+        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/dbps/real-node"),
+    )
+    .map(|d| d.count())
+    .unwrap_or(0);
+    assert_eq!(records, 0, "a record was left");
+}
