@@ -158,7 +158,9 @@ impl ControlPlane {
                 ("--tls-cert-file", &path_str(&serving_crt)),
                 ("--tls-private-key-file", &path_str(&serving_key)),
                 ("--client-ca-file", &path_str(&ca_file)),
-                ("--authorization-mode", "RBAC"),
+                // Node: what a real node's kubelet may read and write.
+                ("--authorization-mode", "Node,RBAC"),
+                ("--enable-admission-plugins", "NodeRestriction"),
                 (
                     "--service-account-issuer",
                     "https://kubernetes.default.svc.cluster.local",
@@ -365,6 +367,20 @@ impl ControlPlane {
     }
 
     /// `https://127.0.0.1:<port>`.
+    /// The apiserver's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.server
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_default()
+    }
+
+    /// The CA that signed the apiserver's certificate (PEM file).
+    pub fn ca_file(&self) -> PathBuf {
+        self.path.join("ca.crt")
+    }
+
     pub fn server_url(&self) -> &str {
         &self.server
     }

@@ -61,6 +61,10 @@ struct Record {
     holder_start: u64,
     /// Cgroup directories this run made, parents first.
     cgroups: Vec<PathBuf>,
+    /// The node's cgroup path; kubelet and runc make it in hierarchies the
+    /// run did not (the cgroup v2 one of a hybrid host): removed in each.
+    #[serde(default)]
+    cgroup_root: String,
     dir: PathBuf,
 }
 
@@ -114,10 +118,29 @@ impl Record {
     /// Ends everything the record names: processes in its cgroups, its
     /// namespace holder (the namespaces, their mounts and links go with it),
     /// then the cgroups and the directory.
+    /// Every directory of the node's cgroup, in every hierarchy.
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = self.cgroups.clone();
+        if self.cgroup_root.contains("dbps-node-") {
+            let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten();
+            for h in hierarchies {
+                let dir = h.path().join(self.cgroup_root.trim_start_matches('/'));
+                if dir.exists() && !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+            }
+        }
+        dirs
+    }
+
     fn remove(&self) {
+        let cgroups = self.cgroup_dirs();
         for _ in 0..3 {
             let mut killed = false;
-            for cg in self.cgroups.iter().rev() {
+            for cg in cgroups.iter().rev() {
                 for pid in cgroup_pids(cg) {
                     // SAFETY: a process inside a cgroup this run made.
                     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -139,7 +162,7 @@ impl Record {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        for cg in self.cgroups.iter().rev() {
+        for cg in cgroups.iter().rev() {
             remove_cgroup_tree(cg);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -180,6 +203,94 @@ fn is_orphan(pid: u32) -> bool {
     ppid.is_none_or(|p| p == 1)
 }
 
+/// A TCP forwarder from an address inside the node's network namespace to
+/// one on the host's loopback: the node reaches the apiserver without any
+/// route or link between the namespaces. Its listening socket (which keeps
+/// the namespace alive) closes on drop.
+struct Forwarder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Forwarder {
+    fn start(
+        holder_pid: u32,
+        listen: std::net::SocketAddr,
+        target: std::net::SocketAddr,
+    ) -> Result<Self, Error> {
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::Ordering;
+        let node_ns = std::fs::File::open(format!("/proc/{holder_pid}/ns/net"))
+            .map_err(|e| Error::io("open the node's network namespace", e))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // This thread's own namespace, to come back to after binding.
+            let host_ns = match std::fs::File::open("/proc/thread-self/ns/net") {
+                Ok(f) => f,
+                Err(e) => return drop(tx.send(Err(e.to_string()))),
+            };
+            // SAFETY: setns on this thread only, with namespace fds it holds.
+            if unsafe { libc::setns(node_ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return drop(tx.send(Err(std::io::Error::last_os_error().to_string())));
+            }
+            let listener = std::net::TcpListener::bind(listen);
+            // SAFETY: as above, back to where the thread started.
+            unsafe { libc::setns(host_ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            let listener = match listener.and_then(|l| l.set_nonblocking(true).map(|_| l)) {
+                Ok(l) => l,
+                Err(e) => return drop(tx.send(Err(e.to_string()))),
+            };
+            let _ = tx.send(Ok(()));
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((inbound, _)) => {
+                        std::thread::spawn(move || pipe(inbound, target));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => Ok(Self {
+                stop,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => Err(Error::Binaries(format!("forwarder {listen}: {e}"))),
+            Err(_) => Err(Error::Binaries(format!("forwarder {listen}: no answer"))),
+        }
+    }
+}
+
+/// Copies both ways between `inbound` and a new connection to `target`.
+fn pipe(inbound: std::net::TcpStream, target: std::net::SocketAddr) {
+    let _ = inbound.set_nonblocking(false);
+    let Ok(outbound) = std::net::TcpStream::connect(target) else {
+        return;
+    };
+    let (Ok(mut a), Ok(mut b)) = (inbound.try_clone(), outbound.try_clone()) else {
+        return;
+    };
+    let back = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut b, &mut a);
+        let _ = a.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut inbound, mut outbound) = (inbound, outbound);
+    let _ = std::io::copy(&mut inbound, &mut outbound);
+    let _ = outbound.shutdown(std::net::Shutdown::Write);
+    let _ = back.join();
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The node's namespaces with containerd running in them.
 pub struct Node {
     id: String,
@@ -189,9 +300,16 @@ pub struct Node {
     record: Record,
     holder: Option<Process>,
     procs: Vec<Process>,
+    forwarders: Vec<Forwarder>,
     /// The cgroup (one path in every hierarchy) the node's pods go under.
     pub cgroup_root: String,
 }
+
+/// Name of the real node in the cluster.
+pub const NODE_NAME: &str = "dbps-node";
+
+/// The bridge network of the node's pods.
+pub const POD_CIDR: &str = "10.244.0.0/24";
 
 const SETUP: &str = r#"set -eu
 ip link set lo up
@@ -275,12 +393,14 @@ impl Node {
                 holder_pid,
                 holder_start: start_time(holder_pid).unwrap_or_default(),
                 cgroups: Vec::new(),
+                cgroup_root: String::new(),
                 dir: dir.clone(),
             },
             dir,
             bin: bin.to_path_buf(),
             holder: Some(holder),
             procs: Vec::new(),
+            forwarders: Vec::new(),
             cgroup_root: String::new(),
         };
         node.save_record()?;
@@ -318,6 +438,8 @@ impl Node {
             .trim_end_matches('/')
             .to_string();
         self.cgroup_root = format!("{memory_path}/dbps-node-{}", self.id);
+        self.record.cgroup_root = self.cgroup_root.clone();
+        self.save_record()?;
         let hierarchies = [
             "cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer", "systemd",
         ];
@@ -496,12 +618,130 @@ oom_score = 0
         Ok(())
     }
 
+    /// Joins the node to `plane`: the apiserver is forwarded into the
+    /// node's namespace (on 127.0.0.1 and the node address, same port), the
+    /// pod network is a bridge inside it, and kubelet registers the node
+    /// `dbps-node` and waits until it is Ready.
+    pub async fn join(&mut self, plane: &crate::ControlPlane) -> Result<(), Error> {
+        let port = plane.port();
+        let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        for ip in [[127, 0, 0, 1], [10, 250, 0, 2]] {
+            let listen: std::net::SocketAddr = (ip, port).into();
+            self.forwarders
+                .push(Forwarder::start(self.record.holder_pid, listen, target)?);
+        }
+        let d = self.dir.clone();
+        // Pods: a bridge inside the namespace, no masquerade (no way out).
+        let cni = format!(
+            r#"{{"cniVersion": "1.0.0", "name": "dbps-pods", "plugins": [
+  {{"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+    "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{POD_CIDR}"}}]], "dataDir": "{ipam}"}}}},
+  {{"type": "portmap", "capabilities": {{"portMappings": true}}}}
+]}}"#,
+            ipam = d.join("cni-ipam").display()
+        );
+        std::fs::write(d.join("cni/net.d/10-dbps.conflist"), cni)
+            .map_err(|e| Error::io("write CNI config", e))?;
+        std::fs::write(d.join("resolv.conf"), "search cluster.local\n")
+            .map_err(|e| Error::io("write resolv.conf", e))?;
+        let kubeconfig =
+            plane.write_kubeconfig(&format!("system:node:{NODE_NAME}"), &["system:nodes"])?;
+        let healthz = crate::ports::free_port()?;
+        let config = format!(
+            r#"apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: {cgroup_root}
+protectKernelDefaults: true
+oomScoreAdj: 0
+containerRuntimeEndpoint: unix://{sock}
+address: {NODE_IP}
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: {healthz}
+authentication:
+  anonymous: {{enabled: false}}
+  webhook: {{enabled: true}}
+  x509: {{clientCAFile: {ca}}}
+authorization: {{mode: Webhook}}
+clusterDomain: cluster.local
+clusterDNS: [10.96.0.10]
+resolvConf: {d}/resolv.conf
+podLogsDir: {d}/pod-logs
+failSwapOn: false
+localStorageCapacityIsolation: false
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {{memory.available: "50Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}}
+serializeImagePulls: false
+registerNode: true
+"#,
+            cgroup_root = self.cgroup_root,
+            sock = self.containerd_socket().display(),
+            ca = plane.ca_file().display(),
+            d = d.display(),
+        );
+        let config_path = d.join("kubelet.yaml");
+        std::fs::write(&config_path, config).map_err(|e| Error::io("write kubelet config", e))?;
+        let args = self.inside(
+            &self.bin.join("kubelet"),
+            &[
+                "--config".into(),
+                config_path.display().to_string(),
+                "--kubeconfig".into(),
+                kubeconfig.display().to_string(),
+                "--root-dir".into(),
+                d.join("kubelet").display().to_string(),
+                "--hostname-override".into(),
+                NODE_NAME.into(),
+                "--node-ip".into(),
+                NODE_IP.into(),
+                "--v".into(),
+                "1".into(),
+            ],
+        );
+        let path = self.path_env();
+        let mut kubelet =
+            Process::spawn("kubelet", Path::new("/usr/bin/nsenter"), &args, &d, |cmd| {
+                cmd.env("PATH", path);
+            })?;
+        if let Some(pid) = kubelet.pid() {
+            self.enter_cgroup(pid, "kubelet")?;
+        }
+        let client = plane.client().await?;
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+        kubelet
+            .wait_until(Duration::from_secs(90), || {
+                let nodes = nodes.clone();
+                async move {
+                    nodes
+                        .get_opt(NODE_NAME)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some_and(|n| {
+                            n.status
+                                .and_then(|s| s.conditions)
+                                .unwrap_or_default()
+                                .iter()
+                                .any(|c| c.type_ == "Ready" && c.status == "True")
+                        })
+                }
+            })
+            .await?;
+        self.procs.push(kubelet);
+        Ok(())
+    }
+
     /// Stops every process and removes what the record names.
     pub fn stop(&mut self) {
         for p in self.procs.iter_mut().rev() {
             p.stop();
         }
         self.procs.clear();
+        self.forwarders.clear();
         if let Some(mut holder) = self.holder.take() {
             // Processes of the node's cgroups first, then the holder.
             self.record.remove();

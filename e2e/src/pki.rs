@@ -52,6 +52,13 @@ impl Authority {
         params
             .subject_alt_names
             .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        // The apiserver as the real node and its pods reach it: the node's
+        // address and the `kubernetes` Service's cluster IP.
+        for ip in [[10, 250, 0, 2], [10, 96, 0, 1]] {
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress(std::net::Ipv4Addr::from(ip).into()));
+        }
         params.distinguished_name = name(common_name, &[]);
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

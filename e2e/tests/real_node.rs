@@ -90,3 +90,28 @@ async fn the_node_runs_containerd_in_namespaces_of_its_own_and_leaves_nothing() 
     .unwrap_or(0);
     assert_eq!(records, 0, "a record was left");
 }
+
+#[tokio::test]
+async fn kubelet_registers_the_node_and_it_becomes_ready() {
+    let bin = node_binaries();
+    let sysctls_before = host_sysctls();
+    let plane = dbps_e2e::shared().await.unwrap();
+    let mut node = Node::start(&bin).await.unwrap();
+    node.join(plane).await.unwrap();
+    let client = plane.client().await.unwrap();
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let ready = nodes.get(dbps_e2e::node::NODE_NAME).await.unwrap();
+    let addresses = ready.status.unwrap().addresses.unwrap_or_default();
+    assert!(
+        addresses.iter().any(|a| a.address == NODE_IP),
+        "{addresses:?}"
+    );
+    assert_eq!(host_sysctls(), sysctls_before, "host settings changed");
+    let cgroup_root = node.cgroup_root.clone();
+    drop(node);
+    assert_eq!(host_sysctls(), sysctls_before, "host settings changed");
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let left = hierarchy.path().join(cgroup_root.trim_start_matches('/'));
+        assert!(!left.exists(), "cgroup left: {}", left.display());
+    }
+}
