@@ -17,6 +17,7 @@ pub mod claims;
 pub mod control_plane;
 pub mod databases;
 pub mod fixtures;
+pub mod images;
 pub mod manifests;
 pub mod node;
 pub mod operator;

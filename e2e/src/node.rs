@@ -644,6 +644,7 @@ oom_score = 0
             .map_err(|e| Error::io("write CNI config", e))?;
         std::fs::write(d.join("resolv.conf"), "search cluster.local\n")
             .map_err(|e| Error::io("write resolv.conf", e))?;
+        self.import(&crate::images::pause(&self.bin))?;
         let kubeconfig =
             plane.write_kubeconfig(&format!("system:node:{NODE_NAME}"), &["system:nodes"])?;
         let healthz = crate::ports::free_port()?;
@@ -735,6 +736,26 @@ registerNode: true
         Ok(())
     }
 
+    /// Imports `image` into containerd's `k8s.io` namespace (what kubelet uses).
+    pub fn import(&self, image: &crate::images::Image) -> Result<(), Error> {
+        let tar = image.write(&self.dir)?;
+        let out = Command::new(self.bin.join("ctr"))
+            .args(["--address", &self.containerd_socket().display().to_string()])
+            .args(["--namespace", "k8s.io", "images", "import"])
+            .arg(&tar)
+            .output()
+            .map_err(|e| Error::io("ctr images import", e))?;
+        let _ = std::fs::remove_file(&tar);
+        if !out.status.success() {
+            return Err(Error::Binaries(format!(
+                "importing {}: {}",
+                image.name,
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
+    }
+
     /// Stops every process and removes what the record names.
     pub fn stop(&mut self) {
         for p in self.procs.iter_mut().rev() {
@@ -742,6 +763,17 @@ registerNode: true
         }
         self.procs.clear();
         self.forwarders.clear();
+        if std::env::var_os("DBPS_KEEP_NODE_LOGS").is_some() {
+            // The components' logs outlive the node, for a look after a failure.
+            let keep = std::env::temp_dir().join(format!("dbps-node-logs-{}", self.id));
+            let _ = std::fs::create_dir_all(&keep);
+            for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+                if entry.path().extension().is_some_and(|e| e == "log") {
+                    let _ = std::fs::copy(entry.path(), keep.join(entry.file_name()));
+                }
+            }
+            eprintln!("node logs kept in {}", keep.display());
+        }
         if let Some(mut holder) = self.holder.take() {
             // Processes of the node's cgroups first, then the holder.
             self.record.remove();

@@ -92,22 +92,62 @@ async fn the_node_runs_containerd_in_namespaces_of_its_own_and_leaves_nothing() 
 }
 
 #[tokio::test]
-async fn kubelet_registers_the_node_and_it_becomes_ready() {
+async fn kubelet_joins_and_a_pod_runs_from_an_image_built_here() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::PostParams;
     let bin = node_binaries();
     let sysctls_before = host_sysctls();
-    let plane = dbps_e2e::shared().await.unwrap();
+    let ctx = dbps_e2e::TestContext::new("real-pod").await.unwrap();
     let mut node = Node::start(&bin).await.unwrap();
-    node.join(plane).await.unwrap();
-    let client = plane.client().await.unwrap();
-    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+    let started = std::time::Instant::now();
+    node.join(ctx.plane).await.unwrap();
+    eprintln!("node Ready {:?} after the join began", started.elapsed());
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(ctx.client.clone());
     let ready = nodes.get(dbps_e2e::node::NODE_NAME).await.unwrap();
     let addresses = ready.status.unwrap().addresses.unwrap_or_default();
     assert!(
         addresses.iter().any(|a| a.address == NODE_IP),
         "{addresses:?}"
     );
-    assert_eq!(host_sysctls(), sysctls_before, "host settings changed");
+    node.import(&dbps_e2e::images::busybox()).unwrap();
+
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "hello" },
+        "spec": {
+            "nodeName": dbps_e2e::node::NODE_NAME,
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "hello", "image": "dbps.local/busybox:1.35.0", "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "echo hello from $(cat /proc/sys/kernel/hostname)"],
+                "securityContext": { "allowPrivilegeEscalation": false, "runAsNonRoot": true,
+                    "capabilities": { "drop": ["ALL"] }, "seccompProfile": { "type": "RuntimeDefault" } }
+            }]
+        }
+    }))
+    .unwrap();
+    let accounts = ctx.api::<k8s_openapi::api::core::v1::ServiceAccount>();
+    ctx.wait_for(
+        &accounts,
+        "default",
+        "default ServiceAccount",
+        |a: Option<&k8s_openapi::api::core::v1::ServiceAccount>| a.is_some(),
+    )
+    .await;
+    let pods = ctx.api::<Pod>();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let done = ctx
+        .wait_for(&pods, "hello", "pod Succeeded", |p: Option<&Pod>| {
+            p.and_then(|p| p.status.as_ref()?.phase.clone())
+                .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
+        })
+        .await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase.as_deref(), Some("Succeeded"), "{status:#?}");
+    assert!(status.pod_ip.is_some_and(|ip| ip.starts_with("10.244.0.")));
+
     let cgroup_root = node.cgroup_root.clone();
+    assert_eq!(host_sysctls(), sysctls_before, "host settings changed");
     drop(node);
     assert_eq!(host_sysctls(), sysctls_before, "host settings changed");
     for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {

@@ -25,6 +25,8 @@ command -v influxd >/dev/null || need+=(influxdb)
 command -v iptables >/dev/null || need+=(iptables)
 command -v ipset >/dev/null || need+=(ipset)
 command -v conntrack >/dev/null || need+=(conntrack)
+# A static shell and network tools for the real node's test pods.
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   step "installing ${need[*]}"
   as_root apt-get update -qq
