@@ -733,6 +733,87 @@ registerNode: true
             })
             .await?;
         self.procs.push(kubelet);
+        self.start_kube_router(plane).await
+    }
+
+    /// kube-router's network-policy controller (firewall only: it neither
+    /// routes nor proxies, so it changes no kernel setting): NetworkPolicies
+    /// become iptables rules and ipsets inside the node's namespace.
+    async fn start_kube_router(&mut self, plane: &crate::ControlPlane) -> Result<(), Error> {
+        let user = "system:dbps-node:kube-router";
+        let client = plane.client().await?;
+        let rbac = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": { "name": "dbps-node:kube-router" },
+            "rules": [
+                { "apiGroups": [""], "resources": ["pods", "namespaces", "nodes", "services", "endpoints"], "verbs": ["get", "list", "watch"] },
+                { "apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch"] },
+                { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"] }
+            ]
+        });
+        let binding = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": { "name": "dbps-node:kube-router" },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "dbps-node:kube-router" },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }]
+        });
+        let params = kube::api::PatchParams::apply("dbps-e2e").force();
+        kube::Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone())
+            .patch(
+                "dbps-node:kube-router",
+                &params,
+                &kube::api::Patch::Apply(rbac),
+            )
+            .await?;
+        kube::Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client)
+            .patch(
+                "dbps-node:kube-router",
+                &params,
+                &kube::api::Patch::Apply(binding),
+            )
+            .await?;
+        let kubeconfig = plane.write_kubeconfig(user, &[])?;
+        let args = self.inside(
+            &self.bin.join("kube-router"),
+            &[
+                "--run-firewall=true".into(),
+                "--run-router=false".into(),
+                "--run-service-proxy=false".into(),
+                format!("--hostname-override={NODE_NAME}"),
+                format!("--kubeconfig={}", kubeconfig.display()),
+                "--service-cluster-ip-range=10.96.0.0/24".into(),
+                "--health-port=0".into(),
+                "--metrics-port=0".into(),
+                "--iptables-sync-period=30s".into(),
+                "--v=1".into(),
+            ],
+        );
+        let path = self.path_env();
+        let mut router = Process::spawn(
+            "kube-router",
+            Path::new("/usr/bin/nsenter"),
+            &args,
+            &self.dir,
+            |cmd| {
+                cmd.env("PATH", path);
+            },
+        )?;
+        if let Some(pid) = router.pid() {
+            self.enter_cgroup(pid, "kube-router")?;
+        }
+        let holder = self.record.holder_pid.to_string();
+        router
+            .wait_until(Duration::from_secs(60), || {
+                let holder = holder.clone();
+                async move {
+                    Command::new("nsenter")
+                        .args(["--target", &holder, "--net", "--", "iptables", "-S"])
+                        .output()
+                        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("KUBE-ROUTER"))
+                }
+            })
+            .await?;
+        self.procs.push(router);
         Ok(())
     }
 

@@ -6,6 +6,30 @@
 use std::path::PathBuf;
 
 use dbps_e2e::node::{NODE_IP, Node, host_sysctls};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+/// A pod of the static BusyBox image on the real node, under Pod Security
+/// `restricted`, running `script`; `once`: it runs to completion.
+fn busybox_pod(name: &str, labels: serde_json::Value, script: &str, once: bool) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": labels },
+        "spec": {
+            "nodeName": dbps_e2e::node::NODE_NAME,
+            "restartPolicy": if once { "Never" } else { "Always" },
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "main", "image": "dbps.local/busybox:1.35.0", "imagePullPolicy": "Never",
+                "command": ["sh", "-c", script],
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "ports": [{ "name": "db", "containerPort": 5432 }],
+                "securityContext": { "allowPrivilegeEscalation": false, "runAsNonRoot": true,
+                    "capabilities": { "drop": ["ALL"] }, "seccompProfile": { "type": "RuntimeDefault" } }
+            }]
+        }
+    }))
+    .unwrap()
+}
 
 fn node_binaries() -> PathBuf {
     let out = std::process::Command::new("e2e/tools/build-binaries.sh")
@@ -93,7 +117,6 @@ async fn the_node_runs_containerd_in_namespaces_of_its_own_and_leaves_nothing() 
 
 #[tokio::test]
 async fn kubelet_joins_and_a_pod_runs_from_an_image_built_here() {
-    use k8s_openapi::api::core::v1::Pod;
     use kube::api::PostParams;
     let bin = node_binaries();
     let sysctls_before = host_sysctls();
@@ -145,6 +168,115 @@ async fn kubelet_joins_and_a_pod_runs_from_an_image_built_here() {
     let status = done.status.unwrap();
     assert_eq!(status.phase.as_deref(), Some("Succeeded"), "{status:#?}");
     assert!(status.pod_ip.is_some_and(|ip| ip.starts_with("10.244.0.")));
+
+    // The operator's own NetworkPolicy for a dedicated claim, enforced on
+    // real packets between pods: the owning service's pod reaches the
+    // database port, another service's pod of the same namespace does not.
+    let db = pods
+        .create(&PostParams::default(), &busybox_pod(
+            "orders-db-0",
+            json!({ "app.kubernetes.io/instance": "orders-db", "dbps.io/claim": "orders-db" }),
+            "mkdir -p /tmp/www && echo ok > /tmp/www/index.html && exec httpd -f -p 5432 -h /tmp/www",
+            false,
+        ))
+        .await
+        .unwrap();
+    let db = ctx
+        .wait_for(
+            &pods,
+            &db.metadata.name.unwrap(),
+            "database pod Running",
+            |p: Option<&Pod>| {
+                p.and_then(|p| p.status.as_ref())
+                    .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
+            },
+        )
+        .await;
+    let ip = db.status.unwrap().pod_ip.unwrap();
+    let probe = |name: String, service: &'static str| {
+        let pods = pods.clone();
+        let ip = ip.clone();
+        let ctx = &ctx;
+        async move {
+            let pod = busybox_pod(
+                &name,
+                json!({ "dbps.io/service": service }),
+                // BusyBox's nc connects without name resolution (its static
+                // wget does not survive glibc's resolver).
+                &format!("echo ping | nc -w 3 {ip} 5432"),
+                true,
+            );
+            pods.create(&PostParams::default(), &pod).await.unwrap();
+            let done = ctx
+                .wait_for(&pods, &name, "probe finished", |p: Option<&Pod>| {
+                    p.and_then(|p| p.status.as_ref()?.phase.clone())
+                        .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
+                })
+                .await;
+            let status = done.status.unwrap();
+            let ok = status.phase.as_deref() == Some("Succeeded");
+            if !ok {
+                let said = status
+                    .container_statuses
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|c| c.state?.terminated?.message)
+                    .collect::<Vec<_>>();
+                eprintln!("probe {name} ({service}) refused: {said:?}");
+            }
+            ok
+        }
+    };
+    assert!(
+        probe("intruder-before".into(), "intruder").await,
+        "without a policy the port is reachable (so a refusal below is the policy's)"
+    );
+    let claim: dbps_operator::api::DatabaseClaim = serde_yaml::from_str(&format!(
+        "{{apiVersion: dbps.io/v1alpha1, kind: DatabaseClaim, metadata: {{name: orders-db, namespace: {ns}, uid: u1}}, spec: {{serviceRef: {{name: orders}}, engine: postgres}}}}",
+        ns = ctx.namespace
+    ))
+    .unwrap();
+    let service: dbps_operator::api::Service = serde_yaml::from_str(&format!(
+        "{{apiVersion: dbps.io/v1alpha1, kind: Service, metadata: {{name: orders, namespace: {ns}}}, spec: {{}}}}",
+        ns = ctx.namespace
+    ))
+    .unwrap();
+    let credentials = dbps_operator::children::Credentials {
+        admin_password: String::new(),
+        app_password: String::new(),
+    };
+    let inputs = dbps_operator::children::Inputs {
+        claim: &claim,
+        service: &service,
+        credentials: &credentials,
+        cluster_domain: "cluster.local",
+    };
+    let mut policy = dbps_operator::children::network_policy(&inputs);
+    policy.metadata.owner_references = None;
+    ctx.api::<k8s_openapi::api::networking::v1::NetworkPolicy>()
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    // kube-router applies it within its sync; probe until the intruder is refused.
+    let mut refused_after = None;
+    for attempt in 0..20 {
+        if !probe(format!("intruder-{attempt}"), "intruder").await {
+            refused_after = Some(attempt);
+            break;
+        }
+    }
+    assert!(
+        refused_after.is_some(),
+        "the NetworkPolicy never refused the intruder"
+    );
+    assert!(
+        probe("orders".into(), "orders").await,
+        "the owning service is refused"
+    );
+    assert!(
+        !probe("intruder-again".into(), "intruder").await,
+        "the intruder got through"
+    );
 
     let cgroup_root = node.cgroup_root.clone();
     assert_eq!(host_sysctls(), sysctls_before, "host settings changed");
