@@ -10,14 +10,17 @@ use serde_json::json;
 use crate::Error;
 
 /// One image: its name, files and how it starts.
-pub struct Image<'a> {
+pub struct Image {
     /// `repository:tag`, as pods name it.
-    pub name: &'a str,
-    /// (path in the image, file on this machine), copied with their mode.
-    pub files: Vec<(&'a str, PathBuf)>,
+    pub name: String,
+    /// (path in the image, file or directory on this machine), copied with
+    /// their modes.
+    pub files: Vec<(String, PathBuf)>,
+    /// (path in the image, contents, mode): files written as they are.
+    pub texts: Vec<(String, String, u32)>,
     /// (link in the image, target).
-    pub links: Vec<(String, &'a str)>,
-    pub entrypoint: Vec<&'a str>,
+    pub links: Vec<(String, String)>,
+    pub entrypoint: Vec<String>,
     /// Numeric user the image runs as by default.
     pub user: Option<u32>,
 }
@@ -47,7 +50,7 @@ fn tar(dir: &Path, out: &Path, entries: &[&str]) -> Result<(), Error> {
     Ok(())
 }
 
-impl Image<'_> {
+impl Image {
     /// Writes the image as a docker-archive tarball in `work` and returns its path.
     pub fn write(&self, work: &Path) -> Result<PathBuf, Error> {
         let safe: String = self
@@ -63,12 +66,31 @@ impl Image<'_> {
             let dest = root.join(inside.trim_start_matches('/'));
             std::fs::create_dir_all(dest.parent().unwrap())
                 .map_err(|e| Error::io("image dir", e))?;
-            std::fs::copy(source, &dest)
-                .map_err(|e| Error::io(format!("copy {}", source.display()), e))?;
+            // cp -a keeps modes, copies directories whole; -L follows links.
+            let status = Command::new("cp")
+                .args(["-a", "-L"])
+                .arg(source)
+                .arg(&dest)
+                .status()
+                .map_err(|e| Error::io("cp", e))?;
+            if !status.success() {
+                return Err(Error::Binaries(format!(
+                    "copying {} into the image",
+                    source.display()
+                )));
+            }
+        }
+        for (inside, text, mode) in &self.texts {
+            use std::os::unix::fs::PermissionsExt;
+            let dest = root.join(inside.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap())
+                .map_err(|e| Error::io("image dir", e))?;
+            std::fs::write(&dest, text).map_err(|e| Error::io("image file", e))?;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(*mode))
+                .map_err(|e| Error::io("image file mode", e))?;
         }
         for (link, target) in &self.links {
             let dest = root.join(link.trim_start_matches('/'));
-            let target: &str = target;
             std::fs::create_dir_all(dest.parent().unwrap())
                 .map_err(|e| Error::io("image dir", e))?;
             std::os::unix::fs::symlink(target, &dest).map_err(|e| Error::io("image link", e))?;
@@ -85,7 +107,7 @@ impl Image<'_> {
             "os": "linux",
             "config": {
                 "Entrypoint": self.entrypoint,
-                "Env": ["PATH=/bin:/usr/bin:/sbin:/usr/sbin"],
+                "Env": ["PATH=/usr/local/bin:/bin:/usr/bin:/sbin:/usr/sbin", "TZ=UTC"],
                 "WorkingDir": "/",
             },
             "rootfs": { "type": "layers", "diff_ids": [diff_id] },
@@ -109,29 +131,152 @@ impl Image<'_> {
 }
 
 /// The pause image containerd runs each pod's sandbox from.
-pub fn pause(node_bin: &Path) -> Image<'static> {
+pub fn pause(node_bin: &Path) -> Image {
     Image {
-        name: "registry.k8s.io/pause:3.10.2",
-        files: vec![("/pause", node_bin.join("pause"))],
+        name: "registry.k8s.io/pause:3.10.2".into(),
+        files: vec![("/pause".into(), node_bin.join("pause"))],
+        texts: vec![],
         links: vec![],
-        entrypoint: vec!["/pause"],
+        entrypoint: vec!["/pause".into()],
         user: Some(65535),
     }
 }
 
 /// BusyBox (Debian's static build): a shell and network tools for test pods.
-pub fn busybox() -> Image<'static> {
+pub fn busybox() -> Image {
     let tools = [
-        "sh", "nc", "wget", "cat", "echo", "sleep", "nslookup", "ls", "env", "timeout",
+        "sh", "nc", "wget", "cat", "echo", "sleep", "nslookup", "ls", "env", "timeout", "httpd",
+        "mkdir",
     ];
     Image {
-        name: "dbps.local/busybox:1.35.0",
-        files: vec![("/bin/busybox", PathBuf::from("/bin/busybox"))],
+        name: "dbps.local/busybox:1.35.0".into(),
+        files: vec![("/bin/busybox".into(), PathBuf::from("/bin/busybox"))],
+        texts: vec![],
         links: tools
             .iter()
-            .map(|t| (format!("/bin/{t}"), "busybox"))
+            .map(|t| (format!("/bin/{t}"), "busybox".to_string()))
             .collect(),
-        entrypoint: vec!["/bin/sh"],
+        entrypoint: vec!["/bin/sh".into()],
         user: Some(65534),
     }
+}
+
+/// The shared libraries `binary` loads (from `ldd`), the loader included.
+fn libraries(binary: &Path) -> Vec<PathBuf> {
+    let out = Command::new("ldd").arg(binary).output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let path = match l.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// The first-boot contract of the official `postgres` image, for the image
+/// made from this machine's PostgreSQL: on an empty `$PGDATA`, `initdb` with
+/// `$POSTGRES_USER`/`$POSTGRES_PASSWORD`, the scripts of
+/// `/docker-entrypoint-initdb.d` against a server reachable only through its
+/// socket, then the server on every address with password authentication.
+const POSTGRES_ENTRYPOINT: &str = r#"#!/bin/sh
+set -eu
+: "${PGDATA:=/var/lib/postgresql/data}"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  mkdir -p "$PGDATA"
+  chmod 700 "$PGDATA"
+  pwfile=$(mktemp)
+  printf '%s' "$POSTGRES_PASSWORD" > "$pwfile"
+  initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$pwfile"     --auth-local=scram-sha-256 --auth-host=scram-sha-256 -E UTF8 --locale=C >/dev/null
+  rm -f "$pwfile"
+  echo "listen_addresses = '*'" >> "$PGDATA/postgresql.conf"
+  echo "unix_socket_directories = '/tmp'" >> "$PGDATA/postgresql.conf"
+  echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+  pg_ctl -D "$PGDATA" -w -o "-c listen_addresses=''" start >/dev/null
+  export PGHOST=/tmp PGPASSWORD="$POSTGRES_PASSWORD"
+  for f in /docker-entrypoint-initdb.d/*.sh; do
+    [ -e "$f" ] || continue
+    echo "running $f"
+    "$f"
+  done
+  pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
+  unset PGPASSWORD PGHOST
+fi
+exec postgres -D "$PGDATA"
+"#;
+
+/// `postgres:<major>` from this machine's PostgreSQL (Debian's packages):
+/// its programs, libraries and shared files, a static shell for the
+/// entrypoint, and the official image's first-boot contract
+/// ([`POSTGRES_ENTRYPOINT`]); user 999 as in the official image.
+pub fn postgres(major: &str) -> Result<Image, Error> {
+    let bindir = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    if !bindir.exists() {
+        return Err(Error::Binaries(format!(
+            "PostgreSQL {major} is not installed"
+        )));
+    }
+    let mut files: Vec<(String, PathBuf)> = vec![
+        (
+            format!("/usr/lib/postgresql/{major}"),
+            PathBuf::from(format!("/usr/lib/postgresql/{major}")),
+        ),
+        (
+            format!("/usr/share/postgresql/{major}"),
+            PathBuf::from(format!("/usr/share/postgresql/{major}")),
+        ),
+        (
+            "/usr/share/zoneinfo/UTC".into(),
+            PathBuf::from("/usr/share/zoneinfo/UTC"),
+        ),
+        ("/bin/busybox".into(), PathBuf::from("/bin/busybox")),
+    ];
+    let mut libs: Vec<PathBuf> = Vec::new();
+    let programs = ["postgres", "initdb", "pg_ctl", "psql", "pg_isready"];
+    let mut objects: Vec<PathBuf> = programs.iter().map(|p| bindir.join(p)).collect();
+    objects.extend(
+        std::fs::read_dir(format!("/usr/lib/postgresql/{major}/lib"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "so")),
+    );
+    for object in &objects {
+        for lib in libraries(object) {
+            if !libs.contains(&lib) && !lib.starts_with(format!("/usr/lib/postgresql/{major}")) {
+                libs.push(lib);
+            }
+        }
+    }
+    files.extend(libs.into_iter().map(|l| (l.display().to_string(), l)));
+    let tools = [
+        "sh", "mkdir", "chmod", "mktemp", "rm", "cat", "echo", "ls", "sleep",
+    ];
+    let mut links: Vec<(String, String)> = tools
+        .iter()
+        .map(|t| (format!("/bin/{t}"), "busybox".to_string()))
+        .collect();
+    for p in programs {
+        links.push((
+            format!("/usr/local/bin/{p}"),
+            format!("/usr/lib/postgresql/{major}/bin/{p}"),
+        ));
+    }
+    Ok(Image {
+        name: format!("postgres:{major}"),
+        files,
+        texts: vec![
+            ("/usr/local/bin/docker-entrypoint.sh".into(), POSTGRES_ENTRYPOINT.into(), 0o755),
+            ("/etc/passwd".into(), "root:x:0:0::/root:/bin/sh\npostgres:x:999:999::/var/lib/postgresql:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n".into(), 0o644),
+            ("/etc/group".into(), "root:x:0:\npostgres:x:999:\nnogroup:x:65534:\n".into(), 0o644),
+        ],
+        links,
+        entrypoint: vec!["/usr/local/bin/docker-entrypoint.sh".into()],
+        user: Some(999),
+    })
 }

@@ -308,6 +308,9 @@ pub struct Node {
 /// Name of the real node in the cluster.
 pub const NODE_NAME: &str = "dbps-node";
 
+/// StorageClass of the volumes made on the real node ([`Node::volume`]).
+pub const STORAGE_CLASS: &str = "dbps-node";
+
 /// The bridge network of the node's pods.
 pub const POD_CIDR: &str = "10.244.0.0/24";
 
@@ -835,6 +838,44 @@ registerNode: true
             )));
         }
         Ok(())
+    }
+
+    /// A volume on the node for the claim `pvc` of `namespace`: a directory
+    /// of the node's (writable by the non-root database users) behind a
+    /// PersistentVolume of StorageClass [`STORAGE_CLASS`] bound to that claim.
+    pub async fn volume(
+        &self,
+        plane: &crate::ControlPlane,
+        namespace: &str,
+        pvc: &str,
+        size: &str,
+    ) -> Result<String, Error> {
+        use std::os::unix::fs::PermissionsExt;
+        let name = format!("{}-{namespace}-{pvc}", NODE_NAME);
+        let dir = self.dir.join("volumes").join(&name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("volume dir", e))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| Error::io("volume dir mode", e))?;
+        let pv: k8s_openapi::api::core::v1::PersistentVolume =
+            serde_json::from_value(serde_json::json!({
+                "metadata": { "name": name },
+                "spec": {
+                    "capacity": { "storage": size },
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "storageClassName": STORAGE_CLASS,
+                    "claimRef": { "namespace": namespace, "name": pvc },
+                    "hostPath": { "path": dir.display().to_string(), "type": "Directory" },
+                    "nodeAffinity": { "required": { "nodeSelectorTerms": [{ "matchExpressions": [
+                        { "key": "kubernetes.io/hostname", "operator": "In", "values": [NODE_NAME] }
+                    ] }] } }
+                }
+            }))
+            .expect("static volume");
+        kube::Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(plane.client().await?)
+            .create(&Default::default(), &pv)
+            .await?;
+        Ok(name)
     }
 
     /// Stops every process and removes what the record names.

@@ -1,0 +1,227 @@
+//! A dedicated PostgreSQL claim on the real node: the operator's
+//! StatefulSet runs a real server (an image made here from this machine's
+//! PostgreSQL, with the official image's first-boot contract) under Pod
+//! Security `restricted`; a pod of the owning Service logs in with the
+//! binding dbps issued and keeps its data across a restart of the database
+//! pod; a pod of another Service of the same namespace is refused by the
+//! NetworkPolicy on real packets.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use dbps_e2e::claims::reason_is;
+use dbps_e2e::fixtures::{claim, service};
+use dbps_e2e::node::{NODE_NAME, Node, STORAGE_CLASS, host_sysctls};
+use dbps_e2e::{RunningOperator, TestContext};
+use dbps_operator::api::DatabaseClaim;
+use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+fn node_binaries() -> PathBuf {
+    let out = std::process::Command::new("e2e/tools/build-binaries.sh")
+        .arg("--node")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("run build-binaries.sh --node");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim(),
+    )
+}
+
+/// A pod of `service` that runs `sql` with psql against `host`, with the
+/// credentials of the binding Secret `binding` (by secretKeyRef, as a
+/// service would take them).
+fn psql_pod(name: &str, service: &str, binding: &str, host: &str, sql: &str) -> Pod {
+    let key = |k: &str| json!({ "secretKeyRef": { "name": binding, "key": k } });
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "dbps.io/service": service } },
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": { "runAsNonRoot": true, "runAsUser": 999, "seccompProfile": { "type": "RuntimeDefault" } },
+            "containers": [{
+                "name": "psql", "image": "postgres:15", "imagePullPolicy": "Never",
+                // As a service would, it retries for a while: the policy
+                // enforcer learns a new pod's address a moment after it starts.
+                "command": ["sh", "-c", format!(
+                    "for i in 1 2 3 4 5 6 7 8 9 10; do PGCONNECT_TIMEOUT=3 psql -v ON_ERROR_STOP=1 -tA -h {host} -U \"$DB_USER\" -d \"$DB_NAME\" -c \"{sql}\" && exit 0; sleep 1; done; exit 1"
+                )],
+                "env": [
+                    { "name": "DB_USER", "valueFrom": key("username") },
+                    { "name": "PGPASSWORD", "valueFrom": key("password") },
+                    { "name": "DB_NAME", "valueFrom": key("database") }
+                ],
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
+            }]
+        }
+    }))
+    .unwrap()
+}
+
+/// Runs `pod` to completion; its output (or error) and whether it succeeded.
+async fn run(ctx: &TestContext, pod: Pod) -> (bool, String) {
+    let pods = ctx.api::<Pod>();
+    let name = pod.metadata.name.clone().unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let done = ctx
+        .wait_for(&pods, &name, "pod finished", |p: Option<&Pod>| {
+            p.and_then(|p| p.status.as_ref()?.phase.clone())
+                .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
+        })
+        .await;
+    let status = done.status.unwrap();
+    let said = status
+        .container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| c.state?.terminated?.message)
+        .collect::<Vec<_>>()
+        .join("");
+    (status.phase.as_deref() == Some("Succeeded"), said)
+}
+
+#[tokio::test]
+async fn a_dedicated_postgres_claim_runs_for_real_and_only_its_service_gets_in() {
+    let bin = node_binaries();
+    let sysctls_before = host_sysctls();
+    let ctx = TestContext::new("real-dedicated").await.unwrap();
+    // Workloads go to the real node only: the fake one is tainted.
+    let nodes: Api<KubeNode> = Api::all(ctx.client.clone());
+    for fake in nodes.list(&Default::default()).await.unwrap().items {
+        let name = fake.metadata.name.unwrap();
+        let taint = json!({ "spec": { "taints": [{ "key": "dbps.io/fake-node", "effect": "NoSchedule" }] } });
+        nodes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(taint))
+            .await
+            .unwrap();
+    }
+    Api::<Namespace>::all(ctx.client.clone())
+        .patch(
+            &ctx.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "pod-security.kubernetes.io/enforce": "restricted" } } })),
+        )
+        .await
+        .unwrap();
+    let mut node = Node::start(&bin).await.unwrap();
+    let started = Instant::now();
+    node.join(ctx.plane).await.unwrap();
+    eprintln!("node Ready after {:?}", started.elapsed());
+    let image = dbps_e2e::images::postgres("15").unwrap();
+    node.import(&image).unwrap();
+    node.volume(ctx.plane, &ctx.namespace, "data-orders-db-0", "1Gi")
+        .await
+        .unwrap();
+    let _operator = RunningOperator::start(&ctx, Duration::from_secs(300))
+        .await
+        .unwrap();
+
+    service(&ctx, "orders", json!({})).await;
+    service(&ctx, "intruder", json!({})).await;
+    let claimed = Instant::now();
+    claim(
+        &ctx,
+        "orders-db",
+        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres", "version": "15",
+                "deletionPolicy": "Delete", "storage": { "size": "1Gi", "storageClassName": STORAGE_CLASS } }),
+    )
+    .await;
+    let claims = ctx.api::<DatabaseClaim>();
+    ctx.wait_for(
+        &claims,
+        "orders-db",
+        "claim Ready on the real node",
+        reason_is("Ready"),
+    )
+    .await;
+    eprintln!("claim Ready after {:?}", claimed.elapsed());
+    let pods = ctx.api::<Pod>();
+    let db = pods.get("orders-db-0").await.unwrap();
+    assert_eq!(db.spec.unwrap().node_name.as_deref(), Some(NODE_NAME));
+    let ip = db.status.unwrap().pod_ip.unwrap();
+
+    // The owning service logs in with its binding and writes.
+    let (ok, said) = run(
+        &ctx,
+        psql_pod("orders-write", "orders", "orders-db-binding", &ip,
+            "CREATE TABLE orders (id int); INSERT INTO orders VALUES (42); SELECT sum(id) FROM orders"),
+    )
+    .await;
+    assert!(ok, "the owner could not write: {said}");
+    eprintln!("first login after {:?}", claimed.elapsed());
+    // Another service's pod, even with the owner's credentials, does not get a packet through.
+    let (ok, said) = run(
+        &ctx,
+        psql_pod(
+            "intruder-read",
+            "intruder",
+            "orders-db-binding",
+            &ip,
+            "SELECT 1",
+        ),
+    )
+    .await;
+    assert!(!ok, "another service reached the database");
+    assert!(
+        said.contains("Connection refused")
+            || said.contains("timeout")
+            || said.contains("could not connect"),
+        "{said}"
+    );
+
+    // The data survives a restart of the database pod.
+    let first = pods.get("orders-db-0").await.unwrap().metadata.uid;
+    pods.delete("orders-db-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let db = ctx
+        .wait_for(
+            &pods,
+            "orders-db-0",
+            "new database pod Ready",
+            move |p: Option<&Pod>| {
+                p.filter(|p| p.metadata.uid != first)
+                    .and_then(|p| p.status.as_ref())
+                    .is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .flatten()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+            },
+        )
+        .await;
+    let ip = db.status.unwrap().pod_ip.unwrap();
+    let (ok, said) = run(
+        &ctx,
+        // Fails (division by zero) unless the row written before is there.
+        psql_pod(
+            "orders-read",
+            "orders",
+            "orders-db-binding",
+            &ip,
+            "SELECT 1 / (SELECT count(*) FROM orders WHERE id = 42)::int",
+        ),
+    )
+    .await;
+    assert!(ok, "data lost across a restart: {said}");
+
+    let cgroup_root = node.cgroup_root.clone();
+    drop(node);
+    assert_eq!(host_sysctls(), sysctls_before, "host settings changed");
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let left = hierarchy.path().join(cgroup_root.trim_start_matches('/'));
+        assert!(!left.exists(), "cgroup left: {}", left.display());
+    }
+}
