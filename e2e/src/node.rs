@@ -634,11 +634,13 @@ oom_score = 0
                 .push(Forwarder::start(self.record.holder_pid, listen, target)?);
         }
         let d = self.dir.clone();
-        // Pods: a bridge inside the namespace, no masquerade (no way out).
+        // Pods: a bridge inside the namespace, no masquerade and no default
+        // route (no way out): routes to the node and to Services only.
         let cni = format!(
             r#"{{"cniVersion": "1.0.0", "name": "dbps-pods", "plugins": [
   {{"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-    "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{POD_CIDR}"}}]], "dataDir": "{ipam}"}}}},
+    "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{POD_CIDR}"}}]], "dataDir": "{ipam}",
+      "routes": [{{"dst": "{NODE_IP}/32"}}, {{"dst": "10.96.0.0/24"}}]}}}},
   {{"type": "portmap", "capabilities": {{"portMappings": true}}}}
 ]}}"#,
             ipam = d.join("cni-ipam").display()
@@ -671,7 +673,7 @@ authentication:
   x509: {{clientCAFile: {ca}}}
 authorization: {{mode: Webhook}}
 clusterDomain: cluster.local
-clusterDNS: [10.96.0.10]
+clusterDNS: [{NODE_IP}]
 resolvConf: {d}/resolv.conf
 podLogsDir: {d}/pod-logs
 failSwapOn: false
@@ -736,7 +738,142 @@ registerNode: true
             })
             .await?;
         self.procs.push(kubelet);
-        self.start_kube_router(plane).await
+        self.start_kube_router(plane).await?;
+        self.start_kube_proxy(plane).await?;
+        self.start_coredns(plane).await
+    }
+
+    /// Grants `user` read access to what a node component watches.
+    async fn grant_reads(
+        plane: &crate::ControlPlane,
+        role: &str,
+        user: &str,
+        rules: serde_json::Value,
+    ) -> Result<(), Error> {
+        let client = plane.client().await?;
+        let params = kube::api::PatchParams::apply("dbps-e2e").force();
+        let cluster_role = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": { "name": role }, "rules": rules
+        });
+        let binding = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": { "name": role },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }]
+        });
+        kube::Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone())
+            .patch(role, &params, &kube::api::Patch::Apply(cluster_role))
+            .await?;
+        kube::Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client)
+            .patch(role, &params, &kube::api::Patch::Apply(binding))
+            .await?;
+        Ok(())
+    }
+
+    /// Spawns `program` inside the node's namespaces, in its own cgroup.
+    fn spawn_inside(&mut self, name: &str, args: &[String]) -> Result<Process, Error> {
+        let args = self.inside(&self.bin.join(name), args);
+        let path = self.path_env();
+        let process = Process::spawn(
+            name,
+            Path::new("/usr/bin/nsenter"),
+            &args,
+            &self.dir,
+            |cmd| {
+                cmd.env("PATH", path);
+            },
+        )?;
+        if let Some(pid) = process.pid() {
+            self.enter_cgroup(pid, name)?;
+        }
+        Ok(process)
+    }
+
+    /// kube-proxy (iptables mode) inside the node: Service addresses work for
+    /// pods. It is told to leave the conntrack table's size (a host-wide
+    /// setting) alone.
+    async fn start_kube_proxy(&mut self, plane: &crate::ControlPlane) -> Result<(), Error> {
+        // system:kube-proxy is bound to system:node-proxier by default.
+        let kubeconfig = plane.write_kubeconfig("system:kube-proxy", &[])?;
+        let (healthz, metrics) = (crate::ports::free_port()?, crate::ports::free_port()?);
+        let config = format!(
+            r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {{kubeconfig: {kubeconfig}}}
+mode: iptables
+hostnameOverride: {NODE_NAME}
+clusterCIDR: 10.244.0.0/16
+oomScoreAdj: 0
+healthzBindAddress: 127.0.0.1:{healthz}
+metricsBindAddress: 127.0.0.1:{metrics}
+conntrack: {{maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}}
+iptables: {{localhostNodePorts: false}}
+"#,
+            kubeconfig = kubeconfig.display()
+        );
+        let path = self.dir.join("kube-proxy.yaml");
+        std::fs::write(&path, config).map_err(|e| Error::io("write kube-proxy config", e))?;
+        let mut proxy =
+            self.spawn_inside("kube-proxy", &[format!("--config={}", path.display())])?;
+        let holder = self.record.holder_pid.to_string();
+        proxy
+            .wait_until(Duration::from_secs(60), || {
+                let holder = holder.clone();
+                async move {
+                    Command::new("nsenter")
+                        .args([
+                            "--target", &holder, "--net", "--", "iptables", "-t", "nat", "-S",
+                        ])
+                        .output()
+                        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("KUBE-SERVICES"))
+                }
+            })
+            .await?;
+        self.procs.push(proxy);
+        Ok(())
+    }
+
+    /// CoreDNS on the node address: cluster names only (no `forward`, so no
+    /// query leaves the node). kubelet points pods at it.
+    async fn start_coredns(&mut self, plane: &crate::ControlPlane) -> Result<(), Error> {
+        let user = "system:dbps-node:coredns";
+        Self::grant_reads(
+            plane,
+            "dbps-node:coredns",
+            user,
+            serde_json::json!([
+                { "apiGroups": [""], "resources": ["services", "endpoints", "pods", "namespaces"], "verbs": ["list", "watch"] },
+                { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"] }
+            ]),
+        )
+        .await?;
+        let kubeconfig = plane.write_kubeconfig(user, &[])?;
+        let corefile = format!(
+            r#".:53 {{
+    bind {NODE_IP}
+    errors
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig} dbps-local
+        pods insecure
+    }}
+    cache 30
+    loadbalance
+}}
+"#,
+            kubeconfig = kubeconfig.display()
+        );
+        let path = self.dir.join("Corefile");
+        std::fs::write(&path, corefile).map_err(|e| Error::io("write Corefile", e))?;
+        let mut dns =
+            self.spawn_inside("coredns", &["-conf".into(), path.display().to_string()])?;
+        dns.wait_until(Duration::from_secs(30), || {
+            let log = dns_log(&self.dir);
+            async move { log.contains("CoreDNS-") }
+        })
+        .await?;
+        self.procs.push(dns);
+        Ok(())
     }
 
     /// kube-router's network-policy controller (firewall only: it neither
@@ -909,6 +1046,10 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn dns_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("coredns.log")).unwrap_or_default()
 }
 
 fn rand_id() -> u32 {

@@ -149,12 +149,17 @@ async fn a_dedicated_postgres_claim_runs_for_real_and_only_its_service_gets_in()
     let pods = ctx.api::<Pod>();
     let db = pods.get("orders-db-0").await.unwrap();
     assert_eq!(db.spec.unwrap().node_name.as_deref(), Some(NODE_NAME));
-    let ip = db.status.unwrap().pod_ip.unwrap();
+    // Pods reach it by its Service's name (CoreDNS, kube-proxy).
+    let host = format!("orders-db.{}.svc.cluster.local", ctx.namespace);
+    let binding = dbps_e2e::fixtures::secret(&ctx, "orders-db-binding")
+        .await
+        .unwrap();
+    assert_eq!(binding["host"], host);
 
     // The owning service logs in with its binding and writes.
     let (ok, said) = run(
         &ctx,
-        psql_pod("orders-write", "orders", "orders-db-binding", &ip,
+        psql_pod("orders-write", "orders", "orders-db-binding", &host,
             "CREATE TABLE orders (id int); INSERT INTO orders VALUES (42); SELECT sum(id) FROM orders"),
     )
     .await;
@@ -167,7 +172,7 @@ async fn a_dedicated_postgres_claim_runs_for_real_and_only_its_service_gets_in()
             "intruder-read",
             "intruder",
             "orders-db-binding",
-            &ip,
+            &host,
             "SELECT 1",
         ),
     )
@@ -202,7 +207,7 @@ async fn a_dedicated_postgres_claim_runs_for_real_and_only_its_service_gets_in()
             },
         )
         .await;
-    let ip = db.status.unwrap().pod_ip.unwrap();
+    assert!(db.status.unwrap().pod_ip.is_some());
     let (ok, said) = run(
         &ctx,
         // Fails (division by zero) unless the row written before is there.
@@ -210,7 +215,7 @@ async fn a_dedicated_postgres_claim_runs_for_real_and_only_its_service_gets_in()
             "orders-read",
             "orders",
             "orders-db-binding",
-            &ip,
+            &host,
             "SELECT 1 / (SELECT count(*) FROM orders WHERE id = 42)::int",
         ),
     )

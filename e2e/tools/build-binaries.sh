@@ -193,6 +193,7 @@ package main
 
 import (
 	"github.com/coredns/coredns/core/dnsserver"
+	_ "github.com/coredns/coredns/plugin/bind"
 	_ "github.com/coredns/coredns/plugin/cache"
 	_ "github.com/coredns/coredns/plugin/errors"
 	_ "github.com/coredns/coredns/plugin/health"
@@ -205,7 +206,7 @@ import (
 
 // The plugins, in the order CoreDNS runs them; no forward: names outside
 // the cluster are not resolved.
-var directives = []string{"errors", "log", "health", "ready", "kubernetes", "cache", "loadbalance"}
+var directives = []string{"bind", "errors", "log", "health", "ready", "kubernetes", "cache", "loadbalance"}
 
 func main() {
 	dnsserver.Directives = directives
