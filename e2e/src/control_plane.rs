@@ -439,9 +439,13 @@ impl ControlPlane {
             .collect();
         let dir = self.path.join("users");
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create users dir", e))?;
-        let crt = dir.join(format!("{safe}.crt"));
-        let key = dir.join(format!("{safe}.key"));
-        let kc = dir.join(format!("{safe}.kubeconfig"));
+        // Files of their own per call: concurrent tests writing for the same
+        // user never read each other's half-written certificate or key.
+        static WRITTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let crt = dir.join(format!("{safe}-{n}.crt"));
+        let key = dir.join(format!("{safe}-{n}.key"));
+        let kc = dir.join(format!("{safe}-{n}.kubeconfig"));
         std::fs::write(&crt, &cert.cert_pem).map_err(|e| Error::io("write client cert", e))?;
         std::fs::write(&key, &cert.key_pem).map_err(|e| Error::io("write client key", e))?;
         let text = format!(
