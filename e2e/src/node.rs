@@ -499,6 +499,11 @@ impl Node {
         Ok(())
     }
 
+    /// Where the run's record is, until its teardown.
+    pub fn record_path(&self) -> &Path {
+        &self.record_path
+    }
+
     /// Path of the node's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
