@@ -280,3 +280,91 @@ pub fn postgres(major: &str) -> Result<Image, Error> {
         user: Some(999),
     })
 }
+
+/// The first-boot contract of the official `influxdb:1.x` image, for the
+/// image made from this machine's InfluxDB: on an empty data directory, the
+/// server is started on loopback without authentication, the admin
+/// (`INFLUXDB_ADMIN_USER`), the database (`INFLUXDB_DB`) and its user
+/// (`INFLUXDB_USER`, `GRANT ALL` on it only) are created, and the server
+/// then runs with the `INFLUXDB_*` settings (authentication on).
+const INFLUXDB_ENTRYPOINT: &str = r#"#!/bin/sh
+set -eu
+export HOME=/tmp
+export INFLUXDB_META_DIR=/var/lib/influxdb/meta
+export INFLUXDB_DATA_DIR=/var/lib/influxdb/data
+export INFLUXDB_DATA_WAL_DIR=/var/lib/influxdb/wal
+if [ ! -d /var/lib/influxdb/meta ] && [ -n "${INFLUXDB_ADMIN_USER:-}" ]; then
+  INFLUXDB_HTTP_AUTH_ENABLED=false INFLUXDB_HTTP_BIND_ADDRESS=127.0.0.1:8086 influxd &
+  pid=$!
+  i=0
+  until influx -execute "SHOW DATABASES" >/dev/null 2>&1; do
+    i=$((i + 1)); [ "$i" -lt 60 ] || exit 1; sleep 0.5
+  done
+  influx -execute "CREATE USER "$INFLUXDB_ADMIN_USER" WITH PASSWORD '$INFLUXDB_ADMIN_PASSWORD' WITH ALL PRIVILEGES"
+  q() { influx -username "$INFLUXDB_ADMIN_USER" -password "$INFLUXDB_ADMIN_PASSWORD" -execute "$1"; }
+  if [ -n "${INFLUXDB_DB:-}" ]; then
+    q "CREATE DATABASE "$INFLUXDB_DB""
+    if [ -n "${INFLUXDB_USER:-}" ]; then
+      q "CREATE USER "$INFLUXDB_USER" WITH PASSWORD '$INFLUXDB_USER_PASSWORD'"
+      q "GRANT ALL ON "$INFLUXDB_DB" TO "$INFLUXDB_USER""
+    fi
+  fi
+  kill "$pid"
+  wait "$pid" || true
+fi
+exec influxd
+"#;
+
+/// `influxdb:<major.minor>` from this machine's InfluxDB 1.x (Debian's
+/// `influxdb` and `influxdb-client`), with the official image's first-boot
+/// contract ([`INFLUXDB_ENTRYPOINT`]); user 1000 as the operator runs it.
+pub fn influxdb() -> Result<Image, Error> {
+    let version = Command::new("influxd")
+        .arg("version")
+        .output()
+        .map_err(|e| Error::io("influxd version", e))?;
+    let text = String::from_utf8_lossy(&version.stdout);
+    // "InfluxDB v1.6.7~rc0 (git: ...)" → 1.6
+    let tag = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.strip_prefix('v'))
+        .map(|v| v.split('.').take(2).collect::<Vec<_>>().join("."))
+        .ok_or_else(|| Error::Binaries(format!("influxd version: {text}")))?;
+    let mut files: Vec<(String, PathBuf)> =
+        vec![("/bin/busybox".into(), PathBuf::from("/bin/busybox"))];
+    let mut libs: Vec<PathBuf> = Vec::new();
+    for program in ["/usr/bin/influxd", "/usr/bin/influx"] {
+        files.push((program.into(), PathBuf::from(program)));
+        for lib in libraries(Path::new(program)) {
+            if !libs.contains(&lib) {
+                libs.push(lib);
+            }
+        }
+    }
+    files.extend(libs.into_iter().map(|l| (l.display().to_string(), l)));
+    let tools = ["sh", "sleep", "kill", "mkdir", "cat"];
+    Ok(Image {
+        name: format!("influxdb:{tag}"),
+        files,
+        texts: vec![
+            (
+                "/usr/local/bin/entrypoint.sh".into(),
+                INFLUXDB_ENTRYPOINT.into(),
+                0o755,
+            ),
+            (
+                "/etc/passwd".into(),
+                "root:x:0:0::/root:/bin/sh\ninfluxdb:x:1000:1000::/var/lib/influxdb:/bin/sh\n"
+                    .into(),
+                0o644,
+            ),
+        ],
+        links: tools
+            .iter()
+            .map(|t| (format!("/bin/{t}"), "busybox".to_string()))
+            .collect(),
+        entrypoint: vec!["/usr/local/bin/entrypoint.sh".into()],
+        user: Some(1000),
+    })
+}

@@ -1,10 +1,11 @@
-//! A dedicated PostgreSQL claim on the real node: the operator's
-//! StatefulSet runs a real server (an image made here from this machine's
-//! PostgreSQL, with the official image's first-boot contract) under Pod
-//! Security `restricted`; a pod of the owning Service logs in with the
-//! binding dbps issued and keeps its data across a restart of the database
-//! pod; a pod of another Service of the same namespace is refused by the
-//! NetworkPolicy on real packets.
+//! Dedicated claims on the real node: the operator's StatefulSets run real
+//! servers (images made here from this machine's PostgreSQL 15 and InfluxDB
+//! 1.6, with the official images' first-boot contracts) under Pod Security
+//! `restricted`; a pod of the owning Service reaches its database by the
+//! Service name with the binding dbps issued, and PostgreSQL's data survives
+//! a restart of its pod; a pod of another Service of the same namespace,
+//! even holding the credentials, is refused by the NetworkPolicy on real
+//! packets.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -69,6 +70,34 @@ fn psql_pod(name: &str, service: &str, binding: &str, host: &str, sql: &str) -> 
     .unwrap()
 }
 
+/// A pod of `service` that runs the `influx` client against `host` with
+/// the binding's credentials, retrying for a while like `psql_pod`.
+fn influx_pod(name: &str, service: &str, binding: &str, host: &str, query: &str) -> Pod {
+    let key = |k: &str| json!({ "secretKeyRef": { "name": binding, "key": k } });
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "dbps.io/service": service } },
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": { "runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": { "type": "RuntimeDefault" } },
+            "containers": [{
+                "name": "influx", "image": "influxdb:1.6", "imagePullPolicy": "Never",
+                "command": ["sh", "-c", format!(
+                    "export HOME=/tmp; for i in 1 2 3 4 5 6 7 8 9 10; do influx -host {host} -username \"$DB_USER\" -password \"$DB_PASSWORD\" -database \"$DB_NAME\" -execute '{query}' && exit 0; sleep 1; done; exit 1"
+                )],
+                "env": [
+                    { "name": "DB_USER", "valueFrom": key("username") },
+                    { "name": "DB_PASSWORD", "valueFrom": key("password") },
+                    { "name": "DB_NAME", "valueFrom": key("database") }
+                ],
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
+            }]
+        }
+    }))
+    .unwrap()
+}
+
 /// Runs `pod` to completion; its output (or error) and whether it succeeded.
 async fn run(ctx: &TestContext, pod: Pod) -> (bool, String) {
     let pods = ctx.api::<Pod>();
@@ -92,7 +121,7 @@ async fn run(ctx: &TestContext, pod: Pod) -> (bool, String) {
 }
 
 #[tokio::test]
-async fn a_dedicated_postgres_claim_runs_for_real_and_only_its_service_gets_in() {
+async fn dedicated_postgres_and_influxdb_claims_run_for_real_and_only_their_service_gets_in() {
     let bin = node_binaries();
     let sysctls_before = host_sysctls();
     let ctx = TestContext::new("real-dedicated").await.unwrap();
@@ -221,6 +250,56 @@ async fn a_dedicated_postgres_claim_runs_for_real_and_only_its_service_gets_in()
     )
     .await;
     assert!(ok, "data lost across a restart: {said}");
+
+    // An InfluxDB claim the same way: a real server, its service writes,
+    // another service is refused.
+    node.import(&dbps_e2e::images::influxdb().unwrap()).unwrap();
+    node.volume(ctx.plane, &ctx.namespace, "data-readings-0", "1Gi")
+        .await
+        .unwrap();
+    service(&ctx, "telemetry", json!({})).await;
+    let claimed = Instant::now();
+    claim(
+        &ctx,
+        "readings",
+        json!({ "serviceRef": { "name": "telemetry" }, "engine": "influxdb", "version": "1.6",
+                "deletionPolicy": "Delete", "storage": { "size": "1Gi", "storageClassName": STORAGE_CLASS } }),
+    )
+    .await;
+    ctx.wait_for(
+        &claims,
+        "readings",
+        "InfluxDB claim Ready",
+        reason_is("Ready"),
+    )
+    .await;
+    eprintln!("InfluxDB claim Ready after {:?}", claimed.elapsed());
+    let host = format!("readings.{}.svc.cluster.local", ctx.namespace);
+    let (ok, said) = run(
+        &ctx,
+        influx_pod(
+            "telemetry-write",
+            "telemetry",
+            "readings-binding",
+            &host,
+            "INSERT temperature,device=th-1 value=21.5",
+        ),
+    )
+    .await;
+    assert!(ok, "the owner could not write to InfluxDB: {said}");
+    eprintln!("first InfluxDB write after {:?}", claimed.elapsed());
+    let (ok, said) = run(
+        &ctx,
+        influx_pod(
+            "orders-on-readings",
+            "orders",
+            "readings-binding",
+            &host,
+            "SHOW MEASUREMENTS",
+        ),
+    )
+    .await;
+    assert!(!ok, "another service reached InfluxDB: {said}");
 
     let cgroup_root = node.cgroup_root.clone();
     drop(node);

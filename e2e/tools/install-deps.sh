@@ -19,6 +19,7 @@ command -v git >/dev/null || need+=(git)
 command -v go >/dev/null || need+=(golang-go)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 command -v influxd >/dev/null || need+=(influxdb)
+command -v influx >/dev/null || need+=(influxdb-client)
 # The real node: runc's seccomp support, and what kube-proxy and the
 # NetworkPolicy enforcer (kube-router) call.
 [ -e /usr/include/seccomp.h ] || need+=(libseccomp-dev)
