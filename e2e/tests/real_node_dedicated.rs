@@ -163,7 +163,7 @@ async fn dedicated_postgres_and_influxdb_claims_run_for_real_and_only_their_serv
         &ctx,
         "orders-db",
         json!({ "serviceRef": { "name": "orders" }, "engine": "postgres", "version": "15",
-                "deletionPolicy": "Delete", "storage": { "size": "1Gi", "storageClassName": STORAGE_CLASS } }),
+                "deletionPolicy": "Retain", "storage": { "size": "1Gi", "storageClassName": STORAGE_CLASS } }),
     )
     .await;
     let claims = ctx.api::<DatabaseClaim>();
@@ -250,6 +250,45 @@ async fn dedicated_postgres_and_influxdb_claims_run_for_real_and_only_their_serv
     )
     .await;
     assert!(ok, "data lost across a restart: {said}");
+
+    // With Retain, deleting the claim keeps the volume and its credentials;
+    // the claim made again finds its data.
+    claims
+        .delete("orders-db", &DeleteParams::default())
+        .await
+        .unwrap();
+    ctx.wait_gone(&claims, "orders-db", "claim deleted").await;
+    ctx.wait_gone(&pods, "orders-db-0", "database pod gone")
+        .await;
+    claim(
+        &ctx,
+        "orders-db",
+        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres", "version": "15",
+                "deletionPolicy": "Retain", "storage": { "size": "1Gi", "storageClassName": STORAGE_CLASS } }),
+    )
+    .await;
+    ctx.wait_for(
+        &claims,
+        "orders-db",
+        "claim Ready again",
+        reason_is("Ready"),
+    )
+    .await;
+    let (ok, said) = run(
+        &ctx,
+        psql_pod(
+            "orders-read-again",
+            "orders",
+            "orders-db-binding",
+            &host,
+            "SELECT 1 / (SELECT count(*) FROM orders WHERE id = 42)::int",
+        ),
+    )
+    .await;
+    assert!(
+        ok,
+        "data lost across the claim's deletion and re-creation: {said}"
+    );
 
     // An InfluxDB claim the same way: a real server, its service writes,
     // another service is refused.
