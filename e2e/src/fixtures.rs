@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dbps_operator::api::{DatabaseClaim, DatabaseServer, Service};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
@@ -122,4 +122,108 @@ pub async fn wait_event(ctx: &TestContext, name: &str, reason: &str) -> (String,
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A pod of `service` that runs `sql` with psql against `host`, with the
+/// credentials of the binding Secret `binding` (by secretKeyRef, as a
+/// service would take them).
+///
+/// `binding` empty: no Secret at all, a guessed user and password instead
+/// (what is left to a pod the admission policy keeps off the binding).
+pub fn psql_pod(name: &str, service: &str, binding: &str, host: &str, sql: &str) -> Pod {
+    let key = |k: &str| json!({ "secretKeyRef": { "name": binding, "key": k } });
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "dbps.io/service": service } },
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": service,
+            "automountServiceAccountToken": false,
+            "securityContext": { "runAsNonRoot": true, "runAsUser": 999, "seccompProfile": { "type": "RuntimeDefault" } },
+            "containers": [{
+                "name": "psql", "image": "postgres:15", "imagePullPolicy": "Never",
+                // As a service would, it retries for a while: the policy
+                // enforcer learns a new pod's address a moment after it starts.
+                "command": ["sh", "-c", format!(
+                    "for i in 1 2 3 4 5 6 7 8 9 10; do PGCONNECT_TIMEOUT=3 psql -v ON_ERROR_STOP=1 -tA -h {host} -U \"$DB_USER\" -d \"$DB_NAME\" -c \"{sql}\" && exit 0; sleep 1; done; exit 1"
+                )],
+                "env": if binding.is_empty() {
+                    json!([
+                        { "name": "DB_USER", "value": "guess" },
+                        { "name": "PGPASSWORD", "value": "guess" },
+                        { "name": "DB_NAME", "value": "guess" }
+                    ])
+                } else {
+                    json!([
+                        { "name": "DB_USER", "valueFrom": key("username") },
+                        { "name": "PGPASSWORD", "valueFrom": key("password") },
+                        { "name": "DB_NAME", "valueFrom": key("database") }
+                    ])
+                },
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
+            }]
+        }
+    }))
+    .unwrap()
+}
+
+/// Creates ServiceAccount `name` (the identity of a service's pods).
+pub async fn service_account(ctx: &TestContext, name: &str) {
+    let account: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": name } })).unwrap();
+    ctx.api::<k8s_openapi::api::core::v1::ServiceAccount>()
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+}
+
+/// A pod of `service` that runs the `influx` client against `host` with
+/// the binding's credentials, retrying for a while like `psql_pod`.
+pub fn influx_pod(name: &str, service: &str, binding: &str, host: &str, query: &str) -> Pod {
+    let key = |k: &str| json!({ "secretKeyRef": { "name": binding, "key": k } });
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "dbps.io/service": service } },
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": service,
+            "automountServiceAccountToken": false,
+            "securityContext": { "runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": { "type": "RuntimeDefault" } },
+            "containers": [{
+                "name": "influx", "image": "influxdb:1.6", "imagePullPolicy": "Never",
+                "command": ["sh", "-c", format!(
+                    "export HOME=/tmp; for i in 1 2 3 4 5 6 7 8 9 10; do influx -host {host} -username \"$DB_USER\" -password \"$DB_PASSWORD\" -database \"$DB_NAME\" -execute '{query}' && exit 0; sleep 1; done; exit 1"
+                )],
+                "env": [
+                    { "name": "DB_USER", "valueFrom": key("username") },
+                    { "name": "DB_PASSWORD", "valueFrom": key("password") },
+                    { "name": "DB_NAME", "valueFrom": key("database") }
+                ],
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
+            }]
+        }
+    }))
+    .unwrap()
+}
+
+/// Runs `pod` to completion; its output (or error) and whether it succeeded.
+pub async fn run_pod(ctx: &TestContext, pod: Pod) -> (bool, String) {
+    let pods = ctx.api::<Pod>();
+    let name = pod.metadata.name.clone().unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let done = ctx
+        .wait_for(&pods, &name, "pod finished", |p: Option<&Pod>| {
+            p.and_then(|p| p.status.as_ref()?.phase.clone())
+                .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
+        })
+        .await;
+    let status = done.status.unwrap();
+    let said = status
+        .container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| c.state?.terminated?.message)
+        .collect::<Vec<_>>()
+        .join("");
+    (status.phase.as_deref() == Some("Succeeded"), said)
 }

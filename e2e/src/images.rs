@@ -368,3 +368,23 @@ pub fn influxdb() -> Result<Image, Error> {
         user: Some(1000),
     })
 }
+
+/// The operator's image, from the binary `cargo build` made: the program and
+/// the libraries it loads; user 65532 as the chart runs it.
+pub fn operator(binary: &Path, tag: &str) -> Image {
+    let mut files: Vec<(String, PathBuf)> =
+        vec![("/usr/local/bin/dbps-operator".into(), binary.to_path_buf())];
+    files.extend(
+        libraries(binary)
+            .into_iter()
+            .map(|l| (l.display().to_string(), l)),
+    );
+    Image {
+        name: format!("dbps.local/dbps-operator:{tag}"),
+        files,
+        texts: vec![],
+        links: vec![],
+        entrypoint: vec!["/usr/local/bin/dbps-operator".into()],
+        user: Some(65532),
+    }
+}

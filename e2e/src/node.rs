@@ -745,6 +745,26 @@ registerNode: true
         self.procs.push(kubelet);
         self.start_kube_router(plane).await?;
         self.start_kube_proxy(plane).await?;
+        // Pods reach the apiserver as in any cluster: the `kubernetes`
+        // Service, whose endpoint is the forwarder on the node address.
+        let slice = serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": { "name": "kubernetes-dbps-node", "namespace": "default",
+                          "labels": { "kubernetes.io/service-name": "kubernetes" } },
+            "addressType": "IPv4",
+            "endpoints": [{ "addresses": [NODE_IP], "conditions": { "ready": true } }],
+            "ports": [{ "name": "https", "port": port, "protocol": "TCP" }]
+        });
+        kube::Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(
+            plane.client().await?,
+            "default",
+        )
+        .patch(
+            "kubernetes-dbps-node",
+            &kube::api::PatchParams::apply("dbps-e2e").force(),
+            &kube::api::Patch::Apply(slice),
+        )
+        .await?;
         self.start_coredns(plane).await
     }
 

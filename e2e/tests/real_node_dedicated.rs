@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dbps_e2e::claims::reason_is;
-use dbps_e2e::fixtures::{claim, service};
+use dbps_e2e::fixtures::{claim, influx_pod, psql_pod, run_pod as run, service};
 use dbps_e2e::node::{NODE_NAME, Node, STORAGE_CLASS, host_sysctls};
 use dbps_e2e::{RunningOperator, TestContext};
 use dbps_operator::api::DatabaseClaim;
 use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 fn node_binaries() -> PathBuf {
@@ -37,87 +37,6 @@ fn node_binaries() -> PathBuf {
             .unwrap()
             .trim(),
     )
-}
-
-/// A pod of `service` that runs `sql` with psql against `host`, with the
-/// credentials of the binding Secret `binding` (by secretKeyRef, as a
-/// service would take them).
-fn psql_pod(name: &str, service: &str, binding: &str, host: &str, sql: &str) -> Pod {
-    let key = |k: &str| json!({ "secretKeyRef": { "name": binding, "key": k } });
-    serde_json::from_value(json!({
-        "metadata": { "name": name, "labels": { "dbps.io/service": service } },
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "securityContext": { "runAsNonRoot": true, "runAsUser": 999, "seccompProfile": { "type": "RuntimeDefault" } },
-            "containers": [{
-                "name": "psql", "image": "postgres:15", "imagePullPolicy": "Never",
-                // As a service would, it retries for a while: the policy
-                // enforcer learns a new pod's address a moment after it starts.
-                "command": ["sh", "-c", format!(
-                    "for i in 1 2 3 4 5 6 7 8 9 10; do PGCONNECT_TIMEOUT=3 psql -v ON_ERROR_STOP=1 -tA -h {host} -U \"$DB_USER\" -d \"$DB_NAME\" -c \"{sql}\" && exit 0; sleep 1; done; exit 1"
-                )],
-                "env": [
-                    { "name": "DB_USER", "valueFrom": key("username") },
-                    { "name": "PGPASSWORD", "valueFrom": key("password") },
-                    { "name": "DB_NAME", "valueFrom": key("database") }
-                ],
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
-            }]
-        }
-    }))
-    .unwrap()
-}
-
-/// A pod of `service` that runs the `influx` client against `host` with
-/// the binding's credentials, retrying for a while like `psql_pod`.
-fn influx_pod(name: &str, service: &str, binding: &str, host: &str, query: &str) -> Pod {
-    let key = |k: &str| json!({ "secretKeyRef": { "name": binding, "key": k } });
-    serde_json::from_value(json!({
-        "metadata": { "name": name, "labels": { "dbps.io/service": service } },
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": false,
-            "securityContext": { "runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": { "type": "RuntimeDefault" } },
-            "containers": [{
-                "name": "influx", "image": "influxdb:1.6", "imagePullPolicy": "Never",
-                "command": ["sh", "-c", format!(
-                    "export HOME=/tmp; for i in 1 2 3 4 5 6 7 8 9 10; do influx -host {host} -username \"$DB_USER\" -password \"$DB_PASSWORD\" -database \"$DB_NAME\" -execute '{query}' && exit 0; sleep 1; done; exit 1"
-                )],
-                "env": [
-                    { "name": "DB_USER", "valueFrom": key("username") },
-                    { "name": "DB_PASSWORD", "valueFrom": key("password") },
-                    { "name": "DB_NAME", "valueFrom": key("database") }
-                ],
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
-            }]
-        }
-    }))
-    .unwrap()
-}
-
-/// Runs `pod` to completion; its output (or error) and whether it succeeded.
-async fn run(ctx: &TestContext, pod: Pod) -> (bool, String) {
-    let pods = ctx.api::<Pod>();
-    let name = pod.metadata.name.clone().unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    let done = ctx
-        .wait_for(&pods, &name, "pod finished", |p: Option<&Pod>| {
-            p.and_then(|p| p.status.as_ref()?.phase.clone())
-                .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
-        })
-        .await;
-    let status = done.status.unwrap();
-    let said = status
-        .container_statuses
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|c| c.state?.terminated?.message)
-        .collect::<Vec<_>>()
-        .join("");
-    (status.phase.as_deref() == Some("Succeeded"), said)
 }
 
 #[tokio::test]
@@ -156,6 +75,9 @@ async fn dedicated_postgres_and_influxdb_claims_run_for_real_and_only_their_serv
         .await
         .unwrap();
 
+    for name in ["orders", "intruder", "telemetry"] {
+        dbps_e2e::fixtures::service_account(&ctx, name).await;
+    }
     service(&ctx, "orders", json!({})).await;
     service(&ctx, "intruder", json!({})).await;
     let claimed = Instant::now();

@@ -1,0 +1,213 @@
+//! The operator as it is installed: `helm install` of the chart on the real
+//! node, the operator running as a pod from its image (made here from the
+//! binary `cargo build` made) under Pod Security `restricted`, reaching the
+//! apiserver through the `kubernetes` Service with the chart's RBAC, and
+//! provisioning a dedicated PostgreSQL claim that only its service reaches.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use dbps_e2e::TestContext;
+use dbps_e2e::claims::reason_is;
+use dbps_e2e::fixtures::{claim, psql_pod, run_pod, service};
+use dbps_e2e::node::{Node, STORAGE_CLASS};
+use dbps_operator::api::DatabaseClaim;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+fn node_binaries() -> PathBuf {
+    let out = std::process::Command::new("e2e/tools/build-binaries.sh")
+        .arg("--node")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("run build-binaries.sh --node");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim(),
+    )
+}
+
+/// The operator binary, as `make test` builds it.
+fn operator_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("dbps-operator");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p dbps-operator`",
+        bin.display()
+    );
+    bin
+}
+
+#[tokio::test]
+async fn the_chart_runs_the_operator_as_a_pod_that_provisions_a_real_database() {
+    let bin = node_binaries();
+    let ctx = TestContext::new("real-chart").await.unwrap();
+    let nodes: Api<KubeNode> = Api::all(ctx.client.clone());
+    for fake in nodes.list(&Default::default()).await.unwrap().items {
+        let taint = json!({ "spec": { "taints": [{ "key": "dbps.io/fake-node", "effect": "NoSchedule" }] } });
+        nodes
+            .patch(
+                &fake.metadata.name.unwrap(),
+                &PatchParams::default(),
+                &Patch::Merge(taint),
+            )
+            .await
+            .unwrap();
+    }
+    let restricted =
+        json!({ "metadata": { "labels": { "pod-security.kubernetes.io/enforce": "restricted" } } });
+    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+    namespaces
+        .patch(
+            &ctx.namespace,
+            &PatchParams::default(),
+            &Patch::Merge(restricted.clone()),
+        )
+        .await
+        .unwrap();
+    let mut node = Node::start(&bin).await.unwrap();
+    node.join(ctx.plane).await.unwrap();
+    let tag = env!("CARGO_PKG_VERSION");
+    node.import(&dbps_e2e::images::operator(&operator_binary(), tag))
+        .unwrap();
+    node.import(&dbps_e2e::images::postgres("15").unwrap())
+        .unwrap();
+    node.volume(ctx.plane, &ctx.namespace, "data-orders-db-0", "1Gi")
+        .await
+        .unwrap();
+
+    let installed = Instant::now();
+    let out = ctx
+        .plane
+        .tool("kubectl", &["create", "namespace", "dbps-system"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    namespaces
+        .patch(
+            "dbps-system",
+            &PatchParams::default(),
+            &Patch::Merge(restricted),
+        )
+        .await
+        .unwrap();
+    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/dbps-operator");
+    let out = ctx
+        .plane
+        .tool(
+            "helm",
+            &[
+                "install",
+                "dbps-operator",
+                &chart.display().to_string(),
+                "--namespace",
+                "dbps-system",
+                "--set",
+                "image.repository=dbps.local/dbps-operator",
+                "--set",
+                &format!("image.tag={tag}"),
+                "--set",
+                "image.pullPolicy=Never",
+                "--set",
+                "resyncSeconds=60",
+                "--wait",
+                "--timeout",
+                "2m",
+            ],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm install failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), "dbps-system");
+    let operator = deployments.get("dbps-operator").await.unwrap();
+    assert_eq!(operator.status.unwrap().ready_replicas, Some(1));
+    eprintln!(
+        "operator pod Ready {:?} after helm install began",
+        installed.elapsed()
+    );
+
+    for name in ["orders", "intruder", "telemetry"] {
+        dbps_e2e::fixtures::service_account(&ctx, name).await;
+    }
+    service(&ctx, "orders", json!({})).await;
+    service(&ctx, "intruder", json!({})).await;
+    let claimed = Instant::now();
+    claim(
+        &ctx,
+        "orders-db",
+        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres", "version": "15",
+                "deletionPolicy": "Delete", "storage": { "size": "1Gi", "storageClassName": STORAGE_CLASS } }),
+    )
+    .await;
+    let claims = ctx.api::<DatabaseClaim>();
+    ctx.wait_for(&claims, "orders-db", "claim Ready", reason_is("Ready"))
+        .await;
+    eprintln!("claim Ready {:?} after it was made", claimed.elapsed());
+    let host = format!("orders-db.{}.svc.cluster.local", ctx.namespace);
+    let (ok, said) = run_pod(
+        &ctx,
+        psql_pod(
+            "orders",
+            "orders",
+            "orders-db-binding",
+            &host,
+            "CREATE TABLE t (v int); SELECT 1",
+        ),
+    )
+    .await;
+    assert!(ok, "the owner could not use its database: {said}");
+    // The chart's admission policy keeps another service's pod off the binding ...
+    let refused = ctx
+        .api::<k8s_openapi::api::core::v1::Pod>()
+        .create(
+            &Default::default(),
+            &psql_pod(
+                "intruder",
+                "intruder",
+                "orders-db-binding",
+                &host,
+                "SELECT 1",
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("owned by service orders"),
+        "{refused}"
+    );
+    // ... and the NetworkPolicy keeps its packets off the database.
+    let (ok, said) = run_pod(
+        &ctx,
+        psql_pod("intruder-guess", "intruder", "", &host, "SELECT 1"),
+    )
+    .await;
+    assert!(!ok, "another service reached the database");
+    assert!(
+        said.contains("Connection refused") || said.contains("timeout"),
+        "refused by the network, not by a password: {said}"
+    );
+    drop(node);
+}
