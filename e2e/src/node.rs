@@ -30,6 +30,46 @@ pub const MASKED_SYSCTLS: &[(&str, &str)] = &[
     ("kernel/keys/root_maxbytes", "25000000"),
 ];
 
+/// The real node's binaries, built once by `e2e/tools/build-binaries.sh --node`.
+pub fn binaries() -> Result<PathBuf, Error> {
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tools/build-binaries.sh"
+    ))
+    .arg("--node")
+    .output()
+    .map_err(|e| Error::io("run build-binaries.sh --node", e))?;
+    if !out.status.success() {
+        return Err(Error::Binaries(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(PathBuf::from(
+        stdout.lines().last().unwrap_or_default().trim(),
+    ))
+}
+
+/// Taints every node but the real one, so workloads land on the real node.
+pub async fn keep_workloads_off_fake_nodes(client: &kube::Client) -> Result<(), Error> {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    for node in nodes.list(&Default::default()).await?.items {
+        let name = node.metadata.name.unwrap_or_default();
+        if name == NODE_NAME {
+            continue;
+        }
+        let taint = serde_json::json!({ "spec": { "taints": [{ "key": "dbps.io/fake-node", "effect": "NoSchedule" }] } });
+        nodes
+            .patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(taint),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 /// Host-wide settings a node could be tempted to change; a run must leave
 /// them as it found them.
 pub const WATCHED_SYSCTLS: &[&str] = &[
@@ -906,37 +946,17 @@ iptables: {{localhostNodePorts: false}}
     /// become iptables rules and ipsets inside the node's namespace.
     async fn start_kube_router(&mut self, plane: &crate::ControlPlane) -> Result<(), Error> {
         let user = "system:dbps-node:kube-router";
-        let client = plane.client().await?;
-        let rbac = serde_json::json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": { "name": "dbps-node:kube-router" },
-            "rules": [
+        Self::grant_reads(
+            plane,
+            "dbps-node:kube-router",
+            user,
+            serde_json::json!([
                 { "apiGroups": [""], "resources": ["pods", "namespaces", "nodes", "services", "endpoints"], "verbs": ["get", "list", "watch"] },
                 { "apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch"] },
                 { "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"] }
-            ]
-        });
-        let binding = serde_json::json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": { "name": "dbps-node:kube-router" },
-            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "dbps-node:kube-router" },
-            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }]
-        });
-        let params = kube::api::PatchParams::apply("dbps-e2e").force();
-        kube::Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone())
-            .patch(
-                "dbps-node:kube-router",
-                &params,
-                &kube::api::Patch::Apply(rbac),
-            )
-            .await?;
-        kube::Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client)
-            .patch(
-                "dbps-node:kube-router",
-                &params,
-                &kube::api::Patch::Apply(binding),
-            )
-            .await?;
+            ]),
+        )
+        .await?;
         let kubeconfig = plane.write_kubeconfig(user, &[])?;
         let args = self.inside(
             &self.bin.join("kube-router"),

@@ -96,3 +96,20 @@ impl Drop for RunningOperator {
         self.task.abort();
     }
 }
+
+/// The `dbps-operator` binary `make test` builds (`cargo build -p dbps-operator`),
+/// beside the test binaries' directory.
+pub fn binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory")
+        .join("dbps-operator");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p dbps-operator`",
+        bin.display()
+    );
+    bin
+}

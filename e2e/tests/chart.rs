@@ -518,23 +518,6 @@ spec: { serviceAccountName: payments-api }
     assert_eq!(table["account.orders"], "orders");
 }
 
-/// The operator binary, as `make test` builds it.
-fn operator_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("dbps-operator");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p dbps-operator`",
-        bin.display()
-    );
-    bin
-}
-
 /// A `dbps-operator run` process under the chart's ServiceAccount identity.
 struct OperatorProcess {
     child: std::process::Child,
@@ -551,7 +534,7 @@ impl OperatorProcess {
         let port = dbps_e2e::ports::free_port().unwrap();
         let log = ctx.plane.dir().join(format!("operator-{identity}.log"));
         let out = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new(operator_binary())
+        let child = std::process::Command::new(dbps_e2e::operator::binary())
             .args([
                 "run",
                 "--namespace",

@@ -31,26 +31,6 @@ fn busybox_pod(name: &str, labels: serde_json::Value, script: &str, once: bool) 
     .unwrap()
 }
 
-fn node_binaries() -> PathBuf {
-    let out = std::process::Command::new("e2e/tools/build-binaries.sh")
-        .arg("--node")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .expect("run build-binaries.sh --node");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim(),
-    )
-}
-
 fn host(cmd: &str, args: &[&str]) -> String {
     let out = std::process::Command::new(cmd).args(args).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -58,7 +38,7 @@ fn host(cmd: &str, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn the_node_runs_containerd_in_namespaces_of_its_own_and_leaves_nothing() {
-    let bin = node_binaries();
+    let bin = dbps_e2e::node::binaries().unwrap();
     let sysctls_before = host_sysctls();
     let links_before = host("ip", &["-o", "link"]);
 
@@ -115,7 +95,7 @@ async fn the_node_runs_containerd_in_namespaces_of_its_own_and_leaves_nothing() 
 #[tokio::test]
 async fn kubelet_joins_and_a_pod_runs_from_an_image_built_here() {
     use kube::api::PostParams;
-    let bin = node_binaries();
+    let bin = dbps_e2e::node::binaries().unwrap();
     let sysctls_before = host_sysctls();
     let ctx = dbps_e2e::TestContext::new("real-pod").await.unwrap();
     let mut node = Node::start(&bin).await.unwrap();
@@ -299,7 +279,7 @@ async fn a_node_left_running() {
 #[tokio::test]
 async fn a_killed_run_is_swept_by_the_next_start() {
     use std::io::BufRead;
-    let bin = node_binaries();
+    let bin = dbps_e2e::node::binaries().unwrap();
     let sysctls_before = host_sysctls();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "a_node_left_running", "--nocapture"])

@@ -13,63 +13,17 @@ use dbps_e2e::fixtures::{claim, psql_pod, run_pod, service};
 use dbps_e2e::node::{Node, STORAGE_CLASS};
 use dbps_operator::api::DatabaseClaim;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-fn node_binaries() -> PathBuf {
-    let out = std::process::Command::new("e2e/tools/build-binaries.sh")
-        .arg("--node")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .expect("run build-binaries.sh --node");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim(),
-    )
-}
-
-/// The operator binary, as `make test` builds it.
-fn operator_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("dbps-operator");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p dbps-operator`",
-        bin.display()
-    );
-    bin
-}
-
 #[tokio::test]
 async fn the_chart_runs_the_operator_as_a_pod_that_provisions_a_real_database() {
-    let bin = node_binaries();
+    let bin = dbps_e2e::node::binaries().unwrap();
     let ctx = TestContext::new("real-chart").await.unwrap();
-    let nodes: Api<KubeNode> = Api::all(ctx.client.clone());
-    for fake in nodes.list(&Default::default()).await.unwrap().items {
-        let taint = json!({ "spec": { "taints": [{ "key": "dbps.io/fake-node", "effect": "NoSchedule" }] } });
-        nodes
-            .patch(
-                &fake.metadata.name.unwrap(),
-                &PatchParams::default(),
-                &Patch::Merge(taint),
-            )
-            .await
-            .unwrap();
-    }
+    dbps_e2e::node::keep_workloads_off_fake_nodes(&ctx.client)
+        .await
+        .unwrap();
     let restricted =
         json!({ "metadata": { "labels": { "pod-security.kubernetes.io/enforce": "restricted" } } });
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
@@ -84,8 +38,11 @@ async fn the_chart_runs_the_operator_as_a_pod_that_provisions_a_real_database() 
     let mut node = Node::start(&bin).await.unwrap();
     node.join(ctx.plane).await.unwrap();
     let tag = env!("CARGO_PKG_VERSION");
-    node.import(&dbps_e2e::images::operator(&operator_binary(), tag))
-        .unwrap();
+    node.import(&dbps_e2e::images::operator(
+        &dbps_e2e::operator::binary(),
+        tag,
+    ))
+    .unwrap();
     node.import(&dbps_e2e::images::postgres("15").unwrap())
         .unwrap();
     node.volume(ctx.plane, &ctx.namespace, "data-orders-db-0", "1Gi")

@@ -7,7 +7,6 @@
 //! even holding the credentials, is refused by the NetworkPolicy on real
 //! packets.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dbps_e2e::claims::reason_is;
@@ -15,45 +14,19 @@ use dbps_e2e::fixtures::{claim, influx_pod, psql_pod, run_pod as run, service};
 use dbps_e2e::node::{NODE_NAME, Node, STORAGE_CLASS, host_sysctls};
 use dbps_e2e::{RunningOperator, TestContext};
 use dbps_operator::api::DatabaseClaim;
-use k8s_openapi::api::core::v1::{Namespace, Node as KubeNode, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
-fn node_binaries() -> PathBuf {
-    let out = std::process::Command::new("e2e/tools/build-binaries.sh")
-        .arg("--node")
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .output()
-        .expect("run build-binaries.sh --node");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim(),
-    )
-}
-
 #[tokio::test]
 async fn dedicated_postgres_and_influxdb_claims_run_for_real_and_only_their_service_gets_in() {
-    let bin = node_binaries();
+    let bin = dbps_e2e::node::binaries().unwrap();
     let sysctls_before = host_sysctls();
     let ctx = TestContext::new("real-dedicated").await.unwrap();
     // Workloads go to the real node only: the fake one is tainted.
-    let nodes: Api<KubeNode> = Api::all(ctx.client.clone());
-    for fake in nodes.list(&Default::default()).await.unwrap().items {
-        let name = fake.metadata.name.unwrap();
-        let taint = json!({ "spec": { "taints": [{ "key": "dbps.io/fake-node", "effect": "NoSchedule" }] } });
-        nodes
-            .patch(&name, &PatchParams::default(), &Patch::Merge(taint))
-            .await
-            .unwrap();
-    }
+    dbps_e2e::node::keep_workloads_off_fake_nodes(&ctx.client)
+        .await
+        .unwrap();
     Api::<Namespace>::all(ctx.client.clone())
         .patch(
             &ctx.namespace,
