@@ -50,7 +50,93 @@ fn tar(dir: &Path, out: &Path, entries: &[&str]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Adds what identifies `path` (and, for a directory, everything below it)
+/// to `key`: names, sizes and modification times.
+fn describe(path: &Path, key: &mut ring::digest::Context) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        key.update(format!("missing {}\n", path.display()).as_bytes());
+        return;
+    };
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    key.update(format!("{} {} {mtime}\n", path.display(), meta.len()).as_bytes());
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for entry in entries {
+            describe(&entry, key);
+        }
+    }
+}
+
 impl Image {
+    /// The image's content key: its definition and the files it is made of.
+    pub fn key(&self) -> String {
+        let mut key = ring::digest::Context::new(&ring::digest::SHA256);
+        key.update(
+            format!(
+                "{}\n{:?}\n{:?}\n{:?}\n",
+                self.name, self.entrypoint, self.user, self.links
+            )
+            .as_bytes(),
+        );
+        for (inside, text, mode) in &self.texts {
+            key.update(format!("{inside} {mode}\n{text}\n").as_bytes());
+        }
+        for (inside, source) in &self.files {
+            key.update(format!("{inside}\n").as_bytes());
+            describe(source, &mut key);
+        }
+        key.finish().as_ref()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The image as a docker-archive tarball, made once per content key in
+    /// `~/.cache/dbps/images/` (or `$DBPS_CACHE_DIR/images/`).
+    pub fn archive(&self) -> Result<PathBuf, Error> {
+        let cache = std::env::var_os("DBPS_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/dbps")
+            })
+            .join("images");
+        let stem: String = self
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let path = cache.join(format!("{stem}--{}.tar", self.key()));
+        if path.exists() {
+            return Ok(path);
+        }
+        // Earlier contents of the same image go: the cache holds one per name.
+        for entry in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{stem}--")) && name.ends_with(".tar") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        std::fs::create_dir_all(&cache).map_err(|e| Error::io("image cache", e))?;
+        let work = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(&cache)
+            .map_err(|e| Error::io("image build dir", e))?;
+        let tar = self.write(work.path())?;
+        std::fs::rename(&tar, &path).map_err(|e| Error::io("image cache", e))?;
+        Ok(path)
+    }
+
     /// Writes the image as a docker-archive tarball in `work` and returns its path.
     pub fn write(&self, work: &Path) -> Result<PathBuf, Error> {
         let safe: String = self
@@ -386,5 +472,39 @@ pub fn operator(binary: &Path, tag: &str) -> Image {
         links: vec![],
         entrypoint: vec!["/usr/local/bin/dbps-operator".into()],
         user: Some(65532),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(text: &str) -> Image {
+        Image {
+            name: "dbps.local/test:1".into(),
+            files: vec![("/bin/busybox".into(), PathBuf::from("/bin/busybox"))],
+            texts: vec![("/etc/motd".into(), text.into(), 0o644)],
+            links: vec![],
+            entrypoint: vec!["/bin/sh".into()],
+            user: Some(1),
+        }
+    }
+
+    #[test]
+    fn the_content_key_follows_what_the_image_is_made_of() {
+        assert_eq!(image("a").key(), image("a").key());
+        assert_ne!(image("a").key(), image("b").key());
+        let mut other_user = image("a");
+        other_user.user = Some(2);
+        assert_ne!(image("a").key(), other_user.key());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "1").unwrap();
+        let with_file = |i: &mut Image| i.files.push(("/f".into(), file.clone()));
+        let mut before = image("a");
+        with_file(&mut before);
+        let key_before = before.key();
+        std::fs::write(&file, "22").unwrap();
+        assert_ne!(key_before, before.key(), "a changed file changes the key");
     }
 }

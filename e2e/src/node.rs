@@ -1004,14 +1004,13 @@ iptables: {{localhostNodePorts: false}}
 
     /// Imports `image` into containerd's `k8s.io` namespace (what kubelet uses).
     pub fn import(&self, image: &crate::images::Image) -> Result<(), Error> {
-        let tar = image.write(&self.dir)?;
+        let tar = image.archive()?;
         let out = Command::new(self.bin.join("ctr"))
             .args(["--address", &self.containerd_socket().display().to_string()])
             .args(["--namespace", "k8s.io", "images", "import"])
             .arg(&tar)
             .output()
             .map_err(|e| Error::io("ctr images import", e))?;
-        let _ = std::fs::remove_file(&tar);
         if !out.status.success() {
             return Err(Error::Binaries(format!(
                 "importing {}: {}",
