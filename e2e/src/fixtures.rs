@@ -124,47 +124,84 @@ pub async fn wait_event(ctx: &TestContext, name: &str, reason: &str) -> (String,
     }
 }
 
-/// A pod of `service` that runs `sql` with psql against `host`, with the
-/// credentials of the binding Secret `binding` (by secretKeyRef, as a
-/// service would take them).
-///
-/// `binding` empty: no Secret at all, a guessed user and password instead
-/// (what is left to a pod the admission policy keeps off the binding).
-pub fn psql_pod(name: &str, service: &str, binding: &str, host: &str, sql: &str) -> Pod {
-    let key = |k: &str| json!({ "secretKeyRef": { "name": binding, "key": k } });
+/// A pod of `service` (its label and ServiceAccount) that runs `command`
+/// once from `image` as `uid` under Pod Security `restricted`, with `env`.
+/// As a service would, the commands retry for a while: the policy enforcer
+/// learns a new pod's address a moment after it starts.
+fn client_pod(
+    name: &str,
+    service: &str,
+    image: &str,
+    uid: i64,
+    command: String,
+    env: Value,
+) -> Pod {
     serde_json::from_value(json!({
         "metadata": { "name": name, "labels": { "dbps.io/service": service } },
         "spec": {
             "restartPolicy": "Never",
             "serviceAccountName": service,
             "automountServiceAccountToken": false,
-            "securityContext": { "runAsNonRoot": true, "runAsUser": 999, "seccompProfile": { "type": "RuntimeDefault" } },
+            "securityContext": { "runAsNonRoot": true, "runAsUser": uid, "seccompProfile": { "type": "RuntimeDefault" } },
             "containers": [{
-                "name": "psql", "image": "postgres:15", "imagePullPolicy": "Never",
-                // As a service would, it retries for a while: the policy
-                // enforcer learns a new pod's address a moment after it starts.
-                "command": ["sh", "-c", format!(
-                    "for i in 1 2 3 4 5 6 7 8 9 10; do PGCONNECT_TIMEOUT=3 psql -v ON_ERROR_STOP=1 -tA -h {host} -U \"$DB_USER\" -d \"$DB_NAME\" -c \"{sql}\" && exit 0; sleep 1; done; exit 1"
-                )],
-                "env": if binding.is_empty() {
-                    json!([
-                        { "name": "DB_USER", "value": "guess" },
-                        { "name": "PGPASSWORD", "value": "guess" },
-                        { "name": "DB_NAME", "value": "guess" }
-                    ])
-                } else {
-                    json!([
-                        { "name": "DB_USER", "valueFrom": key("username") },
-                        { "name": "PGPASSWORD", "valueFrom": key("password") },
-                        { "name": "DB_NAME", "valueFrom": key("database") }
-                    ])
-                },
+                "name": "client", "image": image, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", format!("for i in 1 2 3 4 5 6 7 8 9 10; do {command} && exit 0; sleep 1; done; exit 1")],
+                "env": env,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
             }]
         }
     }))
     .unwrap()
+}
+
+/// `DB_USER`, `password_var` and `DB_NAME` from the binding Secret `binding`
+/// (by secretKeyRef, as a service takes them), or guessed when `binding` is
+/// empty (what is left to a pod the admission policy keeps off the binding).
+fn binding_env(binding: &str, password_var: &str) -> Value {
+    let value = |var: &str, key: &str| match binding {
+        "" => json!({ "name": var, "value": "guess" }),
+        _ => {
+            json!({ "name": var, "valueFrom": { "secretKeyRef": { "name": binding, "key": key } } })
+        }
+    };
+    json!([
+        value("DB_USER", "username"),
+        value(password_var, "password"),
+        value("DB_NAME", "database")
+    ])
+}
+
+/// A pod of `service` that runs `sql` with psql against `host`, with the
+/// credentials of the binding Secret `binding` (empty: guessed ones).
+pub fn psql_pod(name: &str, service: &str, binding: &str, host: &str, sql: &str) -> Pod {
+    let command = format!(
+        "PGCONNECT_TIMEOUT=3 psql -v ON_ERROR_STOP=1 -tA -h {host} -U \"$DB_USER\" -d \"$DB_NAME\" -c \"{sql}\""
+    );
+    client_pod(
+        name,
+        service,
+        "postgres:15",
+        999,
+        command,
+        binding_env(binding, "PGPASSWORD"),
+    )
+}
+
+/// A pod of `service` that runs the `influx` client against `host` with
+/// the credentials of the binding Secret `binding` (empty: guessed ones).
+pub fn influx_pod(name: &str, service: &str, binding: &str, host: &str, query: &str) -> Pod {
+    let command = format!(
+        "HOME=/tmp influx -host {host} -username \"$DB_USER\" -password \"$DB_PASSWORD\" -database \"$DB_NAME\" -execute '{query}'"
+    );
+    client_pod(
+        name,
+        service,
+        "influxdb:1.6",
+        1000,
+        command,
+        binding_env(binding, "DB_PASSWORD"),
+    )
 }
 
 /// Creates ServiceAccount `name` (the identity of a service's pods).
@@ -175,35 +212,6 @@ pub async fn service_account(ctx: &TestContext, name: &str) {
         .create(&PostParams::default(), &account)
         .await
         .unwrap();
-}
-
-/// A pod of `service` that runs the `influx` client against `host` with
-/// the binding's credentials, retrying for a while like `psql_pod`.
-pub fn influx_pod(name: &str, service: &str, binding: &str, host: &str, query: &str) -> Pod {
-    let key = |k: &str| json!({ "secretKeyRef": { "name": binding, "key": k } });
-    serde_json::from_value(json!({
-        "metadata": { "name": name, "labels": { "dbps.io/service": service } },
-        "spec": {
-            "restartPolicy": "Never",
-            "serviceAccountName": service,
-            "automountServiceAccountToken": false,
-            "securityContext": { "runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": { "type": "RuntimeDefault" } },
-            "containers": [{
-                "name": "influx", "image": "influxdb:1.6", "imagePullPolicy": "Never",
-                "command": ["sh", "-c", format!(
-                    "export HOME=/tmp; for i in 1 2 3 4 5 6 7 8 9 10; do influx -host {host} -username \"$DB_USER\" -password \"$DB_PASSWORD\" -database \"$DB_NAME\" -execute '{query}' && exit 0; sleep 1; done; exit 1"
-                )],
-                "env": [
-                    { "name": "DB_USER", "valueFrom": key("username") },
-                    { "name": "DB_PASSWORD", "valueFrom": key("password") },
-                    { "name": "DB_NAME", "valueFrom": key("database") }
-                ],
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
-            }]
-        }
-    }))
-    .unwrap()
 }
 
 /// Runs `pod` to completion; its output (or error) and whether it succeeded.

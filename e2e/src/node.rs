@@ -596,7 +596,7 @@ impl Node {
     }
 
     async fn start_containerd(&mut self) -> Result<(), Error> {
-        let d = &self.dir;
+        let d = self.dir.clone();
         let config = d.join("containerd.toml");
         let text = format!(
             r#"version = 3
@@ -631,24 +631,12 @@ oom_score = 0
         );
         std::fs::create_dir_all(d.join("cni/net.d")).map_err(|e| Error::io("cni dir", e))?;
         std::fs::write(&config, text).map_err(|e| Error::io("write containerd config", e))?;
-        let args = self.inside(
-            &self.bin.join("containerd"),
-            &["--config".into(), config.display().to_string()],
-        );
-        let path = self.path_env();
-        let mut containerd = Process::spawn(
+        // containerd and the shims it starts live in the node's cgroup.
+        let mut containerd = self.spawn_inside(
             "containerd",
-            Path::new("/usr/bin/nsenter"),
-            &args,
-            d,
-            |cmd| {
-                cmd.env("PATH", path);
-            },
+            "runtime",
+            &["--config".into(), config.display().to_string()],
         )?;
-        if let Some(pid) = containerd.pid() {
-            // containerd and the shims it starts live in the node's cgroup.
-            self.enter_cgroup(pid, "runtime")?;
-        }
         let sock = self.containerd_socket();
         let ctr = self.bin.join("ctr");
         containerd
@@ -736,8 +724,9 @@ registerNode: true
         );
         let config_path = d.join("kubelet.yaml");
         std::fs::write(&config_path, config).map_err(|e| Error::io("write kubelet config", e))?;
-        let args = self.inside(
-            &self.bin.join("kubelet"),
+        let mut kubelet = self.spawn_inside(
+            "kubelet",
+            "kubelet",
             &[
                 "--config".into(),
                 config_path.display().to_string(),
@@ -752,15 +741,7 @@ registerNode: true
                 "--v".into(),
                 "1".into(),
             ],
-        );
-        let path = self.path_env();
-        let mut kubelet =
-            Process::spawn("kubelet", Path::new("/usr/bin/nsenter"), &args, &d, |cmd| {
-                cmd.env("PATH", path);
-            })?;
-        if let Some(pid) = kubelet.pid() {
-            self.enter_cgroup(pid, "kubelet")?;
-        }
+        )?;
         let client = plane.client().await?;
         let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
         kubelet
@@ -836,8 +817,14 @@ registerNode: true
         Ok(())
     }
 
-    /// Spawns `program` inside the node's namespaces, in its own cgroup.
-    fn spawn_inside(&mut self, name: &str, args: &[String]) -> Result<Process, Error> {
+    /// Spawns the node binary `name` inside the node's namespaces, in the
+    /// node's cgroup `cgroup`.
+    fn spawn_inside(
+        &mut self,
+        name: &str,
+        cgroup: &str,
+        args: &[String],
+    ) -> Result<Process, Error> {
         let args = self.inside(&self.bin.join(name), args);
         let path = self.path_env();
         let process = Process::spawn(
@@ -850,9 +837,34 @@ registerNode: true
             },
         )?;
         if let Some(pid) = process.pid() {
-            self.enter_cgroup(pid, name)?;
+            self.enter_cgroup(pid, cgroup)?;
         }
         Ok(process)
+    }
+
+    /// Waits until `process` has put rules containing `needle` into the
+    /// node's iptables table `table`.
+    async fn wait_for_rules(
+        &self,
+        process: &mut Process,
+        table: &str,
+        needle: &str,
+    ) -> Result<(), Error> {
+        let holder = self.record.holder_pid.to_string();
+        process
+            .wait_until(Duration::from_secs(60), || {
+                let (holder, table, needle) =
+                    (holder.clone(), table.to_string(), needle.to_string());
+                async move {
+                    Command::new("nsenter")
+                        .args([
+                            "--target", &holder, "--net", "--", "iptables", "-t", &table, "-S",
+                        ])
+                        .output()
+                        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&needle))
+                }
+            })
+            .await
     }
 
     /// kube-proxy (iptables mode) inside the node: Service addresses work for
@@ -879,21 +891,12 @@ iptables: {{localhostNodePorts: false}}
         );
         let path = self.dir.join("kube-proxy.yaml");
         std::fs::write(&path, config).map_err(|e| Error::io("write kube-proxy config", e))?;
-        let mut proxy =
-            self.spawn_inside("kube-proxy", &[format!("--config={}", path.display())])?;
-        let holder = self.record.holder_pid.to_string();
-        proxy
-            .wait_until(Duration::from_secs(60), || {
-                let holder = holder.clone();
-                async move {
-                    Command::new("nsenter")
-                        .args([
-                            "--target", &holder, "--net", "--", "iptables", "-t", "nat", "-S",
-                        ])
-                        .output()
-                        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("KUBE-SERVICES"))
-                }
-            })
+        let mut proxy = self.spawn_inside(
+            "kube-proxy",
+            "kube-proxy",
+            &[format!("--config={}", path.display())],
+        )?;
+        self.wait_for_rules(&mut proxy, "nat", "KUBE-SERVICES")
             .await?;
         self.procs.push(proxy);
         Ok(())
@@ -930,8 +933,11 @@ iptables: {{localhostNodePorts: false}}
         );
         let path = self.dir.join("Corefile");
         std::fs::write(&path, corefile).map_err(|e| Error::io("write Corefile", e))?;
-        let mut dns =
-            self.spawn_inside("coredns", &["-conf".into(), path.display().to_string()])?;
+        let mut dns = self.spawn_inside(
+            "coredns",
+            "coredns",
+            &["-conf".into(), path.display().to_string()],
+        )?;
         dns.wait_until(Duration::from_secs(30), || {
             let log = dns_log(&self.dir);
             async move { log.contains("CoreDNS-") }
@@ -958,8 +964,9 @@ iptables: {{localhostNodePorts: false}}
         )
         .await?;
         let kubeconfig = plane.write_kubeconfig(user, &[])?;
-        let args = self.inside(
-            &self.bin.join("kube-router"),
+        let mut router = self.spawn_inside(
+            "kube-router",
+            "kube-router",
             &[
                 "--run-firewall=true".into(),
                 "--run-router=false".into(),
@@ -972,31 +979,8 @@ iptables: {{localhostNodePorts: false}}
                 "--iptables-sync-period=30s".into(),
                 "--v=1".into(),
             ],
-        );
-        let path = self.path_env();
-        let mut router = Process::spawn(
-            "kube-router",
-            Path::new("/usr/bin/nsenter"),
-            &args,
-            &self.dir,
-            |cmd| {
-                cmd.env("PATH", path);
-            },
         )?;
-        if let Some(pid) = router.pid() {
-            self.enter_cgroup(pid, "kube-router")?;
-        }
-        let holder = self.record.holder_pid.to_string();
-        router
-            .wait_until(Duration::from_secs(60), || {
-                let holder = holder.clone();
-                async move {
-                    Command::new("nsenter")
-                        .args(["--target", &holder, "--net", "--", "iptables", "-S"])
-                        .output()
-                        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("KUBE-ROUTER"))
-                }
-            })
+        self.wait_for_rules(&mut router, "filter", "KUBE-ROUTER")
             .await?;
         self.procs.push(router);
         Ok(())

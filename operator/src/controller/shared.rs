@@ -296,9 +296,11 @@ pub async fn apply_shared(
         host: conn.host.clone(),
         port: conn.port.into(),
     });
-    let server_fault = |e: &crate::servers::AdminError| {
+    // What the server said goes into the status: a conflict (another
+    // owner) waits for the resync, a fault is retried with backoff.
+    let server_failure = async |e: AdminError| -> Result<Action, Error> {
         let phase = match e {
-            crate::servers::AdminError::Conflict(_) => ClaimPhase::Failed,
+            AdminError::Conflict(_) => ClaimPhase::Failed,
             _ => ClaimPhase::Provisioning,
         };
         let mut outcome = Outcome::waiting(
@@ -307,7 +309,11 @@ pub async fn apply_shared(
             format!("DatabaseServer {server_name:?}: {e}"),
         );
         outcome.endpoint = status_endpoint.clone();
-        outcome
+        update_status(claim, ctx, outcome).await?;
+        match e {
+            AdminError::Conflict(_) => Ok(resync.clone()),
+            e => Err(Error::Unavailable(e.reason(), e.to_string())),
+        }
     };
     let (database, adopt) = placed_database(claim, &server);
     let claimant = Claimant {
@@ -327,12 +333,7 @@ pub async fn apply_shared(
             Err(e) => Err(e),
         };
         if let Err(e) = authorized {
-            let outcome = server_fault(&e);
-            update_status(claim, ctx, outcome).await?;
-            return match e {
-                AdminError::Conflict(_) => Ok(resync),
-                e => Err(Error::Unavailable(e.reason(), e.to_string())),
-            };
+            return server_failure(e).await;
         }
     }
 
@@ -356,8 +357,7 @@ pub async fn apply_shared(
             .revoke(&conn, &database, &previous.username, mark)
             .await
         {
-            update_status(claim, ctx, server_fault(&e)).await?;
-            return Err(Error::Unavailable(e.reason(), e.to_string()));
+            return server_failure(e).await;
         }
         match secrets.delete(&previous.secret, &Default::default()).await {
             Ok(_) => {}
@@ -485,13 +485,7 @@ pub async fn apply_shared(
     };
     let provisioned = match ctx.servers.ensure(&conn, &grant, &claimant).await {
         Ok(provisioned) => provisioned,
-        Err(e) => {
-            update_status(claim, ctx, server_fault(&e)).await?;
-            return match e {
-                AdminError::Conflict(_) => Ok(resync),
-                e => Err(Error::Unavailable(e.reason(), e.to_string())),
-            };
-        }
+        Err(e) => return server_failure(e).await,
     };
     if let Some((reason, note)) = notice {
         publish(ctx, claim, EventType::Warning, reason, "Repair", note).await;

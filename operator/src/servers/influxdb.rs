@@ -254,32 +254,35 @@ async fn erase_mark(conn: &Connection, key: &str) -> Result<(), AdminError> {
     .map(drop)
 }
 
+/// The database and users under these names with their marks, and for
+/// each whether it exists (a mark may stand for an object not made yet).
 async fn presences(
     conn: &Connection,
     database: &str,
     usernames: &[String],
-) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
+) -> Result<(Vec<(ObjectKind, String, Presence)>, Vec<bool>), AdminError> {
     let mut keys = vec![database_key(database)];
     keys.extend(usernames.iter().map(|u| user_key(u)));
     let marks = read_marks(conn, &keys).await?;
     let databases = names(conn, "SHOW DATABASES").await?;
     let users = names(conn, "SHOW USERS").await?;
+    let db_exists = databases.iter().any(|d| d == database);
     let mut found = vec![(
         ObjectKind::Database,
         database.to_string(),
-        Presence::of(
-            databases.iter().any(|d| d == database),
-            marks.get(&keys[0]).map(String::as_str),
-        ),
+        Presence::of(db_exists, marks.get(&keys[0]).map(String::as_str)),
     )];
+    let mut exists = vec![db_exists];
     for (user, key) in usernames.iter().zip(&keys[1..]) {
-        let presence = Presence::of(
-            users.iter().any(|u| u == user),
-            marks.get(key).map(String::as_str),
-        );
-        found.push((ObjectKind::User, user.clone(), presence));
+        let there = users.iter().any(|u| u == user);
+        found.push((
+            ObjectKind::User,
+            user.clone(),
+            Presence::of(there, marks.get(key).map(String::as_str)),
+        ));
+        exists.push(there);
     }
-    Ok(found)
+    Ok((found, exists))
 }
 
 pub async fn inspect(
@@ -287,7 +290,7 @@ pub async fn inspect(
     database: &str,
     usernames: &[String],
 ) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
-    presences(conn, database, usernames).await
+    Ok(presences(conn, database, usernames).await?.0)
 }
 
 /// The marks are written before the objects (a reservation), so a
@@ -297,7 +300,8 @@ pub async fn ensure(
     grant: &Grant,
     claimant: &Claimant,
 ) -> Result<Provisioned, AdminError> {
-    let found = presences(conn, &grant.database, std::slice::from_ref(&grant.username)).await?;
+    let (found, existing) =
+        presences(conn, &grant.database, std::slice::from_ref(&grant.username)).await?;
     let verdicts = authorize(&found, claimant)?;
     let mut provisioned = Provisioned::default();
     for ((kind, name, _), verdict) in found.iter().zip(&verdicts) {
@@ -312,8 +316,7 @@ pub async fn ensure(
     }
     let (db, user) = (quote_ident(&grant.database), quote_ident(&grant.username));
     admin(conn, &format!("CREATE DATABASE {db}")).await?;
-    let exists = found[1].2 != Presence::Absent
-        && names(conn, "SHOW USERS").await?.contains(&grant.username);
+    let exists = existing[1];
     let password = quote_literal(&grant.password);
     if !exists {
         admin(
@@ -338,8 +341,13 @@ pub async fn drop_database(
     usernames: &[String],
     mark: &Mark,
 ) -> Result<Dropped, AdminError> {
-    let found = presences(conn, database, usernames).await?;
-    let users = names(conn, "SHOW USERS").await?;
+    let (found, exists) = presences(conn, database, usernames).await?;
+    let users: Vec<String> = found
+        .iter()
+        .zip(&exists)
+        .filter(|(_, e)| **e)
+        .map(|((_, name, _), _)| name.clone())
+        .collect();
     let (drop, kept) = ownership::droppable(found, mark);
     let mut dropped = Dropped {
         kept,

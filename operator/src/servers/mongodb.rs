@@ -176,29 +176,32 @@ async fn erase_mark(client: &mongodb::Client, key: &str) -> Result<(), AdminErro
     Ok(())
 }
 
+/// The database and users under these names with their marks, and for
+/// each whether it exists (a mark may stand for an object not made yet).
 async fn presences(
     client: &mongodb::Client,
     database: &str,
     usernames: &[String],
-) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
+) -> Result<(Vec<(ObjectKind, String, Presence)>, Vec<bool>), AdminError> {
+    let db_exists = database_exists(client, database).await?;
+    let mark = read_mark(client, &database_key(database)).await?;
     let mut found = vec![(
         ObjectKind::Database,
         database.to_string(),
-        Presence::of(
-            database_exists(client, database).await?,
-            read_mark(client, &database_key(database)).await?.as_deref(),
-        ),
+        Presence::of(db_exists, mark.as_deref()),
     )];
+    let mut exists = vec![db_exists];
     for user in usernames {
-        let presence = Presence::of(
-            user_exists(client, database, user).await?,
-            read_mark(client, &user_key(database, user))
-                .await?
-                .as_deref(),
-        );
-        found.push((ObjectKind::User, user.clone(), presence));
+        let there = user_exists(client, database, user).await?;
+        let mark = read_mark(client, &user_key(database, user)).await?;
+        found.push((
+            ObjectKind::User,
+            user.clone(),
+            Presence::of(there, mark.as_deref()),
+        ));
+        exists.push(there);
     }
-    Ok(found)
+    Ok((found, exists))
 }
 
 pub async fn inspect(
@@ -206,7 +209,7 @@ pub async fn inspect(
     database: &str,
     usernames: &[String],
 ) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
-    presences(&admin(conn).await?, database, usernames).await
+    Ok(presences(&admin(conn).await?, database, usernames).await?.0)
 }
 
 /// `enforces_roles`: false on FerretDB v1, which accepts only users without roles.
@@ -220,7 +223,7 @@ pub async fn ensure(
 ) -> Result<Provisioned, AdminError> {
     let admin = admin(conn).await?;
     let (db, user) = (&grant.database, &grant.username);
-    let found = presences(&admin, db, std::slice::from_ref(user)).await?;
+    let (found, exists) = presences(&admin, db, std::slice::from_ref(user)).await?;
     let verdicts = authorize(&found, claimant)?;
     let mut provisioned = Provisioned::default();
     for ((kind, name, _), verdict) in found.iter().zip(&verdicts) {
@@ -238,7 +241,7 @@ pub async fn ensure(
     } else {
         Vec::new()
     };
-    if !user_exists(&admin, db, user).await? {
+    if !exists[1] {
         let create = doc! { "createUser": user, "pwd": &grant.password, "roles": roles };
         run(&admin, db, create).await?;
     } else {
@@ -261,7 +264,13 @@ pub async fn drop_database(
     mark: &Mark,
 ) -> Result<Dropped, AdminError> {
     let admin = admin(conn).await?;
-    let found = presences(&admin, database, usernames).await?;
+    let (found, exists) = presences(&admin, database, usernames).await?;
+    let existing: Vec<String> = found
+        .iter()
+        .zip(&exists)
+        .filter(|(_, e)| **e)
+        .map(|((_, name, _), _)| name.clone())
+        .collect();
     let (drop, kept) = ownership::droppable(found, mark);
     let mut dropped = Dropped {
         kept,
@@ -274,7 +283,7 @@ pub async fn drop_database(
                 database_key(database)
             }
             ObjectKind::User => {
-                if user_exists(&admin, database, &name).await? {
+                if existing.contains(&name) {
                     run(&admin, database, doc! { "dropUser": &name }).await?;
                 }
                 user_key(database, &name)
