@@ -38,13 +38,24 @@ pub struct Options {
     pub workloads: bool,
     /// Number of fake kwok nodes (with `workloads`).
     pub nodes: usize,
+    /// Range of Service cluster IPs.
+    pub service_cidr: &'static str,
 }
+
+/// Service range of a plane with fake nodes only: loopback addresses, so a
+/// connection to a Service from this machine (the operator administering a
+/// dedicated instance) is refused here and never leaves it.
+pub const LOOPBACK_SERVICE_CIDR: &str = "127.96.0.0/24";
+/// Service range of a plane a real node joins: these addresses exist only in
+/// the node's network namespace.
+pub const NODE_SERVICE_CIDR: &str = "10.96.0.0/24";
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             workloads: true,
             nodes: 1,
+            service_cidr: LOOPBACK_SERVICE_CIDR,
         }
     }
 }
@@ -55,6 +66,15 @@ impl Options {
         Self {
             workloads: false,
             nodes: 0,
+            ..Self::default()
+        }
+    }
+
+    /// A plane for a real node to join (see [`crate::node::Node::join`]).
+    pub fn real_node() -> Self {
+        Self {
+            service_cidr: NODE_SERVICE_CIDR,
+            ..Self::default()
         }
     }
 }
@@ -67,6 +87,7 @@ pub struct ControlPlane {
     ca: Authority,
     admin_kubeconfig: PathBuf,
     audit_log: PathBuf,
+    service_cidr: &'static str,
 }
 
 impl ControlPlane {
@@ -115,6 +136,7 @@ impl ControlPlane {
             ca,
             admin_kubeconfig: path.join("admin.kubeconfig"),
             audit_log: audit_log.clone(),
+            service_cidr: options.service_cidr,
         };
 
         // etcd
@@ -167,7 +189,7 @@ impl ControlPlane {
                 ),
                 ("--service-account-key-file", &path_str(&sa_pub)),
                 ("--service-account-signing-key-file", &path_str(&sa_key)),
-                ("--service-cluster-ip-range", "10.96.0.0/24"),
+                ("--service-cluster-ip-range", options.service_cidr),
                 ("--endpoint-reconciler-type", "none"),
                 ("--allow-privileged", "true"),
                 ("--audit-policy-file", &path_str(&audit_policy)),
@@ -368,6 +390,16 @@ impl ControlPlane {
 
     /// `https://127.0.0.1:<port>`.
     /// The apiserver's port on 127.0.0.1.
+    /// Range of Service cluster IPs.
+    pub fn service_cidr(&self) -> &'static str {
+        self.service_cidr
+    }
+
+    /// Whether Services get loopback addresses (a plane without a real node).
+    pub fn loopback_services(&self) -> bool {
+        self.service_cidr.starts_with("127.")
+    }
+
     pub fn port(&self) -> u16 {
         self.server
             .rsplit(':')

@@ -456,6 +456,61 @@ pub fn influxdb() -> Result<Image, Error> {
 }
 
 /// The operator's image, from the binary `cargo build` made: the program and
+/// First boot of the MongoDB-wire image: the official `mongo` image's
+/// contract (`MONGO_INITDB_ROOT_USERNAME`/`_PASSWORD` make the superuser in
+/// `admin` on an empty `/data/db`, authentication on, port 27017) kept by
+/// FerretDB on SQLite, whose setup flags make that user only while the
+/// `admin` database does not exist yet.
+const FERRETDB_ENTRYPOINT: &str = r#"#!/bin/sh
+set -eu
+exec /usr/local/bin/ferretdb \
+  --listen-addr=:27017 \
+  --handler=sqlite --sqlite-url=file:/data/db/ --state-dir=/data/db \
+  --telemetry=disable --log-level=info --debug-addr=127.0.0.1:8088 \
+  --test-enable-new-auth \
+  --setup-database=admin \
+  --setup-username="${MONGO_INITDB_ROOT_USERNAME:?}" \
+  --setup-password="${MONGO_INITDB_ROOT_PASSWORD:?}"
+"#;
+
+/// `ferretdb:<major.minor>`: the FerretDB build of `build-ferretdb.sh` (a
+/// MongoDB wire-protocol server) with the `mongo` image's first-boot
+/// contract ([`FERRETDB_ENTRYPOINT`]); user 999 as the operator runs it.
+/// Dedicated MongoDB claims use it with `--image-repository mongodb=ferretdb`
+/// and `version` set to FerretDB's.
+pub fn ferretdb() -> Result<Image, Error> {
+    let binary = crate::databases::ferretdb_binary()?;
+    let version = crate::binaries::Versions::pinned().ferretdb;
+    let tag = version
+        .trim_start_matches('v')
+        .split('.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".");
+    Ok(Image {
+        name: format!("ferretdb:{tag}"),
+        files: vec![
+            ("/bin/busybox".into(), PathBuf::from("/bin/busybox")),
+            ("/usr/local/bin/ferretdb".into(), binary),
+        ],
+        texts: vec![
+            (
+                "/usr/local/bin/entrypoint.sh".into(),
+                FERRETDB_ENTRYPOINT.into(),
+                0o755,
+            ),
+            (
+                "/etc/passwd".into(),
+                "root:x:0:0::/root:/bin/sh\nmongodb:x:999:999::/data/db:/bin/sh\n".into(),
+                0o644,
+            ),
+        ],
+        links: vec![("/bin/sh".into(), "busybox".into())],
+        entrypoint: vec!["/usr/local/bin/entrypoint.sh".into()],
+        user: Some(999),
+    })
+}
+
 /// the libraries it loads; user 65532 as the chart runs it.
 pub fn operator(binary: &Path, tag: &str) -> Image {
     let mut files: Vec<(String, PathBuf)> =

@@ -659,6 +659,13 @@ oom_score = 0
     /// pod network is a bridge inside it, and kubelet registers the node
     /// `dbps-node` and waits until it is Ready.
     pub async fn join(&mut self, plane: &crate::ControlPlane) -> Result<(), Error> {
+        if plane.service_cidr() != crate::control_plane::NODE_SERVICE_CIDR {
+            return Err(Error::Wait(format!(
+                "a node joins a plane serving Services from {} (Options::real_node), not {}",
+                crate::control_plane::NODE_SERVICE_CIDR,
+                plane.service_cidr()
+            )));
+        }
         let port = plane.port();
         let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         for ip in [[127, 0, 0, 1], [10, 250, 0, 2]] {
@@ -673,10 +680,11 @@ oom_score = 0
             r#"{{"cniVersion": "1.0.0", "name": "dbps-pods", "plugins": [
   {{"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
     "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{POD_CIDR}"}}]], "dataDir": "{ipam}",
-      "routes": [{{"dst": "{NODE_IP}/32"}}, {{"dst": "10.96.0.0/24"}}]}}}},
+      "routes": [{{"dst": "{NODE_IP}/32"}}, {{"dst": "{services}"}}]}}}},
   {{"type": "portmap", "capabilities": {{"portMappings": true}}}}
 ]}}"#,
-            ipam = d.join("cni-ipam").display()
+            ipam = d.join("cni-ipam").display(),
+            services = crate::control_plane::NODE_SERVICE_CIDR,
         );
         std::fs::write(d.join("cni/net.d/10-dbps.conflist"), cni)
             .map_err(|e| Error::io("write CNI config", e))?;
@@ -814,6 +822,43 @@ registerNode: true
         kube::Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client)
             .patch(role, &params, &kube::api::Patch::Apply(binding))
             .await?;
+        Ok(())
+    }
+
+    /// Runs the `dbps-operator` binary on the node, in its network namespace
+    /// (as an operator on a cluster host's network runs), authenticated as
+    /// `user` in `groups`, with `args` after `run`. It reaches the apiserver
+    /// through the node's forwarder and dedicated instances through their
+    /// Services; it stops with the node.
+    pub fn run_operator(
+        &mut self,
+        plane: &crate::ControlPlane,
+        user: &str,
+        groups: &[&str],
+        args: &[String],
+    ) -> Result<(), Error> {
+        let kubeconfig = plane.write_kubeconfig(user, groups)?;
+        let mut all = vec![
+            "run".to_string(),
+            "--log-format=text".into(),
+            format!("--listen=127.0.0.1:{}", crate::ports::free_port()?),
+        ];
+        all.extend(args.iter().cloned());
+        let args = self.inside(&crate::operator::binary(), &all);
+        let process = Process::spawn(
+            "dbps-operator",
+            Path::new("/usr/bin/nsenter"),
+            &args,
+            &self.dir,
+            |cmd| {
+                cmd.env("KUBECONFIG", &kubeconfig)
+                    .env("RUST_LOG", "info,kube=warn");
+            },
+        )?;
+        if let Some(pid) = process.pid() {
+            self.enter_cgroup(pid, "operator")?;
+        }
+        self.procs.push(process);
         Ok(())
     }
 
@@ -973,7 +1018,10 @@ iptables: {{localhostNodePorts: false}}
                 "--run-service-proxy=false".into(),
                 format!("--hostname-override={NODE_NAME}"),
                 format!("--kubeconfig={}", kubeconfig.display()),
-                "--service-cluster-ip-range=10.96.0.0/24".into(),
+                format!(
+                    "--service-cluster-ip-range={}",
+                    crate::control_plane::NODE_SERVICE_CIDR
+                ),
                 "--health-port=0".into(),
                 "--metrics-port=0".into(),
                 "--iptables-sync-period=30s".into(),

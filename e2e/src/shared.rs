@@ -20,14 +20,28 @@ extern "C" fn stop_shared() {
 
 /// The control plane shared by this process, started on first use.
 pub async fn shared() -> Result<&'static ControlPlane, Error> {
-    SHARED
+    shared_with(crate::Options::default()).await
+}
+
+/// The shared control plane, started with `options` on first use; a plane
+/// already started with another Service range is an error.
+pub async fn shared_with(options: crate::Options) -> Result<&'static ControlPlane, Error> {
+    let cidr = options.service_cidr;
+    let plane = SHARED
         .get_or_try_init(|| async {
-            let plane = ControlPlane::start().await?;
+            let plane = ControlPlane::start_with(options).await?;
             // SAFETY: registering a plain extern "C" fn without captures.
             unsafe { libc::atexit(stop_shared) };
-            Ok(plane)
+            Ok::<_, Error>(plane)
         })
-        .await
+        .await?;
+    if plane.service_cidr() != cidr {
+        return Err(Error::Wait(format!(
+            "this test binary's control plane serves Services from {}, not {cidr}",
+            plane.service_cidr()
+        )));
+    }
+    Ok(plane)
 }
 
 /// A test's view of the shared control plane: an admin client and a
@@ -42,7 +56,16 @@ impl TestContext {
     /// Starts (once) the shared control plane and creates a namespace named
     /// after `test` with a unique suffix.
     pub async fn new(test: &str) -> Result<Self, Error> {
-        let plane = shared().await?;
+        Self::with(test, crate::Options::default()).await
+    }
+
+    /// As [`Self::new`], on a plane a real node can join.
+    pub async fn for_real_node(test: &str) -> Result<Self, Error> {
+        Self::with(test, crate::Options::real_node()).await
+    }
+
+    async fn with(test: &str, options: crate::Options) -> Result<Self, Error> {
+        let plane = shared_with(options).await?;
         let client = plane.client().await?;
         let namespace = create_namespace(&client, test).await?;
         Ok(Self {

@@ -825,7 +825,7 @@ async fn every_pod_template_is_admitted_under_pod_security_restricted() {
             claim: &claim,
             service: &service,
             credentials: &credentials,
-            cluster_domain: "cluster.local",
+            platform: &dbps_operator::children::Platform::default(),
         };
         let sts = dbps_operator::children::statefulset(&inputs);
         let mut template = sts.spec.unwrap().template;

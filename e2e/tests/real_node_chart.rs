@@ -20,7 +20,7 @@ use serde_json::json;
 #[tokio::test]
 async fn the_chart_runs_the_operator_as_a_pod_that_provisions_a_real_database() {
     let bin = dbps_e2e::node::binaries().unwrap();
-    let ctx = TestContext::new("real-chart").await.unwrap();
+    let ctx = TestContext::for_real_node("real-chart").await.unwrap();
     dbps_e2e::node::keep_workloads_off_fake_nodes(&ctx.client)
         .await
         .unwrap();

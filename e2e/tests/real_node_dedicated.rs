@@ -22,7 +22,7 @@ use serde_json::json;
 async fn dedicated_postgres_and_influxdb_claims_run_for_real_and_only_their_service_gets_in() {
     let bin = dbps_e2e::node::binaries().unwrap();
     let sysctls_before = host_sysctls();
-    let ctx = TestContext::new("real-dedicated").await.unwrap();
+    let ctx = TestContext::for_real_node("real-dedicated").await.unwrap();
     // Workloads go to the real node only: the fake one is tainted.
     dbps_e2e::node::keep_workloads_off_fake_nodes(&ctx.client)
         .await

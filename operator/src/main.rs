@@ -1,8 +1,11 @@
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use dbps_operator::api::Engine;
+use dbps_operator::children::{OperatorPods, Platform};
 use dbps_operator::controller;
 use dbps_operator::endpoints::{self, Health};
 use dbps_operator::leader::{self, LeaseSettings};
@@ -39,6 +42,17 @@ struct RunArgs {
     /// DNS suffix of in-cluster Services.
     #[arg(long, env = "DBPS_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
+    /// Labels of the operator's own pods (`k=v,k=v`): each dedicated
+    /// instance's NetworkPolicy admits pods with these labels in the
+    /// operator's namespace (POD_NAMESPACE), so the operator can administer
+    /// it. Leave unset when the operator runs outside the cluster.
+    #[arg(long, env = "DBPS_OPERATOR_POD_LABELS", value_parser = parse_labels)]
+    operator_pod_labels: Option<BTreeMap<String, String>>,
+    /// Image repository of an engine's dedicated instances instead of the
+    /// official one (`postgres=mirror.example/postgres`), for a mirror or
+    /// another image that keeps the engine's contract. Repeat per engine.
+    #[arg(long, env = "DBPS_IMAGE_REPOSITORIES", value_delimiter = ',', value_parser = parse_repository)]
+    image_repository: Vec<(Engine, String)>,
     /// Keep the status only of DatabaseServers matching this label selector.
     #[arg(long, env = "DBPS_SERVER_SELECTOR")]
     server_selector: Option<String>,
@@ -62,6 +76,32 @@ struct RunArgs {
     log_format: String,
 }
 
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            _ => Err(format!("{pair:?} is not key=value")),
+        })
+        .collect()
+}
+
+fn parse_repository(s: &str) -> Result<(Engine, String), String> {
+    let (engine, repository) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not engine=repository"))?;
+    let engine = [Engine::Postgres, Engine::Mongodb, Engine::Influxdb]
+        .into_iter()
+        .find(|e| e.as_str() == engine.trim())
+        .ok_or_else(|| format!("unknown engine {engine:?} (postgres, mongodb, influxdb)"))?;
+    match repository.trim() {
+        "" => Err(format!("{s:?} names no repository")),
+        r if r.contains(':') && !r.contains('/') => Err(format!(
+            "{r:?}: give the repository without a tag; the tag is the claim's version"
+        )),
+        r => Ok((engine, r.to_string())),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match Cli::parse().command {
@@ -78,7 +118,14 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = controller::Config {
         namespace: args.namespace,
         resync: Duration::from_secs(args.resync_seconds),
-        cluster_domain: args.cluster_domain,
+        platform: Platform {
+            cluster_domain: args.cluster_domain,
+            operator: args.operator_pod_labels.map(|labels| OperatorPods {
+                namespace: args.lease_namespace.clone(),
+                labels,
+            }),
+            image_repositories: args.image_repository,
+        },
         instance: instance.clone(),
         server_selector: args.server_selector,
     };

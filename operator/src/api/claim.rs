@@ -68,7 +68,6 @@ const MAJOR_UPGRADE: &str = concat!(
     validation = Rule::new("has(self.server) == has(oldSelf.server) && (!has(self.server) || self.server == oldSelf.server)").message("server is immutable: placement cannot change after creation"),
     validation = Rule::new("has(self.database) == has(oldSelf.database) && (!has(self.database) || self.database == oldSelf.database)").message("database is immutable"),
     validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)").message("storage is immutable: the volume of a running instance cannot change"),
-    validation = Rule::new("!has(self.rotation) || has(self.server)").message("rotation applies to shared placement (spec.server) only"),
     validation = Rule::new("!has(self.server) || !has(self.version)").message("version describes a dedicated instance; a shared claim runs on the server's version: remove version"),
     validation = Rule::new(MAJOR_DOWNGRADE).message("version: a major downgrade cannot start on the data directory of a newer major version; keep the current major version"),
     validation = Rule::new(MAJOR_UPGRADE).message("version: a major upgrade of a running instance is refused; move the data to a new claim with the new version (dump and restore, see docs/operations.md#major-upgrades) and switch the service's binding")
@@ -117,7 +116,7 @@ pub struct DatabaseClaimSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Credential rotation (shared placement). A rotation also happens when
+    /// Credential rotation, for every placement. A rotation also happens when
     /// the annotation `dbps.io/rotate` takes a new value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<Rotation>,

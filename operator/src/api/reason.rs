@@ -53,6 +53,9 @@ reasons! {
     CaSecretNotFound,
     /// The server does not answer.
     ServerUnreachable,
+    /// The operator cannot reach the claim's dedicated instance (its pod is
+    /// not running, or the network does not let the operator's connection in).
+    InstanceUnreachable,
     /// The server refused the admin credentials.
     ServerAuthenticationFailed,
     /// The server refused a statement.

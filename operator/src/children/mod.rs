@@ -9,20 +9,17 @@ mod workload;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service as KubeService};
+use k8s_openapi::api::core::v1::{Secret, Service as KubeService};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
-use crate::api::{CLAIM_LABEL, DatabaseClaim, SERVICE_LABEL, Service};
+use crate::api::{CLAIM_LABEL, DatabaseClaim, Engine, SERVICE_LABEL, Service};
 
 pub use network_policy::network_policy;
 pub use rbac::{binding_reader_role, binding_reader_role_binding, binding_reader_role_for};
-pub use secrets::{
-    Credentials, Endpoint, admin_secret, binding_secret, binding_secret_generation, secret_value,
-};
-pub use workload::{init_config, instance_service, statefulset};
+pub use secrets::{Credentials, Endpoint, admin_secret, binding_secret_generation, secret_value};
+pub use workload::{instance_service, statefulset};
 
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "dbps-operator";
@@ -46,9 +43,6 @@ pub mod names {
             n => format!("{claim}-binding-{n}"),
         }
     }
-    pub fn init_config(claim: &str) -> String {
-        format!("{claim}-init")
-    }
     pub fn binding_reader(claim: &str) -> String {
         format!("{claim}-binding-reader")
     }
@@ -60,13 +54,52 @@ pub mod names {
     }
 }
 
+/// The operator's own pods, which a dedicated instance's NetworkPolicy admits
+/// on the database port so the operator can administer it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OperatorPods {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the platform decides for every claim's children.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    /// DNS suffix of in-cluster Services, usually `cluster.local`.
+    pub cluster_domain: String,
+    /// The operator's pods, when it runs in the cluster.
+    pub operator: Option<OperatorPods>,
+    /// Image repository per engine where not the official one (a mirror, or
+    /// another image keeping the engine's contract); the tag is the claim's version.
+    pub image_repositories: Vec<(Engine, String)>,
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Self {
+            cluster_domain: "cluster.local".into(),
+            operator: None,
+            image_repositories: Vec::new(),
+        }
+    }
+}
+
+impl Platform {
+    /// The image of `engine` at `version`.
+    pub fn image(&self, engine: Engine, version: &str) -> String {
+        match self.image_repositories.iter().find(|(e, _)| *e == engine) {
+            Some((_, repository)) => format!("{repository}:{version}"),
+            None => engine.image(version),
+        }
+    }
+}
+
 /// Everything a claim's children are built from.
 pub struct Inputs<'a> {
     pub claim: &'a DatabaseClaim,
     pub service: &'a Service,
     pub credentials: &'a Credentials,
-    /// DNS suffix of in-cluster Services, usually `cluster.local`.
-    pub cluster_domain: &'a str,
+    pub platform: &'a Platform,
 }
 
 impl Inputs<'_> {
@@ -92,7 +125,7 @@ impl Inputs<'_> {
             "{}.{}.svc.{}",
             names::instance(&self.claim_name()),
             self.namespace(),
-            self.cluster_domain
+            self.platform.cluster_domain
         )
     }
 
@@ -146,29 +179,22 @@ pub fn owner_reference(claim: &DatabaseClaim) -> OwnerReference {
         .expect("a claim read from the API has a name and uid")
 }
 
-/// The children of a dedicated instance.
+/// The children of a dedicated instance. Its users, database and binding
+/// Secrets are made over the wire, as on a shared server.
 pub struct Dedicated {
     pub admin_secret: Secret,
-    pub binding_secret: Secret,
-    pub init_config: Option<ConfigMap>,
     pub service: KubeService,
     pub statefulset: StatefulSet,
     pub network_policy: NetworkPolicy,
-    pub role: Role,
-    pub role_binding: RoleBinding,
 }
 
 impl Dedicated {
     pub fn build(inputs: &Inputs) -> Self {
         Self {
             admin_secret: admin_secret(inputs),
-            binding_secret: binding_secret(inputs),
-            init_config: init_config(inputs),
             service: instance_service(inputs),
             statefulset: statefulset(inputs),
             network_policy: network_policy(inputs),
-            role: binding_reader_role(inputs),
-            role_binding: binding_reader_role_binding(inputs),
         }
     }
 }
@@ -218,11 +244,12 @@ spec: {}
     ) -> serde_json::Value {
         let (claim, service, credentials) =
             (claim(claim_yaml), service(service_yaml), credentials());
+        let platform = Platform::default();
         let inputs = Inputs {
             claim: &claim,
             service: &service,
             credentials: &credentials,
-            cluster_domain: "cluster.local",
+            platform: &platform,
         };
         serde_json::to_value(f(&inputs)).unwrap()
     }

@@ -1,5 +1,6 @@
-//! The fence around a database: only the owning service's pods, on the
-//! engine port.
+//! The fence around a dedicated instance: on the engine port, the owning
+//! service's pods, and the operator's pods (which administer it) when the
+//! operator runs in the cluster. Nothing else.
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
@@ -7,14 +8,25 @@ use serde_json::json;
 use super::{Inputs, names};
 
 pub fn network_policy(inputs: &Inputs) -> NetworkPolicy {
+    let port = json!([{ "protocol": "TCP", "port": inputs.claim.spec.engine.port() }]);
+    let mut ingress = vec![json!({
+        "from": [{ "podSelector": { "matchLabels": inputs.service.pod_selector() } }],
+        "ports": port
+    })];
+    if let Some(operator) = &inputs.platform.operator {
+        ingress.push(json!({
+            "from": [{
+                "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": operator.namespace } },
+                "podSelector": { "matchLabels": operator.labels }
+            }],
+            "ports": port
+        }));
+    }
     let mut policy: NetworkPolicy = serde_json::from_value(json!({
         "spec": {
             "podSelector": { "matchLabels": inputs.instance_selector() },
             "policyTypes": ["Ingress"],
-            "ingress": [{
-                "from": [{ "podSelector": { "matchLabels": inputs.service.pod_selector() } }],
-                "ports": [{ "protocol": "TCP", "port": inputs.claim.spec.engine.port() }]
-            }]
+            "ingress": ingress
         }
     }))
     .expect("network policy");
@@ -56,5 +68,30 @@ spec: { selector: { app: orders-api, tier: backend } }
             policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
             json!({ "app": "orders-api", "tier": "backend" })
         );
+    }
+
+    #[test]
+    fn admits_the_operator_pods_when_the_operator_runs_in_the_cluster() {
+        let (claim, service, credentials) = (claim(ORDERS_CLAIM), service(ORDERS_SERVICE), credentials());
+        let platform = crate::children::Platform {
+            operator: Some(crate::children::OperatorPods {
+                namespace: "dbps-system".into(),
+                labels: [("app.kubernetes.io/name".to_string(), "dbps-operator".to_string())].into(),
+            }),
+            ..Default::default()
+        };
+        let inputs = Inputs { claim: &claim, service: &service, credentials: &credentials, platform: &platform };
+        let policy = serde_json::to_value(network_policy(&inputs)).unwrap();
+        assert_eq!(
+            policy["spec"]["ingress"][1],
+            json!({
+                "from": [{
+                    "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "dbps-system" } },
+                    "podSelector": { "matchLabels": { "app.kubernetes.io/name": "dbps-operator" } }
+                }],
+                "ports": [{ "protocol": "TCP", "port": 5432 }]
+            })
+        );
+        assert_eq!(policy["spec"]["ingress"].as_array().unwrap().len(), 2);
     }
 }

@@ -7,9 +7,10 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::{Inputs, names};
-use crate::engines::{APP_PASSWORD_KEY, APP_USERNAME_KEY, PASSWORD_KEY, USERNAME_KEY};
+use crate::engines::{PASSWORD_KEY, USERNAME_KEY};
 
-/// Passwords of an instance. Generated once, then read back from the Secrets.
+/// Passwords of an instance: its superuser (dedicated only) and the app user
+/// of the credentials generation in force.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub admin_password: String,
@@ -36,8 +37,6 @@ pub fn admin_secret(inputs: &Inputs) -> Secret {
         data: Some(data([
             (USERNAME_KEY, engine.admin_username().to_string()),
             (PASSWORD_KEY, inputs.credentials.admin_password.clone()),
-            (APP_USERNAME_KEY, inputs.dedicated_endpoint().username),
-            (APP_PASSWORD_KEY, inputs.credentials.app_password.clone()),
         ])),
         ..Default::default()
     }
@@ -55,23 +54,18 @@ pub struct Endpoint {
 }
 
 impl Inputs<'_> {
-    /// The endpoint of a dedicated instance.
-    pub fn dedicated_endpoint(&self) -> Endpoint {
+    /// The endpoint of a dedicated instance, for credentials generation `generation`.
+    pub fn dedicated_endpoint(&self, generation: i64) -> Endpoint {
         let engine = self.claim.spec.engine;
         let database = self.claim.database_name();
         Endpoint {
             host: self.host(),
             port: engine.port(),
-            username: engine.app_username(&database),
+            username: engine.app_username(&database, generation),
             database,
             tls: None,
         }
     }
-}
-
-/// The binding Secret of a dedicated instance.
-pub fn binding_secret(inputs: &Inputs) -> Secret {
-    binding_secret_generation(inputs, &inputs.dedicated_endpoint(), 0)
 }
 
 /// The servicebinding.io Secret for `endpoint` and the app password, of
@@ -149,7 +143,9 @@ mod tests {
 
     #[test]
     fn binding_secret_follows_servicebinding_io() {
-        let json = build_json(ORDERS_CLAIM, ORDERS_SERVICE, binding_secret);
+        let json = build_json(ORDERS_CLAIM, ORDERS_SERVICE, |i| {
+            binding_secret_generation(i, &i.dedicated_endpoint(0), 0)
+        });
         let secret: Secret = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(
             secret.type_.as_deref(),
@@ -180,16 +176,25 @@ mod tests {
     }
 
     #[test]
-    fn admin_secret_holds_the_superuser_and_the_app_user_for_first_boot() {
+    fn admin_secret_holds_the_superuser_only() {
         let json = build_json(ORDERS_CLAIM, ORDERS_SERVICE, admin_secret);
         let secret: Secret = serde_json::from_value(json).unwrap();
         assert_eq!(secret.metadata.name.as_deref(), Some("orders-db-admin"));
         let values = decoded(&secret);
-        assert_eq!(values.len(), 4);
+        assert_eq!(values.len(), 2);
         assert_eq!(values["username"], "dbps_admin");
         assert_eq!(values["password"], "admin-secret-pw");
-        assert_eq!(values["app-username"], "orders_db_app");
-        assert_eq!(values["app-password"], "app-secret-pw");
+    }
+
+    #[test]
+    fn a_rotation_binds_the_other_user_in_an_immutable_secret() {
+        let json = build_json(ORDERS_CLAIM, ORDERS_SERVICE, |i| {
+            binding_secret_generation(i, &i.dedicated_endpoint(1), 1)
+        });
+        let secret: Secret = serde_json::from_value(json).unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some("orders-db-binding-1"));
+        assert_eq!(secret.immutable, Some(true));
+        assert_eq!(decoded(&secret)["username"], "orders_db_app2");
     }
 
     #[test]

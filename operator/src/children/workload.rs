@@ -1,10 +1,8 @@
-//! The dedicated instance: StatefulSet (one replica, one volume), its
-//! Service, and the first-boot script that creates the app user.
-
-use std::collections::BTreeMap;
+//! The dedicated instance: StatefulSet (one replica, one volume) starting
+//! with only its superuser, and its Service.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service as KubeService};
+use k8s_openapi::api::core::v1::Service as KubeService;
 use serde_json::json;
 
 use super::{Inputs, names};
@@ -12,18 +10,6 @@ use crate::engines::Instance;
 
 /// Volume size when the claim names none.
 pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
-
-pub fn init_config(inputs: &Inputs) -> Option<ConfigMap> {
-    let script = inputs.claim.spec.engine.init_script()?;
-    Some(ConfigMap {
-        metadata: inputs.meta(names::init_config(&inputs.claim_name()), "database"),
-        data: Some(BTreeMap::from([(
-            script.file_name.to_string(),
-            script.contents.to_string(),
-        )])),
-        ..Default::default()
-    })
-}
 
 pub fn instance_service(inputs: &Inputs) -> KubeService {
     let port = inputs.claim.spec.engine.port();
@@ -43,25 +29,18 @@ pub fn statefulset(inputs: &Inputs) -> StatefulSet {
     let claim = inputs.claim;
     let engine = claim.spec.engine;
     let name = inputs.claim_name();
-    let database = claim.database_name();
     let admin_secret = names::admin_secret(&name);
     let instance = Instance {
-        database: &database,
         admin_secret: &admin_secret,
     };
     let storage = claim.spec.storage.clone().unwrap_or_default();
     let uid = engine.run_as();
 
-    let mut mounts = vec![json!({ "name": names::DATA_VOLUME, "mountPath": engine.data_path() })];
-    let mut volumes = vec![json!({ "name": "run", "emptyDir": {} })];
-    mounts.push(json!({ "name": "run", "mountPath": "/var/run/dbps" }));
-    if let Some(script) = engine.init_script() {
-        mounts.push(json!({ "name": "init", "mountPath": script.mount_path, "readOnly": true }));
-        volumes.push(json!({
-            "name": "init",
-            "configMap": { "name": names::init_config(&name), "defaultMode": 0o555 }
-        }));
-    }
+    let mounts = json!([
+        { "name": names::DATA_VOLUME, "mountPath": engine.data_path() },
+        { "name": "run", "mountPath": "/var/run/dbps" }
+    ]);
+    let volumes = json!([{ "name": "run", "emptyDir": {} }]);
     let resources = claim.spec.resources.clone().map_or_else(
         || json!({ "requests": { "cpu": "100m", "memory": "256Mi" }, "limits": { "memory": "1Gi" } }),
         |r| serde_json::to_value(r).expect("resources"),
@@ -96,7 +75,7 @@ pub fn statefulset(inputs: &Inputs) -> StatefulSet {
                     },
                     "containers": [{
                         "name": engine.as_str(),
-                        "image": engine.image(&inputs.version()),
+                        "image": inputs.platform.image(engine, &inputs.version()),
                         "ports": [{ "name": "db", "containerPort": engine.port(), "protocol": "TCP" }],
                         "env": engine.env(&instance),
                         "readinessProbe": engine.readiness_probe(),
@@ -167,19 +146,32 @@ mod tests {
                 "storageClassName": "fast"
             })
         );
-        let env = container["env"].as_array().unwrap();
-        let app_password = env.iter().find(|e| e["name"] == "APP_PASSWORD").unwrap();
-        assert_eq!(
-            app_password["valueFrom"]["secretKeyRef"],
-            json!({ "name": "orders-db-admin", "key": "app-password" })
-        );
-        let init = container["volumeMounts"]
+        // The instance starts with its superuser only: the operator makes the
+        // app's users over the wire.
+        let env: Vec<&str> = container["env"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|m| m["name"] == "init")
-            .unwrap();
-        assert_eq!(init["mountPath"], "/docker-entrypoint-initdb.d");
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(env, ["POSTGRES_USER", "POSTGRES_PASSWORD", "PGDATA"]);
+        assert_eq!(
+            container["env"][1]["valueFrom"]["secretKeyRef"],
+            json!({ "name": "orders-db-admin", "key": "password" })
+        );
+        assert_eq!(container["volumeMounts"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_platform_image_repository_replaces_the_official_one() {
+        let (claim, service, credentials) = (claim(ORDERS_CLAIM), service(ORDERS_SERVICE), credentials());
+        let platform = crate::children::Platform {
+            image_repositories: vec![(crate::api::Engine::Postgres, "mirror.local/pg".into())],
+            ..Default::default()
+        };
+        let inputs = Inputs { claim: &claim, service: &service, credentials: &credentials, platform: &platform };
+        let sts = serde_json::to_value(statefulset(&inputs)).unwrap();
+        assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["image"], "mirror.local/pg:17");
     }
 
     #[test]
@@ -204,8 +196,6 @@ spec: { serviceRef: { name: telemetry }, engine: influxdb, version: '1.8' }
                 .get("storageClassName")
                 .is_none()
         );
-        // InfluxDB's image creates the app user itself: no init script.
-        assert!(build_json(claim, ORDERS_SERVICE, init_config).is_null());
     }
 
     #[test]
@@ -221,17 +211,4 @@ spec: { serviceRef: { name: telemetry }, engine: influxdb, version: '1.8' }
         );
     }
 
-    #[test]
-    fn postgres_init_script_quotes_every_claim_value() {
-        let cm = build_json(ORDERS_CLAIM, ORDERS_SERVICE, init_config);
-        let script = cm["data"]["10-dbps-app-user.sh"].as_str().unwrap();
-        assert!(script.contains(r#"CREATE ROLE :"app_user" LOGIN PASSWORD :'app_password'"#));
-        assert!(
-            script.contains(r#"REVOKE CONNECT, TEMPORARY ON DATABASE :"app_database" FROM PUBLIC"#)
-        );
-        assert!(
-            !script.contains("orders"),
-            "values come from the environment, not the text"
-        );
-    }
 }

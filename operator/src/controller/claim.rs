@@ -4,11 +4,8 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, Secret, Service as KubeService,
-};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service as KubeService};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
@@ -17,6 +14,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
+use super::administer::{Target, administer};
 use super::apply::{apply, ensure};
 use super::{Context, Error, FINALIZER, drift};
 use crate::api::{
@@ -24,8 +22,9 @@ use crate::api::{
     DeletionPolicy, Endpoint, READY, Reason, SERVICE_LABEL, Service, set_condition,
 };
 use crate::children::{Credentials, Dedicated, FIELD_MANAGER, Inputs, names, secret_value};
-use crate::engines::{APP_PASSWORD_KEY, PASSWORD_KEY};
+use crate::engines::PASSWORD_KEY;
 use crate::password;
+use crate::servers::Connection;
 
 pub async fn reconcile(
     guard: Arc<DeserializeGuard<DatabaseClaim>>,
@@ -196,137 +195,77 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
         return Ok(resync);
     }
 
-    // Credentials: believed only when they match what dbps issued.
+    // The superuser's password: believed only when it matches what dbps issued.
     let uid = claim.uid().unwrap_or_default();
-    let recorded = claim
+    let mut issued = claim
         .status
         .as_ref()
         .and_then(|s| s.credentials.clone())
         .unwrap_or_default();
-    let value = |s: &Option<Secret>, key: &str| s.as_ref().and_then(|s| secret_value(s, key));
-    let (binding_pw, admin_app_pw, admin_pw) = (
-        value(&binding, PASSWORD_KEY),
-        value(&admin, APP_PASSWORD_KEY),
-        value(&admin, PASSWORD_KEY),
-    );
-    let app = drift::choose(
-        &uid,
-        recorded.fingerprint.as_deref(),
-        &[binding_pw.as_deref(), admin_app_pw.as_deref()],
-    );
+    let admin_pw = admin.as_ref().and_then(|s| secret_value(s, PASSWORD_KEY));
     let superuser = drift::choose(
         &uid,
-        recorded.admin_fingerprint.as_deref(),
+        issued.admin_fingerprint.as_deref(),
         &[admin_pw.as_deref()],
     );
-    let Some(app_password) = app.value().map(String::from) else {
+    let Some(admin_password) = superuser.value().map(String::from) else {
         let outcome = Outcome::waiting(
             ClaimPhase::Failed,
-            Reason::BindingSecretEdited,
+            Reason::AdminSecretEdited,
             format!(
-                "Secrets {:?} and {:?} were both edited by hand and no longer hold the password the instance was initialised with; dbps does not use an edited password. Restore either Secret from a backup",
-                names::binding_secret(&name),
+                "Secret {:?} no longer holds the superuser password dbps issued (edited or deleted by hand); dbps does not use another value, and the instance keeps the password it was initialised with. Restore the Secret from a backup",
                 names::admin_secret(&name)
             ),
         );
         update_status(claim, ctx, outcome).await?;
         return Ok(resync);
     };
-    let mut notices = Vec::new();
-    if matches!(app, drift::Choice::Restore(_)) && recorded.fingerprint.is_some() {
-        notices.push(match binding_pw {
-            None => (Reason::BindingSecretDeleted, format!("Secret {:?} was deleted; dbps wrote it again with the credentials it issued", names::binding_secret(&name))),
-            Some(_) => (Reason::BindingSecretEdited, format!("Secret {:?} was edited by hand; dbps restored the credentials it issued and did not use the edited password", names::binding_secret(&name))),
-        });
-    }
-    let admin_password = match &superuser {
-        drift::Choice::Lost => {
-            notices.push((Reason::AdminSecretEdited, format!(
-                "Secret {:?} no longer holds the superuser password dbps issued (edited or deleted by hand); dbps does not use the edited value, and the instance keeps the password it was initialised with. Restore the Secret from a backup",
-                names::admin_secret(&name)
-            )));
-            admin_pw.clone().unwrap_or_else(password::generate)
-        }
-        other => other.value().unwrap_or_default().to_string(),
-    };
+    let admin_fingerprint = password::fingerprint(&uid, &admin_password);
+    issued.admin_fingerprint = Some(admin_fingerprint.clone());
     let credentials = Credentials {
         admin_password,
-        app_password,
+        app_password: String::new(),
     };
-    let mut issued = recorded.clone();
-    issued.fingerprint = Some(password::fingerprint(&uid, &credentials.app_password));
-    if superuser != drift::Choice::Lost {
-        issued.admin_fingerprint = Some(password::fingerprint(&uid, &credentials.admin_password));
-    }
 
     // build
     let inputs = Inputs {
         claim,
         service: &service,
         credentials: &credentials,
-        cluster_domain: &ctx.config.cluster_domain,
+        platform: &ctx.config.platform,
     };
     let children = Dedicated::build(&inputs);
 
-    // apply: Secrets first (the pod reads them), the workload last.
+    // apply: the admin Secret first (the pod reads it), the workload last.
     let applied = async {
         apply(&secrets, &children.admin_secret, admin).await?;
-        let binding = apply(&secrets, &children.binding_secret, binding).await?;
-        ensure(&ctx.api::<Role>(&ns), &children.role).await?;
-        ensure(&ctx.api::<RoleBinding>(&ns), &children.role_binding).await?;
         ensure(&ctx.api::<NetworkPolicy>(&ns), &children.network_policy).await?;
-        if let Some(init) = &children.init_config {
-            ensure(&ctx.api::<ConfigMap>(&ns), init).await?;
-        }
-        ensure(&ctx.api::<KubeService>(&ns), &children.service).await?;
+        let kube_service = ensure(&ctx.api::<KubeService>(&ns), &children.service).await?;
         let sts = apply(&statefulsets, &children.statefulset, live_sts).await?;
-        Ok::<_, kube::Error>((binding, sts))
+        Ok::<_, kube::Error>((kube_service, sts))
     };
-    let (binding, sts) = match applied.await {
+    let (kube_service, sts) = match applied.await {
         Ok(applied) => applied,
         Err(e) => return Err(visible_failure(claim, ctx, e).await),
     };
-    for (reason, note) in &notices {
-        publish(
-            ctx,
-            claim,
-            EventType::Warning,
-            *reason,
-            "Repair",
-            note.clone(),
-        )
-        .await;
-    }
 
-    // status, from what was applied
+    let engine = claim.spec.engine;
+    let endpoint = Endpoint {
+        host: inputs.host(),
+        port: engine.port().into(),
+    };
     let ready = sts
         .status
         .as_ref()
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0)
         >= 1;
-    let endpoint = Endpoint {
-        host: inputs.host(),
-        port: claim.spec.engine.port().into(),
-    };
-    let mut outcome = if ready {
-        Outcome {
-            phase: ClaimPhase::Ready,
-            ready: true,
-            reason: Reason::Ready,
-            message: format!(
-                "{} {} is ready; credentials in Secret {:?}",
-                claim.spec.engine.as_str(),
-                inputs.version(),
-                binding.name_any()
-            ),
-            binding: Some(Binding {
-                name: binding.name_any(),
-            }),
-            endpoint: Some(endpoint),
-        }
-    } else {
-        Outcome {
+    let cluster_ip = kube_service
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .filter(|ip| !ip.is_empty() && ip != "None");
+    let Some(cluster_ip) = cluster_ip.filter(|_| ready) else {
+        let outcome = Outcome {
             phase: ClaimPhase::Provisioning,
             ready: false,
             reason: Reason::Provisioning,
@@ -336,16 +275,36 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
             ),
             binding: None,
             endpoint: Some(endpoint),
-        }
+        };
+        update_status_with(claim, ctx, outcome, Some(issued)).await?;
+        return Ok(resync);
     };
-    if superuser == drift::Choice::Lost {
-        outcome.message.push_str(&format!(
-            "; Secret {:?} was edited by hand: restore it from a backup",
-            names::admin_secret(&name)
-        ));
-    }
-    update_status_with(claim, ctx, outcome, Some(issued)).await?;
-    Ok(resync)
+
+    // administer: the app's users and database, as on a shared server.
+    let database = claim.database_name();
+    let target = Target {
+        place: format!("instance {:?}", names::instance(&name)),
+        conn: Connection {
+            engine,
+            host: cluster_ip,
+            port: engine.port(),
+            username: engine.admin_username().to_string(),
+            password: credentials.admin_password.clone(),
+            tls: None,
+        },
+        users: [
+            engine.app_username(&database, 0),
+            engine.app_username(&database, 1),
+        ],
+        database,
+        adopt: false,
+        shared: false,
+        endpoint,
+        tls: None,
+        admin_fingerprint: Some(admin_fingerprint),
+        ready_message: format!("{} {} is ready", engine.as_str(), inputs.version()),
+    };
+    administer(claim, &service, target, ctx).await
 }
 
 /// Makes a failure to read or write the instance's objects visible where the
@@ -509,17 +468,7 @@ async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> 
             }
         };
         if claim.spec.deletion_policy == DeletionPolicy::Retain {
-            // The Secrets of the credentials in force and in their grace period.
-            let status = claim.status.clone().unwrap_or_default();
-            let mut kept: Vec<String> = status.binding.iter().map(|b| b.name.clone()).collect();
-            kept.extend(
-                status
-                    .credentials
-                    .and_then(|c| c.previous)
-                    .map(|p| p.secret),
-            );
-            kept.push(names::binding_secret(&name));
-            kept.dedup();
+            let kept = kept_bindings(claim);
             for secret in &kept {
                 release(&secrets, secret, &uid).await?;
             }
@@ -542,22 +491,21 @@ async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> 
     }
     match claim.spec.deletion_policy {
         DeletionPolicy::Retain => {
-            for secret_name in [names::admin_secret(&name), names::binding_secret(&name)] {
-                release(&secrets, &secret_name, &uid).await?;
+            let bindings = kept_bindings(claim);
+            release(&secrets, &names::admin_secret(&name), &uid).await?;
+            for secret in &bindings {
+                release(&secrets, secret, &uid).await?;
             }
             // The kept Secrets stay fenced for their Service in the ownership table.
             if vetted(claim) {
-                let entries = [
-                    (
-                        format!("secret.{}", names::binding_secret(&name)),
-                        claim.spec.service_ref.name.clone(),
-                    ),
-                    (
-                        format!("secret.{}", names::admin_secret(&name)),
-                        format!("claim:{name}"),
-                    ),
-                ]
-                .into();
+                let mut entries: std::collections::BTreeMap<_, _> = bindings
+                    .iter()
+                    .map(|s| (format!("secret.{s}"), claim.spec.service_ref.name.clone()))
+                    .collect();
+                entries.insert(
+                    format!("secret.{}", names::admin_secret(&name)),
+                    format!("claim:{name}"),
+                );
                 super::service::retain_entries(ctx, &ns, &name, Some(entries)).await?;
             }
             // The volume remembers its Service: it is handed back to a claim
@@ -580,10 +528,14 @@ async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> 
                 Err(e) => return Err(e.into()),
             }
             let note = format!(
-                "kept volume {:?} and Secrets {:?}, {:?} for Service {:?} (deletionPolicy Retain)",
+                "kept volume {:?} and Secrets {:?}, {} for Service {:?} (deletionPolicy Retain)",
                 names::data_pvc(&name),
                 names::admin_secret(&name),
-                names::binding_secret(&name),
+                bindings
+                    .iter()
+                    .map(|b| format!("{b:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 claim.spec.service_ref.name
             );
             publish(
@@ -634,6 +586,23 @@ async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> 
         }
     }
     Ok(Action::await_change())
+}
+
+/// The binding Secrets a `Retain` deletion keeps: the first, the one in
+/// force and the one in its grace period.
+fn kept_bindings(claim: &DatabaseClaim) -> Vec<String> {
+    let status = claim.status.clone().unwrap_or_default();
+    let mut kept = vec![names::binding_secret(&claim.name_any())];
+    kept.extend(status.binding.map(|b| b.name));
+    kept.extend(
+        status
+            .credentials
+            .and_then(|c| c.previous)
+            .map(|p| p.secret),
+    );
+    kept.sort();
+    kept.dedup();
+    kept
 }
 
 /// Whether the claim was ever accepted as the owner of its names: not

@@ -1,6 +1,7 @@
 //! The controllers: one for `DatabaseClaim` (owns the children of a
 //! dedicated instance, watches `Service`), one for `Service` status.
 
+mod administer;
 mod apply;
 mod claim;
 mod drift;
@@ -45,8 +46,8 @@ pub struct Config {
     pub namespace: Option<String>,
     /// Re-check every object this often even when nothing changed.
     pub resync: Duration,
-    /// DNS suffix of in-cluster Services.
-    pub cluster_domain: String,
+    /// Cluster domain, the operator's own pods and image repositories.
+    pub platform: crate::children::Platform,
     /// Reporting instance in events (the pod name).
     pub instance: Option<String>,
     /// Label selector of the `DatabaseServer`s whose status this operator
@@ -59,7 +60,7 @@ impl Default for Config {
         Self {
             namespace: None,
             resync: Duration::from_secs(300),
-            cluster_domain: "cluster.local".into(),
+            platform: crate::children::Platform::default(),
             instance: None,
             server_selector: None,
         }

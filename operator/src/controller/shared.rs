@@ -2,34 +2,20 @@
 //! carved out of a registered `DatabaseServer`.
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use super::apply::{apply, ensure};
-use std::time::Duration;
-
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::runtime::events::EventType;
-
-use super::claim::{Outcome, publish, update_status, update_status_full};
-use super::{Context, Error, drift};
+use super::administer::{Target, administer};
+use super::claim::{Outcome, update_status};
+use super::{Context, Error};
 use crate::api::ServerTls;
 use crate::api::{
-    Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, DatabaseServer,
-    Endpoint as StatusEndpoint, PreviousCredentials, Reason, Service,
+    ClaimPhase, DatabaseClaim, DatabaseServer, Endpoint as StatusEndpoint, Reason, Service,
 };
-use crate::children::{
-    Credentials, Endpoint, Inputs, binding_reader_role_binding, binding_reader_role_for,
-    binding_secret_generation, names, secret_value,
-};
+use crate::children::{names, secret_value};
 use crate::engines::{PASSWORD_KEY, USERNAME_KEY};
-use crate::password;
-use crate::servers::{
-    AdminError, Claimant, Connection, Grant, Mark, Tls, ownership, shared_identifier,
-};
+use crate::servers::{Connection, Mark, Tls, shared_identifier};
 
 /// Key of the CA certificate in the Secret a server's `tls.caSecretRef` names.
 pub const CA_KEY: &str = "ca.crt";
@@ -223,7 +209,6 @@ pub async fn apply_shared(
     ctx: &Context,
 ) -> Result<Action, Error> {
     let ns = claim.namespace().unwrap_or_default();
-    let name = claim.name_any();
     let resync = Action::requeue(ctx.config.resync);
     let servers: Api<DatabaseServer> = Api::all(ctx.client.clone());
     let Some(server) = servers.get_opt(server_name).await? else {
@@ -291,285 +276,23 @@ pub async fn apply_shared(
         }
     };
 
-    let secrets: Api<Secret> = ctx.api(&ns);
-    let status_endpoint = Some(StatusEndpoint {
-        host: conn.host.clone(),
-        port: conn.port.into(),
-    });
-    // What the server said goes into the status: a conflict (another
-    // owner) waits for the resync, a fault is retried with backoff.
-    let server_failure = async |e: AdminError| -> Result<Action, Error> {
-        let phase = match e {
-            AdminError::Conflict(_) => ClaimPhase::Failed,
-            _ => ClaimPhase::Provisioning,
-        };
-        let mut outcome = Outcome::waiting(
-            phase,
-            e.reason(),
-            format!("DatabaseServer {server_name:?}: {e}"),
-        );
-        outcome.endpoint = status_endpoint.clone();
-        update_status(claim, ctx, outcome).await?;
-        match e {
-            AdminError::Conflict(_) => Ok(resync.clone()),
-            e => Err(Error::Unavailable(e.reason(), e.to_string())),
-        }
-    };
     let (database, adopt) = placed_database(claim, &server);
-    let claimant = Claimant {
-        mark: mark_of(ctx, claim).await?,
-        adopt,
-    };
-    let mark = &claimant.mark;
-    let uid = &mark.uid;
-
-    // A claim not placed yet writes nothing, not even its binding Secret,
-    // until the server shows that the names it would use are its to take.
-    let placed = claim.status.as_ref().and_then(|s| s.database.as_ref()) == Some(&database);
-    if !placed {
-        let users = [slot_username(claim, 0)];
-        let authorized = match ctx.servers.inspect(&conn, &database, &users).await {
-            Ok(found) => ownership::authorize(&found, &claimant).map_err(AdminError::from),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = authorized {
-            return server_failure(e).await;
-        }
-    }
-
-    let now = Timestamp::now();
-    let trigger = claim.annotations().get(ROTATE_ANNOTATION).cloned();
-    let mut creds = match claim.status.as_ref().and_then(|s| s.credentials.clone()) {
-        Some(c) => c,
-        // First issue: an annotation already there is not a request.
-        None => CredentialsStatus {
-            generation: 0,
-            issued_at: Some(Time(now)),
-            trigger: trigger.clone(),
-            ..Default::default()
+    let target = Target {
+        place: format!("DatabaseServer {server_name:?}"),
+        endpoint: StatusEndpoint {
+            host: conn.host.clone(),
+            port: conn.port.into(),
         },
-    };
-
-    // 1. Credentials past their grace period are revoked, then their Secret goes.
-    if let Some(previous) = creds.previous.clone().filter(|p| p.expires_at.0 <= now) {
-        if let Err(e) = ctx
-            .servers
-            .revoke(&conn, &database, &previous.username, mark)
-            .await
-        {
-            return server_failure(e).await;
-        }
-        match secrets.delete(&previous.secret, &Default::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-        creds.previous = None;
-    }
-
-    // 2. A rotation is due on a new annotation value or on schedule, once the
-    //    previous rotation's grace period is over.
-    let rotation = claim.spec.rotation.clone().unwrap_or_default();
-    let requested = trigger.is_some() && trigger != creds.trigger;
-    let scheduled = rotation.every_seconds.is_some_and(|every| {
-        creds
-            .issued_at
-            .as_ref()
-            .is_some_and(|t| (now - t.0).get_seconds() >= every)
-    });
-    let rotate = (requested || scheduled) && creds.previous.is_none();
-    let generation = if rotate {
-        creds.generation + 1
-    } else {
-        creds.generation
-    };
-
-    // 3. The binding Secret of the generation in force is written before its
-    //    user exists, so a password the server knows is always one a Secret
-    //    holds. A Secret edited or deleted by hand is not believed: its
-    //    credentials are issued anew.
-    let secret_name = names::binding_secret_of(&name, generation);
-    let mut current = secrets.get_opt(&secret_name).await?;
-    // A Secret of that name kept for another Service, or not made by dbps, is left alone.
-    if let Some(message) = current
-        .as_ref()
-        .and_then(|s| drift::foreign(&s.metadata, "Secret", claim, &service.name_any()))
-    {
-        let outcome = Outcome::waiting(
-            ClaimPhase::Failed,
-            Reason::ObjectOwnedByAnotherService,
-            message,
-        );
-        update_status(claim, ctx, outcome).await?;
-        return Ok(resync);
-    }
-    let found = current.as_ref().and_then(|s| secret_value(s, PASSWORD_KEY));
-    let recorded = match rotate {
-        true => None,
-        false => creds.fingerprint.clone(),
-    };
-    let mut notice = None;
-    let app_password = match drift::choose(uid, recorded.as_deref(), &[found.as_deref()]) {
-        drift::Choice::Lost => {
-            notice = Some(match &current {
-                Some(_) => (
-                    Reason::BindingSecretEdited,
-                    format!(
-                        "Secret {secret_name:?} was edited by hand; dbps issued new credentials in it and did not use the edited password"
-                    ),
-                ),
-                None => (
-                    Reason::BindingSecretDeleted,
-                    format!(
-                        "Secret {secret_name:?} was deleted; dbps wrote it again with new credentials"
-                    ),
-                ),
-            });
-            if current.as_ref().is_some_and(|s| s.immutable == Some(true)) {
-                // An immutable Secret cannot be written over: it is replaced.
-                match secrets.delete(&secret_name, &Default::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
-                current = None;
-            }
-            password::generate()
-        }
-        choice => choice.value().unwrap_or_default().to_string(),
-    };
-    let credentials = Credentials {
-        admin_password: String::new(),
-        app_password,
-    };
-    let inputs = Inputs {
-        claim,
-        service: &service,
-        credentials: &credentials,
-        cluster_domain: &ctx.config.cluster_domain,
-    };
-    let endpoint = Endpoint {
-        host: conn.host.clone(),
-        port: conn.port,
-        database: database.clone(),
-        username: slot_username(claim, generation),
         tls: conn.tls.as_ref().map(|t| t.ca_pem.clone()),
+        ready_message: format!("database {database:?} on DatabaseServer {server_name:?}"),
+        conn,
+        database,
+        adopt,
+        shared: true,
+        users: [slot_username(claim, 0), slot_username(claim, 1)],
+        admin_fingerprint: None,
     };
-    let binding = apply(
-        &secrets,
-        &binding_secret_generation(&inputs, &endpoint, generation),
-        current,
-    )
-    .await?;
-    let mut readable = vec![secret_name.clone()];
-    let previous_secret = match rotate {
-        true => Some(names::binding_secret_of(&name, creds.generation)),
-        false => creds.previous.as_ref().map(|p| p.secret.clone()),
-    };
-    readable.extend(previous_secret);
-    ensure(
-        &ctx.api::<Role>(&ns),
-        &binding_reader_role_for(&inputs, &readable),
-    )
-    .await?;
-    ensure(
-        &ctx.api::<RoleBinding>(&ns),
-        &binding_reader_role_binding(&inputs),
-    )
-    .await?;
-
-    let grant = Grant {
-        database: database.clone(),
-        username: endpoint.username.clone(),
-        password: credentials.app_password.clone(),
-    };
-    let provisioned = match ctx.servers.ensure(&conn, &grant, &claimant).await {
-        Ok(provisioned) => provisioned,
-        Err(e) => return server_failure(e).await,
-    };
-    if let Some((reason, note)) = notice {
-        publish(ctx, claim, EventType::Warning, reason, "Repair", note).await;
-    }
-    if !provisioned.adopted.is_empty() {
-        let note = format!(
-            "adopted {} on DatabaseServer {server_name:?}, as its spec.adoptions allows",
-            provisioned.adopted.join(", ")
-        );
-        publish(
-            ctx,
-            claim,
-            EventType::Normal,
-            Reason::Adopted,
-            "Adopt",
-            note,
-        )
-        .await;
-    }
-    if rotate {
-        let grace = rotation
-            .grace_period_seconds
-            .unwrap_or(DEFAULT_GRACE_SECONDS);
-        creds.previous = Some(PreviousCredentials {
-            secret: names::binding_secret_of(&name, creds.generation),
-            username: slot_username(claim, creds.generation),
-            expires_at: Time(now + SignedDuration::from_secs(grace)),
-        });
-        creds.generation = generation;
-        creds.issued_at = Some(Time(now));
-        creds.trigger = trigger.or(creds.trigger);
-        let note = format!(
-            "issued Secret {secret_name:?}; the previous credentials stop working in {grace}s"
-        );
-        publish(
-            ctx,
-            claim,
-            EventType::Normal,
-            Reason::Rotated,
-            "Rotate",
-            note,
-        )
-        .await;
-    }
-    creds.fingerprint = Some(password::fingerprint(uid, &credentials.app_password));
-
-    let mut message = format!(
-        "database {:?} on DatabaseServer {server_name:?}; credentials in Secret {:?}",
-        grant.database,
-        binding.name_any()
-    );
-    if ctx
-        .servers
-        .cached_info(&conn)
-        .await
-        .is_ok_and(|i| !i.enforces_database_roles)
-    {
-        message.push_str("; this server does not enforce per-database roles, so its other users are not kept out by it");
-    }
-    let outcome = Outcome {
-        phase: ClaimPhase::Ready,
-        ready: true,
-        reason: Reason::Ready,
-        message,
-        binding: Some(Binding {
-            name: binding.name_any(),
-        }),
-        endpoint: status_endpoint,
-    };
-    // Wake up for the end of a grace period or the next scheduled rotation.
-    let mut next = ctx.config.resync;
-    if let Some(p) = &creds.previous {
-        next = next.min(
-            Duration::try_from((p.expires_at.0 - now).abs()).unwrap_or_default()
-                + Duration::from_millis(100),
-        );
-    } else if let (Some(every), Some(issued)) = (rotation.every_seconds, &creds.issued_at) {
-        let due = issued.0 + SignedDuration::from_secs(every);
-        next = next.min(
-            Duration::try_from((due - now).abs()).unwrap_or_default() + Duration::from_millis(100),
-        );
-    }
-    update_status_full(claim, ctx, outcome, Some(creds), Some(database)).await?;
-    Ok(Action::requeue(next))
+    administer(claim, &service, target, ctx).await
 }
 
 /// The two users of a shared claim alternate with each rotation, so the

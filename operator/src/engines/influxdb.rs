@@ -1,12 +1,11 @@
-//! InfluxDB 1.x (official `influxdb:1.x` image). Its entrypoint creates the
-//! database, the admin, and the app user with `GRANT ALL` on that database
-//! only, from the environment; HTTP authentication is switched on.
+//! InfluxDB 1.x. The image contract (official `influxdb:1.x` image):
+//! `INFLUXDB_ADMIN_USER`/`_PASSWORD` make the admin on an empty
+//! `/var/lib/influxdb`, `INFLUXDB_HTTP_AUTH_ENABLED` switches authentication
+//! on; the HTTP API listens on 8086 and answers `/ping`.
 
 use serde_json::{Value, json};
 
-use super::{
-    APP_PASSWORD_KEY, APP_USERNAME_KEY, Instance, PASSWORD_KEY, USERNAME_KEY, plain_env, secret_env,
-};
+use super::{Instance, PASSWORD_KEY, USERNAME_KEY, plain_env, secret_env};
 
 pub fn env(i: &Instance) -> Value {
     json!([
@@ -14,9 +13,6 @@ pub fn env(i: &Instance) -> Value {
         plain_env("INFLUXDB_REPORTING_DISABLED", "true"),
         secret_env("INFLUXDB_ADMIN_USER", i.admin_secret, USERNAME_KEY),
         secret_env("INFLUXDB_ADMIN_PASSWORD", i.admin_secret, PASSWORD_KEY),
-        plain_env("INFLUXDB_DB", i.database),
-        secret_env("INFLUXDB_USER", i.admin_secret, APP_USERNAME_KEY),
-        secret_env("INFLUXDB_USER_PASSWORD", i.admin_secret, APP_PASSWORD_KEY),
     ])
 }
 

@@ -1,6 +1,7 @@
-//! What differs between engines: image, port, how the instance is told its
-//! admin and app users, how readiness is probed, and the servicebinding.io
-//! type and URI of a binding.
+//! What differs between engines for a dedicated instance: image, port, how
+//! the instance is told its superuser, how readiness is probed, and the
+//! servicebinding.io type and URI of a binding. Everything else (users,
+//! databases, rotation) is administered over the wire, as on shared servers.
 
 mod influxdb;
 mod mongodb;
@@ -15,23 +16,11 @@ pub use crate::api::Engine;
 pub const USERNAME_KEY: &str = "username";
 /// Key of the password in admin and binding Secrets.
 pub const PASSWORD_KEY: &str = "password";
-/// Keys of the app user in the admin Secret, which the instance reads at
-/// first boot (the binding Secret is for the service's pods only).
-pub const APP_USERNAME_KEY: &str = "app-username";
-pub const APP_PASSWORD_KEY: &str = "app-password";
 
-/// A dedicated instance as the engine needs to know it at first boot.
+/// A dedicated instance as the engine needs to know it at first boot: only
+/// the Secret holding its superuser.
 pub struct Instance<'a> {
-    pub database: &'a str,
-    /// Holds the superuser and the app user's credentials.
     pub admin_secret: &'a str,
-}
-
-/// A file the instance runs once, at first boot, to create the app user.
-pub struct InitScript {
-    pub file_name: &'static str,
-    pub mount_path: &'static str,
-    pub contents: &'static str,
 }
 
 impl Engine {
@@ -68,13 +57,18 @@ impl Engine {
         }
     }
 
-    pub fn image(self, version: &str) -> String {
-        let repo = match self {
+    /// Repository of the official image, used unless the platform names another.
+    pub fn image_repository(self) -> &'static str {
+        match self {
             Engine::Postgres => "postgres",
             Engine::Mongodb => "mongo",
             Engine::Influxdb => "influxdb",
-        };
-        format!("{repo}:{version}")
+        }
+    }
+
+    /// The official image of `version`.
+    pub fn image(self, version: &str) -> String {
+        format!("{}:{version}", self.image_repository())
     }
 
     /// The instance superuser, kept for the operator.
@@ -82,9 +76,14 @@ impl Engine {
         "dbps_admin"
     }
 
-    /// The app's user: never the superuser.
-    pub fn app_username(self, database: &str) -> String {
-        format!("{database}_app")
+    /// The app's user of credentials generation `generation`: two users
+    /// alternate, so the previous one keeps working through a rotation's grace
+    /// period. Never the superuser.
+    pub fn app_username(self, database: &str, generation: i64) -> String {
+        match generation % 2 {
+            0 => format!("{database}_app"),
+            _ => format!("{database}_app2"),
+        }
     }
 
     /// UID and GID the official image runs its server as.
@@ -121,16 +120,6 @@ impl Engine {
             Engine::Influxdb => influxdb::readiness(),
         };
         serde_json::from_value(probe).expect("probe")
-    }
-
-    /// The first-boot script creating the app user, where the image needs one
-    /// (InfluxDB's image does it from its environment).
-    pub fn init_script(self) -> Option<InitScript> {
-        match self {
-            Engine::Postgres => Some(postgres::INIT),
-            Engine::Mongodb => Some(mongodb::INIT),
-            Engine::Influxdb => None,
-        }
     }
 
     /// Connection URI for the binding.
@@ -201,7 +190,6 @@ mod tests {
     use super::*;
 
     const INSTANCE: Instance = Instance {
-        database: "orders",
         admin_secret: "orders-db-admin",
     };
 
@@ -242,10 +230,6 @@ mod tests {
                 secret_refs.contains(&("orders-db-admin", PASSWORD_KEY)),
                 "{engine:?}"
             );
-            assert!(
-                secret_refs.contains(&("orders-db-admin", APP_PASSWORD_KEY)),
-                "{engine:?}"
-            );
             // The instance never references the binding: that Secret is the service's.
             assert!(
                 secret_refs
@@ -264,7 +248,16 @@ mod tests {
     #[test]
     fn app_user_is_not_the_admin() {
         for engine in [Engine::Postgres, Engine::Mongodb, Engine::Influxdb] {
-            assert_ne!(engine.app_username("orders"), engine.admin_username());
+            for generation in 0..2 {
+                assert_ne!(
+                    engine.app_username("orders", generation),
+                    engine.admin_username()
+                );
+            }
+            assert_ne!(
+                engine.app_username("orders", 0),
+                engine.app_username("orders", 1)
+            );
         }
     }
 }

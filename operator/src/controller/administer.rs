@@ -1,0 +1,370 @@
+//! What a claim gets on the server that holds its database, whoever runs
+//! that server: a database and users carrying the claim's ownership mark,
+//! credentials in a binding Secret only the owning Service reads, rotation
+//! with a grace period, and repair of edited or deleted Secrets. Shared
+//! placement reaches a registered `DatabaseServer`; dedicated placement the
+//! claim's own instance, as its superuser.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+
+use super::apply::{apply, ensure};
+use super::claim::{Outcome, publish, update_status, update_status_full, update_status_with};
+use super::shared::{DEFAULT_GRACE_SECONDS, ROTATE_ANNOTATION, mark_of};
+use super::{Context, Error, drift};
+use crate::api::{
+    Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, Endpoint as StatusEndpoint,
+    PreviousCredentials, Reason, Service,
+};
+use crate::children::{
+    Credentials, Endpoint, Inputs, binding_reader_role_binding, binding_reader_role_for,
+    binding_secret_generation, names, secret_value,
+};
+use crate::engines::PASSWORD_KEY;
+use crate::password;
+use crate::servers::{AdminError, Claimant, Connection, Grant, ownership};
+
+/// The server a claim's database lives on, and how its service reaches it.
+pub(super) struct Target {
+    /// The server in messages: `DatabaseServer "pg"`, `instance "orders-db"`.
+    pub place: String,
+    /// How the operator reaches the server as its administrator.
+    pub conn: Connection,
+    /// The claim's database on that server.
+    pub database: String,
+    /// The platform team lets the claim take over an unmarked database of that name.
+    pub adopt: bool,
+    /// The server holds other claims' databases (shared placement): nothing
+    /// is written until it shows the names are this claim's to take.
+    pub shared: bool,
+    /// The app's two users, which alternate with each rotation.
+    pub users: [String; 2],
+    /// Where the service connects.
+    pub endpoint: StatusEndpoint,
+    /// TLS the service uses, with the CA when not a public one.
+    pub tls: Option<Option<String>>,
+    /// Fingerprint of a dedicated instance's superuser password, for the status.
+    pub admin_fingerprint: Option<String>,
+    /// What the Ready message says first.
+    pub ready_message: String,
+}
+
+impl Target {
+    fn username(&self, generation: i64) -> String {
+        self.users[(generation % 2) as usize].clone()
+    }
+}
+
+/// Issues, repairs and rotates the claim's credentials on `target` and
+/// reports the outcome in the claim's status.
+pub(super) async fn administer(
+    claim: &DatabaseClaim,
+    service: &Service,
+    target: Target,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let ns = claim.namespace().unwrap_or_default();
+    let name = claim.name_any();
+    let resync = Action::requeue(ctx.config.resync);
+    let secrets: Api<Secret> = ctx.api(&ns);
+    let place = target.place.clone();
+    let conn = &target.conn;
+    let database = target.database.clone();
+    // What the server said goes into the status (with the credentials the
+    // Secrets now hold, when given): a conflict (another owner) waits for the
+    // resync, a fault is retried with backoff.
+    let server_failure = async |e: AdminError,
+                                issued: Option<CredentialsStatus>|
+           -> Result<Action, Error> {
+        let reason = match (&e, target.shared) {
+            (AdminError::Unreachable(_) | AdminError::Timeout, false) => {
+                Reason::InstanceUnreachable
+            }
+            _ => e.reason(),
+        };
+        let phase = match e {
+            AdminError::Conflict(_) => ClaimPhase::Failed,
+            _ => ClaimPhase::Provisioning,
+        };
+        let mut outcome = Outcome::waiting(phase, reason, format!("{place}: {e}"));
+        outcome.endpoint = Some(target.endpoint.clone());
+        update_status_with(claim, ctx, outcome, issued).await?;
+        match e {
+            AdminError::Conflict(_) => Ok(resync.clone()),
+            e => Err(Error::Unavailable(reason, e.to_string())),
+        }
+    };
+    let claimant = Claimant {
+        mark: mark_of(ctx, claim).await?,
+        adopt: target.adopt,
+    };
+    let mark = &claimant.mark;
+    let uid = &mark.uid;
+
+    // A claim not placed yet on a shared server writes nothing, not even its
+    // binding Secret, until the server shows that the names it would use are
+    // its to take.
+    let placed = claim.status.as_ref().and_then(|s| s.database.as_ref()) == Some(&database);
+    if target.shared && !placed {
+        let users = [target.username(0)];
+        let authorized = match ctx.servers.inspect(conn, &database, &users).await {
+            Ok(found) => ownership::authorize(&found, &claimant).map_err(AdminError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = authorized {
+            return server_failure(e, None).await;
+        }
+    }
+
+    let now = Timestamp::now();
+    let trigger = claim.annotations().get(ROTATE_ANNOTATION).cloned();
+    let mut creds = match claim.status.as_ref().and_then(|s| s.credentials.clone()) {
+        Some(c) if c.issued_at.is_some() => c,
+        // First issue: an annotation already there is not a request.
+        other => CredentialsStatus {
+            generation: 0,
+            issued_at: Some(Time(now)),
+            trigger: trigger.clone(),
+            ..other.unwrap_or_default()
+        },
+    };
+    if target.admin_fingerprint.is_some() {
+        creds.admin_fingerprint = target.admin_fingerprint.clone();
+    }
+
+    // 1. Credentials past their grace period are revoked, then their Secret goes.
+    if let Some(previous) = creds.previous.clone().filter(|p| p.expires_at.0 <= now) {
+        if let Err(e) = ctx
+            .servers
+            .revoke(conn, &database, &previous.username, mark)
+            .await
+        {
+            return server_failure(e, None).await;
+        }
+        match secrets.delete(&previous.secret, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        creds.previous = None;
+    }
+
+    // 2. A rotation is due on a new annotation value or on schedule, once the
+    //    previous rotation's grace period is over.
+    let rotation = claim.spec.rotation.clone().unwrap_or_default();
+    let requested = trigger.is_some() && trigger != creds.trigger;
+    let scheduled = rotation.every_seconds.is_some_and(|every| {
+        creds
+            .issued_at
+            .as_ref()
+            .is_some_and(|t| (now - t.0).get_seconds() >= every)
+    });
+    let rotate = (requested || scheduled) && creds.previous.is_none();
+    let generation = if rotate {
+        creds.generation + 1
+    } else {
+        creds.generation
+    };
+
+    // 3. The binding Secret of the generation in force is written before its
+    //    user exists, so a password the server knows is always one a Secret
+    //    holds. A Secret edited or deleted by hand is not believed: its
+    //    credentials are issued anew.
+    let secret_name = names::binding_secret_of(&name, generation);
+    let mut current = secrets.get_opt(&secret_name).await?;
+    // A Secret of that name kept for another Service, or not made by dbps, is left alone.
+    if let Some(message) = current
+        .as_ref()
+        .and_then(|s| drift::foreign(&s.metadata, "Secret", claim, &service.name_any()))
+    {
+        let outcome = Outcome::waiting(
+            ClaimPhase::Failed,
+            Reason::ObjectOwnedByAnotherService,
+            message,
+        );
+        update_status(claim, ctx, outcome).await?;
+        return Ok(resync);
+    }
+    let found = current.as_ref().and_then(|s| secret_value(s, PASSWORD_KEY));
+    let recorded = match rotate {
+        true => None,
+        false => creds.fingerprint.clone(),
+    };
+    let mut notice = None;
+    let app_password = match drift::choose(uid, recorded.as_deref(), &[found.as_deref()]) {
+        drift::Choice::Lost => {
+            notice = Some(match &current {
+                Some(_) => (
+                    Reason::BindingSecretEdited,
+                    format!(
+                        "Secret {secret_name:?} was edited by hand; dbps issued new credentials in it and did not use the edited password"
+                    ),
+                ),
+                None => (
+                    Reason::BindingSecretDeleted,
+                    format!(
+                        "Secret {secret_name:?} was deleted; dbps wrote it again with new credentials"
+                    ),
+                ),
+            });
+            if current.as_ref().is_some_and(|s| s.immutable == Some(true)) {
+                // An immutable Secret cannot be written over: it is replaced.
+                match secrets.delete(&secret_name, &Default::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+                current = None;
+            }
+            password::generate()
+        }
+        choice => choice.value().unwrap_or_default().to_string(),
+    };
+    let credentials = Credentials {
+        admin_password: String::new(),
+        app_password,
+    };
+    let inputs = Inputs {
+        claim,
+        service,
+        credentials: &credentials,
+        platform: &ctx.config.platform,
+    };
+    let endpoint = Endpoint {
+        host: target.endpoint.host.clone(),
+        port: target.endpoint.port as u16,
+        database: database.clone(),
+        username: target.username(generation),
+        tls: target.tls.clone(),
+    };
+    let binding = apply(
+        &secrets,
+        &binding_secret_generation(&inputs, &endpoint, generation),
+        current,
+    )
+    .await?;
+    let mut readable = vec![secret_name.clone()];
+    let previous_secret = match rotate {
+        true => Some(names::binding_secret_of(&name, creds.generation)),
+        false => creds.previous.as_ref().map(|p| p.secret.clone()),
+    };
+    readable.extend(previous_secret);
+    ensure(
+        &ctx.api::<Role>(&ns),
+        &binding_reader_role_for(&inputs, &readable),
+    )
+    .await?;
+    ensure(
+        &ctx.api::<RoleBinding>(&ns),
+        &binding_reader_role_binding(&inputs),
+    )
+    .await?;
+    if let Some((reason, note)) = notice {
+        publish(ctx, claim, EventType::Warning, reason, "Repair", note).await;
+    }
+
+    let grant = Grant {
+        database: database.clone(),
+        username: endpoint.username.clone(),
+        password: credentials.app_password.clone(),
+    };
+    let provisioned = match ctx.servers.ensure(conn, &grant, &claimant).await {
+        Ok(provisioned) => provisioned,
+        Err(e) => {
+            // What the Secret now holds is recorded whatever the server says,
+            // so a retry does not take dbps's own Secret for an edit.
+            let issued = (!rotate).then(|| CredentialsStatus {
+                fingerprint: Some(password::fingerprint(uid, &credentials.app_password)),
+                ..creds.clone()
+            });
+            return server_failure(e, issued).await;
+        }
+    };
+    if !provisioned.adopted.is_empty() {
+        let note = format!(
+            "adopted {} on {place}, as its DatabaseServer's spec.adoptions allows",
+            provisioned.adopted.join(", ")
+        );
+        publish(
+            ctx,
+            claim,
+            EventType::Normal,
+            Reason::Adopted,
+            "Adopt",
+            note,
+        )
+        .await;
+    }
+    if rotate {
+        let grace = rotation
+            .grace_period_seconds
+            .unwrap_or(DEFAULT_GRACE_SECONDS);
+        creds.previous = Some(PreviousCredentials {
+            secret: names::binding_secret_of(&name, creds.generation),
+            username: target.username(creds.generation),
+            expires_at: Time(now + SignedDuration::from_secs(grace)),
+        });
+        creds.generation = generation;
+        creds.issued_at = Some(Time(now));
+        creds.trigger = trigger.or(creds.trigger);
+        let note = format!(
+            "issued Secret {secret_name:?}; the previous credentials stop working in {grace}s"
+        );
+        publish(
+            ctx,
+            claim,
+            EventType::Normal,
+            Reason::Rotated,
+            "Rotate",
+            note,
+        )
+        .await;
+    }
+    creds.fingerprint = Some(password::fingerprint(uid, &credentials.app_password));
+
+    let mut message = format!(
+        "{}; credentials in Secret {:?}",
+        target.ready_message,
+        binding.name_any()
+    );
+    if ctx
+        .servers
+        .cached_info(conn)
+        .await
+        .is_ok_and(|i| !i.enforces_database_roles)
+    {
+        message.push_str("; this server does not enforce per-database roles, so its other users are not kept out by it");
+    }
+    let outcome = Outcome {
+        phase: ClaimPhase::Ready,
+        ready: true,
+        reason: Reason::Ready,
+        message,
+        binding: Some(Binding {
+            name: binding.name_any(),
+        }),
+        endpoint: Some(target.endpoint.clone()),
+    };
+    // Wake up for the end of a grace period or the next scheduled rotation.
+    let mut next = ctx.config.resync;
+    if let Some(p) = &creds.previous {
+        next = next.min(
+            Duration::try_from((p.expires_at.0 - now).abs()).unwrap_or_default()
+                + Duration::from_millis(100),
+        );
+    } else if let (Some(every), Some(issued)) = (rotation.every_seconds, &creds.issued_at) {
+        let due = issued.0 + SignedDuration::from_secs(every);
+        next = next.min(
+            Duration::try_from((due - now).abs()).unwrap_or_default() + Duration::from_millis(100),
+        );
+    }
+    update_status_full(claim, ctx, outcome, Some(creds), Some(database)).await?;
+    Ok(Action::requeue(next))
+}
