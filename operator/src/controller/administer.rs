@@ -266,16 +266,17 @@ pub(super) async fn administer(
         &binding_reader_role_binding(&inputs),
     )
     .await?;
-    if let Some((reason, note)) = notice {
-        publish(ctx, claim, EventType::Warning, reason, "Repair", note).await;
-    }
-
     let grant = Grant {
         database: database.clone(),
         username: endpoint.username.clone(),
         password: credentials.app_password.clone(),
     };
-    let provisioned = match ctx.servers.ensure(conn, &grant, &claimant).await {
+    let ensured = ctx.servers.ensure(conn, &grant, &claimant).await;
+    // The repair is told once the server has the new password (or failed to take it).
+    if let Some((reason, note)) = notice {
+        publish(ctx, claim, EventType::Warning, reason, "Repair", note).await;
+    }
+    let provisioned = match ensured {
         Ok(provisioned) => provisioned,
         Err(e) => {
             // What the Secret now holds is recorded whatever the server says,
