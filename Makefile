@@ -14,7 +14,7 @@ demo: deps binaries
 
 ## test: formatting, lints, unit tests and every suite against real components
 test: deps fmt-check lint binaries
-	$(CARGO) build -p dbps-operator --bin dbps-operator
+	$(CARGO) build -p dbps-operator --bin dbps-operator -p dbps-samples --bin dbps-sample
 	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) test --workspace --lib --bins --tests --no-fail-fast
 
 ## deps: install what a fresh machine lacks (Debian packages, a Go toolchain, rustfmt/clippy)

@@ -135,6 +135,7 @@ fn client_pod(
     uid: i64,
     command: String,
     env: Value,
+    attempts: u32,
 ) -> Pod {
     serde_json::from_value(json!({
         "metadata": { "name": name, "labels": { "dbps.io/service": service } },
@@ -145,7 +146,7 @@ fn client_pod(
             "securityContext": { "runAsNonRoot": true, "runAsUser": uid, "seccompProfile": { "type": "RuntimeDefault" } },
             "containers": [{
                 "name": "client", "image": image, "imagePullPolicy": "Never",
-                "command": ["sh", "-c", format!("for i in 1 2 3 4 5 6 7 8 9 10; do {command} && exit 0; sleep 1; done; exit 1")],
+                "command": ["sh", "-c", format!("i=0; while [ $i -lt {attempts} ]; do {command} && exit 0; i=$((i + 1)); sleep 1; done; exit 1")],
                 "env": env,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
@@ -185,6 +186,7 @@ pub fn psql_pod(name: &str, service: &str, binding: &str, host: &str, sql: &str)
         999,
         command,
         binding_env(binding, "PGPASSWORD"),
+        10,
     )
 }
 
@@ -201,7 +203,40 @@ pub fn influx_pod(name: &str, service: &str, binding: &str, host: &str, query: &
         1000,
         command,
         binding_env(binding, "DB_PASSWORD"),
+        10,
     )
+}
+
+/// A pod of `service` that runs the sample service `sample` once with
+/// `--check` (a session as its user, its schema written) from the samples
+/// image `image`, with the binding Secret `binding` projected where the
+/// servicebinding.io convention puts it.
+pub fn sample_check_pod(
+    name: &str,
+    service: &str,
+    image: &str,
+    sample: &str,
+    binding: &str,
+) -> Pod {
+    let mut pod = client_pod(
+        name,
+        service,
+        image,
+        65532,
+        format!("dbps-sample {sample} --check --binding {sample}-db"),
+        json!([{ "name": "SERVICE_BINDING_ROOT", "value": "/bindings" }]),
+        // Each try waits up to 10 s for the server (the service's own timeout).
+        4,
+    );
+    let spec = pod.spec.as_mut().unwrap();
+    spec.volumes = Some(vec![
+        serde_json::from_value(json!({ "name": "binding", "secret": { "secretName": binding } }))
+            .unwrap(),
+    ]);
+    spec.containers[0].volume_mounts = Some(vec![
+        serde_json::from_value(json!({ "name": "binding", "mountPath": format!("/bindings/{sample}-db"), "readOnly": true })).unwrap(),
+    ]);
+    pod
 }
 
 /// Creates ServiceAccount `name` (the identity of a service's pods).

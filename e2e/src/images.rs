@@ -511,6 +511,36 @@ pub fn ferretdb() -> Result<Image, Error> {
     })
 }
 
+/// `dbps.local/dbps-sample:<tag>`: the sample services binary (and a shell,
+/// for a pod's retry loop), as user 65532.
+pub fn samples(binary: &Path, tag: &str) -> Image {
+    let mut files: Vec<(String, PathBuf)> = vec![
+        ("/usr/local/bin/dbps-sample".into(), binary.to_path_buf()),
+        ("/bin/busybox".into(), PathBuf::from("/bin/busybox")),
+    ];
+    // The HTTP client between services loads the system's CA roots.
+    let roots = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if roots.exists() {
+        files.push((roots.display().to_string(), roots.to_path_buf()));
+    }
+    files.extend(
+        libraries(binary)
+            .into_iter()
+            .map(|l| (l.display().to_string(), l)),
+    );
+    Image {
+        name: format!("dbps.local/dbps-sample:{tag}"),
+        files,
+        texts: vec![],
+        links: ["sh", "sleep"]
+            .iter()
+            .map(|t| (format!("/bin/{t}"), "busybox".to_string()))
+            .collect(),
+        entrypoint: vec!["/usr/local/bin/dbps-sample".into()],
+        user: Some(65532),
+    }
+}
+
 /// the libraries it loads; user 65532 as the chart runs it.
 pub fn operator(binary: &Path, tag: &str) -> Image {
     let mut files: Vec<(String, PathBuf)> =

@@ -353,10 +353,19 @@ pub const STORAGE_CLASS: &str = "dbps-node";
 
 /// The bridge network of the node's pods.
 pub const POD_CIDR: &str = "10.244.0.0/24";
+/// The node's address on the pod bridge, the pods' gateway.
+pub const POD_GATEWAY: &str = "10.244.0.1";
 
 const SETUP: &str = r#"set -eu
 ip link set lo up
 ip addr add "$NODE_IP/32" dev lo
+# The pod bridge (the CNI bridge plugin takes it as it finds it) and a route
+# for Service addresses, so connections from the node itself reach Services
+# (kube-proxy rewrites them to a pod's address on the way out).
+ip link add cni0 type bridge
+ip addr add "$POD_GATEWAY/24" dev cni0
+ip link set cni0 up
+ip route add "$SERVICE_CIDR" dev cni0 src "$POD_GATEWAY"
 echo 1 > /proc/sys/net/ipv4/ip_forward
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p "$D/varlog" "$D/sysctl"
@@ -425,6 +434,8 @@ impl Node {
             |cmd| {
                 cmd.env("D", &dir)
                     .env("NODE_IP", NODE_IP)
+                    .env("POD_GATEWAY", POD_GATEWAY)
+                    .env("SERVICE_CIDR", crate::control_plane::NODE_SERVICE_CIDR)
                     .env("MASKS", &masks);
             },
         )?;
@@ -851,8 +862,10 @@ registerNode: true
             &args,
             &self.dir,
             |cmd| {
-                cmd.env("KUBECONFIG", &kubeconfig)
-                    .env("RUST_LOG", "info,kube=warn");
+                cmd.env("KUBECONFIG", &kubeconfig).env(
+                    "RUST_LOG",
+                    std::env::var("DBPS_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+                );
             },
         )?;
         if let Some(pid) = process.pid() {

@@ -106,18 +106,28 @@ impl Drop for RunningOperator {
     }
 }
 
+/// The `dbps-sample` binary `make test` builds (`cargo build -p dbps-samples`),
+/// beside the test binaries' directory.
+pub fn samples_binary() -> std::path::PathBuf {
+    sibling("dbps-sample")
+}
+
 /// The `dbps-operator` binary `make test` builds (`cargo build -p dbps-operator`),
 /// beside the test binaries' directory.
 pub fn binary() -> std::path::PathBuf {
+    sibling("dbps-operator")
+}
+
+fn sibling(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     let bin = exe
         .parent()
         .and_then(|d| d.parent())
         .expect("target directory")
-        .join("dbps-operator");
+        .join(name);
     assert!(
         bin.is_file(),
-        "{} is missing: run `cargo build -p dbps-operator`",
+        "{} is missing: run `cargo build --bin {name}`",
         bin.display()
     );
     bin

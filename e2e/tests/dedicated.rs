@@ -186,11 +186,19 @@ async fn lifecycle(engine: &str, binding_type: &str, port: u16) {
     }
     for name in ["keep-db", "drop-db"] {
         let claim = ctx
-            .wait_for(&claims, name, "instance unreachable", reason_is(UNREACHABLE))
+            .wait_for(
+                &claims,
+                name,
+                "instance unreachable",
+                reason_is(UNREACHABLE),
+            )
             .await;
         let status = claim.status.clone().unwrap();
         assert_eq!(status.phase, Some(ClaimPhase::Provisioning));
-        assert_eq!(status.binding, None, "not Ready, so no binding is announced");
+        assert_eq!(
+            status.binding, None,
+            "not Ready, so no binding is announced"
+        );
         assert_eq!(status.endpoint.as_ref().unwrap().port, i32::from(port));
         assert_eq!(status.observed_generation, claim.metadata.generation);
         let cond = status
@@ -201,7 +209,8 @@ async fn lifecycle(engine: &str, binding_type: &str, port: u16) {
         assert_eq!(cond.status, "False");
         // The operator tried the instance's Service address, a loopback one here.
         assert!(
-            cond.message.contains(&format!("instance \"{name}\"")) && cond.message.contains("cannot reach"),
+            cond.message.contains(&format!("instance \"{name}\""))
+                && cond.message.contains("cannot reach"),
             "{}",
             cond.message
         );
@@ -220,12 +229,19 @@ async fn lifecycle(engine: &str, binding_type: &str, port: u16) {
     // The Service lists both databases, not Ready.
     let services = ctx.api::<Service>();
     let service = ctx
-        .wait_for(&services, "svc", "Service lists both databases", |s: Option<&Service>| {
-            s.and_then(|s| s.status.as_ref()).is_some_and(|s| {
-                s.database_count == 2
-                    && s.databases.iter().all(|d| d.phase == Some(ClaimPhase::Provisioning))
-            })
-        })
+        .wait_for(
+            &services,
+            "svc",
+            "Service lists both databases",
+            |s: Option<&Service>| {
+                s.and_then(|s| s.status.as_ref()).is_some_and(|s| {
+                    s.database_count == 2
+                        && s.databases
+                            .iter()
+                            .all(|d| d.phase == Some(ClaimPhase::Provisioning))
+                })
+            },
+        )
         .await;
     let status = service.status.unwrap();
     assert!(
@@ -327,8 +343,13 @@ async fn claim_waits_for_its_service_then_is_provisioned() {
     );
 
     create_service(&ctx, "late", json!({})).await;
-    ctx.wait_for(&claims, "early", "instance unreachable", reason_is(UNREACHABLE))
-        .await;
+    ctx.wait_for(
+        &claims,
+        "early",
+        "instance unreachable",
+        reason_is(UNREACHABLE),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -420,8 +441,13 @@ async fn each_network_policy_admits_only_its_own_service_and_follows_its_selecto
     .await;
     let claims = ctx.api::<DatabaseClaim>();
     for name in ["orders-db", "catalog-db"] {
-        ctx.wait_for(&claims, name, "instance unreachable", reason_is(UNREACHABLE))
-            .await;
+        ctx.wait_for(
+            &claims,
+            name,
+            "instance unreachable",
+            reason_is(UNREACHABLE),
+        )
+        .await;
     }
     let policies = ctx.api::<NetworkPolicy>();
     let from = |p: &NetworkPolicy| {
@@ -500,11 +526,21 @@ async fn a_resync_with_nothing_changed_writes_nothing() {
     }
     let claims = ctx.api::<DatabaseClaim>();
     for name in ["pg", "mongo", "influx"] {
-        ctx.wait_for(&claims, name, "instance unreachable", reason_is(UNREACHABLE))
-            .await;
-    }
-    ctx.wait_for(&claims, "shared", "claim Ready", phase_is(ClaimPhase::Ready))
+        ctx.wait_for(
+            &claims,
+            name,
+            "instance unreachable",
+            reason_is(UNREACHABLE),
+        )
         .await;
+    }
+    ctx.wait_for(
+        &claims,
+        "shared",
+        "claim Ready",
+        phase_is(ClaimPhase::Ready),
+    )
+    .await;
     let services = ctx.api::<Service>();
     ctx.wait_for(
         &services,
@@ -513,7 +549,11 @@ async fn a_resync_with_nothing_changed_writes_nothing() {
         |s: Option<&Service>| {
             s.and_then(|s| s.status.as_ref()).is_some_and(|s| {
                 s.database_count == 4
-                    && s.databases.iter().filter(|d| d.phase == Some(ClaimPhase::Ready)).count() == 1
+                    && s.databases
+                        .iter()
+                        .filter(|d| d.phase == Some(ClaimPhase::Ready))
+                        .count()
+                        == 1
             })
         },
     )
@@ -582,7 +622,12 @@ async fn the_readme_examples_are_accepted_and_provisioned() {
     assert_eq!(claims, ["orders-db", "catalog-db", "readings"]);
     let api = ctx.api::<DatabaseClaim>();
     for name in &claims {
-        ctx.wait_for(&api, name, "example claim administered", reason_is(UNREACHABLE))
-            .await;
+        ctx.wait_for(
+            &api,
+            name,
+            "example claim administered",
+            reason_is(UNREACHABLE),
+        )
+        .await;
     }
 }

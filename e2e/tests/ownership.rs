@@ -327,8 +327,13 @@ async fn a_retained_volume_goes_back_to_its_own_service_only() {
     claim(&ctx, "orders-db", spec("orders", "Retain")).await;
     // On kwok the instance's pod runs no database: the claim is made and
     // waits for it (the same on real database pods: real_node_dedicated.rs).
-    ctx.wait_for(&claims, "orders-db", "provisioned", reason_is("InstanceUnreachable"))
-        .await;
+    ctx.wait_for(
+        &claims,
+        "orders-db",
+        "provisioned",
+        reason_is("InstanceUnreachable"),
+    )
+    .await;
     let admin = secret(&ctx, "orders-db-admin").await.unwrap();
     let binding = secret(&ctx, "orders-db-binding").await.unwrap();
     delete_claim(&ctx, "orders-db").await;
@@ -372,8 +377,13 @@ async fn a_retained_volume_goes_back_to_its_own_service_only() {
 
     // The same Service gets it back, with the credentials it was made with.
     claim(&ctx, "orders-db", spec("orders", "Retain")).await;
-    ctx.wait_for(&claims, "orders-db", "reattached", reason_is("InstanceUnreachable"))
-        .await;
+    ctx.wait_for(
+        &claims,
+        "orders-db",
+        "reattached",
+        reason_is("InstanceUnreachable"),
+    )
+    .await;
     assert_eq!(secret(&ctx, "orders-db-admin").await, Some(admin));
     assert_eq!(secret(&ctx, "orders-db-binding").await, Some(binding));
 
@@ -534,7 +544,12 @@ async fn an_edited_or_deleted_secret_of_a_dedicated_claim_is_never_believed() {
     // not believed and not written over; nothing is applied meanwhile.
     edit_secret(&ctx, "orders-db-admin", "password", "weak").await;
     let flagged = ctx
-        .wait_for(&claims, "orders-db", "flagged", reason_is("AdminSecretEdited"))
+        .wait_for(
+            &claims,
+            "orders-db",
+            "flagged",
+            reason_is("AdminSecretEdited"),
+        )
         .await;
     let (type_, note) = wait_event(&ctx, "orders-db", "AdminSecretEdited").await;
     assert_eq!(type_, "Warning");
@@ -549,11 +564,19 @@ async fn an_edited_or_deleted_secret_of_a_dedicated_claim_is_never_believed() {
         ))
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(secret(&ctx, "orders-db-admin").await.unwrap()["password"], "weak");
+    assert_eq!(
+        secret(&ctx, "orders-db-admin").await.unwrap()["password"],
+        "weak"
+    );
     // Put back, it is believed again.
     edit_secret(&ctx, "orders-db-admin", "password", &admin["password"]).await;
-    ctx.wait_for(&claims, "orders-db", "clean", reason_is("InstanceUnreachable"))
-        .await;
+    ctx.wait_for(
+        &claims,
+        "orders-db",
+        "clean",
+        reason_is("InstanceUnreachable"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -630,8 +653,13 @@ async fn minor_versions_roll_and_a_major_change_is_refused() {
         json!({ "serviceRef": { "name": "orders" }, "engine": "postgres", "version": "16" }),
     )
     .await;
-    ctx.wait_for(&claims, "orders-db", "provisioned", reason_is("InstanceUnreachable"))
-        .await;
+    ctx.wait_for(
+        &claims,
+        "orders-db",
+        "provisioned",
+        reason_is("InstanceUnreachable"),
+    )
+    .await;
     let set = |v: &str| json!({ "spec": { "version": v } });
     for (version, expected) in [
         ("15", "a major downgrade cannot start"),

@@ -97,7 +97,9 @@ async fn kubelet_joins_and_a_pod_runs_from_an_image_built_here() {
     use kube::api::PostParams;
     let bin = dbps_e2e::node::binaries().unwrap();
     let sysctls_before = host_sysctls();
-    let ctx = dbps_e2e::TestContext::for_real_node("real-pod").await.unwrap();
+    let ctx = dbps_e2e::TestContext::for_real_node("real-pod")
+        .await
+        .unwrap();
     let mut node = Node::start(&bin).await.unwrap();
     let started = std::time::Instant::now();
     node.join(ctx.plane).await.unwrap();

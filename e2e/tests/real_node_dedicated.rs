@@ -1,25 +1,28 @@
 //! Dedicated claims on the real node: the operator's StatefulSets run real
-//! servers (images made here from this machine's PostgreSQL 15 and InfluxDB
-//! 1.6, with the official images' first-boot contracts) under Pod Security
-//! `restricted`; a pod of the owning Service reaches its database by the
-//! Service name with the binding dbps issued, and PostgreSQL's data survives
-//! a restart of its pod; a pod of another Service of the same namespace,
-//! even holding the credentials, is refused by the NetworkPolicy on real
-//! packets.
+//! servers (images made here from this machine's PostgreSQL 15, InfluxDB 1.6
+//! and FerretDB, with the official images' first-boot contracts: a
+//! superuser only) under Pod Security `restricted`; the operator, on the
+//! node's network, makes each app user and database over the wire. A pod of
+//! the owning Service reaches its database by the Service name with the
+//! binding dbps issued; PostgreSQL's data survives a restart of its pod and,
+//! with `Retain`, the claim's deletion; a rotation hands out the other user
+//! and revokes the first after the grace period; a pod of another Service of
+//! the same namespace, even holding the credentials, is refused by the
+//! NetworkPolicy on real packets.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use dbps_e2e::TestContext;
 use dbps_e2e::claims::reason_is;
-use dbps_e2e::fixtures::{claim, influx_pod, psql_pod, run_pod as run, service};
+use dbps_e2e::fixtures::{claim, influx_pod, psql_pod, run_pod as run, sample_check_pod, service};
 use dbps_e2e::node::{NODE_NAME, Node, STORAGE_CLASS, host_sysctls};
-use dbps_e2e::{RunningOperator, TestContext};
 use dbps_operator::api::DatabaseClaim;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 #[tokio::test]
-async fn dedicated_postgres_and_influxdb_claims_run_for_real_and_only_their_service_gets_in() {
+async fn dedicated_claims_of_every_engine_run_for_real_and_only_their_service_gets_in() {
     let bin = dbps_e2e::node::binaries().unwrap();
     let sysctls_before = host_sysctls();
     let ctx = TestContext::for_real_node("real-dedicated").await.unwrap();
@@ -44,11 +47,24 @@ async fn dedicated_postgres_and_influxdb_claims_run_for_real_and_only_their_serv
     node.volume(ctx.plane, &ctx.namespace, "data-orders-db-0", "1Gi")
         .await
         .unwrap();
-    let _operator = RunningOperator::start(&ctx, Duration::from_secs(300))
-        .await
-        .unwrap();
+    // The operator runs on the node's network, as on a cluster host: it
+    // reaches the instances through their Services to administer them.
+    dbps_e2e::operator::install_crds(&ctx.client).await.unwrap();
+    let ns = ctx.namespace.clone();
+    node.run_operator(
+        ctx.plane,
+        &format!("dbps-operator.{ns}"),
+        &["system:masters"],
+        &[
+            format!("--namespace={ns}"),
+            "--resync-seconds=300".into(),
+            format!("--server-selector={}={ns}", dbps_e2e::operator::TEST_LABEL),
+            "--image-repository=mongodb=ferretdb".into(),
+        ],
+    )
+    .unwrap();
 
-    for name in ["orders", "intruder", "telemetry"] {
+    for name in ["orders", "intruder", "telemetry", "catalog"] {
         dbps_e2e::fixtures::service_account(&ctx, name).await;
     }
     service(&ctx, "orders", json!({})).await;
@@ -159,7 +175,8 @@ async fn dedicated_postgres_and_influxdb_claims_run_for_real_and_only_their_serv
         &ctx,
         "orders-db",
         json!({ "serviceRef": { "name": "orders" }, "engine": "postgres", "version": "15",
-                "deletionPolicy": "Retain", "storage": { "size": "1Gi", "storageClassName": STORAGE_CLASS } }),
+                "deletionPolicy": "Retain", "storage": { "size": "1Gi", "storageClassName": STORAGE_CLASS },
+                "rotation": { "gracePeriodSeconds": 20 } }),
     )
     .await;
     ctx.wait_for(
@@ -183,6 +200,96 @@ async fn dedicated_postgres_and_influxdb_claims_run_for_real_and_only_their_serv
     assert!(
         ok,
         "data lost across the claim's deletion and re-creation: {said}"
+    );
+
+    // A rotation, done over the wire on the instance: the other user in a
+    // new binding reads the same data; the first keeps working through the
+    // grace period and is revoked after it.
+    let first = dbps_e2e::fixtures::secret(&ctx, "orders-db-binding")
+        .await
+        .unwrap();
+    claims
+        .patch(
+            "orders-db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": { "dbps.io/rotate": "1" } } })),
+        )
+        .await
+        .unwrap();
+    let rotated = ctx
+        .wait_for(
+            &claims,
+            "orders-db",
+            "rotated",
+            |c: Option<&DatabaseClaim>| {
+                c.and_then(|c| c.status.as_ref())
+                    .and_then(|s| s.binding.as_ref())
+                    .is_some_and(|b| b.name == "orders-db-binding-1")
+            },
+        )
+        .await;
+    let expires = rotated
+        .status
+        .unwrap()
+        .credentials
+        .unwrap()
+        .previous
+        .unwrap()
+        .expires_at;
+    let read = "SELECT 1 / (SELECT count(*) FROM orders WHERE id = 42)::int";
+    let (ok, said) = run(
+        &ctx,
+        psql_pod(
+            "orders-rotated",
+            "orders",
+            "orders-db-binding-1",
+            &host,
+            read,
+        ),
+    )
+    .await;
+    assert!(ok, "the rotated credentials do not read the data: {said}");
+    let (ok, said) = run(
+        &ctx,
+        psql_pod("orders-grace", "orders", "orders-db-binding", &host, read),
+    )
+    .await;
+    assert!(
+        ok,
+        "the previous credentials stopped before their grace period ended: {said}"
+    );
+    let secrets = ctx.api::<k8s_openapi::api::core::v1::Secret>();
+    ctx.wait_gone(
+        &secrets,
+        "orders-db-binding",
+        "previous binding removed after the grace period",
+    )
+    .await;
+    assert!(k8s_openapi::jiff::Timestamp::now() >= expires.0);
+    // Someone who kept the first credentials: the instance refuses them now.
+    let kept: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": "kept-credentials" },
+        "stringData": { "username": first["username"], "password": first["password"], "database": first["database"] }
+    }))
+    .unwrap();
+    secrets.create(&Default::default(), &kept).await.unwrap();
+    let (ok, said) = run(
+        &ctx,
+        psql_pod(
+            "orders-revoked",
+            "orders",
+            "kept-credentials",
+            &host,
+            "SELECT 1",
+        ),
+    )
+    .await;
+    assert!(!ok, "revoked credentials still log in");
+    assert!(
+        said.contains("authentication failed")
+            || said.contains("not permitted to log in")
+            || said.contains("does not exist"),
+        "{said}"
     );
 
     // An InfluxDB claim the same way: a real server, its service writes,
@@ -234,6 +341,60 @@ async fn dedicated_postgres_and_influxdb_claims_run_for_real_and_only_their_serv
     )
     .await;
     assert!(!ok, "another service reached InfluxDB: {said}");
+
+    // A MongoDB claim on the FerretDB image (the `mongo` image's contract):
+    // the catalog sample service checks in with its binding and writes;
+    // another service's pod with the same binding gets no packet through.
+    node.import(&dbps_e2e::images::ferretdb().unwrap()).unwrap();
+    let samples = dbps_e2e::images::samples(&dbps_e2e::operator::samples_binary(), "e2e");
+    node.import(&samples).unwrap();
+    node.volume(ctx.plane, &ctx.namespace, "data-catalog-db-0", "1Gi")
+        .await
+        .unwrap();
+    service(&ctx, "catalog", json!({})).await;
+    let ferretdb = dbps_e2e::images::ferretdb().unwrap().name;
+    let version = ferretdb.rsplit_once(':').unwrap().1.to_string();
+    let claimed = Instant::now();
+    claim(
+        &ctx,
+        "catalog-db",
+        json!({ "serviceRef": { "name": "catalog" }, "engine": "mongodb", "version": version,
+                "deletionPolicy": "Delete", "storage": { "size": "1Gi", "storageClassName": STORAGE_CLASS } }),
+    )
+    .await;
+    ctx.wait_for(
+        &claims,
+        "catalog-db",
+        "MongoDB claim Ready",
+        reason_is("Ready"),
+    )
+    .await;
+    eprintln!("MongoDB claim Ready after {:?}", claimed.elapsed());
+    let (ok, said) = run(
+        &ctx,
+        sample_check_pod(
+            "catalog-check",
+            "catalog",
+            &samples.name,
+            "catalog",
+            "catalog-db-binding",
+        ),
+    )
+    .await;
+    assert!(ok, "the catalog service cannot use its MongoDB: {said}");
+    eprintln!("first MongoDB write after {:?}", claimed.elapsed());
+    let (ok, said) = run(
+        &ctx,
+        sample_check_pod(
+            "intruder-catalog",
+            "intruder",
+            &samples.name,
+            "catalog",
+            "catalog-db-binding",
+        ),
+    )
+    .await;
+    assert!(!ok, "another service reached MongoDB: {said}");
 
     let cgroup_root = node.cgroup_root.clone();
     drop(node);

@@ -79,7 +79,9 @@ struct RunArgs {
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
     s.split(',')
         .map(|pair| match pair.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
             _ => Err(format!("{pair:?} is not key=value")),
         })
         .collect()

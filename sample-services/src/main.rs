@@ -47,6 +47,43 @@ struct Cli {
     /// telemetry: base URL of alerts (readings are offered to it).
     #[arg(long, env = "ALERTS_URL")]
     alerts_url: Option<String>,
+    /// Connect with the binding, prepare the service's schema (a write), and
+    /// exit: 0 when the service can use its database.
+    #[arg(long)]
+    check: bool,
+}
+
+/// What a service needs of its database at start: a session as its user
+/// and its schema (tables, indexes or a measurement) in place.
+async fn check(service: Service, binding: &Binding) -> Result<(), Box<dyn std::error::Error>> {
+    match service {
+        Service::Orders | Service::Payments | Service::Devices => {
+            let db = stores::postgres(binding).await?;
+            db.lock()
+                .await
+                .batch_execute("CREATE TABLE IF NOT EXISTS dbps_check (at timestamptz DEFAULT now()); INSERT INTO dbps_check DEFAULT VALUES")
+                .await?;
+        }
+        Service::Catalog | Service::Alerts => {
+            let db = stores::mongodb(binding).await?;
+            db.collection::<mongodb::bson::Document>("dbps_check")
+                .insert_one(mongodb::bson::doc! { "check": true })
+                .await?;
+        }
+        Service::Telemetry => {
+            stores::Influx::connect(binding)
+                .await?
+                .write("dbps_check value=1".into())
+                .await?;
+        }
+    }
+    println!(
+        "ok: {} can use {:?} on {}",
+        format!("{service:?}").to_lowercase(),
+        binding.database,
+        binding.host
+    );
+    Ok(())
 }
 
 #[tokio::main]
@@ -62,6 +99,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = format!("{:?}", cli.service).to_lowercase();
     let binding = Binding::read(cli.binding.as_deref().unwrap_or(&format!("{name}-db")))?;
     tracing::info!(service = %name, database = ?binding, "starting");
+
+    if cli.check {
+        return check(cli.service, &binding).await;
+    }
     let http_client = http::client();
 
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -72,15 +72,25 @@ spec: { selector: { app: orders-api, tier: backend } }
 
     #[test]
     fn admits_the_operator_pods_when_the_operator_runs_in_the_cluster() {
-        let (claim, service, credentials) = (claim(ORDERS_CLAIM), service(ORDERS_SERVICE), credentials());
+        let (claim, service, credentials) =
+            (claim(ORDERS_CLAIM), service(ORDERS_SERVICE), credentials());
         let platform = crate::children::Platform {
             operator: Some(crate::children::OperatorPods {
                 namespace: "dbps-system".into(),
-                labels: [("app.kubernetes.io/name".to_string(), "dbps-operator".to_string())].into(),
+                labels: [(
+                    "app.kubernetes.io/name".to_string(),
+                    "dbps-operator".to_string(),
+                )]
+                .into(),
             }),
             ..Default::default()
         };
-        let inputs = Inputs { claim: &claim, service: &service, credentials: &credentials, platform: &platform };
+        let inputs = Inputs {
+            claim: &claim,
+            service: &service,
+            credentials: &credentials,
+            platform: &platform,
+        };
         let policy = serde_json::to_value(network_policy(&inputs)).unwrap();
         assert_eq!(
             policy["spec"]["ingress"][1],

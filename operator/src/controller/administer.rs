@@ -80,27 +80,26 @@ pub(super) async fn administer(
     // What the server said goes into the status (with the credentials the
     // Secrets now hold, when given): a conflict (another owner) waits for the
     // resync, a fault is retried with backoff.
-    let server_failure = async |e: AdminError,
-                                issued: Option<CredentialsStatus>|
-           -> Result<Action, Error> {
-        let reason = match (&e, target.shared) {
-            (AdminError::Unreachable(_) | AdminError::Timeout, false) => {
-                Reason::InstanceUnreachable
+    let server_failure =
+        async |e: AdminError, issued: Option<CredentialsStatus>| -> Result<Action, Error> {
+            let reason = match (&e, target.shared) {
+                (AdminError::Unreachable(_) | AdminError::Timeout, false) => {
+                    Reason::InstanceUnreachable
+                }
+                _ => e.reason(),
+            };
+            let phase = match e {
+                AdminError::Conflict(_) => ClaimPhase::Failed,
+                _ => ClaimPhase::Provisioning,
+            };
+            let mut outcome = Outcome::waiting(phase, reason, format!("{place}: {e}"));
+            outcome.endpoint = Some(target.endpoint.clone());
+            update_status_with(claim, ctx, outcome, issued).await?;
+            match e {
+                AdminError::Conflict(_) => Ok(resync.clone()),
+                e => Err(Error::Unavailable(reason, e.to_string())),
             }
-            _ => e.reason(),
         };
-        let phase = match e {
-            AdminError::Conflict(_) => ClaimPhase::Failed,
-            _ => ClaimPhase::Provisioning,
-        };
-        let mut outcome = Outcome::waiting(phase, reason, format!("{place}: {e}"));
-        outcome.endpoint = Some(target.endpoint.clone());
-        update_status_with(claim, ctx, outcome, issued).await?;
-        match e {
-            AdminError::Conflict(_) => Ok(resync.clone()),
-            e => Err(Error::Unavailable(reason, e.to_string())),
-        }
-    };
     let claimant = Claimant {
         mark: mark_of(ctx, claim).await?,
         adopt: target.adopt,
