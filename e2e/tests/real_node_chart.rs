@@ -2,7 +2,9 @@
 //! node, the operator running as a pod from its image (made here from the
 //! binary `cargo build` made) under Pod Security `restricted`, reaching the
 //! apiserver through the `kubernetes` Service with the chart's RBAC, and
-//! provisioning a dedicated PostgreSQL claim that only its service reaches.
+//! provisioning a dedicated PostgreSQL claim, whose app user it makes over
+//! the wire through the instance's NetworkPolicy, and that only its service
+//! reaches.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -123,6 +125,24 @@ async fn the_chart_runs_the_operator_as_a_pod_that_provisions_a_real_database() 
     ctx.wait_for(&claims, "orders-db", "claim Ready", reason_is("Ready"))
         .await;
     eprintln!("claim Ready {:?} after it was made", claimed.elapsed());
+    // The operator pod made the app's user over the wire: the instance's
+    // NetworkPolicy admits the owning service's pods and the chart's
+    // operator pods, nothing else.
+    let policy = ctx
+        .api::<k8s_openapi::api::networking::v1::NetworkPolicy>()
+        .get("orders-db")
+        .await
+        .unwrap();
+    let ingress = serde_json::to_value(policy.spec.unwrap().ingress).unwrap();
+    assert_eq!(ingress.as_array().unwrap().len(), 2, "{ingress}");
+    assert_eq!(
+        ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "dbps-system"
+    );
+    assert_eq!(
+        ingress[1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "dbps-operator"
+    );
     let host = format!("orders-db.{}.svc.cluster.local", ctx.namespace);
     let (ok, said) = run_pod(
         &ctx,
