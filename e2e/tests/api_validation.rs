@@ -196,10 +196,10 @@ fn cases() -> Vec<Case> {
             "version describes a dedicated instance",
         ),
         create(
-            "rotation on a dedicated claim",
+            "rotation of a dedicated claim more often than a minute",
             "c17",
-            pg(json!({ "rotation": { "everySeconds": 3600 } })),
-            "rotation applies to shared placement (spec.server) only",
+            pg(json!({ "rotation": { "everySeconds": 30 } })),
+            "spec.rotation.everySeconds in body should be greater than or equal to 60",
         ),
         create(
             "rotation more often than a minute",
@@ -425,6 +425,10 @@ async fn malformed_objects_are_rejected_by_the_apiserver_with_a_clear_message() 
         claim(
             "ok-shared",
             pg(json!({ "server": { "name": "shared-pg" } })),
+        ),
+        claim(
+            "ok-dedicated-rotation",
+            pg(json!({ "rotation": { "everySeconds": 86400, "gracePeriodSeconds": 600 } })),
         ),
     ] {
         let o: DynamicObject = serde_json::from_value(object).unwrap();
