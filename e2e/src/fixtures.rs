@@ -239,6 +239,26 @@ pub fn sample_check_pod(
     pod
 }
 
+/// A pod of no service that runs `script` once with `sh` from `image`
+/// under Pod Security `restricted`.
+pub fn script_pod(name: &str, image: &str, script: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": { "runAsNonRoot": true, "runAsUser": 65534, "seccompProfile": { "type": "RuntimeDefault" } },
+            "containers": [{
+                "name": "script", "image": image, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", script],
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
+            }]
+        }
+    }))
+    .unwrap()
+}
+
 /// Creates ServiceAccount `name` (the identity of a service's pods).
 pub async fn service_account(ctx: &TestContext, name: &str) {
     let account: k8s_openapi::api::core::v1::ServiceAccount =

@@ -511,9 +511,9 @@ pub fn ferretdb() -> Result<Image, Error> {
     })
 }
 
-/// `dbps.local/dbps-sample:<tag>`: the sample services binary (and a shell,
-/// for a pod's retry loop), as user 65532.
-pub fn samples(binary: &Path, tag: &str) -> Image {
+/// Image `name`: the sample services binary (and a shell, for a pod's retry
+/// loop), as user 65532.
+pub fn samples(binary: &Path, name: &str) -> Image {
     let mut files: Vec<(String, PathBuf)> = vec![
         ("/usr/local/bin/dbps-sample".into(), binary.to_path_buf()),
         ("/bin/busybox".into(), PathBuf::from("/bin/busybox")),
@@ -529,7 +529,7 @@ pub fn samples(binary: &Path, tag: &str) -> Image {
             .map(|l| (l.display().to_string(), l)),
     );
     Image {
-        name: format!("dbps.local/dbps-sample:{tag}"),
+        name: name.to_string(),
         files,
         texts: vec![],
         links: ["sh", "sleep"]

@@ -346,7 +346,10 @@ async fn dedicated_claims_of_every_engine_run_for_real_and_only_their_service_ge
     // the catalog sample service checks in with its binding and writes;
     // another service's pod with the same binding gets no packet through.
     node.import(&dbps_e2e::images::ferretdb().unwrap()).unwrap();
-    let samples = dbps_e2e::images::samples(&dbps_e2e::operator::samples_binary(), "e2e");
+    let samples = dbps_e2e::images::samples(
+        &dbps_e2e::operator::samples_binary(),
+        "dbps.local/dbps-sample:e2e",
+    );
     node.import(&samples).unwrap();
     node.volume(ctx.plane, &ctx.namespace, "data-catalog-db-0", "1Gi")
         .await

@@ -44,7 +44,9 @@ const MAJOR_UPGRADE: &str = concat!(
 /// dedicated instance for it (StatefulSet with a volume); with `server`, it
 /// carves a database and a user out of a registered `DatabaseServer`. Either
 /// way the service gets a servicebinding.io Secret only its ServiceAccount can
-/// read, and a NetworkPolicy admits only its pods.
+/// read. A dedicated instance is fenced by a NetworkPolicy that admits only
+/// the service's pods (and the operator's); a shared server keeps the claim's
+/// user out of other databases by its own grants.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "dbps.io",
