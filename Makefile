@@ -7,9 +7,10 @@ BINARIES = $(shell e2e/tools/build-binaries.sh)
 
 .PHONY: demo test deps binaries crds fmt-check lint bench clean-cache
 
-## demo: start the local control plane (and, as it grows, the operator and databases)
+## demo: the local control plane, local databases, the operator and the sample services
+## (dedicated instances on a real node when this machine can host one)
 demo: deps binaries
-	$(CARGO) build -q -p dbps-samples --bin dbps-sample
+	$(CARGO) build -q -p dbps-samples --bin dbps-sample -p dbps-operator --bin dbps-operator
 	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) run -q -p dbps-e2e --bin dbps-demo
 
 ## test: formatting, lints, unit tests and every suite against real components

@@ -182,7 +182,12 @@ impl ControlPlane {
                 ("--client-ca-file", &path_str(&ca_file)),
                 // Node: what a real node's kubelet may read and write.
                 ("--authorization-mode", "Node,RBAC"),
-                ("--enable-admission-plugins", "NodeRestriction"),
+                // PodNodeSelector: a namespace's pods can be kept on one kind
+                // of node (the demo puts dedicated instances on the real one).
+                (
+                    "--enable-admission-plugins",
+                    "NodeRestriction,PodNodeSelector",
+                ),
                 (
                     "--service-account-issuer",
                     "https://kubernetes.default.svc.cluster.local",

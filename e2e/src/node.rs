@@ -550,6 +550,11 @@ impl Node {
         Ok(())
     }
 
+    /// The process holding the node's namespaces (`nsenter --target <pid>`).
+    pub fn holder_pid(&self) -> u32 {
+        self.record.holder_pid
+    }
+
     /// Where the run's record is, until its teardown.
     pub fn record_path(&self) -> &Path {
         &self.record_path
@@ -836,6 +841,15 @@ registerNode: true
         Ok(())
     }
 
+    /// Makes the host's `127.0.0.1:port` (a local database server) reachable
+    /// at the same address from the node's own processes, as the apiserver is.
+    pub fn forward_to_host(&mut self, port: u16) -> Result<(), Error> {
+        let address: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        self.forwarders
+            .push(Forwarder::start(self.record.holder_pid, address, address)?);
+        Ok(())
+    }
+
     /// Runs the `dbps-operator` binary on the node, in its network namespace
     /// (as an operator on a cluster host's network runs), authenticated as
     /// `user` in `groups`, with `args` after `run`. It reaches the apiserver
@@ -848,6 +862,18 @@ registerNode: true
         groups: &[&str],
         args: &[String],
     ) -> Result<(), Error> {
+        self.run_operator_binary(plane, &crate::operator::binary(), user, groups, args)
+    }
+
+    /// As [`Self::run_operator`], with the operator binary at `program`.
+    pub fn run_operator_binary(
+        &mut self,
+        plane: &crate::ControlPlane,
+        program: &Path,
+        user: &str,
+        groups: &[&str],
+        args: &[String],
+    ) -> Result<(), Error> {
         let kubeconfig = plane.write_kubeconfig(user, groups)?;
         let mut all = vec![
             "run".to_string(),
@@ -855,7 +881,7 @@ registerNode: true
             format!("--listen=127.0.0.1:{}", crate::ports::free_port()?),
         ];
         all.extend(args.iter().cloned());
-        let args = self.inside(&crate::operator::binary(), &all);
+        let args = self.inside(program, &all);
         let process = Process::spawn(
             "dbps-operator",
             Path::new("/usr/bin/nsenter"),

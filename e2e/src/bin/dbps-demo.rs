@@ -1,16 +1,20 @@
 //! `make demo`: the local control plane, local PostgreSQL, FerretDB (MongoDB
 //! wire protocol) and InfluxDB registered as DatabaseServers, the dbps
-//! operator, and the sample services' claims. Waits until every shared claim is
-//! Ready, proves with the issued credentials that each service reaches its own
-//! database and no other, and keeps running until Ctrl-C.
+//! operator, and the sample services' claims. When this machine can host a
+//! real node, the dedicated examples run there as real database pods (the
+//! operator then runs on the node's network); otherwise they stay on kwok's
+//! fake nodes. Waits until every claim is settled, proves with the issued
+//! credentials that each service reaches its own database and no other, and
+//! keeps running until Ctrl-C.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use dbps_e2e::databases::{Kind, LocalServer, round_trip};
 use dbps_e2e::manifests::apply_yaml;
+use dbps_e2e::node::{NODE_NAME, Node, STORAGE_CLASS};
 use dbps_e2e::operator::install_crds;
-use dbps_e2e::{ControlPlane, Error};
+use dbps_e2e::{ControlPlane, Error, Options};
 use dbps_operator::api::{ClaimPhase, DatabaseClaim, Engine};
 use dbps_operator::controller::{self, Config};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -43,15 +47,96 @@ const SAMPLES: [(&str, &str, &str); 3] = [
     ),
 ];
 
+/// Why the dedicated examples stay on kwok, if they do.
+fn real_node_unavailable() -> Option<String> {
+    if std::env::var("DBPS_DEMO_REAL_NODE").is_ok_and(|v| v == "0") {
+        return Some("DBPS_DEMO_REAL_NODE=0".into());
+    }
+    if let Some(why) = Node::unavailable() {
+        return Some(why);
+    }
+    dbps_e2e::node::binaries().err().map(|e| e.to_string())
+}
+
+/// The dedicated examples for the real node: the versions of the images
+/// made on this machine, volumes of the node. Also the volume each claim
+/// needs (its PVC's name and size).
+fn for_the_real_node(yaml: &str) -> (String, Vec<(String, String)>) {
+    let mut out = Vec::new();
+    let mut volumes = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let Ok(mut value) = <serde_yaml::Value as serde::Deserialize>::deserialize(doc) else {
+            continue;
+        };
+        if value["kind"] == "DatabaseClaim" {
+            let spec = value["spec"].as_mapping_mut().expect("claim spec");
+            let version = match spec["engine"].as_str() {
+                Some("postgres") => "15",
+                Some("influxdb") => "1.6",
+                _ => "1.24",
+            };
+            spec.insert("version".into(), version.into());
+            let storage = spec
+                .entry("storage".into())
+                .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()))
+                .as_mapping_mut()
+                .expect("storage");
+            storage.insert("storageClassName".into(), STORAGE_CLASS.into());
+            let size = storage
+                .get("size")
+                .and_then(|s| s.as_str())
+                .unwrap_or("1Gi")
+                .to_string();
+            let name = value["metadata"]["name"].as_str().unwrap_or_default();
+            volumes.push((format!("data-{name}-0"), size));
+        }
+        if !value.is_null() {
+            out.push(serde_yaml::to_string(&value).expect("yaml"));
+        }
+    }
+    (out.join("---\n"), volumes)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let started = Instant::now();
+    let unavailable = real_node_unavailable();
     eprintln!(
         "starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok on loopback ports ..."
     );
-    let plane = ControlPlane::start().await?;
+    let plane = ControlPlane::start_with(match unavailable {
+        None => Options::real_node(),
+        Some(_) => Options::default(),
+    })
+    .await?;
     let client = plane.client().await?;
     install_crds(&client).await?;
+    let mut node = match &unavailable {
+        Some(why) => {
+            eprintln!(
+                "dedicated instances stay on kwok's fake nodes (no database runs behind them): {why}"
+            );
+            None
+        }
+        None => {
+            eprintln!(
+                "starting a real node (containerd, kubelet, kube-proxy, kube-router, CoreDNS) for the dedicated instances ..."
+            );
+            let mut node = Node::start(
+                &dbps_e2e::node::binaries().map_err(|e| Error::Binaries(e.to_string()))?,
+            )
+            .await?;
+            node.join(&plane).await?;
+            for image in [
+                dbps_e2e::images::postgres("15")?,
+                dbps_e2e::images::influxdb()?,
+                dbps_e2e::images::ferretdb()?,
+            ] {
+                node.import(&image)?;
+            }
+            Some(node)
+        }
+    };
 
     eprintln!("starting PostgreSQL, FerretDB and InfluxDB on loopback ports ...");
     let (postgres, mongodb, influxdb) = tokio::try_join!(
@@ -64,7 +149,7 @@ async fn main() -> Result<(), Error> {
         ("local-mongodb", Engine::Mongodb, &mongodb),
         ("local-influxdb", Engine::Influxdb, &influxdb),
     ];
-    create_namespace(&client, SYSTEM_NAMESPACE, false).await?;
+    create_namespace(&client, SYSTEM_NAMESPACE, false, None).await?;
     for (name, engine, server) in servers {
         let yaml = format!(
             "apiVersion: v1\nkind: Secret\nmetadata: {{ name: {name}-admin }}\nstringData: {{ username: {}, password: {} }}\n---\n\
@@ -87,26 +172,76 @@ async fn main() -> Result<(), Error> {
     let metrics = std::sync::Arc::new(dbps_operator::metrics::Metrics::default());
     // Resync bounds how long a hand-edited Secret goes unrepaired (Secrets
     // are not watched): short here, so the demo shows it.
-    let resync = std::env::var("DBPS_RESYNC_SECONDS")
+    let resync: u64 = std::env::var("DBPS_RESYNC_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
-    let config = Config {
-        resync: std::time::Duration::from_secs(resync),
-        ..Config::default()
+    let operator = match node.as_mut() {
+        // On the real node the operator runs on the node's network, where it
+        // reaches the dedicated instances' Services and, through forwarders,
+        // the local servers at the addresses they are registered with.
+        Some(node) => {
+            for server in [&postgres, &mongodb, &influxdb] {
+                node.forward_to_host(server.port)?;
+            }
+            let program = std::env::current_exe()
+                .map_err(|e| Error::io("locate the demo binary", e))?
+                .with_file_name("dbps-operator");
+            if !program.is_file() {
+                return Err(Error::Binaries(format!(
+                    "{} is missing: cargo build -p dbps-operator",
+                    program.display()
+                )));
+            }
+            node.run_operator_binary(
+                &plane,
+                &program,
+                "dbps-operator",
+                &["system:masters"],
+                &[
+                    format!("--resync-seconds={resync}"),
+                    "--image-repository=mongodb=ferretdb".into(),
+                ],
+            )?;
+            drop(stopped);
+            None
+        }
+        None => {
+            let config = Config {
+                resync: std::time::Duration::from_secs(resync),
+                ..Config::default()
+            };
+            Some(tokio::spawn(controller::run(
+                client.clone(),
+                config,
+                metrics,
+                async move {
+                    let _ = stopped.await;
+                },
+            )))
+        }
     };
-    let operator = tokio::spawn(controller::run(
-        client.clone(),
-        config,
-        metrics,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
     eprintln!("operator running; applying the samples ...");
     for (namespace, file, yaml) in SAMPLES {
-        create_namespace(&client, namespace, true).await?;
-        let applied = apply_yaml(&client, namespace, yaml).await?;
+        // The sample services' Deployments stay on kwok (the local processes
+        // below stand in for them); dedicated instances go to the real node.
+        let on = match (node.is_some(), namespace) {
+            (false, _) => None,
+            (true, "dedicated") => Some(format!("kubernetes.io/hostname={NODE_NAME}")),
+            (true, _) => Some("type=kwok".to_string()),
+        };
+        create_namespace(&client, namespace, true, on.as_deref()).await?;
+        let yaml = match (node.as_mut(), namespace) {
+            (Some(node), "dedicated") => {
+                let (yaml, volumes) = for_the_real_node(yaml);
+                for (pvc, size) in volumes {
+                    node.volume(&plane, namespace, &pvc, &size).await?;
+                }
+                yaml
+            }
+            _ => yaml.to_string(),
+        };
+        let applied = apply_yaml(&client, namespace, &yaml).await?;
         eprintln!("  {namespace}: {file} → {} objects", applied.len());
     }
 
@@ -114,12 +249,14 @@ async fn main() -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(180);
     let list = loop {
         let list = claims.list(&Default::default()).await?.items;
-        // Shared claims become Ready; dedicated ones are provisioned on kwok's
-        // fake nodes, where no database answers the operator.
+        // Claims become Ready, but for dedicated ones on kwok's fake nodes,
+        // where no database answers the operator.
+        let on_kwok = node.is_none();
         let ready = list.iter().all(|c| {
             let status = c.status.as_ref();
             status.and_then(|s| s.phase) == Some(ClaimPhase::Ready)
-                || (c.spec.server.is_none()
+                || (on_kwok
+                    && c.spec.server.is_none()
                     && status
                         .and_then(|s| s.conditions.first())
                         .is_some_and(|c| c.reason == "InstanceUnreachable"))
@@ -222,24 +359,41 @@ async fn main() -> Result<(), Error> {
 
     let bin = dbps_e2e::binaries::dir().map_err(Error::Binaries)?;
     println!(
-        "\nEverything is up after {:.1}s; the local control plane is at {server}.\n\n  export KUBECONFIG={kc}\n  export PATH={bin}:$PATH\n  kubectl get dbps -A\n  kubectl get databaseservers\n  kubectl annotate dbc -n shop payments-db dbps.io/rotate=now   # rotate its credentials\n\nThe operator resyncs every {resync}s (DBPS_RESYNC_SECONDS): a Secret edited by hand is repaired within that.\n\nDedicated instances (namespace dedicated) run on kwok's fake nodes: Kubernetes schedules them and\nreports them Ready, but no database process runs behind them, so the operator cannot make their\nusers (InstanceUnreachable); on a real cluster they become Ready. Component logs are in {dir}.\nPress Ctrl-C to stop and clean up.",
+        "\nEverything is up after {:.1}s; the local control plane is at {server}.\n\n  export KUBECONFIG={kc}\n  export PATH={bin}:$PATH\n  kubectl get dbps -A\n  kubectl get databaseservers\n  kubectl annotate dbc -n shop payments-db dbps.io/rotate=now   # rotate its credentials\n\nThe operator resyncs every {resync}s (DBPS_RESYNC_SECONDS): a Secret edited by hand is repaired within that.\n\n{dedicated}\nComponent logs are in {dir}.\nPress Ctrl-C to stop and clean up.",
         started.elapsed().as_secs_f64(),
         server = plane.server_url(),
         kc = plane.kubeconfig_path().display(),
         bin = bin.display(),
         dir = plane.dir().display(),
+        dedicated = match &node {
+            Some(node) => format!(
+                "Dedicated instances (namespace dedicated) run as real database pods on the node {NODE_NAME}\n(PostgreSQL 15, FerretDB and InfluxDB 1.6 images made from this machine's programs); the operator\nruns on the node's network and made their users over the wire. Pods and Service addresses live in\nthe node's network namespace: `nsenter --target {} --net` enters it.",
+                node.holder_pid()
+            ),
+            None => "Dedicated instances (namespace dedicated) run on kwok's fake nodes: Kubernetes schedules them and\nreports them Ready, but no database process runs behind them, so the operator cannot make their\nusers (InstanceUnreachable); on a real node or cluster they become Ready.".to_string(),
+        },
     );
     wait_for_shutdown().await;
     eprintln!("stopping ...");
     let _ = stop.send(());
-    let _ = operator.await;
+    if let Some(operator) = operator {
+        let _ = operator.await;
+    }
+    drop(node);
     drop(samples);
     drop((postgres, mongodb, influxdb));
     drop(plane);
     Ok(())
 }
 
-async fn create_namespace(client: &Client, name: &str, restricted: bool) -> Result<(), Error> {
+/// Creates namespace `name`, enforcing Pod Security `restricted` when asked,
+/// its pods kept on nodes matching `node_selector` when given.
+async fn create_namespace(
+    client: &Client,
+    name: &str,
+    restricted: bool,
+    node_selector: Option<&str>,
+) -> Result<(), Error> {
     let mut labels = BTreeMap::new();
     if restricted {
         labels.insert(
@@ -247,8 +401,12 @@ async fn create_namespace(client: &Client, name: &str, restricted: bool) -> Resu
             "restricted".to_string(),
         );
     }
+    let mut annotations = BTreeMap::new();
+    if let Some(selector) = node_selector {
+        annotations.insert("scheduler.alpha.kubernetes.io/node-selector", selector);
+    }
     let namespace: Namespace = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": name, "labels": labels }
+        "metadata": { "name": name, "labels": labels, "annotations": annotations }
     }))
     .expect("static namespace");
     Api::<Namespace>::all(client.clone())
