@@ -5,23 +5,21 @@
 //! placement reaches a registered `DatabaseServer`; dedicated placement the
 //! claim's own instance, as its superuser.
 
-use std::time::Duration;
-
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
 use super::apply::{apply, ensure};
 use super::claim::{Outcome, publish, update_status, update_status_full, update_status_with};
-use super::shared::{DEFAULT_GRACE_SECONDS, ROTATE_ANNOTATION, mark_of};
+use super::rotation::{self, DEFAULT_GRACE_SECONDS};
+use super::shared::{ROTATE_ANNOTATION, mark_of};
 use super::{Context, Error, drift};
 use crate::api::{
-    Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, Endpoint as StatusEndpoint,
-    PreviousCredentials, Reason, Service,
+    Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, Endpoint as StatusEndpoint, Reason,
+    Service,
 };
 use crate::children::{
     Credentials, Endpoint, Inputs, binding_reader_role_binding, binding_reader_role_for,
@@ -124,22 +122,19 @@ pub(super) async fn administer(
 
     let now = Timestamp::now();
     let trigger = claim.annotations().get(ROTATE_ANNOTATION).cloned();
-    let mut creds = match claim.status.as_ref().and_then(|s| s.credentials.clone()) {
-        Some(c) if c.issued_at.is_some() => c,
-        // First issue: an annotation already there is not a request.
-        other => CredentialsStatus {
-            generation: 0,
-            issued_at: Some(Time(now)),
-            trigger: trigger.clone(),
-            ..other.unwrap_or_default()
-        },
-    };
+    let mut creds = rotation::recorded(
+        claim.status.as_ref().and_then(|s| s.credentials.clone()),
+        trigger.as_deref(),
+        now,
+    );
     if target.admin_fingerprint.is_some() {
         creds.admin_fingerprint = target.admin_fingerprint.clone();
     }
+    let settings = claim.spec.rotation.clone().unwrap_or_default();
+    let plan = rotation::plan(&creds, trigger.as_deref(), &settings, now);
 
     // 1. Credentials past their grace period are revoked, then their Secret goes.
-    if let Some(previous) = creds.previous.clone().filter(|p| p.expires_at.0 <= now) {
+    if let Some(previous) = &plan.revoke {
         if let Err(e) = ctx
             .servers
             .revoke(conn, &database, &previous.username, mark)
@@ -155,22 +150,8 @@ pub(super) async fn administer(
         creds.previous = None;
     }
 
-    // 2. A rotation is due on a new annotation value or on schedule, once the
-    //    previous rotation's grace period is over.
-    let rotation = claim.spec.rotation.clone().unwrap_or_default();
-    let requested = trigger.is_some() && trigger != creds.trigger;
-    let scheduled = rotation.every_seconds.is_some_and(|every| {
-        creds
-            .issued_at
-            .as_ref()
-            .is_some_and(|t| (now - t.0).get_seconds() >= every)
-    });
-    let rotate = (requested || scheduled) && creds.previous.is_none();
-    let generation = if rotate {
-        creds.generation + 1
-    } else {
-        creds.generation
-    };
+    // 2. A rotation issues the other user in a new generation.
+    let (rotate, generation) = (plan.rotate, plan.generation);
 
     // 3. The binding Secret of the generation in force is written before its
     //    user exists, so a password the server knows is always one a Secret
@@ -303,17 +284,9 @@ pub(super) async fn administer(
         .await;
     }
     if rotate {
-        let grace = rotation
+        let grace = settings
             .grace_period_seconds
             .unwrap_or(DEFAULT_GRACE_SECONDS);
-        creds.previous = Some(PreviousCredentials {
-            secret: names::binding_secret_of(&name, creds.generation),
-            username: target.username(creds.generation),
-            expires_at: Time(now + SignedDuration::from_secs(grace)),
-        });
-        creds.generation = generation;
-        creds.issued_at = Some(Time(now));
-        creds.trigger = trigger.or(creds.trigger);
         let note = format!(
             "issued Secret {secret_name:?}; the previous credentials stop working in {grace}s"
         );
@@ -327,6 +300,19 @@ pub(super) async fn administer(
         )
         .await;
     }
+    let (previous_secret, previous_user) = (
+        names::binding_secret_of(&name, creds.generation),
+        target.username(creds.generation),
+    );
+    creds = rotation::carried_out(
+        creds,
+        &plan,
+        trigger.as_deref(),
+        &settings,
+        previous_secret,
+        previous_user,
+        now,
+    );
     creds.fingerprint = Some(password::fingerprint(uid, &credentials.app_password));
 
     let mut message = format!(
@@ -353,18 +339,7 @@ pub(super) async fn administer(
         endpoint: Some(target.endpoint.clone()),
     };
     // Wake up for the end of a grace period or the next scheduled rotation.
-    let mut next = ctx.config.resync;
-    if let Some(p) = &creds.previous {
-        next = next.min(
-            Duration::try_from((p.expires_at.0 - now).abs()).unwrap_or_default()
-                + Duration::from_millis(100),
-        );
-    } else if let (Some(every), Some(issued)) = (rotation.every_seconds, &creds.issued_at) {
-        let due = issued.0 + SignedDuration::from_secs(every);
-        next = next.min(
-            Duration::try_from((due - now).abs()).unwrap_or_default() + Duration::from_millis(100),
-        );
-    }
+    let next = rotation::next_wake(&creds, &settings, now, ctx.config.resync);
     update_status_full(claim, ctx, outcome, Some(creds), Some(database)).await?;
     Ok(Action::requeue(next))
 }

@@ -5,6 +5,7 @@ mod administer;
 mod apply;
 mod claim;
 mod drift;
+mod rotation;
 mod server;
 mod service;
 mod shared;

@@ -22,8 +22,6 @@ pub const CA_KEY: &str = "ca.crt";
 
 /// Annotation whose new value requests a credential rotation.
 pub const ROTATE_ANNOTATION: &str = "dbps.io/rotate";
-/// Grace period of previous credentials when the claim sets none.
-pub const DEFAULT_GRACE_SECONDS: i64 = 300;
 
 /// Annotation that makes deletion skip the cleanup on the server (the escape
 /// hatch for a server that is gone for good).
