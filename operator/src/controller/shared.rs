@@ -177,28 +177,14 @@ async fn namespace_allowed(
     Ok(true)
 }
 
-/// `metav1.LabelSelector` semantics.
+/// `metav1.LabelSelector` semantics (kube's `Selector`); a selector with an
+/// operator Kubernetes does not know matches nothing.
 pub fn selector_matches(
     selector: &LabelSelector,
     labels: &std::collections::BTreeMap<String, String>,
 ) -> bool {
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let expressions_ok = selector.match_expressions.iter().flatten().all(|e| {
-        let value = labels.get(&e.key);
-        let values = e.values.clone().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && expressions_ok
+    use kube::core::{Selector, SelectorExt};
+    Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
 }
 
 pub async fn apply_shared(
@@ -396,6 +382,11 @@ mod tests {
             &labels(&[("team", "shop"), ("env", "prod"), ("legacy", "1")])
         ));
         assert!(!selector_matches(&selector, &labels(&[("env", "prod")])));
+        let unknown: LabelSelector = serde_json::from_value(serde_json::json!({
+            "matchExpressions": [{ "key": "env", "operator": "Near", "values": ["prod"] }]
+        }))
+        .unwrap();
+        assert!(!selector_matches(&unknown, &labels(&[("env", "prod")])));
     }
 
     #[test]
