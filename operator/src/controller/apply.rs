@@ -105,6 +105,46 @@ where
     apply(api, desired, current).await
 }
 
+/// Writes the status `desired` computes for an object when it differs from
+/// the object's: first compared with the cached copy, then (the cache may not
+/// show the last write yet) with the live object. Server-side applied by
+/// `dbps-operator`. Returns the live status it replaced, or `None` when
+/// nothing was written.
+pub async fn patch_status_if_changed<K, S>(
+    api: &Api<K>,
+    cached: &K,
+    status_of: impl Fn(&K) -> S,
+    desired: impl Fn(&K) -> S,
+) -> Result<Option<S>, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+    S: PartialEq + Serialize,
+{
+    if desired(cached) == status_of(cached) {
+        return Ok(None);
+    }
+    let name = cached.name_any();
+    let Some(live) = api.get_opt(&name).await? else {
+        return Ok(None);
+    };
+    let (current, status) = (status_of(&live), desired(&live));
+    if status == current {
+        return Ok(None);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(Some(current))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

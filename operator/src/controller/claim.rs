@@ -15,13 +15,13 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::administer::{Target, administer};
-use super::apply::{apply, ensure};
+use super::apply::{apply, ensure, patch_status_if_changed};
 use super::{Context, Error, FINALIZER, drift};
 use crate::api::{
     Binding, CLAIM_LABEL, ClaimPhase, CredentialsStatus, DatabaseClaim, DatabaseClaimStatus,
     DeletionPolicy, Endpoint, READY, Reason, SERVICE_LABEL, Service, set_condition,
 };
-use crate::children::{Credentials, Dedicated, FIELD_MANAGER, Inputs, names, secret_value};
+use crate::children::{Credentials, Dedicated, Inputs, names, secret_value};
 use crate::engines::PASSWORD_KEY;
 use crate::password;
 use crate::servers::Connection;
@@ -370,35 +370,17 @@ pub(super) async fn update_status_full(
             database: database.clone().or_else(|| current.database.clone()),
         }
     };
-    let cached = claim.status.clone().unwrap_or_default();
-    if desired(&cached) == cached {
-        return Ok(());
-    }
-    // The cache may not show our last write yet: compare with the live object.
     let ns = claim.namespace().unwrap_or_default();
-    let claims: Api<DatabaseClaim> = ctx.api(&ns);
-    let Some(live) = claims.get_opt(&claim.name_any()).await? else {
+    let status_of = |c: &DatabaseClaim| c.status.clone().unwrap_or_default();
+    let replaced = patch_status_if_changed(&ctx.api::<DatabaseClaim>(&ns), claim, status_of, |c| {
+        desired(&status_of(c))
+    })
+    .await?;
+    let Some(current) = replaced else {
         return Ok(());
     };
-    let current = live.status.unwrap_or_default();
-    let status = desired(&current);
-    if status == current {
-        return Ok(());
-    }
     let previous_reason = crate::api::find_condition(&current.conditions, READY)
         .and_then(|c| Reason::parse(&c.reason));
-    let patch = json!({
-        "apiVersion": "dbps.io/v1alpha1",
-        "kind": "DatabaseClaim",
-        "status": status,
-    });
-    claims
-        .patch_status(
-            &claim.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await?;
     if let Some(created) = claim
         .metadata
         .creation_timestamp

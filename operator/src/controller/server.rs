@@ -4,15 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
-use serde_json::json;
 
+use super::apply::patch_status_if_changed;
 use super::shared::admin_connection;
 use super::{Context, Error};
 use crate::api::{DatabaseClaim, DatabaseServer, DatabaseServerStatus, Reason, set_condition};
-use crate::children::FIELD_MANAGER;
 
 /// The condition a server reports.
 pub const REACHABLE: &str = "Reachable";
@@ -67,24 +66,14 @@ pub async fn reconcile(server: Arc<DatabaseServer>, ctx: Arc<Context>) -> Result
             claims: count,
         }
     };
-    let cached = server.status.clone().unwrap_or_default();
-    if desired(&cached) != cached {
-        let servers: Api<DatabaseServer> = Api::all(ctx.client.clone());
-        if let Some(live) = servers.get_opt(&name).await? {
-            let current = live.status.unwrap_or_default();
-            let status = desired(&current);
-            if status != current {
-                let patch = json!({ "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseServer", "status": status });
-                servers
-                    .patch_status(
-                        &name,
-                        &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(patch),
-                    )
-                    .await?;
-            }
-        }
-    }
+    let status_of = |s: &DatabaseServer| s.status.clone().unwrap_or_default();
+    patch_status_if_changed(
+        &Api::<DatabaseServer>::all(ctx.client.clone()),
+        &server,
+        status_of,
+        |s| desired(&status_of(s)),
+    )
+    .await?;
     ctx.succeeded(&format!("DatabaseServer/{name}"));
     // An unreachable server is checked again soon.
     let next = if reachable {

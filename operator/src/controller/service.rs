@@ -8,6 +8,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
+use super::apply::patch_status_if_changed;
 use super::{Context, Error};
 use crate::api::{
     ClaimPhase, DatabaseClaim, READY, Reason, Service, ServiceDatabase, ServiceStatus,
@@ -60,23 +61,13 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
         .collect();
     databases.sort_by(|a, b| a.claim.cmp(&b.claim));
 
-    if Some(&compute(&service, databases.clone())) != service.status.as_ref() {
-        // The cache may not show our last write yet: compare with the live object.
-        let services: Api<Service> = ctx.api(&ns);
-        if let Some(live) = services.get_opt(&name).await? {
-            let status = compute(&live, databases);
-            if Some(&status) != live.status.as_ref() {
-                let patch = json!({ "apiVersion": "dbps.io/v1alpha1", "kind": "Service", "status": status });
-                services
-                    .patch_status(
-                        &name,
-                        &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(patch),
-                    )
-                    .await?;
-            }
-        }
-    }
+    patch_status_if_changed(
+        &ctx.api::<Service>(&ns),
+        &service,
+        |s| s.status.clone(),
+        |s| Some(compute(s, databases.clone())),
+    )
+    .await?;
     ctx.succeeded(&format!("Service/{ns}/{name}"));
     Ok(Action::requeue(ctx.config.resync))
 }
