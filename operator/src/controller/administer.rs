@@ -177,8 +177,22 @@ pub(super) async fn administer(
         true => None,
         false => creds.fingerprint.clone(),
     };
+    let mut choice = drift::choose(uid, recorded.as_deref(), &[found.as_deref()]);
+    if choice == drift::Choice::Lost {
+        // The cached claim may not show the fingerprint of the credentials
+        // this operator wrote a moment ago: the live one decides.
+        let live = ctx
+            .api::<crate::api::DatabaseClaim>(&ns)
+            .get_opt(&name)
+            .await?
+            .and_then(|c| c.status?.credentials?.fingerprint);
+        if live.is_some() && live != recorded && !rotate {
+            choice = drift::choose(uid, live.as_deref(), &[found.as_deref()]);
+            creds.fingerprint = live;
+        }
+    }
     let mut notice = None;
-    let app_password = match drift::choose(uid, recorded.as_deref(), &[found.as_deref()]) {
+    let app_password = match choice {
         drift::Choice::Lost => {
             notice = Some(match &current {
                 Some(_) => (

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service as KubeService};
+use k8s_openapi::api::core::v1::Service as KubeService;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::core::DeserializeGuard;
@@ -264,8 +264,7 @@ pub async fn run(
         .owns(api_for::<KubeService>(&client, ns), owned.clone())
         .owns(api_for::<NetworkPolicy>(&client, ns), owned.clone())
         .owns(api_for::<Role>(&client, ns), owned.clone())
-        .owns(api_for::<RoleBinding>(&client, ns), owned.clone())
-        .owns(api_for::<ConfigMap>(&client, ns), owned)
+        .owns(api_for::<RoleBinding>(&client, ns), owned)
         .watches(
             api_for::<Service>(&client, ns),
             watcher::Config::default(),
