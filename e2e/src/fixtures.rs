@@ -259,6 +259,20 @@ pub fn script_pod(name: &str, image: &str, script: &str) -> Pod {
     .unwrap()
 }
 
+/// Makes namespace `namespace` enforce Pod Security `restricted`.
+pub async fn enforce_restricted(client: &kube::Client, namespace: &str) {
+    let label =
+        json!({ "metadata": { "labels": { "pod-security.kubernetes.io/enforce": "restricted" } } });
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            namespace,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(label),
+        )
+        .await
+        .unwrap();
+}
+
 /// Creates ServiceAccount `name` (the identity of a service's pods).
 pub async fn service_account(ctx: &TestContext, name: &str) {
     let account: k8s_openapi::api::core::v1::ServiceAccount =

@@ -46,3 +46,44 @@ pub async fn apply_yaml(
     }
     Ok(applied)
 }
+
+/// `yaml` with every claim made a dedicated instance on the real node: no
+/// `server`, the version of the image this machine makes for its engine,
+/// a volume of StorageClass `dbps-node`. Also each claim's name and volume
+/// size, for [`crate::node::Node::volume`].
+pub fn on_the_real_node(yaml: &str) -> (String, Vec<(String, String)>) {
+    let mut out = Vec::new();
+    let mut volumes = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let Ok(mut value) = serde_yaml::Value::deserialize(doc) else {
+            continue;
+        };
+        if value["kind"] == "DatabaseClaim" {
+            let spec = value["spec"].as_mapping_mut().expect("claim spec");
+            spec.remove("server");
+            let version = match spec["engine"].as_str() {
+                Some("postgres") => "15",
+                Some("influxdb") => "1.6",
+                _ => "1.24",
+            };
+            spec.insert("version".into(), version.into());
+            let storage = spec
+                .entry("storage".into())
+                .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()))
+                .as_mapping_mut()
+                .expect("storage");
+            storage.insert("storageClassName".into(), crate::node::STORAGE_CLASS.into());
+            let size = storage
+                .get("size")
+                .and_then(|s| s.as_str())
+                .unwrap_or("1Gi")
+                .to_string();
+            let name = value["metadata"]["name"].as_str().unwrap_or_default();
+            volumes.push((name.to_string(), size));
+        }
+        if !value.is_null() {
+            out.push(serde_yaml::to_string(&value).expect("yaml"));
+        }
+    }
+    (out.join("---\n"), volumes)
+}

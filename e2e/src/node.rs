@@ -865,6 +865,25 @@ registerNode: true
         self.run_operator_binary(plane, &crate::operator::binary(), user, groups, args)
     }
 
+    /// The operator of a test: the CRDs installed, then [`Self::run_operator`]
+    /// scoped to `ctx`'s namespace and servers, with MongoDB instances from
+    /// the FerretDB image made here.
+    pub async fn run_operator_for(&mut self, ctx: &crate::TestContext) -> Result<(), Error> {
+        crate::operator::install_crds(&ctx.client).await?;
+        let ns = &ctx.namespace;
+        self.run_operator(
+            ctx.plane,
+            &format!("dbps-operator.{ns}"),
+            &["system:masters"],
+            &[
+                format!("--namespace={ns}"),
+                "--resync-seconds=300".into(),
+                format!("--server-selector={}={ns}", crate::operator::TEST_LABEL),
+                "--image-repository=mongodb=ferretdb".into(),
+            ],
+        )
+    }
+
     /// As [`Self::run_operator`], with the operator binary at `program`.
     pub fn run_operator_binary(
         &mut self,

@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use dbps_operator::api::{ClaimPhase, DatabaseClaim, Service};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{
-    Namespace, PersistentVolumeClaim, Secret, Service as KubeService,
-};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service as KubeService};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -33,17 +31,7 @@ const UNREACHABLE: &str = "InstanceUnreachable";
 /// A test namespace that enforces Pod Security `restricted`, with the operator running.
 async fn setup(test: &str) -> (TestContext, RunningOperator) {
     let ctx = TestContext::new(test).await.unwrap();
-    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    let label =
-        json!({ "metadata": { "labels": { "pod-security.kubernetes.io/enforce": "restricted" } } });
-    namespaces
-        .patch(
-            &ctx.namespace,
-            &PatchParams::default(),
-            &Patch::Merge(label),
-        )
-        .await
-        .unwrap();
+    dbps_e2e::fixtures::enforce_restricted(&ctx.client, &ctx.namespace).await;
     let operator = RunningOperator::start(&ctx, Duration::from_secs(300))
         .await
         .unwrap();

@@ -15,8 +15,7 @@ use dbps_e2e::fixtures::{claim, psql_pod, run_pod, service};
 use dbps_e2e::node::{Node, STORAGE_CLASS};
 use dbps_operator::api::DatabaseClaim;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use serde_json::json;
 
 #[tokio::test]
@@ -26,17 +25,7 @@ async fn the_chart_runs_the_operator_as_a_pod_that_provisions_a_real_database() 
     dbps_e2e::node::keep_workloads_off_fake_nodes(&ctx.client)
         .await
         .unwrap();
-    let restricted =
-        json!({ "metadata": { "labels": { "pod-security.kubernetes.io/enforce": "restricted" } } });
-    let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    namespaces
-        .patch(
-            &ctx.namespace,
-            &PatchParams::default(),
-            &Patch::Merge(restricted.clone()),
-        )
-        .await
-        .unwrap();
+    dbps_e2e::fixtures::enforce_restricted(&ctx.client, &ctx.namespace).await;
     let mut node = Node::start(&bin).await.unwrap();
     node.join(ctx.plane).await.unwrap();
     let tag = env!("CARGO_PKG_VERSION");
@@ -61,14 +50,7 @@ async fn the_chart_runs_the_operator_as_a_pod_that_provisions_a_real_database() 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    namespaces
-        .patch(
-            "dbps-system",
-            &PatchParams::default(),
-            &Patch::Merge(restricted),
-        )
-        .await
-        .unwrap();
+    dbps_e2e::fixtures::enforce_restricted(&ctx.client, "dbps-system").await;
     let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/dbps-operator");
     let out = ctx
         .plane

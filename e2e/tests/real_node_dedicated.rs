@@ -17,8 +17,8 @@ use dbps_e2e::claims::reason_is;
 use dbps_e2e::fixtures::{claim, influx_pod, psql_pod, run_pod as run, sample_check_pod, service};
 use dbps_e2e::node::{NODE_NAME, Node, STORAGE_CLASS, host_sysctls};
 use dbps_operator::api::DatabaseClaim;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 #[tokio::test]
@@ -30,14 +30,7 @@ async fn dedicated_claims_of_every_engine_run_for_real_and_only_their_service_ge
     dbps_e2e::node::keep_workloads_off_fake_nodes(&ctx.client)
         .await
         .unwrap();
-    Api::<Namespace>::all(ctx.client.clone())
-        .patch(
-            &ctx.namespace,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "labels": { "pod-security.kubernetes.io/enforce": "restricted" } } })),
-        )
-        .await
-        .unwrap();
+    dbps_e2e::fixtures::enforce_restricted(&ctx.client, &ctx.namespace).await;
     let mut node = Node::start(&bin).await.unwrap();
     let started = Instant::now();
     node.join(ctx.plane).await.unwrap();
@@ -49,20 +42,7 @@ async fn dedicated_claims_of_every_engine_run_for_real_and_only_their_service_ge
         .unwrap();
     // The operator runs on the node's network, as on a cluster host: it
     // reaches the instances through their Services to administer them.
-    dbps_e2e::operator::install_crds(&ctx.client).await.unwrap();
-    let ns = ctx.namespace.clone();
-    node.run_operator(
-        ctx.plane,
-        &format!("dbps-operator.{ns}"),
-        &["system:masters"],
-        &[
-            format!("--namespace={ns}"),
-            "--resync-seconds=300".into(),
-            format!("--server-selector={}={ns}", dbps_e2e::operator::TEST_LABEL),
-            "--image-repository=mongodb=ferretdb".into(),
-        ],
-    )
-    .unwrap();
+    node.run_operator_for(&ctx).await.unwrap();
 
     for name in ["orders", "intruder", "telemetry", "catalog"] {
         dbps_e2e::fixtures::service_account(&ctx, name).await;

@@ -11,37 +11,9 @@ use std::time::Instant;
 use dbps_e2e::TestContext;
 use dbps_e2e::claims::reason_is;
 use dbps_e2e::fixtures::{run_pod, script_pod};
-use dbps_e2e::node::{Node, STORAGE_CLASS};
+use dbps_e2e::node::Node;
 use dbps_operator::api::DatabaseClaim;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, Patch, PatchParams};
-use serde_json::json;
-
-/// The manifests' documents, with each claim made dedicated: the version of
-/// the image made here for its engine, and a volume of the node.
-fn dedicated(yaml: &str) -> String {
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let mut value: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
-        if value["kind"] == "DatabaseClaim" {
-            let spec = value["spec"].as_mapping_mut().unwrap();
-            spec.remove("server");
-            let version = match spec["engine"].as_str().unwrap() {
-                "postgres" => "15",
-                "influxdb" => "1.6",
-                _ => "1.24",
-            };
-            spec.insert("version".into(), version.into());
-            let storage: serde_yaml::Value =
-                serde_yaml::from_str(&format!("{{size: 1Gi, storageClassName: {STORAGE_CLASS}}}"))
-                    .unwrap();
-            spec.insert("storage".into(), storage);
-        }
-        out.push(serde_yaml::to_string(&value).unwrap());
-    }
-    out.join("---\n")
-}
 
 /// A shell function sending one HTTP/1.0 request with `nc`: method, address,
 /// path, JSON body; its input stays open a moment, as BusyBox's `nc` stops
@@ -56,14 +28,7 @@ async fn the_sample_services_run_as_pods_and_the_order_saga_completes() {
     dbps_e2e::node::keep_workloads_off_fake_nodes(&ctx.client)
         .await
         .unwrap();
-    Api::<Namespace>::all(ctx.client.clone())
-        .patch(
-            &ctx.namespace,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "labels": { "pod-security.kubernetes.io/enforce": "restricted" } } })),
-        )
-        .await
-        .unwrap();
+    dbps_e2e::fixtures::enforce_restricted(&ctx.client, &ctx.namespace).await;
     let mut node = Node::start(&bin).await.unwrap();
     node.join(ctx.plane).await.unwrap();
     // The images under the names the manifests use, so nothing is pulled.
@@ -80,45 +45,28 @@ async fn the_sample_services_run_as_pods_and_the_order_saga_completes() {
     ] {
         node.import(image).unwrap();
     }
-    let claims = [
-        "orders-db",
-        "payments-db",
-        "catalog-db",
-        "devices-db",
-        "telemetry-db",
-        "alerts-db",
-    ];
-    for claim in claims {
-        node.volume(ctx.plane, &ctx.namespace, &format!("data-{claim}-0"), "1Gi")
-            .await
-            .unwrap();
-    }
-    dbps_e2e::operator::install_crds(&ctx.client).await.unwrap();
+    node.run_operator_for(&ctx).await.unwrap();
     let ns = ctx.namespace.clone();
-    node.run_operator(
-        ctx.plane,
-        &format!("dbps-operator.{ns}"),
-        &["system:masters"],
-        &[
-            format!("--namespace={ns}"),
-            "--resync-seconds=300".into(),
-            format!("--server-selector={}={ns}", dbps_e2e::operator::TEST_LABEL),
-            "--image-repository=mongodb=ferretdb".into(),
-        ],
-    )
-    .unwrap();
 
     let started = Instant::now();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../sample-services/manifests");
+    let mut claims = Vec::new();
     for file in ["ecommerce.yaml", "iot.yaml"] {
         let yaml = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
         assert!(yaml.contains(&samples.name), "{file} names another image");
-        dbps_e2e::manifests::apply_yaml(&ctx.client, &ns, &dedicated(&yaml))
+        let (yaml, volumes) = dbps_e2e::manifests::on_the_real_node(&yaml);
+        for (claim, size) in volumes {
+            let pvc = dbps_operator::children::names::data_pvc(&claim);
+            node.volume(ctx.plane, &ns, &pvc, &size).await.unwrap();
+            claims.push(claim);
+        }
+        dbps_e2e::manifests::apply_yaml(&ctx.client, &ns, &yaml)
             .await
             .unwrap();
     }
+    assert_eq!(claims.len(), 6);
     let api = ctx.api::<DatabaseClaim>();
-    for claim in claims {
+    for claim in &claims {
         ctx.wait_for(&api, claim, "claim Ready", reason_is("Ready"))
             .await;
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dbps_e2e::databases::{Kind, LocalServer, round_trip};
 use dbps_e2e::manifests::apply_yaml;
-use dbps_e2e::node::{NODE_NAME, Node, STORAGE_CLASS};
+use dbps_e2e::node::{NODE_NAME, Node};
 use dbps_e2e::operator::install_crds;
 use dbps_e2e::{ControlPlane, Error, Options};
 use dbps_operator::api::{ClaimPhase, DatabaseClaim, Engine};
@@ -56,45 +56,6 @@ fn real_node_unavailable() -> Option<String> {
         return Some(why);
     }
     dbps_e2e::node::binaries().err().map(|e| e.to_string())
-}
-
-/// The dedicated examples for the real node: the versions of the images
-/// made on this machine, volumes of the node. Also the volume each claim
-/// needs (its PVC's name and size).
-fn for_the_real_node(yaml: &str) -> (String, Vec<(String, String)>) {
-    let mut out = Vec::new();
-    let mut volumes = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let Ok(mut value) = <serde_yaml::Value as serde::Deserialize>::deserialize(doc) else {
-            continue;
-        };
-        if value["kind"] == "DatabaseClaim" {
-            let spec = value["spec"].as_mapping_mut().expect("claim spec");
-            let version = match spec["engine"].as_str() {
-                Some("postgres") => "15",
-                Some("influxdb") => "1.6",
-                _ => "1.24",
-            };
-            spec.insert("version".into(), version.into());
-            let storage = spec
-                .entry("storage".into())
-                .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()))
-                .as_mapping_mut()
-                .expect("storage");
-            storage.insert("storageClassName".into(), STORAGE_CLASS.into());
-            let size = storage
-                .get("size")
-                .and_then(|s| s.as_str())
-                .unwrap_or("1Gi")
-                .to_string();
-            let name = value["metadata"]["name"].as_str().unwrap_or_default();
-            volumes.push((format!("data-{name}-0"), size));
-        }
-        if !value.is_null() {
-            out.push(serde_yaml::to_string(&value).expect("yaml"));
-        }
-    }
-    (out.join("---\n"), volumes)
 }
 
 #[tokio::main]
@@ -233,8 +194,9 @@ async fn main() -> Result<(), Error> {
         create_namespace(&client, namespace, true, on.as_deref()).await?;
         let yaml = match (node.as_mut(), namespace) {
             (Some(node), "dedicated") => {
-                let (yaml, volumes) = for_the_real_node(yaml);
-                for (pvc, size) in volumes {
+                let (yaml, volumes) = dbps_e2e::manifests::on_the_real_node(yaml);
+                for (claim, size) in volumes {
+                    let pvc = dbps_operator::children::names::data_pvc(&claim);
                     node.volume(&plane, namespace, &pvc, &size).await?;
                 }
                 yaml

@@ -242,14 +242,23 @@ spec: {}
         service_yaml: &str,
         f: impl Fn(&Inputs) -> T,
     ) -> serde_json::Value {
+        build_json_on(&Platform::default(), claim_yaml, service_yaml, f)
+    }
+
+    /// As [`build_json`], with the platform's settings.
+    pub fn build_json_on<T: serde::Serialize>(
+        platform: &Platform,
+        claim_yaml: &str,
+        service_yaml: &str,
+        f: impl Fn(&Inputs) -> T,
+    ) -> serde_json::Value {
         let (claim, service, credentials) =
             (claim(claim_yaml), service(service_yaml), credentials());
-        let platform = Platform::default();
         let inputs = Inputs {
             claim: &claim,
             service: &service,
             credentials: &credentials,
-            platform: &platform,
+            platform,
         };
         serde_json::to_value(f(&inputs)).unwrap()
     }

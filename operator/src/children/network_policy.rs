@@ -72,8 +72,6 @@ spec: { selector: { app: orders-api, tier: backend } }
 
     #[test]
     fn admits_the_operator_pods_when_the_operator_runs_in_the_cluster() {
-        let (claim, service, credentials) =
-            (claim(ORDERS_CLAIM), service(ORDERS_SERVICE), credentials());
         let platform = crate::children::Platform {
             operator: Some(crate::children::OperatorPods {
                 namespace: "dbps-system".into(),
@@ -85,13 +83,7 @@ spec: { selector: { app: orders-api, tier: backend } }
             }),
             ..Default::default()
         };
-        let inputs = Inputs {
-            claim: &claim,
-            service: &service,
-            credentials: &credentials,
-            platform: &platform,
-        };
-        let policy = serde_json::to_value(network_policy(&inputs)).unwrap();
+        let policy = build_json_on(&platform, ORDERS_CLAIM, ORDERS_SERVICE, network_policy);
         assert_eq!(
             policy["spec"]["ingress"][1],
             json!({

@@ -164,19 +164,11 @@ mod tests {
 
     #[test]
     fn a_platform_image_repository_replaces_the_official_one() {
-        let (claim, service, credentials) =
-            (claim(ORDERS_CLAIM), service(ORDERS_SERVICE), credentials());
         let platform = crate::children::Platform {
             image_repositories: vec![(crate::api::Engine::Postgres, "mirror.local/pg".into())],
             ..Default::default()
         };
-        let inputs = Inputs {
-            claim: &claim,
-            service: &service,
-            credentials: &credentials,
-            platform: &platform,
-        };
-        let sts = serde_json::to_value(statefulset(&inputs)).unwrap();
+        let sts = build_json_on(&platform, ORDERS_CLAIM, ORDERS_SERVICE, statefulset);
         assert_eq!(
             sts["spec"]["template"]["spec"]["containers"][0]["image"],
             "mirror.local/pg:17"
