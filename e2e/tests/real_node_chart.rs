@@ -168,5 +168,20 @@ async fn the_chart_runs_the_operator_as_a_pod_that_provisions_a_real_database() 
         said.contains("Connection refused") || said.contains("timeout"),
         "refused by the network, not by a password: {said}"
     );
+    // A pod of that service dressed in the operator's labels is still
+    // refused: the NetworkPolicy admits them only in the operator's namespace.
+    let mut disguised = psql_pod("intruder-as-operator", "intruder", "", &host, "SELECT 1");
+    let labels = disguised
+        .metadata
+        .labels
+        .get_or_insert_with(Default::default);
+    labels.insert("app.kubernetes.io/name".into(), "dbps-operator".into());
+    labels.insert("app.kubernetes.io/instance".into(), "dbps-operator".into());
+    let (ok, said) = run_pod(&ctx, disguised).await;
+    assert!(!ok, "a pod with the operator's labels reached the database");
+    assert!(
+        said.contains("Connection refused") || said.contains("timeout"),
+        "refused by the network, not by a password: {said}"
+    );
     drop(node);
 }
