@@ -259,7 +259,7 @@ if $node; then
     exit 1
   fi
   for b in kubelet kube-proxy containerd ctr runc coredns kube-router; do
-    log "  $b: $("$node_bin/$b" --version 2>&1 | head -1)"
+    log "  $b: $("$node_bin/$b" --version 2>&1 | sed -n 1p)"
   done
   echo "$node_bin"
   exit 0
@@ -271,9 +271,9 @@ if ! missing=$(check_dir "$bin"); then
 fi
 for b in "${binaries[@]}"; do
   case $b in
-    kubectl) v=$("$bin/$b" version --client 2>&1 | head -1) ;;
+    kubectl) v=$("$bin/$b" version --client 2>&1 | sed -n 1p) ;;
     helm) v=$("$bin/$b" version --short 2>&1) ;;
-    *) v=$("$bin/$b" --version 2>&1 | head -1) ;;
+    *) v=$("$bin/$b" --version 2>&1 | sed -n 1p) ;;
   esac
   log "  $b: $v"
 done

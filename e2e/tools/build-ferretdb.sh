@@ -46,5 +46,5 @@ go mod edit -require "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" -replace "
 go mod tidy >&2
 go build -trimpath -ldflags "-s -w" -o "$bin.tmp" github.com/FerretDB/FerretDB/cmd/ferretdb
 mv "$bin.tmp" "$bin"
-log "  $("$bin" --version 2>&1 | head -1)"
+log "  $("$bin" --version 2>&1 | sed -n 1p)"
 echo "$bin"
