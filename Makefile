@@ -5,7 +5,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 BINARIES = $(shell e2e/tools/build-binaries.sh)
 
-.PHONY: demo test deps binaries crds fmt-check lint bench clean-cache
+.PHONY: demo test e2e-kind deps binaries crds fmt-check lint bench clean-cache
 
 ## demo: the local control plane, local databases, the operator and the sample services
 ## (dedicated instances on a real node when this machine can host one)
@@ -17,6 +17,10 @@ demo: deps binaries
 test: deps fmt-check lint binaries
 	$(CARGO) build -p dbps-operator --bin dbps-operator -p dbps-samples --bin dbps-sample
 	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) test --workspace --lib --bins --tests --no-fail-fast
+
+## e2e-kind: the cluster suites on a kind cluster (Docker hosts only: kind, docker, helm on PATH)
+e2e-kind:
+	e2e/kind/run.sh
 
 ## deps: install what a fresh machine lacks (Debian packages, a Go toolchain, rustfmt/clippy)
 deps:

@@ -545,7 +545,7 @@ fn node_ready(node: Option<&Node>) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn client_from(kc: Kubeconfig) -> Result<Client, Error> {
+pub(crate) async fn client_from(kc: Kubeconfig) -> Result<Client, Error> {
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(|e| Error::Kubeconfig(e.to_string()))?;

@@ -173,16 +173,24 @@ fn binding_env(binding: &str, password_var: &str) -> Value {
     ])
 }
 
-/// A pod of `service` that runs `sql` with psql against `host`, with the
-/// credentials of the binding Secret `binding` (empty: guessed ones).
-pub fn psql_pod(name: &str, service: &str, binding: &str, host: &str, sql: &str) -> Pod {
+/// A pod of `service` that runs `sql` with psql (from `image`) against
+/// `host`, with the credentials of the binding Secret `binding` (empty:
+/// guessed ones).
+pub fn psql_pod(
+    image: &str,
+    name: &str,
+    service: &str,
+    binding: &str,
+    host: &str,
+    sql: &str,
+) -> Pod {
     let command = format!(
         "PGCONNECT_TIMEOUT=3 psql -v ON_ERROR_STOP=1 -tA -h {host} -U \"$DB_USER\" -d \"$DB_NAME\" -c \"{sql}\""
     );
     client_pod(
         name,
         service,
-        "postgres:15",
+        image,
         999,
         command,
         binding_env(binding, "PGPASSWORD"),
@@ -190,16 +198,24 @@ pub fn psql_pod(name: &str, service: &str, binding: &str, host: &str, sql: &str)
     )
 }
 
-/// A pod of `service` that runs the `influx` client against `host` with
-/// the credentials of the binding Secret `binding` (empty: guessed ones).
-pub fn influx_pod(name: &str, service: &str, binding: &str, host: &str, query: &str) -> Pod {
+/// A pod of `service` that runs the `influx` client (from `image`) against
+/// `host` with the credentials of the binding Secret `binding` (empty:
+/// guessed ones).
+pub fn influx_pod(
+    image: &str,
+    name: &str,
+    service: &str,
+    binding: &str,
+    host: &str,
+    query: &str,
+) -> Pod {
     let command = format!(
         "HOME=/tmp influx -host {host} -username \"$DB_USER\" -password \"$DB_PASSWORD\" -database \"$DB_NAME\" -execute '{query}'"
     );
     client_pod(
         name,
         service,
-        "influxdb:1.6",
+        image,
         1000,
         command,
         binding_env(binding, "DB_PASSWORD"),
@@ -208,9 +224,10 @@ pub fn influx_pod(name: &str, service: &str, binding: &str, host: &str, query: &
 }
 
 /// A pod of `service` that runs the sample service `sample` once with
-/// `--check` (a session as its user, its schema written) from the samples
-/// image `image`, with the binding Secret `binding` projected where the
-/// servicebinding.io convention puts it.
+/// `--check` (a session as its user, its schema written; it tries a few
+/// times) from the samples image `image` — its own entrypoint, no shell —
+/// with the Secret `binding` projected where the servicebinding.io
+/// convention puts it.
 pub fn sample_check_pod(
     name: &str,
     service: &str,
@@ -218,25 +235,40 @@ pub fn sample_check_pod(
     sample: &str,
     binding: &str,
 ) -> Pod {
-    let mut pod = client_pod(
-        name,
-        service,
-        image,
-        65532,
-        format!("dbps-sample {sample} --check --binding {sample}-db"),
-        json!([{ "name": "SERVICE_BINDING_ROOT", "value": "/bindings" }]),
-        // Each try waits up to 10 s for the server (the service's own timeout).
-        4,
-    );
-    let spec = pod.spec.as_mut().unwrap();
-    spec.volumes = Some(vec![
-        serde_json::from_value(json!({ "name": "binding", "secret": { "secretName": binding } }))
-            .unwrap(),
-    ]);
-    spec.containers[0].volume_mounts = Some(vec![
-        serde_json::from_value(json!({ "name": "binding", "mountPath": format!("/bindings/{sample}-db"), "readOnly": true })).unwrap(),
-    ]);
-    pod
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "dbps.io/service": service } },
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": service,
+            "automountServiceAccountToken": false,
+            "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": { "type": "RuntimeDefault" } },
+            "volumes": [{ "name": "binding", "secret": { "secretName": binding } }],
+            "containers": [{
+                "name": "client", "image": image, "imagePullPolicy": "Never",
+                "args": [sample, "--check", "--check-attempts", "4", "--binding", format!("{sample}-db")],
+                "env": [{ "name": "SERVICE_BINDING_ROOT", "value": "/bindings" }],
+                "volumeMounts": [{ "name": "binding", "mountPath": format!("/bindings/{sample}-db"), "readOnly": true }],
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
+            }]
+        }
+    }))
+    .unwrap()
+}
+
+/// Copies the values of Secret `from` into a new Secret `to` that dbps knows
+/// nothing of: credentials someone took out of a binding.
+pub async fn copy_secret(ctx: &TestContext, from: &str, to: &str) {
+    let values = secret(ctx, from).await.expect("secret to copy");
+    let copy: Secret = serde_json::from_value(json!({
+        "metadata": { "name": to },
+        "stringData": values
+    }))
+    .unwrap();
+    ctx.api::<Secret>()
+        .create(&PostParams::default(), &copy)
+        .await
+        .unwrap();
 }
 
 /// A pod of no service that runs `script` once with `sh` from `image`
@@ -285,15 +317,31 @@ pub async fn service_account(ctx: &TestContext, name: &str) {
 
 /// Runs `pod` to completion; its output (or error) and whether it succeeded.
 pub async fn run_pod(ctx: &TestContext, pod: Pod) -> (bool, String) {
-    let pods = ctx.api::<Pod>();
     let name = pod.metadata.name.clone().unwrap();
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    let done = ctx
-        .wait_for(&pods, &name, "pod finished", |p: Option<&Pod>| {
-            p.and_then(|p| p.status.as_ref()?.phase.clone())
-                .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
-        })
-        .await;
+    ctx.api::<Pod>()
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    wait_pod(ctx, &name, Duration::from_secs(90)).await
+}
+
+/// Waits (at most `timeout`) until pod `name` has finished; its output (or
+/// error) and whether it succeeded.
+pub async fn wait_pod(ctx: &TestContext, name: &str, timeout: Duration) -> (bool, String) {
+    let pods = ctx.api::<Pod>();
+    let finished = kube::runtime::wait::await_condition(pods.clone(), name, |p: Option<&Pod>| {
+        p.and_then(|p| p.status.as_ref()?.phase.clone())
+            .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
+    });
+    let done = match tokio::time::timeout(timeout, finished).await {
+        Ok(Ok(Some(pod))) => pod,
+        Ok(Ok(None)) => panic!("pod {name} is gone"),
+        Ok(Err(e)) => panic!("watch of pod {name} failed: {e}"),
+        Err(_) => {
+            let now = pods.get_opt(name).await.ok().flatten();
+            panic!("pod {name} did not finish in {timeout:?}; it is now: {now:#?}")
+        }
+    };
     let status = done.status.unwrap();
     let said = status
         .container_statuses

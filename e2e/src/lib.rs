@@ -14,6 +14,7 @@
 
 pub mod binaries;
 pub mod claims;
+pub mod cluster;
 pub mod control_plane;
 pub mod databases;
 pub mod fixtures;

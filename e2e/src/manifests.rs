@@ -47,11 +47,15 @@ pub async fn apply_yaml(
     Ok(applied)
 }
 
-/// `yaml` with every claim made a dedicated instance on the real node: no
-/// `server`, the version of the image this machine makes for its engine,
-/// a volume of StorageClass `dbps-node`. Also each claim's name and volume
-/// size, for [`crate::node::Node::volume`].
-pub fn on_the_real_node(yaml: &str) -> (String, Vec<(String, String)>) {
+/// `yaml` with every claim made a dedicated instance placed as `placement`
+/// says: no `server`, the version of the image the target holds for its
+/// engine, a volume of the target's StorageClass. Also each claim's name and
+/// volume size, for targets that make volumes by hand
+/// ([`crate::cluster::Cluster::volume_for`]).
+pub fn dedicated(
+    yaml: &str,
+    placement: &crate::cluster::Placement,
+) -> (String, Vec<(String, String)>) {
     let mut out = Vec::new();
     let mut volumes = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
@@ -61,18 +65,17 @@ pub fn on_the_real_node(yaml: &str) -> (String, Vec<(String, String)>) {
         if value["kind"] == "DatabaseClaim" {
             let spec = value["spec"].as_mapping_mut().expect("claim spec");
             spec.remove("server");
-            let version = match spec["engine"].as_str() {
-                Some("postgres") => "15",
-                Some("influxdb") => "1.6",
-                _ => "1.24",
-            };
-            spec.insert("version".into(), version.into());
+            let engine = spec["engine"].as_str().unwrap_or_default().to_string();
+            spec.insert("version".into(), placement.version(&engine).into());
             let storage = spec
                 .entry("storage".into())
                 .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()))
                 .as_mapping_mut()
                 .expect("storage");
-            storage.insert("storageClassName".into(), crate::node::STORAGE_CLASS.into());
+            storage.insert(
+                "storageClassName".into(),
+                placement.storage_class.clone().into(),
+            );
             let size = storage
                 .get("size")
                 .and_then(|s| s.as_str())

@@ -872,7 +872,7 @@ registerNode: true
         crate::operator::install_crds(&ctx.client).await?;
         let ns = &ctx.namespace;
         self.run_operator(
-            ctx.plane,
+            ctx.plane(),
             &format!("dbps-operator.{ns}"),
             &["system:masters"],
             &[

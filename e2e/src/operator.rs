@@ -64,14 +64,14 @@ impl RunningOperator {
         // A dedicated instance is administered through its Service address;
         // from this process that is safe only on a plane whose Services are
         // loopback addresses (a real node's are reached from the node).
-        if !ctx.plane.loopback_services() {
+        if !ctx.plane().loopback_services() {
             return Err(Error::Wait(format!(
                 "an operator in the test process cannot reach Services in {}; run it on the node (Node::run_operator) or as a pod",
-                ctx.plane.service_cidr()
+                ctx.plane().service_cidr()
             )));
         }
         let user = user.to_string();
-        let client = ctx.plane.client_for(&user, groups).await?;
+        let client = ctx.plane().client_for(&user, groups).await?;
         let config = Config {
             namespace: Some(ctx.namespace.clone()),
             resync,

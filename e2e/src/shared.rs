@@ -44,10 +44,12 @@ pub async fn shared_with(options: crate::Options) -> Result<&'static ControlPlan
     Ok(plane)
 }
 
-/// A test's view of the shared control plane: an admin client and a
-/// namespace of its own.
+/// A test's view of its cluster: an admin client and a namespace of its
+/// own, on the control plane this process shares, or on a cluster named by a
+/// kubeconfig ([`Self::on_cluster`]).
 pub struct TestContext {
-    pub plane: &'static ControlPlane,
+    plane: Option<&'static ControlPlane>,
+    kubeconfig: std::path::PathBuf,
     pub client: Client,
     pub namespace: String,
 }
@@ -69,10 +71,66 @@ impl TestContext {
         let client = plane.client().await?;
         let namespace = create_namespace(&client, test).await?;
         Ok(Self {
-            plane,
+            plane: Some(plane),
+            kubeconfig: plane.kubeconfig_path().to_path_buf(),
             client,
             namespace,
         })
+    }
+
+    /// A namespace named after `test` on the cluster `kubeconfig` names
+    /// (its current context, with the rights it grants): no local process.
+    pub async fn on_cluster(test: &str, kubeconfig: &std::path::Path) -> Result<Self, Error> {
+        crate::install_crypto_provider();
+        let config = kube::config::Kubeconfig::read_from(kubeconfig)
+            .map_err(|e| Error::Kubeconfig(format!("{}: {e}", kubeconfig.display())))?;
+        let client = crate::control_plane::client_from(config).await?;
+        let namespace = create_namespace(&client, test).await?;
+        Ok(Self {
+            plane: None,
+            kubeconfig: kubeconfig.to_path_buf(),
+            client,
+            namespace,
+        })
+    }
+
+    /// The local control plane this test runs on; panics on a cluster named
+    /// by a kubeconfig, where no such plane exists.
+    pub fn plane(&self) -> &'static ControlPlane {
+        self.plane
+            .expect("this test needs the local control plane, not a cluster named by a kubeconfig")
+    }
+
+    /// Whether this test runs on the local control plane.
+    pub fn is_local(&self) -> bool {
+        self.plane.is_some()
+    }
+
+    /// The kubeconfig with this context's (admin) rights.
+    pub fn kubeconfig(&self) -> &std::path::Path {
+        &self.kubeconfig
+    }
+
+    /// Runs `kubectl` or `helm` against this cluster with the context's
+    /// rights: the local plane's build of the tool, or else the one on `PATH`.
+    pub fn tool(&self, name: &str, args: &[&str]) -> Result<std::process::Output, Error> {
+        if let Some(plane) = self.plane {
+            return plane.tool(name, args);
+        }
+        let program = crate::binaries::dir()
+            .ok()
+            .map(|d| d.join(name))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| name.into());
+        let home = std::env::temp_dir().join(format!("dbps-e2e-helm-{}", self.namespace));
+        std::process::Command::new(program)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .output()
+            .map_err(|e| Error::io(format!("run {name}"), e))
     }
 
     /// A namespaced API for `K` in this test's namespace.

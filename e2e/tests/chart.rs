@@ -34,7 +34,7 @@ fn chart() -> String {
 }
 
 fn run(ctx: &TestContext, tool: &str, args: &[&str]) -> (bool, String) {
-    let out = ctx.plane.tool(tool, args).unwrap();
+    let out = ctx.plane().tool(tool, args).unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -248,15 +248,43 @@ spec: {{ serviceRef: {{ name: shop }}, engine: postgres, server: {{ name: {ns}-p
         phase_is(ClaimPhase::Ready),
     )
     .await;
-    // Rotation (deletes a Secret) and deletion (drops a volume) work too.
-    let rotate = json!({ "metadata": { "annotations": { "dbps.io/rotate": "1" } } });
-    claims
-        .patch("pg-shared", &PatchParams::default(), &Patch::Merge(rotate))
+    // Rotation (writes the stable binding again; the second one deletes the
+    // first rotation's Secret once its grace period is over) and deletion
+    // (drops a volume) work too.
+    for (value, generation) in [("1", 1), ("2", 2)] {
+        let rotate = json!({ "metadata": { "annotations": { "dbps.io/rotate": value } } });
+        claims
+            .patch("pg-shared", &PatchParams::default(), &Patch::Merge(rotate))
+            .await
+            .unwrap();
+        ctx.wait_for(
+            &claims,
+            "pg-shared",
+            "rotated, grace period over",
+            move |c: Option<&DatabaseClaim>| {
+                c.and_then(|c| c.status.as_ref()?.credentials.as_ref())
+                    .is_some_and(|c| c.generation == generation && c.previous.is_none())
+            },
+        )
+        .await;
+    }
+    let secrets = ctx.api::<k8s_openapi::api::core::v1::Secret>();
+    ctx.wait_gone(
+        &secrets,
+        "pg-shared-binding-1",
+        "rotated-out Secret deleted",
+    )
+    .await;
+    let stable = dbps_e2e::fixtures::secret(&ctx, "pg-shared-binding")
         .await
         .unwrap();
-    let secrets = ctx.api::<k8s_openapi::api::core::v1::Secret>();
-    ctx.wait_gone(&secrets, "pg-shared-binding", "rotated-out Secret deleted")
-        .await;
+    let in_force = dbps_e2e::fixtures::secret(&ctx, "pg-shared-binding-2")
+        .await
+        .unwrap();
+    assert_eq!(
+        stable, in_force,
+        "the stable binding holds the credentials in force"
+    );
     claims
         .delete("pg-dedicated", &Default::default())
         .await
@@ -532,11 +560,11 @@ struct OperatorProcess {
 impl OperatorProcess {
     fn start(ctx: &TestContext, identity: &str, extra: &[&str]) -> Self {
         let kubeconfig = ctx
-            .plane
+            .plane()
             .write_kubeconfig(OPERATOR_USER, &OPERATOR_GROUPS)
             .unwrap();
         let port = dbps_e2e::ports::free_port().unwrap();
-        let log = ctx.plane.dir().join(format!("operator-{identity}.log"));
+        let log = ctx.plane().dir().join(format!("operator-{identity}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = std::process::Command::new(dbps_e2e::operator::binary())
             .args([

@@ -127,7 +127,7 @@ async fn crd_becomes_established_and_its_schema_rejects_bad_objects() {
 async fn rbac_denies_until_a_role_binding_allows() {
     let ctx = TestContext::new("rbac").await.unwrap();
     let alice = ctx
-        .plane
+        .plane()
         .client_for("alice", &["developers"])
         .await
         .unwrap();

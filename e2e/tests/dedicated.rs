@@ -363,12 +363,12 @@ async fn binding_secret_is_readable_by_the_owning_service_account_only() {
     let account = |sa: &str| format!("system:serviceaccount:{}:{sa}", ctx.namespace);
     let groups = ["system:serviceaccounts"];
     let orders = ctx
-        .plane
+        .plane()
         .client_for(&account("orders"), &groups)
         .await
         .unwrap();
     let payments = ctx
-        .plane
+        .plane()
         .client_for(&account("payments"), &groups)
         .await
         .unwrap();
@@ -562,11 +562,11 @@ async fn a_resync_with_nothing_changed_writes_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let offset = ctx.plane.audit_offset();
+    let offset = ctx.plane().audit_offset();
     let window = Duration::from_secs(8); // four resync periods
     tokio::time::sleep(window).await;
     let mine: Vec<_> = ctx
-        .plane
+        .plane()
         .audit_events_since(offset)
         .into_iter()
         .filter(|e| e["user"]["username"] == operator.user.as_str())

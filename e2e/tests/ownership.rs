@@ -498,6 +498,71 @@ async fn an_edited_or_deleted_binding_of_a_shared_claim_gets_new_credentials_nev
         claim.status.unwrap().binding.unwrap().name,
         "orders-db-binding"
     );
+
+    // After a rotation the stable binding is a copy of the credentials in
+    // force: edited, it gets them back (never the edited ones, never new
+    // ones that would leave `orders-db-binding-1` stale); deleted, it is
+    // written again.
+    claims
+        .patch(
+            "orders-db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": { "dbps.io/rotate": "1" } } })),
+        )
+        .await
+        .unwrap();
+    let in_force = wait_secret(&ctx, "orders-db-binding-1", "rotated", |_| true).await;
+    wait_secret(&ctx, "orders-db-binding", "stable binding rotated", {
+        let in_force = in_force.clone();
+        move |s| *s == in_force
+    })
+    .await;
+    edit_secret(&ctx, "orders-db-binding", "password", "weak").await;
+    wait_secret(&ctx, "orders-db-binding", "credentials in force back", {
+        let in_force = in_force.clone();
+        move |s| *s == in_force
+    })
+    .await;
+    let told = |events: Vec<(String, String, String)>| {
+        events.into_iter().any(|(t, r, n)| {
+            t == "Warning" && r == "BindingSecretEdited" && n.contains("credentials in force back")
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !told(dbps_e2e::fixtures::events(&ctx, "orders-db").await) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the repair was not told"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !servers
+            .can_login(
+                &admin,
+                &Grant {
+                    password: "weak".into(),
+                    ..grant_of(&in_force)
+                }
+            )
+            .await,
+        "the database took the hand-set password"
+    );
+    assert_eq!(
+        secret(&ctx, "orders-db-binding-1").await,
+        Some(in_force.clone()),
+        "the Secret in force was not changed"
+    );
+    ctx.api::<Secret>()
+        .delete("orders-db-binding", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_secret(&ctx, "orders-db-binding", "stable binding written again", {
+        let in_force = in_force.clone();
+        move |s| *s == in_force
+    })
+    .await;
+    assert!(servers.can_login(&admin, &grant_of(&in_force)).await);
 }
 
 #[tokio::test]

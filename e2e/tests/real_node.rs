@@ -102,7 +102,7 @@ async fn kubelet_joins_and_a_pod_runs_from_an_image_built_here() {
         .unwrap();
     let mut node = Node::start(&bin).await.unwrap();
     let started = std::time::Instant::now();
-    node.join(ctx.plane).await.unwrap();
+    node.join(ctx.plane()).await.unwrap();
     eprintln!("node Ready {:?} after the join began", started.elapsed());
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(ctx.client.clone());
     let ready = nodes.get(dbps_e2e::node::NODE_NAME).await.unwrap();

@@ -410,7 +410,7 @@ async fn rotation_swaps_the_binding_and_revokes_the_old_password_after_the_grace
     let old = binding(&ctx, "payments-db").await;
     let conn = admin(&server, Engine::Postgres);
 
-    // Watch, every 100 ms, that the credentials status.binding.name points at log in.
+    // Watch, every 100 ms, that the credentials status.binding.name points at log in ...
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let watcher = {
         let (claims, secrets, conn) = (claims.clone(), ctx.api::<Secret>(), conn.clone());
@@ -427,10 +427,13 @@ async fn rotation_swaps_the_binding_and_revokes_the_old_password_after_the_grace
                     .binding
                     .unwrap()
                     .name;
-                let values = secret_values(&secrets.get(&current).await.unwrap());
-                samples += 1;
-                if !servers.can_login(&conn, &grant_of(&values)).await {
-                    failures.push(current);
+                // ... and so do those of the stable binding pods mount.
+                for name in [current, "payments-db-binding".to_string()] {
+                    let values = secret_values(&secrets.get(&name).await.unwrap());
+                    samples += 1;
+                    if !servers.can_login(&conn, &grant_of(&values)).await {
+                        failures.push(name);
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -490,14 +493,20 @@ async fn rotation_swaps_the_binding_and_revokes_the_old_password_after_the_grace
         .await
         .unwrap();
     let names = role.rules.unwrap()[0].resource_names.clone().unwrap();
-    assert_eq!(names, ["payments-db-binding-1", "payments-db-binding"]);
+    assert_eq!(names, ["payments-db-binding", "payments-db-binding-1"]);
+    // The stable binding holds the new credentials: a pod that mounts it
+    // gets them when the kubelet refreshes its files.
+    assert_eq!(binding(&ctx, "payments-db").await, new);
 
-    // After the grace period the old password is revoked and its Secret removed.
-    let secrets = ctx.api::<Secret>();
-    ctx.wait_gone(
-        &secrets,
-        "payments-db-binding",
-        "old binding Secret removed",
+    // After the grace period the old password is revoked; the stable binding stays.
+    ctx.wait_for(
+        &claims,
+        "payments-db",
+        "previous credentials revoked",
+        |c: Option<&DatabaseClaim>| {
+            c.and_then(|c| c.status.as_ref()?.credentials.as_ref())
+                .is_some_and(|c| c.previous.is_none())
+        },
     )
     .await;
     assert!(

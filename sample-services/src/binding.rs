@@ -13,6 +13,9 @@ pub struct Binding {
     pub database: String,
     pub username: String,
     pub password: String,
+    /// Where it was read from (`$SERVICE_BINDING_ROOT` and the binding's
+    /// name), to read it again.
+    pub source: Option<(std::path::PathBuf, String)>,
 }
 
 impl std::fmt::Debug for Binding {
@@ -39,6 +42,15 @@ impl Binding {
         Self::read_from(root.as_deref().map(Path::new), name, |k| {
             std::env::var(k).ok()
         })
+    }
+
+    /// The binding as its files read now (a rotation rewrites them); one
+    /// read from the environment is returned as it is.
+    pub fn reread(&self) -> Result<Self, BindingError> {
+        match &self.source {
+            Some((root, name)) => Self::read_from(Some(root), name, |_| None),
+            None => Ok(self.clone()),
+        }
     }
 
     pub fn read_from(
@@ -70,6 +82,9 @@ impl Binding {
             database: value("database")?,
             username: value("username")?,
             password: value("password")?,
+            source: root
+                .filter(|r| r.join(name).is_dir())
+                .map(|r| (r.to_path_buf(), name.to_string())),
         })
     }
 }

@@ -51,6 +51,10 @@ struct Cli {
     /// exit: 0 when the service can use its database.
     #[arg(long)]
     check: bool,
+    /// With --check: how many times to try (a second apart) before failing,
+    /// as a pod that starts before its network policy admits it would.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    check_attempts: u32,
 }
 
 /// What a service needs of its database at start: a session as its user
@@ -101,7 +105,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(service = %name, database = ?binding, "starting");
 
     if cli.check {
-        return check(cli.service, &binding).await;
+        let mut attempt = 1;
+        loop {
+            match check(cli.service, &binding).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < cli.check_attempts => {
+                    eprintln!("attempt {attempt} of {}: {e}", cli.check_attempts);
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     let http_client = http::client();
 

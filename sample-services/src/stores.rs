@@ -2,14 +2,58 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::binding::Binding;
 
-/// A PostgreSQL session; one at a time per service is plenty for a sample.
-pub type Postgres = Arc<Mutex<tokio_postgres::Client>>;
+/// A PostgreSQL session as the binding's user; one at a time per service is
+/// plenty for a sample. When the server ends it (a restart, or the previous
+/// credentials revoked at the end of a rotation's grace period), the next
+/// use opens another with the binding read again: the files the kubelet
+/// refreshes from the stable binding Secret carry the credentials in force,
+/// so the service goes on without a restart.
+#[derive(Clone)]
+pub struct Postgres {
+    session: Arc<Mutex<tokio_postgres::Client>>,
+    binding: Binding,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Postgres({:?})", self.binding)
+    }
+}
+
+impl Postgres {
+    /// The session, opened again with the binding as it reads now if the
+    /// server ended the previous one.
+    pub async fn lock(&self) -> MutexGuard<'_, tokio_postgres::Client> {
+        let mut session = self.session.lock().await;
+        if session.is_closed() {
+            let binding = self.binding.reread().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "binding unreadable; reconnecting with the one read before");
+                self.binding.clone()
+            });
+            match connect(&binding).await {
+                Ok(client) => {
+                    tracing::info!(database = ?binding, "database session opened again");
+                    *session = client;
+                }
+                Err(e) => tracing::warn!(error = %e, "database session could not be opened again"),
+            }
+        }
+        session
+    }
+}
 
 pub async fn postgres(b: &Binding) -> Result<Postgres, tokio_postgres::Error> {
+    Ok(Postgres {
+        session: Arc::new(Mutex::new(connect(b).await?)),
+        binding: b.clone(),
+    })
+}
+
+async fn connect(b: &Binding) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let mut config = tokio_postgres::Config::new();
     config
         .host(&b.host)
@@ -25,7 +69,7 @@ pub async fn postgres(b: &Binding) -> Result<Postgres, tokio_postgres::Error> {
             tracing::error!(error = %e, "database connection ended");
         }
     });
-    Ok(Arc::new(Mutex::new(client)))
+    Ok(client)
 }
 
 pub async fn mongodb(b: &Binding) -> Result<mongodb::Database, mongodb::error::Error> {
@@ -54,12 +98,15 @@ pub async fn mongodb(b: &Binding) -> Result<mongodb::Database, mongodb::error::E
     Ok(db)
 }
 
-/// The InfluxDB 1.x HTTP API as the binding's user.
+/// The InfluxDB 1.x HTTP API as the binding's user. Each request carries
+/// the credentials; one refused with 401 (a rotation's previous user was
+/// revoked) is sent once more with the binding read again, and those
+/// credentials are kept when they differ.
 #[derive(Clone)]
 pub struct Influx {
     pub http: reqwest::Client,
     pub base: String,
-    pub binding: Binding,
+    binding: Arc<std::sync::RwLock<Binding>>,
 }
 
 impl Influx {
@@ -71,31 +118,57 @@ impl Influx {
                 .build()
                 .map_err(|e| e.to_string())?,
             base: format!("http://{}:{}", b.host, b.port),
-            binding: b.clone(),
+            binding: Arc::new(std::sync::RwLock::new(b.clone())),
         };
         influx.query("SHOW MEASUREMENTS").await?;
         Ok(influx)
     }
 
-    fn auth(&self) -> [(&str, &str); 3] {
+    fn auth(&self) -> [(&'static str, String); 3] {
+        let b = self.binding.read().expect("binding lock");
         [
-            ("db", &self.binding.database),
-            ("u", &self.binding.username),
-            ("p", &self.binding.password),
+            ("db", b.database.clone()),
+            ("u", b.username.clone()),
+            ("p", b.password.clone()),
         ]
+    }
+
+    /// Sends the request `build` makes with the credentials in force; on a
+    /// 401, once more with the binding as it reads now, if that changed.
+    async fn send(
+        &self,
+        build: impl Fn(&[(&'static str, String); 3]) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, String> {
+        let r = build(&self.auth())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(r);
+        }
+        let current = self.binding.read().expect("binding lock").clone();
+        match current.reread() {
+            Ok(fresh) if fresh != current => {
+                tracing::info!(database = ?fresh, "credentials refused; using the binding as it reads now");
+                *self.binding.write().expect("binding lock") = fresh;
+                build(&self.auth()).send().await.map_err(|e| e.to_string())
+            }
+            _ => Ok(r),
+        }
     }
 
     /// Writes line protocol.
     pub async fn write(&self, lines: String) -> Result<(), String> {
+        let url = format!("{}/write", self.base);
         let r = self
-            .http
-            .post(format!("{}/write", self.base))
-            .query(&self.auth())
-            .query(&[("precision", "ms")])
-            .body(lines)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .send(|auth| {
+                self.http
+                    .post(&url)
+                    .query(auth)
+                    .query(&[("precision", "ms")])
+                    .body(lines.clone())
+            })
+            .await?;
         if r.status().is_success() {
             Ok(())
         } else {
@@ -109,14 +182,15 @@ impl Influx {
 
     /// Runs an InfluxQL query; returns its JSON answer.
     pub async fn query(&self, q: &str) -> Result<serde_json::Value, String> {
+        let url = format!("{}/query", self.base);
         let r = self
-            .http
-            .get(format!("{}/query", self.base))
-            .query(&self.auth())
-            .query(&[("q", q), ("epoch", "ms")])
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .send(|auth| {
+                self.http
+                    .get(&url)
+                    .query(auth)
+                    .query(&[("q", q), ("epoch", "ms")])
+            })
+            .await?;
         let status = r.status();
         let body: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
         match body["results"][0]["error"]

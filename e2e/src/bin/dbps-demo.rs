@@ -194,7 +194,8 @@ async fn main() -> Result<(), Error> {
         create_namespace(&client, namespace, true, on.as_deref()).await?;
         let yaml = match (node.as_mut(), namespace) {
             (Some(node), "dedicated") => {
-                let (yaml, volumes) = dbps_e2e::manifests::on_the_real_node(yaml);
+                let placement = dbps_e2e::cluster::Placement::real_node()?;
+                let (yaml, volumes) = dbps_e2e::manifests::dedicated(yaml, &placement);
                 for (claim, size) in volumes {
                     let pvc = dbps_operator::children::names::data_pvc(&claim);
                     node.volume(&plane, namespace, &pvc, &size).await?;

@@ -125,8 +125,12 @@ pub struct DatabaseClaimSpec {
 }
 
 /// How credentials rotate: each rotation issues a new user and password in a
-/// new immutable binding Secret and points `status.binding.name` at it; the
-/// previous credentials keep working for the grace period, then are revoked.
+/// new immutable binding Secret, points `status.binding.name` at it, and
+/// writes them into the stable binding `<claim>-binding` as well (a pod that
+/// mounts it as files gets them when the kubelet refreshes the volume, with
+/// no restart); the previous credentials keep working for the grace period
+/// (make it longer than the kubelet's refresh, a minute or two), then are
+/// revoked.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Rotation {

@@ -69,9 +69,12 @@ impl Inputs<'_> {
 }
 
 /// The servicebinding.io Secret for `endpoint` and the app password, of
-/// credentials generation `generation` (rotations so
-/// far). Generation 0 is `<claim>-binding`; later ones are `<claim>-binding-<n>`
-/// and immutable, as servicebinding.io rotation expects.
+/// credentials generation `generation` (rotations so far). Generation 0 is
+/// `<claim>-binding`, the stable binding: after each rotation it is written
+/// again with the credentials in force, so a pod that mounts it sees them
+/// without a restart. Later ones are `<claim>-binding-<n>` and immutable:
+/// `status.binding.name` names the one in force, so a ServiceBinding
+/// controller re-projects on a rotation, as servicebinding.io expects.
 pub fn binding_secret_generation(inputs: &Inputs, endpoint: &Endpoint, generation: i64) -> Secret {
     let engine = inputs.claim.spec.engine;
     let password = inputs.credentials.app_password.clone();

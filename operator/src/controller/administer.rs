@@ -142,10 +142,14 @@ pub(super) async fn administer(
         {
             return server_failure(e, None).await;
         }
-        match secrets.delete(&previous.secret, &Default::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
+        // The stable binding (`<claim>-binding`) holds the credentials in
+        // force since the rotation: it stays.
+        if previous.secret != names::binding_secret(&name) {
+            match secrets.delete(&previous.secret, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         creds.previous = None;
     }
@@ -244,12 +248,15 @@ pub(super) async fn administer(
         current,
     )
     .await?;
-    let mut readable = vec![secret_name.clone()];
+    let stable_name = names::binding_secret(&name);
+    let mut readable = vec![stable_name.clone(), secret_name.clone()];
     let previous_secret = match rotate {
         true => Some(names::binding_secret_of(&name, creds.generation)),
         false => creds.previous.as_ref().map(|p| p.secret.clone()),
     };
     readable.extend(previous_secret);
+    let mut seen = std::collections::BTreeSet::new();
+    readable.retain(|s| seen.insert(s.clone()));
     ensure(
         &ctx.api::<Role>(&ns),
         &binding_reader_role_for(&inputs, &readable),
@@ -265,6 +272,7 @@ pub(super) async fn administer(
         username: endpoint.username.clone(),
         password: credentials.app_password.clone(),
     };
+    let reissued = notice.is_some();
     let ensured = ctx.servers.ensure(conn, &grant, &claimant).await;
     // The repair is told once the server has the new password (or failed to take it).
     if let Some((reason, note)) = notice {
@@ -282,6 +290,50 @@ pub(super) async fn administer(
             return server_failure(e, issued).await;
         }
     };
+    // After a rotation the stable binding gets the credentials in force too,
+    // once the server takes them: pods that mount it see the new files when
+    // the kubelet refreshes them, within the grace period in which the
+    // previous credentials still work, and need no restart. A hand edit of
+    // it is written over with what is in force.
+    if generation > 0 {
+        let stable = secrets.get_opt(&stable_name).await?;
+        if let Some(message) = stable
+            .as_ref()
+            .and_then(|s| drift::foreign(&s.metadata, "Secret", claim, &service.name_any()))
+        {
+            let outcome = Outcome::waiting(
+                ClaimPhase::Failed,
+                Reason::ObjectOwnedByAnotherService,
+                message,
+            );
+            update_status(claim, ctx, outcome).await?;
+            return Ok(resync);
+        }
+        let held = stable.as_ref().and_then(|s| secret_value(s, PASSWORD_KEY));
+        // Told when the stable binding itself was edited or deleted, not when
+        // it follows a rotation or a re-issue of the Secret in force.
+        if !rotate && !reissued && held.as_deref() != Some(credentials.app_password.as_str()) {
+            let note = match &stable {
+                Some(_) => format!(
+                    "Secret {stable_name:?} was edited by hand; dbps wrote the credentials in force back"
+                ),
+                None => format!(
+                    "Secret {stable_name:?} was deleted; dbps wrote it again with the credentials in force"
+                ),
+            };
+            let reason = match stable {
+                Some(_) => Reason::BindingSecretEdited,
+                None => Reason::BindingSecretDeleted,
+            };
+            publish(ctx, claim, EventType::Warning, reason, "Repair", note).await;
+        }
+        apply(
+            &secrets,
+            &binding_secret_generation(&inputs, &endpoint, 0),
+            stable,
+        )
+        .await?;
+    }
     if !provisioned.adopted.is_empty() {
         let note = format!(
             "adopted {} on {place}, as its DatabaseServer's spec.adoptions allows",
@@ -302,7 +354,7 @@ pub(super) async fn administer(
             .grace_period_seconds
             .unwrap_or(DEFAULT_GRACE_SECONDS);
         let note = format!(
-            "issued Secret {secret_name:?}; the previous credentials stop working in {grace}s"
+            "issued Secret {secret_name:?} and wrote its credentials into {stable_name:?}; the previous credentials stop working in {grace}s"
         );
         publish(
             ctx,

@@ -1,0 +1,292 @@
+//! Where the cluster suites (`tests/cluster_*.rs`) run: the real node on
+//! this machine (containerd, kubelet, kube-proxy, CoreDNS and kube-router
+//! joined to a local control plane), or any cluster a kubeconfig names
+//! (`DBPS_CLUSTER_KUBECONFIG`; `make e2e-kind` sets it for a kind cluster).
+//! The suites are the same code on both: the operator is installed with the
+//! chart and runs as a pod from its image, the database instances and the
+//! services' pods run from images the target already holds (imported into
+//! the node's containerd here, `kind load`ed there; never pulled).
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::node::{Node, STORAGE_CLASS, host_sysctls};
+use crate::{Error, TestContext};
+
+/// The variable naming the kubeconfig of a cluster to run the suites on.
+pub const KUBECONFIG_ENV: &str = "DBPS_CLUSTER_KUBECONFIG";
+
+/// Where a dedicated claim's instance runs on a target: the version each
+/// engine's claims name (the tag of an image the target holds) and the
+/// StorageClass of its volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    pub postgres: String,
+    pub influxdb: String,
+    pub mongodb: String,
+    pub storage_class: String,
+    /// Chart `instanceImages`: engine → repository, where not the official one.
+    pub instance_images: Vec<(String, String)>,
+}
+
+impl Placement {
+    /// The real node: images made here from this machine's PostgreSQL 15,
+    /// InfluxDB and FerretDB (as the MongoDB-wire instance), volumes made by
+    /// [`Node::volume`].
+    pub fn real_node() -> Result<Self, Error> {
+        let tag = |name: String| name.rsplit_once(':').map(|(_, t)| t.to_string());
+        Ok(Self {
+            postgres: "15".into(),
+            influxdb: tag(crate::images::influxdb()?.name).unwrap_or_default(),
+            mongodb: tag(crate::images::ferretdb()?.name).unwrap_or_default(),
+            storage_class: STORAGE_CLASS.into(),
+            instance_images: vec![("mongodb".into(), "ferretdb".into())],
+        })
+    }
+
+    /// A cluster named by a kubeconfig: the official images, at the versions
+    /// `DBPS_CLUSTER_{POSTGRES,INFLUXDB,MONGODB}_VERSION` name (those
+    /// `e2e/kind/run.sh` loads), volumes of `DBPS_CLUSTER_STORAGE_CLASS`
+    /// (kind's `standard` by default).
+    pub fn from_env() -> Self {
+        let var = |name: &str, default: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_string())
+        };
+        Self {
+            postgres: var("DBPS_CLUSTER_POSTGRES_VERSION", "15"),
+            influxdb: var("DBPS_CLUSTER_INFLUXDB_VERSION", "1.8"),
+            mongodb: var("DBPS_CLUSTER_MONGODB_VERSION", "7.0"),
+            storage_class: var("DBPS_CLUSTER_STORAGE_CLASS", "standard"),
+            instance_images: vec![],
+        }
+    }
+
+    /// The version claims of `engine` name here.
+    pub fn version(&self, engine: &str) -> &str {
+        match engine {
+            "postgres" => &self.postgres,
+            "influxdb" => &self.influxdb,
+            "mongodb" => &self.mongodb,
+            other => panic!("no version of engine {other} on this target"),
+        }
+    }
+}
+
+/// Images the suites' own pods run, by the names the target holds them under.
+#[derive(Clone, Debug)]
+pub struct ClientImages {
+    /// Has `psql` (the PostgreSQL image).
+    pub psql: String,
+    /// Has `influx` (the InfluxDB image).
+    pub influx: String,
+    /// Has `sh`, `nc`, `sed` and `grep`.
+    pub busybox: String,
+    /// The sample services, under the name their manifests use.
+    pub samples: String,
+    /// The operator: repository and tag the chart is installed with.
+    pub operator: (String, String),
+}
+
+/// A test's cluster: its context (client, namespace, tools), where dedicated
+/// instances go, the images its pods use, and — on this machine — the node.
+pub struct Cluster {
+    pub ctx: TestContext,
+    pub placement: Placement,
+    pub images: ClientImages,
+    node: Option<Node>,
+    sysctls_before: Vec<(String, String)>,
+}
+
+/// The name of the samples image in `sample-services/manifests/`.
+pub fn samples_image() -> String {
+    format!("ghcr.io/dbps-io/dbps-sample:{}", env!("CARGO_PKG_VERSION"))
+}
+
+impl Cluster {
+    /// The cluster named by `DBPS_CLUSTER_KUBECONFIG` when set; otherwise a
+    /// real node started here and joined to this test binary's control
+    /// plane, with every image the suites use imported. Either way a fresh
+    /// namespace named after `test`, enforcing Pod Security `restricted`.
+    pub async fn start(test: &str) -> Result<Self, Error> {
+        if let Some(path) = std::env::var_os(KUBECONFIG_ENV).filter(|v| !v.is_empty()) {
+            let ctx = TestContext::on_cluster(test, Path::new(&path)).await?;
+            crate::fixtures::enforce_restricted(&ctx.client, &ctx.namespace).await;
+            let placement = Placement::from_env();
+            let images = ClientImages {
+                psql: format!("postgres:{}", placement.postgres),
+                influx: format!("influxdb:{}", placement.influxdb),
+                busybox: std::env::var("DBPS_CLUSTER_BUSYBOX")
+                    .unwrap_or_else(|_| "busybox:1.36".into()),
+                samples: samples_image(),
+                operator: (
+                    "dbps.local/dbps-operator".into(),
+                    env!("CARGO_PKG_VERSION").into(),
+                ),
+            };
+            return Ok(Self {
+                ctx,
+                placement,
+                images,
+                node: None,
+                sysctls_before: Vec::new(),
+            });
+        }
+        let bin = crate::node::binaries()?;
+        let sysctls_before = host_sysctls();
+        let ctx = TestContext::for_real_node(test).await?;
+        // Workloads go to the real node only: the fake one is tainted.
+        crate::node::keep_workloads_off_fake_nodes(&ctx.client).await?;
+        crate::fixtures::enforce_restricted(&ctx.client, &ctx.namespace).await;
+        let mut node = Node::start(&bin).await?;
+        let started = Instant::now();
+        node.join(ctx.plane()).await?;
+        eprintln!("node Ready after {:?}", started.elapsed());
+        let tag = env!("CARGO_PKG_VERSION");
+        let operator = crate::images::operator(&crate::operator::binary(), tag);
+        let samples = crate::images::samples(&crate::operator::samples_binary(), &samples_image());
+        let postgres = crate::images::postgres("15")?;
+        let influxdb = crate::images::influxdb()?;
+        let busybox = crate::images::busybox();
+        let started = Instant::now();
+        for image in [
+            &postgres,
+            &influxdb,
+            &crate::images::ferretdb()?,
+            &busybox,
+            &samples,
+            &operator,
+        ] {
+            node.import(image)?;
+        }
+        eprintln!("images imported after {:?}", started.elapsed());
+        let images = ClientImages {
+            psql: postgres.name,
+            influx: influxdb.name,
+            busybox: busybox.name,
+            samples: samples.name,
+            operator: ("dbps.local/dbps-operator".into(), tag.into()),
+        };
+        Ok(Self {
+            ctx,
+            placement: Placement::real_node()?,
+            images,
+            node: Some(node),
+            sysctls_before,
+        })
+    }
+
+    /// The node on this machine, when the suite runs here.
+    pub fn node(&mut self) -> Option<&mut Node> {
+        self.node.as_mut()
+    }
+
+    /// Makes a volume for claim `claim`'s instance where the target does not
+    /// provision one itself (the real node has no provisioner: a local
+    /// volume bound to the claim's PVC); nothing elsewhere.
+    pub async fn volume_for(&self, claim: &str, size: &str) -> Result<(), Error> {
+        if let Some(node) = &self.node {
+            let pvc = dbps_operator::children::names::data_pvc(claim);
+            node.volume(self.ctx.plane(), &self.ctx.namespace, &pvc, size)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The spec of a dedicated claim of `service` on `engine` here, with
+    /// `extra` fields merged in.
+    pub fn dedicated(
+        &self,
+        service: &str,
+        engine: &str,
+        extra: serde_json::Value,
+    ) -> serde_json::Value {
+        let mut spec = serde_json::json!({
+            "serviceRef": { "name": service }, "engine": engine,
+            "version": self.placement.version(engine),
+            "storage": { "size": "1Gi", "storageClassName": self.placement.storage_class }
+        });
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        spec
+    }
+
+    /// Installs (or upgrades to) the chart in `dbps-system` with the operator
+    /// image the target holds, and waits until the operator pod is Ready.
+    pub async fn install_operator(&self) -> Result<(), Error> {
+        use k8s_openapi::api::core::v1::Namespace;
+        let namespaces = kube::Api::<Namespace>::all(self.ctx.client.clone());
+        if namespaces.get_opt(OPERATOR_NAMESPACE).await?.is_none() {
+            let ns: Namespace = serde_json::from_value(
+                serde_json::json!({ "metadata": { "name": OPERATOR_NAMESPACE } }),
+            )
+            .expect("static namespace");
+            namespaces.create(&Default::default(), &ns).await?;
+        }
+        crate::fixtures::enforce_restricted(&self.ctx.client, OPERATOR_NAMESPACE).await;
+        let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/dbps-operator");
+        let (repository, tag) = &self.images.operator;
+        let mut set = vec![
+            format!("image.repository={repository}"),
+            format!("image.tag={tag}"),
+            "image.pullPolicy=Never".into(),
+            "resyncSeconds=60".into(),
+        ];
+        set.extend(
+            self.placement
+                .instance_images
+                .iter()
+                .map(|(engine, repo)| format!("instanceImages.{engine}={repo}")),
+        );
+        let mut args = vec![
+            "upgrade",
+            "--install",
+            "dbps-operator",
+            chart,
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--wait",
+            "--timeout",
+            "3m",
+        ];
+        for s in &set {
+            args.extend(["--set", s]);
+        }
+        let out = self.ctx.tool("helm", &args)?;
+        if !out.status.success() {
+            return Err(Error::Wait(format!(
+                "helm install failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Ends the test: here, stops the node and checks that the host's
+    /// kernel settings are as before and no cgroup of the node is left;
+    /// on another cluster, deletes the test's namespace.
+    pub async fn finish(mut self) {
+        let Some(node) = self.node.take() else {
+            let namespaces =
+                kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(self.ctx.client.clone());
+            let _ = namespaces
+                .delete(&self.ctx.namespace, &Default::default())
+                .await;
+            return;
+        };
+        let cgroup_root = node.cgroup_root.clone();
+        drop(node);
+        assert_eq!(host_sysctls(), self.sysctls_before, "host settings changed");
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let left = hierarchy.path().join(cgroup_root.trim_start_matches('/'));
+            assert!(!left.exists(), "cgroup left: {}", left.display());
+        }
+    }
+}
+
+/// The namespace the suites install the chart into.
+pub const OPERATOR_NAMESPACE: &str = "dbps-system";

@@ -1,0 +1,149 @@
+//! A running service across a rotation of its credentials, as dbps carries
+//! it out: the other user gets the same database, the binding files are
+//! rewritten with it (the kubelet does this for a mounted Secret), and at
+//! the end of the grace period the first user is revoked and its session
+//! ended. The orders service goes on answering, as the second user, with
+//! no restart.
+
+mod support;
+
+use dbps_e2e::databases::{Kind, LocalServer};
+use dbps_operator::api::Engine;
+use dbps_operator::servers::{Grant, Servers};
+use dbps_samples::services::orders::Orders;
+use dbps_samples::stores;
+use serde_json::json;
+use support::{get_status, post_status, provision, serve};
+
+#[tokio::test]
+async fn the_orders_service_goes_on_as_the_rotated_user_without_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let postgres = LocalServer::start(Kind::Postgres).await.unwrap();
+    let binding = provision(&postgres, Engine::Postgres, "orders", root.path()).await;
+    assert_eq!(binding.username, "orders_app");
+    let db = stores::postgres(&binding).await.unwrap();
+    let orders = Orders {
+        db: db.clone(),
+        http: dbps_samples::http::client(),
+        payments_url: "http://127.0.0.1:9".into(),
+        catalog_url: "http://127.0.0.1:9".into(),
+    };
+    orders.setup().await.unwrap();
+    let url = serve(orders.routes()).await;
+    let http = dbps_samples::http::client();
+    let place = json!({ "customer": "ada", "items": [{ "sku": "mug", "quantity": 1, "unit_price_cents": 100 }] });
+    assert_eq!(
+        post_status(&http, format!("{url}/orders"), &place).await,
+        201
+    );
+
+    // The rotation: the second user on the same database, the files
+    // rewritten, then the first user revoked (its session ended).
+    let servers = Servers::default();
+    let conn = postgres.admin_connection(Engine::Postgres);
+    let owner = dbps_e2e::claims::claimant("samples", "orders", "orders", "orders", false);
+    let second = Grant {
+        database: "orders".into(),
+        username: "orders_app2".into(),
+        password: dbps_operator::password::generate(),
+    };
+    servers.ensure(&conn, &second, &owner).await.unwrap();
+    let dir = root.path().join("orders-db");
+    std::fs::write(dir.join("username"), &second.username).unwrap();
+    std::fs::write(dir.join("password"), &second.password).unwrap();
+    // Still the first session: nothing ended it yet.
+    let user: String = db
+        .lock()
+        .await
+        .query_one("SELECT session_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(user, "orders_app");
+    servers
+        .revoke(&conn, "orders", "orders_app", &owner.mark)
+        .await
+        .unwrap();
+
+    // Every request after the revocation is answered; the data is there.
+    for _ in 0..20 {
+        assert_eq!(get_status(&http, format!("{url}/orders")).await, 200);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        post_status(&http, format!("{url}/orders"), &place).await,
+        201
+    );
+    let user: String = db
+        .lock()
+        .await
+        .query_one("SELECT session_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        user, "orders_app2",
+        "the session was opened again as the rotated user"
+    );
+    let count: i64 = db
+        .lock()
+        .await
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2);
+}
+
+#[tokio::test]
+async fn the_influxdb_store_follows_the_binding_when_the_previous_user_is_revoked() {
+    let root = tempfile::tempdir().unwrap();
+    let influxdb = LocalServer::start(Kind::InfluxDb).await.unwrap();
+    let binding = provision(&influxdb, Engine::Influxdb, "telemetry", root.path()).await;
+    let store = stores::Influx::connect(&binding).await.unwrap();
+    store.write("temperature value=1 1".into()).await.unwrap();
+
+    let servers = Servers::default();
+    let conn = influxdb.admin_connection(Engine::Influxdb);
+    let owner = dbps_e2e::claims::claimant("samples", "telemetry", "telemetry", "telemetry", false);
+    let second = Grant {
+        database: "telemetry".into(),
+        username: "telemetry_app2".into(),
+        password: dbps_operator::password::generate(),
+    };
+    servers.ensure(&conn, &second, &owner).await.unwrap();
+    let dir = root.path().join("telemetry-db");
+    std::fs::write(dir.join("username"), &second.username).unwrap();
+    std::fs::write(dir.join("password"), &second.password).unwrap();
+    servers
+        .revoke(&conn, "telemetry", &binding.username, &owner.mark)
+        .await
+        .unwrap();
+
+    store.write("temperature value=2 2".into()).await.unwrap();
+    let answer = store
+        .query("SELECT count(value) FROM temperature")
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["results"][0]["series"][0]["values"][0][1], 2,
+        "{answer}"
+    );
+    // Credentials that nobody rewrote are not retried forever: a store whose
+    // files still hold the revoked user is refused.
+    let stale = tempfile::tempdir().unwrap();
+    let name = "telemetry-db";
+    std::fs::create_dir_all(stale.path().join(name)).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        std::fs::copy(
+            entry.path(),
+            stale.path().join(name).join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    std::fs::write(stale.path().join(name).join("username"), &binding.username).unwrap();
+    std::fs::write(stale.path().join(name).join("password"), &binding.password).unwrap();
+    let revoked =
+        dbps_samples::binding::Binding::read_from(Some(stale.path()), name, |_| None).unwrap();
+    assert!(stores::Influx::connect(&revoked).await.is_err());
+}
