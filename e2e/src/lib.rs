@@ -24,7 +24,7 @@ pub mod node;
 pub mod operator;
 pub(crate) mod pki;
 pub mod ports;
-mod process;
+pub mod process;
 pub mod shared;
 
 pub use control_plane::{ControlPlane, Options};

@@ -850,41 +850,11 @@ registerNode: true
         Ok(())
     }
 
-    /// Runs the `dbps-operator` binary on the node, in its network namespace
-    /// (as an operator on a cluster host's network runs), authenticated as
-    /// `user` in `groups`, with `args` after `run`. It reaches the apiserver
-    /// through the node's forwarder and dedicated instances through their
-    /// Services; it stops with the node.
-    pub fn run_operator(
-        &mut self,
-        plane: &crate::ControlPlane,
-        user: &str,
-        groups: &[&str],
-        args: &[String],
-    ) -> Result<(), Error> {
-        self.run_operator_binary(plane, &crate::operator::binary(), user, groups, args)
-    }
-
-    /// The operator of a test: the CRDs installed, then [`Self::run_operator`]
-    /// scoped to `ctx`'s namespace and servers, with MongoDB instances from
-    /// the FerretDB image made here.
-    pub async fn run_operator_for(&mut self, ctx: &crate::TestContext) -> Result<(), Error> {
-        crate::operator::install_crds(&ctx.client).await?;
-        let ns = &ctx.namespace;
-        self.run_operator(
-            ctx.plane(),
-            &format!("dbps-operator.{ns}"),
-            &["system:masters"],
-            &[
-                format!("--namespace={ns}"),
-                "--resync-seconds=300".into(),
-                format!("--server-selector={}={ns}", crate::operator::TEST_LABEL),
-                "--image-repository=mongodb=ferretdb".into(),
-            ],
-        )
-    }
-
-    /// As [`Self::run_operator`], with the operator binary at `program`.
+    /// Runs the operator binary at `program` on the node, in its network
+    /// namespace (as an operator on a cluster host's network runs),
+    /// authenticated as `user` in `groups`, with `args` after `run`. It
+    /// reaches the apiserver through the node's forwarder and dedicated
+    /// instances through their Services; it stops with the node.
     pub fn run_operator_binary(
         &mut self,
         plane: &crate::ControlPlane,

@@ -66,7 +66,7 @@ impl RunningOperator {
         // loopback addresses (a real node's are reached from the node).
         if !ctx.plane().loopback_services() {
             return Err(Error::Wait(format!(
-                "an operator in the test process cannot reach Services in {}; run it on the node (Node::run_operator) or as a pod",
+                "an operator in the test process cannot reach Services in {}; run it on the node (Node::run_operator_binary) or as a pod",
                 ctx.plane().service_cidr()
             )));
         }

@@ -1,5 +1,6 @@
-//! One supervised local server process: output captured in a log file,
-//! readiness polled with its log tail shown on failure, stopped on drop.
+//! One supervised local process (a server, the operator, a sample service):
+//! output captured in a log file, readiness polled with its log tail shown
+//! on failure, stopped on drop — by its own handle, never by name.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,24 @@ impl Process {
 
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+
+    /// Everything the process wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process, if it runs.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child, whose pid is not reaped yet.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
     }
 
     /// The last `lines` lines of the process output.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use dbps_e2e::claims::{phase_is, reason_is};
 use dbps_e2e::databases::{Kind, LocalServer};
 use dbps_e2e::operator::TEST_LABEL;
+use dbps_e2e::process::Process;
 use dbps_e2e::{RunningOperator, TestContext};
 use dbps_operator::api::{ClaimPhase, DatabaseClaim};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -552,9 +553,8 @@ spec: { serviceAccountName: payments-api }
 
 /// A `dbps-operator run` process under the chart's ServiceAccount identity.
 struct OperatorProcess {
-    child: std::process::Child,
+    process: Process,
     port: u16,
-    log: PathBuf,
 }
 
 impl OperatorProcess {
@@ -564,26 +564,28 @@ impl OperatorProcess {
             .write_kubeconfig(OPERATOR_USER, &OPERATOR_GROUPS)
             .unwrap();
         let port = dbps_e2e::ports::free_port().unwrap();
-        let log = ctx.plane().dir().join(format!("operator-{identity}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = std::process::Command::new(dbps_e2e::operator::binary())
-            .args([
-                "run",
-                "--namespace",
-                &ctx.namespace,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args(extra)
-            .env("KUBECONFIG", kubeconfig)
-            .env("POD_NAME", identity)
-            .env("POD_NAMESPACE", RELEASE_NAMESPACE)
-            .env("RUST_LOG", "info,kube=warn")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Self { child, port, log }
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--namespace".into(),
+            ctx.namespace.clone(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let process = Process::spawn(
+            &format!("operator-{identity}"),
+            &dbps_e2e::operator::binary(),
+            &args,
+            ctx.plane().dir(),
+            |cmd| {
+                cmd.env("KUBECONFIG", &kubeconfig)
+                    .env("POD_NAME", identity)
+                    .env("POD_NAMESPACE", RELEASE_NAMESPACE)
+                    .env("RUST_LOG", "info,kube=warn");
+            },
+        )
+        .unwrap();
+        Self { process, port }
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
@@ -632,19 +634,11 @@ impl OperatorProcess {
     }
 
     fn signal(&self, signal: i32) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.process.signal(signal);
     }
 
     fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.log()
     }
 }
 
@@ -694,7 +688,7 @@ async fn the_operator_process_serves_health_and_metrics_logs_json_and_stops_on_s
     operator.signal(libc::SIGTERM);
     let started = std::time::Instant::now();
     let status = loop {
-        if let Some(status) = operator.child.try_wait().unwrap() {
+        if let Some(status) = operator.process.try_wait() {
             break status;
         }
         assert!(

@@ -415,20 +415,49 @@ async fn wait_for_shutdown() {
     }
 }
 
-/// The sample services running as local processes.
+/// The sample services running as local processes, and the task that
+/// keeps their binding files in step with the stable binding Secrets.
 struct Samples {
     root: std::path::PathBuf,
     urls: BTreeMap<String, String>,
-    children: Vec<std::process::Child>,
+    processes: Vec<dbps_e2e::process::Process>,
+    refresher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Samples {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(task) = self.refresher.take() {
+            task.abort();
         }
     }
+}
+
+/// Writes the values of Secret `<name>-db-binding` (the stable binding) as
+/// files under `root/<name>-db/`, as the kubelet projects a mounted Secret;
+/// whether a file changed.
+async fn project_binding(
+    client: &Client,
+    root: &std::path::Path,
+    ns: &str,
+    name: &str,
+) -> Result<bool, Error> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(&format!("{name}-db-binding"))
+        .await?;
+    let dir = root.join(format!("{name}-db"));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create binding dir", e))?;
+    let mut changed = false;
+    for (key, value) in secret.data.unwrap_or_default() {
+        let path = dir.join(&key);
+        if std::fs::read(&path).ok().as_deref() != Some(value.0.as_slice()) {
+            // A new file moved into place, so a reader never sees half of one.
+            let staged = dir.join(format!(".{key}.new"));
+            std::fs::write(&staged, &value.0).map_err(|e| Error::io("write binding", e))?;
+            std::fs::rename(&staged, &path).map_err(|e| Error::io("write binding", e))?;
+            changed = true;
+        }
+    }
+    Ok(changed)
 }
 
 /// Writes each sample service's binding from the Secret its claim names and
@@ -459,42 +488,46 @@ async fn run_samples(client: &Client, plane: &ControlPlane) -> Result<Samples, E
     let mut samples = Samples {
         root: root.clone(),
         urls,
-        children: Vec::new(),
+        processes: Vec::new(),
+        refresher: None,
     };
     for (ns, name) in services {
-        let claim = Api::<DatabaseClaim>::namespaced(client.clone(), ns)
-            .get(&format!("{name}-db"))
-            .await?;
-        let secret_name = claim
-            .status
-            .and_then(|s| s.binding)
-            .map(|b| b.name)
-            .unwrap_or_default();
-        let secret = Api::<Secret>::namespaced(client.clone(), ns)
-            .get(&secret_name)
-            .await?;
-        let dir = root.join(format!("{name}-db"));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create binding dir", e))?;
-        for (key, value) in secret.data.unwrap_or_default() {
-            std::fs::write(dir.join(&key), &value.0).map_err(|e| Error::io("write binding", e))?;
-        }
+        project_binding(client, &root, ns, name).await?;
         let listen = samples.urls[name].trim_start_matches("http://").to_string();
-        let log = std::fs::File::create(plane.dir().join(format!("sample-{name}.log")))
-            .map_err(|e| Error::io("create log", e))?;
-        let child = std::process::Command::new(&program)
-            .arg(name)
-            .env("SERVICE_BINDING_ROOT", &root)
-            .env("LISTEN", &listen)
-            .env("PAYMENTS_URL", &samples.urls["payments"])
-            .env("CATALOG_URL", &samples.urls["catalog"])
-            .env("ORDERS_URL", &samples.urls["orders"])
-            .env("ALERTS_URL", &samples.urls["alerts"])
-            .stdout(log.try_clone().map_err(|e| Error::io("log", e))?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| Error::io(format!("start {}", program.display()), e))?;
-        samples.children.push(child);
+        let urls = samples.urls.clone();
+        let root = root.clone();
+        let process = dbps_e2e::process::Process::spawn(
+            &format!("sample-{name}"),
+            &program,
+            &[name.to_string()],
+            plane.dir(),
+            move |cmd| {
+                cmd.env("SERVICE_BINDING_ROOT", &root)
+                    .env("LISTEN", &listen)
+                    .env("PAYMENTS_URL", &urls["payments"])
+                    .env("CATALOG_URL", &urls["catalog"])
+                    .env("ORDERS_URL", &urls["orders"])
+                    .env("ALERTS_URL", &urls["alerts"]);
+            },
+        )?;
+        samples.processes.push(process);
     }
+    // As the kubelet refreshes a mounted Secret: a rotation's new credentials
+    // reach the running services' files, which they read again when they
+    // open a new session.
+    samples.refresher = Some(tokio::spawn({
+        let (client, root) = (client.clone(), root.clone());
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                for (ns, name) in services {
+                    if let Ok(true) = project_binding(&client, &root, ns, name).await {
+                        eprintln!("  {ns}/{name}-db-binding changed: its files are written anew");
+                    }
+                }
+            }
+        }
+    }));
     let http = reqwest::Client::new();
     for (name, url) in samples.urls.clone() {
         let deadline = Instant::now() + Duration::from_secs(30);
