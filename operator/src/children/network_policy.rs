@@ -2,42 +2,67 @@
 //! service's pods, and the operator's pods (which administer it) when the
 //! operator runs in the cluster. Nothing else.
 
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use serde_json::json;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{Inputs, names};
 
-pub fn network_policy(inputs: &Inputs) -> NetworkPolicy {
-    let port = json!([{ "protocol": "TCP", "port": inputs.claim.spec.engine.port() }]);
-    let mut ingress = vec![json!({
-        "from": [{ "podSelector": { "matchLabels": inputs.service.pod_selector() } }],
-        "ports": port
-    })];
-    if let Some(operator) = &inputs.platform.operator {
-        ingress.push(json!({
-            "from": [{
-                "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": operator.namespace } },
-                "podSelector": { "matchLabels": operator.labels }
-            }],
-            "ports": port
-        }));
+/// A selector by labels only.
+fn match_labels(labels: BTreeMap<String, String>) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(labels),
+        ..Default::default()
     }
-    let mut policy: NetworkPolicy = serde_json::from_value(json!({
-        "spec": {
-            "podSelector": { "matchLabels": inputs.instance_selector() },
-            "policyTypes": ["Ingress"],
-            "ingress": ingress
-        }
-    }))
-    .expect("network policy");
-    policy.metadata = inputs.meta(names::instance(&inputs.claim_name()), "network-policy");
-    policy
+}
+
+pub fn network_policy(inputs: &Inputs) -> NetworkPolicy {
+    let port = vec![NetworkPolicyPort {
+        protocol: Some("TCP".into()),
+        port: Some(IntOrString::Int(inputs.claim.spec.engine.port().into())),
+        ..Default::default()
+    }];
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            pod_selector: Some(match_labels(inputs.service.pod_selector())),
+            ..Default::default()
+        }]),
+        ports: Some(port.clone()),
+    }];
+    if let Some(operator) = &inputs.platform.operator {
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                namespace_selector: Some(match_labels(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_string(),
+                    operator.namespace.clone(),
+                )]))),
+                pod_selector: Some(match_labels(operator.labels.clone())),
+                ..Default::default()
+            }]),
+            ports: Some(port),
+        });
+    }
+    NetworkPolicy {
+        metadata: inputs.meta(names::instance(&inputs.claim_name()), "network-policy"),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(match_labels(inputs.instance_selector())),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(ingress),
+            ..Default::default()
+        }),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::*;
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn admits_only_the_owning_service_pods_on_the_engine_port() {

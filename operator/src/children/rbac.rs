@@ -1,8 +1,7 @@
 //! Who may read the binding Secret: the owning service's ServiceAccount, and
 //! only that Secret, only `get`.
 
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use serde_json::json;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 
 use super::{Inputs, names};
 
@@ -13,38 +12,41 @@ pub fn binding_reader_role(inputs: &Inputs) -> Role {
 /// The reader Role for several binding Secrets (current and previous
 /// credentials during a rotation's grace period).
 pub fn binding_reader_role_for(inputs: &Inputs, secrets: &[String]) -> Role {
-    let mut role: Role = serde_json::from_value(json!({
-        "rules": [{
-            "apiGroups": [""],
-            "resources": ["secrets"],
-            "resourceNames": secrets,
-            "verbs": ["get"]
-        }]
-    }))
-    .expect("role");
-    role.metadata = inputs.meta(names::binding_reader(&inputs.claim_name()), "access");
-    role
+    Role {
+        metadata: inputs.meta(names::binding_reader(&inputs.claim_name()), "access"),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["secrets".into()]),
+            resource_names: Some(secrets.to_vec()),
+            verbs: vec!["get".into()],
+            ..Default::default()
+        }]),
+    }
 }
 
 pub fn binding_reader_role_binding(inputs: &Inputs) -> RoleBinding {
     let name = names::binding_reader(&inputs.claim_name());
-    let mut binding: RoleBinding = serde_json::from_value(json!({
-        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name },
-        "subjects": [{
-            "kind": "ServiceAccount",
-            "name": inputs.service.service_account(),
-            "namespace": inputs.namespace()
-        }]
-    }))
-    .expect("role binding");
-    binding.metadata = inputs.meta(name, "access");
-    binding
+    RoleBinding {
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: inputs.service.service_account(),
+            namespace: Some(inputs.namespace()),
+            ..Default::default()
+        }]),
+        metadata: inputs.meta(name, "access"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::*;
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn role_grants_get_on_the_binding_secret_only() {

@@ -1,9 +1,21 @@
 //! The dedicated instance: StatefulSet (one replica, one volume) starting
 //! with only its superuser, and its Service.
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service as KubeService;
-use serde_json::json;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service as KubeService, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{Inputs, names};
 use crate::engines::Instance;
@@ -13,16 +25,30 @@ pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
 
 pub fn instance_service(inputs: &Inputs) -> KubeService {
     let port = inputs.claim.spec.engine.port();
-    let mut service: KubeService = serde_json::from_value(json!({
-        "spec": {
-            "type": "ClusterIP",
-            "selector": inputs.instance_selector(),
-            "ports": [{ "name": "db", "port": port, "targetPort": "db", "protocol": "TCP" }]
-        }
-    }))
-    .expect("service");
-    service.metadata = inputs.meta(names::instance(&inputs.claim_name()), "database");
-    service
+    KubeService {
+        metadata: inputs.meta(names::instance(&inputs.claim_name()), "database"),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(inputs.instance_selector()),
+            ports: Some(vec![ServicePort {
+                name: Some("db".into()),
+                port: port.into(),
+                target_port: Some(IntOrString::String("db".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `(name, quantity)` pairs as a resource map.
+fn quantities<const N: usize>(pairs: [(&str, &str); N]) -> BTreeMap<String, Quantity> {
+    pairs
+        .into_iter()
+        .map(|(name, q)| (name.to_string(), Quantity(q.to_string())))
+        .collect()
 }
 
 pub fn statefulset(inputs: &Inputs) -> StatefulSet {
@@ -36,69 +62,127 @@ pub fn statefulset(inputs: &Inputs) -> StatefulSet {
     let storage = claim.spec.storage.clone().unwrap_or_default();
     let uid = engine.run_as();
 
-    let mounts = json!([
-        { "name": names::DATA_VOLUME, "mountPath": engine.data_path() },
-        { "name": "run", "mountPath": "/var/run/dbps" }
-    ]);
-    let volumes = json!([{ "name": "run", "emptyDir": {} }]);
-    let resources = claim.spec.resources.clone().map_or_else(
-        || json!({ "requests": { "cpu": "100m", "memory": "256Mi" }, "limits": { "memory": "1Gi" } }),
-        |r| serde_json::to_value(r).expect("resources"),
-    );
-    let mut pvc_spec = json!({
-        "accessModes": ["ReadWriteOnce"],
-        "resources": { "requests": { "storage": storage.size.as_deref().unwrap_or(DEFAULT_STORAGE_SIZE) } }
-    });
-    if let Some(class) = &storage.storage_class_name {
-        pvc_spec["storageClassName"] = json!(class);
-    }
+    let mounts = vec![
+        VolumeMount {
+            name: names::DATA_VOLUME.into(),
+            mount_path: engine.data_path().into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "run".into(),
+            mount_path: "/var/run/dbps".into(),
+            ..Default::default()
+        },
+    ];
+    let volumes = vec![Volume {
+        name: "run".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    let resources = claim
+        .spec
+        .resources
+        .clone()
+        .unwrap_or_else(|| ResourceRequirements {
+            requests: Some(quantities([("cpu", "100m"), ("memory", "256Mi")])),
+            limits: Some(quantities([("memory", "1Gi")])),
+            ..Default::default()
+        });
+    let pvc_spec = PersistentVolumeClaimSpec {
+        access_modes: Some(vec!["ReadWriteOnce".into()]),
+        resources: Some(VolumeResourceRequirements {
+            requests: Some(quantities([(
+                "storage",
+                storage.size.as_deref().unwrap_or(DEFAULT_STORAGE_SIZE),
+            )])),
+            ..Default::default()
+        }),
+        storage_class_name: storage.storage_class_name.clone(),
+        ..Default::default()
+    };
 
-    let mut sts: StatefulSet = serde_json::from_value(json!({
-        "spec": {
-            "replicas": 1,
-            "serviceName": names::instance(&name),
-            "selector": { "matchLabels": inputs.instance_selector() },
-            "podManagementPolicy": "OrderedReady",
-            "updateStrategy": { "type": "RollingUpdate" },
-            "persistentVolumeClaimRetentionPolicy": { "whenDeleted": "Retain", "whenScaled": "Retain" },
-            "template": {
-                "metadata": { "labels": inputs.pod_labels() },
-                "spec": {
-                    "automountServiceAccountToken": false,
-                    "enableServiceLinks": false,
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": uid,
-                        "runAsGroup": uid,
-                        "fsGroup": uid,
-                        "seccompProfile": { "type": "RuntimeDefault" }
-                    },
-                    "containers": [{
-                        "name": engine.as_str(),
-                        "image": inputs.platform.image(engine, &inputs.version()),
-                        "ports": [{ "name": "db", "containerPort": engine.port(), "protocol": "TCP" }],
-                        "env": engine.env(&instance),
-                        "readinessProbe": engine.readiness_probe(),
-                        "resources": resources,
-                        "volumeMounts": mounts,
-                        "securityContext": {
-                            "allowPrivilegeEscalation": false,
-                            "capabilities": { "drop": ["ALL"] },
-                            "runAsNonRoot": true
-                        }
-                    }],
-                    "volumes": volumes
-                }
+    let container = Container {
+        name: engine.as_str().into(),
+        image: Some(inputs.platform.image(engine, &inputs.version())),
+        ports: Some(vec![ContainerPort {
+            name: Some("db".into()),
+            container_port: engine.port().into(),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        env: Some(engine.env(&instance)),
+        readiness_probe: Some(engine.readiness_probe()),
+        resources: Some(resources),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            run_as_non_root: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    StatefulSet {
+        metadata: inputs.meta(names::instance(&name), "database"),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(names::instance(&name)),
+            selector: LabelSelector {
+                match_labels: Some(inputs.instance_selector()),
+                ..Default::default()
             },
-            "volumeClaimTemplates": [{
-                "metadata": { "name": names::DATA_VOLUME, "labels": inputs.pod_labels() },
-                "spec": pvc_spec
-            }]
-        }
-    }))
-    .expect("statefulset");
-    sts.metadata = inputs.meta(names::instance(&name), "database");
-    sts
+            pod_management_policy: Some("OrderedReady".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                ..Default::default()
+            }),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some("Retain".into()),
+                    when_scaled: Some("Retain".into()),
+                },
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(inputs.pod_labels()),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(uid),
+                        run_as_group: Some(uid),
+                        fs_group: Some(uid),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some(names::DATA_VOLUME.into()),
+                    labels: Some(inputs.pod_labels()),
+                    ..Default::default()
+                },
+                spec: Some(pvc_spec),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

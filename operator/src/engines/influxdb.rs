@@ -3,24 +3,30 @@
 //! `/var/lib/influxdb`, `INFLUXDB_HTTP_AUTH_ENABLED` switches authentication
 //! on; the HTTP API listens on 8086 and answers `/ping`.
 
-use serde_json::{Value, json};
+use k8s_openapi::api::core::v1::{EnvVar, HTTPGetAction, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{Instance, PASSWORD_KEY, USERNAME_KEY, plain_env, secret_env};
 
-pub fn env(i: &Instance) -> Value {
-    json!([
+pub fn env(i: &Instance) -> Vec<EnvVar> {
+    vec![
         plain_env("INFLUXDB_HTTP_AUTH_ENABLED", "true"),
         plain_env("INFLUXDB_REPORTING_DISABLED", "true"),
         secret_env("INFLUXDB_ADMIN_USER", i.admin_secret, USERNAME_KEY),
         secret_env("INFLUXDB_ADMIN_PASSWORD", i.admin_secret, PASSWORD_KEY),
-    ])
+    ]
 }
 
-pub fn readiness() -> Value {
-    json!({
-        "httpGet": { "path": "/ping", "port": "db" },
-        "periodSeconds": 5,
-        "timeoutSeconds": 3,
-        "failureThreshold": 6
-    })
+pub fn readiness() -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/ping".into()),
+            port: IntOrString::String("db".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(5),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(6),
+        ..Default::default()
+    }
 }

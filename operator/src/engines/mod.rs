@@ -7,8 +7,7 @@ mod influxdb;
 mod mongodb;
 mod postgres;
 
-use k8s_openapi::api::core::v1::{EnvVar, Probe};
-use serde_json::json;
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Probe, SecretKeySelector};
 
 pub use crate::api::Engine;
 
@@ -105,21 +104,19 @@ impl Engine {
 
     /// Environment of the instance container; passwords only by `secretKeyRef`.
     pub fn env(self, instance: &Instance) -> Vec<EnvVar> {
-        let env = match self {
+        match self {
             Engine::Postgres => postgres::env(instance),
             Engine::Mongodb => mongodb::env(instance),
             Engine::Influxdb => influxdb::env(instance),
-        };
-        serde_json::from_value(env).expect("env vars")
+        }
     }
 
     pub fn readiness_probe(self) -> Probe {
-        let probe = match self {
+        match self {
             Engine::Postgres => postgres::readiness(),
             Engine::Mongodb => mongodb::readiness(),
             Engine::Influxdb => influxdb::readiness(),
-        };
-        serde_json::from_value(probe).expect("probe")
+        }
     }
 
     /// Connection URI for the binding.
@@ -165,12 +162,27 @@ impl Engine {
 }
 
 /// An env var read from a Secret key.
-fn secret_env(name: &str, secret: &str, key: &str) -> serde_json::Value {
-    json!({ "name": name, "valueFrom": { "secretKeyRef": { "name": secret, "key": key } } })
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
-fn plain_env(name: &str, value: &str) -> serde_json::Value {
-    json!({ "name": name, "value": value })
+fn plain_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
 }
 
 /// RFC 3986 userinfo encoding: unreserved characters stay, others are %XX.

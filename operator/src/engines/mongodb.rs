@@ -4,22 +4,27 @@
 //! authentication on; the server listens on 27017. Readiness is a TCP check,
 //! so no shell client (`mongosh`) is needed in the image.
 
-use serde_json::{Value, json};
+use k8s_openapi::api::core::v1::{EnvVar, Probe, TCPSocketAction};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{Instance, PASSWORD_KEY, USERNAME_KEY, secret_env};
 
-pub fn env(i: &Instance) -> Value {
-    json!([
+pub fn env(i: &Instance) -> Vec<EnvVar> {
+    vec![
         secret_env("MONGO_INITDB_ROOT_USERNAME", i.admin_secret, USERNAME_KEY),
         secret_env("MONGO_INITDB_ROOT_PASSWORD", i.admin_secret, PASSWORD_KEY),
-    ])
+    ]
 }
 
-pub fn readiness() -> Value {
-    json!({
-        "tcpSocket": { "port": "db" },
-        "periodSeconds": 5,
-        "timeoutSeconds": 3,
-        "failureThreshold": 6
-    })
+pub fn readiness() -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String("db".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(5),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(6),
+        ..Default::default()
+    }
 }

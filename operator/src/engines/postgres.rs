@@ -3,23 +3,34 @@
 //! an empty data directory at `PGDATA`; the server listens on 5432;
 //! `pg_isready` is on the path.
 
-use serde_json::{Value, json};
+use k8s_openapi::api::core::v1::{EnvVar, ExecAction, Probe};
 
 use super::{Instance, PASSWORD_KEY, USERNAME_KEY, plain_env, secret_env};
 
-pub fn env(i: &Instance) -> Value {
-    json!([
+pub fn env(i: &Instance) -> Vec<EnvVar> {
+    vec![
         secret_env("POSTGRES_USER", i.admin_secret, USERNAME_KEY),
         secret_env("POSTGRES_PASSWORD", i.admin_secret, PASSWORD_KEY),
         plain_env("PGDATA", "/var/lib/postgresql/data/pgdata"),
-    ])
+    ]
 }
 
-pub fn readiness() -> Value {
-    json!({
-        "exec": { "command": ["sh", "-c", "exec pg_isready --host 127.0.0.1 --username \"$POSTGRES_USER\" --dbname postgres"] },
-        "periodSeconds": 5,
-        "timeoutSeconds": 3,
-        "failureThreshold": 6
-    })
+pub fn readiness() -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(
+                [
+                    "sh",
+                    "-c",
+                    "exec pg_isready --host 127.0.0.1 --username \"$POSTGRES_USER\" --dbname postgres",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+        }),
+        period_seconds: Some(5),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(6),
+        ..Default::default()
+    }
 }
