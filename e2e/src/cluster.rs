@@ -288,5 +288,91 @@ impl Cluster {
     }
 }
 
+impl Drop for Cluster {
+    /// A failing test shows the last lines the operator pods logged.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        // Here the apiserver cannot reach the node's kubelet for logs: the
+        // node keeps them in its own directory.
+        if let Some(node) = &self.node {
+            for file in files_under(&node.dir().join("pod-logs")) {
+                let path = file.display().to_string();
+                if path.contains(&format!("{OPERATOR_NAMESPACE}_dbps-operator")) {
+                    let text = std::fs::read_to_string(&file).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+                    eprintln!("--- last lines of {path} ---\n{tail}");
+                }
+            }
+            return;
+        }
+        // A client of its own: the test's client needs the test's runtime,
+        // which is unwinding on this thread.
+        let kubeconfig = self.ctx.kubeconfig().to_path_buf();
+        let shown = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            let fetch = async {
+                let config = kube::config::Kubeconfig::read_from(&kubeconfig).ok()?;
+                let client = crate::control_plane::client_from(config).await.ok()?;
+                let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
+                    client,
+                    OPERATOR_NAMESPACE,
+                );
+                let list = pods
+                    .list(
+                        &kube::api::ListParams::default()
+                            .labels("app.kubernetes.io/name=dbps-operator"),
+                    )
+                    .await
+                    .ok()?;
+                let mut out = String::new();
+                for pod in list.items {
+                    let name = pod.metadata.name.unwrap_or_default();
+                    let params = kube::api::LogParams {
+                        tail_lines: Some(80),
+                        ..Default::default()
+                    };
+                    let log = pods.logs(&name, &params).await.unwrap_or_default();
+                    out.push_str(&format!(
+                        "--- last lines of operator pod {name} ---\n{log}\n"
+                    ));
+                }
+                Some(out)
+            };
+            runtime
+                .block_on(async {
+                    tokio::time::timeout(std::time::Duration::from_secs(20), fetch).await
+                })
+                .ok()
+                .flatten()
+        })
+        .join()
+        .ok()
+        .flatten();
+        if let Some(text) = shown {
+            eprintln!("{text}");
+        }
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// The namespace the suites install the chart into.
 pub const OPERATOR_NAMESPACE: &str = "dbps-system";

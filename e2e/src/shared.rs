@@ -163,9 +163,52 @@ impl TestContext {
             Ok(Err(e)) => panic!("watch failed while waiting for {what}: {e}"),
             Err(_) => {
                 let now = api.get_opt(name).await.ok().flatten();
-                panic!("timed out waiting for {what}; {name} is now: {now:#?}")
+                let events = self.recent_events().await;
+                panic!(
+                    "timed out waiting for {what}; {name} is now: {now:#?}\n--- recent events in {} ---\n{events}",
+                    self.namespace
+                )
             }
         }
+    }
+
+    /// The namespace's last events, one line each: what a timed-out wait
+    /// shows to tell why (a pod not scheduled, an image not found, …).
+    pub async fn recent_events(&self) -> String {
+        let events = self
+            .api::<k8s_openapi::api::core::v1::Event>()
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let mut lines: Vec<(String, String)> = events
+            .into_iter()
+            .map(|e| {
+                let when = e
+                    .last_timestamp
+                    .map(|t| t.0.to_string())
+                    .or(e.event_time.map(|t| t.0.to_string()))
+                    .unwrap_or_default();
+                let object = format!(
+                    "{}/{}",
+                    e.involved_object.kind.unwrap_or_default(),
+                    e.involved_object.name.unwrap_or_default()
+                );
+                let line = format!(
+                    "{when} {object} {}: {}",
+                    e.reason.unwrap_or_default(),
+                    e.message.unwrap_or_default()
+                );
+                (when, line)
+            })
+            .collect();
+        lines.sort();
+        let start = lines.len().saturating_sub(30);
+        lines[start..]
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

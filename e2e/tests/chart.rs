@@ -792,6 +792,42 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
 }
 
 #[tokio::test]
+async fn a_leader_whose_controllers_end_unasked_returns_an_error_and_releases_its_lease() {
+    use dbps_operator::leader::{LeaderError, LeaseSettings, run_while_leading};
+    let ctx = TestContext::new("leader-ends").await.unwrap();
+    let lease = LeaseSettings {
+        namespace: ctx.namespace.clone(),
+        name: "dbps-operator".into(),
+        identity: "replica-a".into(),
+        duration: Duration::from_secs(4),
+    };
+    // Work that panics, as a controller whose reconcile panicked would end.
+    let ended = run_while_leading(
+        ctx.client.clone(),
+        lease,
+        |_stop| async { panic!("a reconcile panicked") },
+        |_| {},
+        std::future::pending(),
+    );
+    let result = tokio::time::timeout(Duration::from_secs(30), ended)
+        .await
+        .expect("run_while_leading kept running with its controllers gone");
+    match result {
+        Err(LeaderError::Ended(why)) => assert!(why.contains("panicked"), "{why}"),
+        other => panic!("expected Ended, got {other:?}"),
+    }
+    // The Lease is released on the way out, so a standby need not wait for it to expire.
+    let leases = ctx.api::<k8s_openapi::api::coordination::v1::Lease>();
+    let held = leases
+        .get("dbps-operator")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.holder_identity);
+    assert_ne!(held.as_deref(), Some("replica-a"));
+}
+
+#[tokio::test]
 async fn every_pod_template_is_admitted_under_pod_security_restricted() {
     let ctx = TestContext::new("chart-psa").await.unwrap();
     let (ok, out) = run(

@@ -23,6 +23,10 @@ pub struct LeaseSettings {
 pub enum LeaderError {
     #[error("lease {0}: {1}")]
     Lease(String, #[source] kube_lease_manager::LeaseManagerError),
+    /// The work ended while leading, without being asked to (a panic in it):
+    /// the process should end so that it is started again.
+    #[error("the controllers ended while leading: {0}")]
+    Ended(String),
 }
 
 /// A future that completes when the work must stop.
@@ -78,24 +82,33 @@ where
         enum Why {
             Shutdown,
             Lost,
-            Ended,
+            Ended(String),
         }
         let why = tokio::select! {
             _ = &mut shutdown => Why::Shutdown,
             _ = lost(&mut leading) => Why::Lost,
-            _ = &mut running => Why::Ended,
+            ended = &mut running => Why::Ended(match ended {
+                Ok(()) => "they returned".to_string(),
+                Err(e) => e.to_string(),
+            }),
         };
         let _ = stop.send(());
-        if !matches!(why, Why::Ended) {
+        if !matches!(why, Why::Ended(_)) {
             let _ = running.await;
         }
         on_change(false);
         match why {
             Why::Lost => tracing::warn!(lease = %lease.name, "lost the lease; standing by"),
-            Why::Shutdown | Why::Ended => {
+            Why::Shutdown => {
                 drop(leading);
                 let _ = task.await;
                 return Ok(());
+            }
+            // The Lease is released on the way out, so a standby takes over.
+            Why::Ended(why) => {
+                drop(leading);
+                let _ = task.await;
+                return Err(LeaderError::Ended(why));
             }
         }
     }

@@ -183,6 +183,10 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         )
         .await;
     }
+    if !*stopped.borrow() {
+        // The controllers may only end on a shutdown: exit, to be started again.
+        return Err("the controllers ended without a shutdown".into());
+    }
     server.await??;
     tracing::info!("stopped");
     Ok(())

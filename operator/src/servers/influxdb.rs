@@ -16,9 +16,15 @@ fn builder() -> reqwest::ClientBuilder {
         .pool_max_idle_per_host(super::MAX_CONNECTIONS_PER_SERVER)
 }
 
-static HTTP: LazyLock<reqwest::Client> = LazyLock::new(|| {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    builder().build().expect("HTTP client")
+/// The plain HTTP client, made once. It is given a TLS configuration of its
+/// own (the public roots, never used over plain HTTP) so that building it
+/// never depends on the system's CA certificates, which a minimal image lacks.
+static HTTP: LazyLock<Result<reqwest::Client, String>> = LazyLock::new(|| {
+    let tls = Tls::default().client_config().map_err(|e| e.to_string())?;
+    builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
 });
 
 /// HTTPS clients per CA, made once.
@@ -26,7 +32,7 @@ static HTTPS: LazyLock<Mutex<HashMap<Tls, reqwest::Client>>> = LazyLock::new(Def
 
 fn http(conn: &Connection) -> Result<reqwest::Client, AdminError> {
     let Some(tls) = &conn.tls else {
-        return Ok(HTTP.clone());
+        return HTTP.clone().map_err(AdminError::Tls);
     };
     let mut clients = HTTPS.lock().unwrap();
     if let Some(client) = clients.get(tls) {
