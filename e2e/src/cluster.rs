@@ -214,6 +214,30 @@ impl Cluster {
         spec
     }
 
+    /// What pod `name` of the test's namespace logged: from the node's log
+    /// directory here (the apiserver cannot reach the node's kubelet), from
+    /// the API elsewhere.
+    pub async fn pod_log(&self, name: &str) -> String {
+        if let Some(node) = &self.node {
+            let prefix = format!("{}_{name}_", self.ctx.namespace);
+            let mut text = String::new();
+            for file in files_under(&node.dir().join("pod-logs")) {
+                if file
+                    .strip_prefix(node.dir().join("pod-logs"))
+                    .is_ok_and(|p| p.to_string_lossy().starts_with(&prefix))
+                {
+                    text.push_str(&std::fs::read_to_string(&file).unwrap_or_default());
+                }
+            }
+            return text;
+        }
+        self.ctx
+            .api::<k8s_openapi::api::core::v1::Pod>()
+            .logs(name, &Default::default())
+            .await
+            .unwrap_or_default()
+    }
+
     /// Installs (or upgrades to) the chart in `dbps-system` with the operator
     /// image the target holds, and waits until the operator pod is Ready.
     pub async fn install_operator(&self) -> Result<(), Error> {
