@@ -256,6 +256,21 @@ pub fn sample_check_pod(
     .unwrap()
 }
 
+/// Asks for a rotation of claim `name`'s credentials: the annotation
+/// `dbps.io/rotate` set to `value` (a new value is a new request).
+pub async fn request_rotation(ctx: &TestContext, name: &str, value: &str) {
+    ctx.api::<DatabaseClaim>()
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({ "metadata": { "annotations": { "dbps.io/rotate": value } } }),
+            ),
+        )
+        .await
+        .unwrap();
+}
+
 /// Copies the values of Secret `from` into a new Secret `to` that dbps knows
 /// nothing of: credentials someone took out of a binding.
 pub async fn copy_secret(ctx: &TestContext, from: &str, to: &str) {

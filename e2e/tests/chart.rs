@@ -253,11 +253,7 @@ spec: {{ serviceRef: {{ name: shop }}, engine: postgres, server: {{ name: {ns}-p
     // first rotation's Secret once its grace period is over) and deletion
     // (drops a volume) work too.
     for (value, generation) in [("1", 1), ("2", 2)] {
-        let rotate = json!({ "metadata": { "annotations": { "dbps.io/rotate": value } } });
-        claims
-            .patch("pg-shared", &PatchParams::default(), &Patch::Merge(rotate))
-            .await
-            .unwrap();
+        dbps_e2e::fixtures::request_rotation(&ctx, "pg-shared", value).await;
         ctx.wait_for(
             &claims,
             "pg-shared",

@@ -24,7 +24,7 @@ use dbps_e2e::node::NODE_NAME;
 use dbps_operator::api::DatabaseClaim;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 
 /// Whether `said` (a client's output) tells of a connection the network
@@ -230,14 +230,7 @@ async fn dedicated_claims_of_every_engine_run_for_real_and_only_their_service_ge
         .await
         .unwrap();
     copy_secret(ctx, "orders-db-binding", "kept-credentials").await;
-    claims
-        .patch(
-            "orders-db",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "annotations": { "dbps.io/rotate": "1" } } })),
-        )
-        .await
-        .unwrap();
+    dbps_e2e::fixtures::request_rotation(ctx, "orders-db", "1").await;
     let rotated = ctx
         .wait_for(
             &claims,

@@ -185,13 +185,7 @@ echo "$n requests answered""#,
     .await
     .unwrap();
     let rotated_at = Instant::now();
-    api.patch(
-        "orders-db",
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "metadata": { "annotations": { "dbps.io/rotate": "1" } } })),
-    )
-    .await
-    .unwrap();
+    dbps_e2e::fixtures::request_rotation(ctx, "orders-db", "1").await;
     ctx.wait_for(&api, "orders-db", "rotated", |c: Option<&DatabaseClaim>| {
         c.and_then(|c| c.status.as_ref()?.credentials.as_ref())
             .is_some_and(|c| c.generation == 1 && c.previous.is_some())

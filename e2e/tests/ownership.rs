@@ -503,14 +503,7 @@ async fn an_edited_or_deleted_binding_of_a_shared_claim_gets_new_credentials_nev
     // force: edited, it gets them back (never the edited ones, never new
     // ones that would leave `orders-db-binding-1` stale); deleted, it is
     // written again.
-    claims
-        .patch(
-            "orders-db",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "annotations": { "dbps.io/rotate": "1" } } })),
-        )
-        .await
-        .unwrap();
+    dbps_e2e::fixtures::request_rotation(&ctx, "orders-db", "1").await;
     let in_force = wait_secret(&ctx, "orders-db-binding-1", "rotated", |_| true).await;
     wait_secret(&ctx, "orders-db-binding", "stable binding rotated", {
         let in_force = in_force.clone();

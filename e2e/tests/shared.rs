@@ -441,15 +441,7 @@ async fn rotation_swaps_the_binding_and_revokes_the_old_password_after_the_grace
         })
     };
 
-    let rotate = json!({ "metadata": { "annotations": { "dbps.io/rotate": "2026-11-24" } } });
-    claims
-        .patch(
-            "payments-db",
-            &PatchParams::default(),
-            &Patch::Merge(rotate),
-        )
-        .await
-        .unwrap();
+    dbps_e2e::fixtures::request_rotation(&ctx, "payments-db", "2026-11-24").await;
     let rotated = ctx
         .wait_for(
             &claims,

@@ -15,6 +15,39 @@ use dbps_samples::stores;
 use serde_json::json;
 use support::{get_status, post_status, provision, serve};
 
+/// A rotation of `database`'s credentials as dbps carries it out: the
+/// second user `<database>_app2` made on the same database and the binding
+/// files under `root/<database>-db/` rewritten with it. The future returned
+/// revokes the first user (`<database>_app`), ending its sessions.
+async fn rotate(
+    server: &LocalServer,
+    engine: Engine,
+    database: &str,
+    root: &std::path::Path,
+) -> impl std::future::Future<Output = ()> {
+    let conn = server.admin_connection(engine);
+    let owner = dbps_e2e::claims::claimant("samples", database, database, database, false);
+    let second = Grant {
+        database: database.into(),
+        username: format!("{database}_app2"),
+        password: dbps_operator::password::generate(),
+    };
+    Servers::default()
+        .ensure(&conn, &second, &owner)
+        .await
+        .unwrap();
+    let dir = root.join(format!("{database}-db"));
+    std::fs::write(dir.join("username"), &second.username).unwrap();
+    std::fs::write(dir.join("password"), &second.password).unwrap();
+    let (database, first) = (database.to_string(), format!("{database}_app"));
+    async move {
+        Servers::default()
+            .revoke(&conn, &database, &first, &owner.mark)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn the_orders_service_goes_on_as_the_rotated_user_without_a_restart() {
     let root = tempfile::tempdir().unwrap();
@@ -38,19 +71,8 @@ async fn the_orders_service_goes_on_as_the_rotated_user_without_a_restart() {
     );
 
     // The rotation: the second user on the same database, the files
-    // rewritten, then the first user revoked (its session ended).
-    let servers = Servers::default();
-    let conn = postgres.admin_connection(Engine::Postgres);
-    let owner = dbps_e2e::claims::claimant("samples", "orders", "orders", "orders", false);
-    let second = Grant {
-        database: "orders".into(),
-        username: "orders_app2".into(),
-        password: dbps_operator::password::generate(),
-    };
-    servers.ensure(&conn, &second, &owner).await.unwrap();
-    let dir = root.path().join("orders-db");
-    std::fs::write(dir.join("username"), &second.username).unwrap();
-    std::fs::write(dir.join("password"), &second.password).unwrap();
+    // rewritten; the first user is revoked below (its session ended).
+    let revoke = rotate(&postgres, Engine::Postgres, "orders", root.path()).await;
     // Still the first session: nothing ended it yet.
     let user: String = db
         .lock()
@@ -60,10 +82,7 @@ async fn the_orders_service_goes_on_as_the_rotated_user_without_a_restart() {
         .unwrap()
         .get(0);
     assert_eq!(user, "orders_app");
-    servers
-        .revoke(&conn, "orders", "orders_app", &owner.mark)
-        .await
-        .unwrap();
+    revoke.await;
 
     // Every request after the revocation is answered; the data is there.
     for _ in 0..20 {
@@ -103,22 +122,10 @@ async fn the_influxdb_store_follows_the_binding_when_the_previous_user_is_revoke
     let store = stores::Influx::connect(&binding).await.unwrap();
     store.write("temperature value=1 1".into()).await.unwrap();
 
-    let servers = Servers::default();
-    let conn = influxdb.admin_connection(Engine::Influxdb);
-    let owner = dbps_e2e::claims::claimant("samples", "telemetry", "telemetry", "telemetry", false);
-    let second = Grant {
-        database: "telemetry".into(),
-        username: "telemetry_app2".into(),
-        password: dbps_operator::password::generate(),
-    };
-    servers.ensure(&conn, &second, &owner).await.unwrap();
-    let dir = root.path().join("telemetry-db");
-    std::fs::write(dir.join("username"), &second.username).unwrap();
-    std::fs::write(dir.join("password"), &second.password).unwrap();
-    servers
-        .revoke(&conn, "telemetry", &binding.username, &owner.mark)
+    rotate(&influxdb, Engine::Influxdb, "telemetry", root.path())
         .await
-        .unwrap();
+        .await;
+    let dir = root.path().join("telemetry-db");
 
     store.write("temperature value=2 2".into()).await.unwrap();
     let answer = store

@@ -163,17 +163,7 @@ pub(super) async fn administer(
     //    credentials are issued anew.
     let secret_name = names::binding_secret_of(&name, generation);
     let mut current = secrets.get_opt(&secret_name).await?;
-    // A Secret of that name kept for another Service, or not made by dbps, is left alone.
-    if let Some(message) = current
-        .as_ref()
-        .and_then(|s| drift::foreign(&s.metadata, "Secret", claim, &service.name_any()))
-    {
-        let outcome = Outcome::waiting(
-            ClaimPhase::Failed,
-            Reason::ObjectOwnedByAnotherService,
-            message,
-        );
-        update_status(claim, ctx, outcome).await?;
+    if refused_as_foreign(claim, service, current.as_ref(), ctx).await? {
         return Ok(resync);
     }
     let found = current.as_ref().and_then(|s| secret_value(s, PASSWORD_KEY));
@@ -297,16 +287,7 @@ pub(super) async fn administer(
     // it is written over with what is in force.
     if generation > 0 {
         let stable = secrets.get_opt(&stable_name).await?;
-        if let Some(message) = stable
-            .as_ref()
-            .and_then(|s| drift::foreign(&s.metadata, "Secret", claim, &service.name_any()))
-        {
-            let outcome = Outcome::waiting(
-                ClaimPhase::Failed,
-                Reason::ObjectOwnedByAnotherService,
-                message,
-            );
-            update_status(claim, ctx, outcome).await?;
+        if refused_as_foreign(claim, service, stable.as_ref(), ctx).await? {
             return Ok(resync);
         }
         let held = stable.as_ref().and_then(|s| secret_value(s, PASSWORD_KEY));
@@ -408,4 +389,27 @@ pub(super) async fn administer(
     let next = rotation::next_wake(&creds, &settings, now, ctx.config.resync);
     update_status_full(claim, ctx, outcome, Some(creds), Some(database)).await?;
     Ok(Action::requeue(next))
+}
+
+/// Whether `secret` (found under one of the claim's binding names) was kept
+/// for another Service or not made by dbps: then it is left alone and the
+/// claim fails with `ObjectOwnedByAnotherService`.
+async fn refused_as_foreign(
+    claim: &DatabaseClaim,
+    service: &Service,
+    secret: Option<&Secret>,
+    ctx: &Context,
+) -> Result<bool, Error> {
+    let Some(message) =
+        secret.and_then(|s| drift::foreign(&s.metadata, "Secret", claim, &service.name_any()))
+    else {
+        return Ok(false);
+    };
+    let outcome = Outcome::waiting(
+        ClaimPhase::Failed,
+        Reason::ObjectOwnedByAnotherService,
+        message,
+    );
+    update_status(claim, ctx, outcome).await?;
+    Ok(true)
 }

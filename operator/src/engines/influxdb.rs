@@ -17,6 +17,7 @@ pub fn env(i: &Instance) -> Vec<EnvVar> {
     ]
 }
 
+/// How the kubelet tells the server answers (the timing is every engine's).
 pub fn readiness() -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -24,9 +25,6 @@ pub fn readiness() -> Probe {
             port: IntOrString::String("db".into()),
             ..Default::default()
         }),
-        period_seconds: Some(5),
-        timeout_seconds: Some(3),
-        failure_threshold: Some(6),
         ..Default::default()
     }
 }

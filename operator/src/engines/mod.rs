@@ -112,10 +112,16 @@ impl Engine {
     }
 
     pub fn readiness_probe(self) -> Probe {
-        match self {
+        let check = match self {
             Engine::Postgres => postgres::readiness(),
             Engine::Mongodb => mongodb::readiness(),
             Engine::Influxdb => influxdb::readiness(),
+        };
+        Probe {
+            period_seconds: Some(5),
+            timeout_seconds: Some(3),
+            failure_threshold: Some(6),
+            ..check
         }
     }
 

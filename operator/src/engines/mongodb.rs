@@ -16,15 +16,13 @@ pub fn env(i: &Instance) -> Vec<EnvVar> {
     ]
 }
 
+/// How the kubelet tells the server answers (the timing is every engine's).
 pub fn readiness() -> Probe {
     Probe {
         tcp_socket: Some(TCPSocketAction {
             port: IntOrString::String("db".into()),
             ..Default::default()
         }),
-        period_seconds: Some(5),
-        timeout_seconds: Some(3),
-        failure_threshold: Some(6),
         ..Default::default()
     }
 }

@@ -15,6 +15,7 @@ pub fn env(i: &Instance) -> Vec<EnvVar> {
     ]
 }
 
+/// How the kubelet tells the server answers (the timing is every engine's).
 pub fn readiness() -> Probe {
     Probe {
         exec: Some(ExecAction {
@@ -28,9 +29,6 @@ pub fn readiness() -> Probe {
                 .to_vec(),
             ),
         }),
-        period_seconds: Some(5),
-        timeout_seconds: Some(3),
-        failure_threshold: Some(6),
         ..Default::default()
     }
 }
