@@ -31,8 +31,8 @@ pub struct Placement {
 
 impl Placement {
     /// The real node: images made here from this machine's PostgreSQL 15,
-    /// InfluxDB and FerretDB (as the MongoDB-wire instance), volumes made by
-    /// [`Node::volume`].
+    /// InfluxDB and FerretDB (as the MongoDB-wire instance), volumes from
+    /// the node's provisioner.
     pub fn real_node() -> Result<Self, Error> {
         let tag = |name: String| name.rsplit_once(':').map(|(_, t)| t.to_string());
         Ok(Self {
@@ -181,18 +181,6 @@ impl Cluster {
     /// The node on this machine, when the suite runs here.
     pub fn node(&mut self) -> Option<&mut Node> {
         self.node.as_mut()
-    }
-
-    /// Makes a volume for claim `claim`'s instance where the target does not
-    /// provision one itself (the real node has no provisioner: a local
-    /// volume bound to the claim's PVC); nothing elsewhere.
-    pub async fn volume_for(&self, claim: &str, size: &str) -> Result<(), Error> {
-        if let Some(node) = &self.node {
-            let pvc = dbps_operator::children::names::data_pvc(claim);
-            node.volume(self.ctx.plane(), &self.ctx.namespace, &pvc, size)
-                .await?;
-        }
-        Ok(())
     }
 
     /// The spec of a dedicated claim of `service` on `engine` here, with

@@ -49,15 +49,10 @@ pub async fn apply_yaml(
 
 /// `yaml` with every claim made a dedicated instance placed as `placement`
 /// says: no `server`, the version of the image the target holds for its
-/// engine, a volume of the target's StorageClass. Also each claim's name and
-/// volume size, for targets that make volumes by hand
-/// ([`crate::cluster::Cluster::volume_for`]).
-pub fn dedicated(
-    yaml: &str,
-    placement: &crate::cluster::Placement,
-) -> (String, Vec<(String, String)>) {
+/// engine, a volume of the target's StorageClass. Also the claims' names.
+pub fn dedicated(yaml: &str, placement: &crate::cluster::Placement) -> (String, Vec<String>) {
     let mut out = Vec::new();
-    let mut volumes = Vec::new();
+    let mut claims = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
         let Ok(mut value) = serde_yaml::Value::deserialize(doc) else {
             continue;
@@ -76,17 +71,12 @@ pub fn dedicated(
                 "storageClassName".into(),
                 placement.storage_class.clone().into(),
             );
-            let size = storage
-                .get("size")
-                .and_then(|s| s.as_str())
-                .unwrap_or("1Gi")
-                .to_string();
             let name = value["metadata"]["name"].as_str().unwrap_or_default();
-            volumes.push((name.to_string(), size));
+            claims.push(name.to_string());
         }
         if !value.is_null() {
             out.push(serde_yaml::to_string(&value).expect("yaml"));
         }
     }
-    (out.join("---\n"), volumes)
+    (out.join("---\n"), claims)
 }

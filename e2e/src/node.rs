@@ -341,6 +341,8 @@ pub struct Node {
     holder: Option<Process>,
     procs: Vec<Process>,
     forwarders: Vec<Forwarder>,
+    /// The task provisioning volumes of [`STORAGE_CLASS`], once joined.
+    provisioner: Option<tokio::task::JoinHandle<()>>,
     /// The cgroup (one path in every hierarchy) the node's pods go under.
     pub cgroup_root: String,
 }
@@ -348,8 +350,12 @@ pub struct Node {
 /// Name of the real node in the cluster.
 pub const NODE_NAME: &str = "dbps-node";
 
-/// StorageClass of the volumes made on the real node ([`Node::volume`]).
+/// StorageClass of the volumes made on the real node (its provisioner:
+/// [`PROVISIONER`], run by the harness while the node is joined).
 pub const STORAGE_CLASS: &str = "dbps-node";
+
+/// The provisioner name of [`STORAGE_CLASS`].
+pub const PROVISIONER: &str = "dbps.io/node-local";
 
 /// The bridge network of the node's pods.
 pub const POD_CIDR: &str = "10.244.0.0/24";
@@ -455,6 +461,7 @@ impl Node {
             holder: Some(holder),
             procs: Vec::new(),
             forwarders: Vec::new(),
+            provisioner: None,
             cgroup_root: String::new(),
         };
         node.save_record()?;
@@ -810,7 +817,48 @@ registerNode: true
             &kube::api::Patch::Apply(slice),
         )
         .await?;
+        self.start_provisioner(plane).await?;
         self.start_coredns(plane).await
+    }
+
+    /// The StorageClass [`STORAGE_CLASS`] and its provisioner: each claim
+    /// of that class gets a directory of the node's (writable by the
+    /// non-root database users) behind a PersistentVolume bound to it; a
+    /// volume released by its claim is deleted with its directory, as the
+    /// class's `Delete` reclaim policy says.
+    async fn start_provisioner(&mut self, plane: &crate::ControlPlane) -> Result<(), Error> {
+        use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+        use k8s_openapi::api::storage::v1::StorageClass;
+        let client = plane.client().await?;
+        let class = StorageClass {
+            metadata: kube::api::ObjectMeta {
+                name: Some(STORAGE_CLASS.into()),
+                ..Default::default()
+            },
+            provisioner: PROVISIONER.into(),
+            reclaim_policy: Some("Delete".into()),
+            volume_binding_mode: Some("Immediate".into()),
+            ..Default::default()
+        };
+        kube::Api::<StorageClass>::all(client.clone())
+            .patch(
+                STORAGE_CLASS,
+                &kube::api::PatchParams::apply("dbps-e2e").force(),
+                &kube::api::Patch::Apply(&class),
+            )
+            .await?;
+        let volumes = self.dir.join("volumes");
+        let pvs = kube::Api::<PersistentVolume>::all(client.clone());
+        let pvcs = kube::Api::<PersistentVolumeClaim>::all(client);
+        self.provisioner = Some(tokio::spawn(async move {
+            loop {
+                if let Err(e) = provision_once(&pvcs, &pvs, &volumes).await {
+                    tracing::debug!(error = %e, "node volume provisioner");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }));
+        Ok(())
     }
 
     /// Grants `user` read access to what a node component watches.
@@ -1081,46 +1129,11 @@ iptables: {{localhostNodePorts: false}}
         Ok(())
     }
 
-    /// A volume on the node for the claim `pvc` of `namespace`: a directory
-    /// of the node's (writable by the non-root database users) behind a
-    /// PersistentVolume of StorageClass [`STORAGE_CLASS`] bound to that claim.
-    pub async fn volume(
-        &self,
-        plane: &crate::ControlPlane,
-        namespace: &str,
-        pvc: &str,
-        size: &str,
-    ) -> Result<String, Error> {
-        use std::os::unix::fs::PermissionsExt;
-        let name = format!("{}-{namespace}-{pvc}", NODE_NAME);
-        let dir = self.dir.join("volumes").join(&name);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("volume dir", e))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
-            .map_err(|e| Error::io("volume dir mode", e))?;
-        let pv: k8s_openapi::api::core::v1::PersistentVolume =
-            serde_json::from_value(serde_json::json!({
-                "metadata": { "name": name },
-                "spec": {
-                    "capacity": { "storage": size },
-                    "accessModes": ["ReadWriteOnce"],
-                    "persistentVolumeReclaimPolicy": "Retain",
-                    "storageClassName": STORAGE_CLASS,
-                    "claimRef": { "namespace": namespace, "name": pvc },
-                    "hostPath": { "path": dir.display().to_string(), "type": "Directory" },
-                    "nodeAffinity": { "required": { "nodeSelectorTerms": [{ "matchExpressions": [
-                        { "key": "kubernetes.io/hostname", "operator": "In", "values": [NODE_NAME] }
-                    ] }] } }
-                }
-            }))
-            .expect("static volume");
-        kube::Api::<k8s_openapi::api::core::v1::PersistentVolume>::all(plane.client().await?)
-            .create(&Default::default(), &pv)
-            .await?;
-        Ok(name)
-    }
-
     /// Stops every process and removes what the record names.
     pub fn stop(&mut self) {
+        if let Some(task) = self.provisioner.take() {
+            task.abort();
+        }
         for p in self.procs.iter_mut().rev() {
             p.stop();
         }
@@ -1150,6 +1163,119 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// One pass of the node's volume provisioner: a volume for each pending
+/// claim of [`STORAGE_CLASS`], and released volumes deleted.
+async fn provision_once(
+    pvcs: &kube::Api<k8s_openapi::api::core::v1::PersistentVolumeClaim>,
+    pvs: &kube::Api<k8s_openapi::api::core::v1::PersistentVolume>,
+    volumes: &Path,
+) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    for pvc in pvcs.list(&Default::default()).await?.items {
+        let spec = pvc.spec.clone().unwrap_or_default();
+        let pending = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
+        if spec.storage_class_name.as_deref() != Some(STORAGE_CLASS)
+            || !pending
+            || spec.volume_name.is_some()
+        {
+            continue;
+        }
+        let Some(pv) = volume_for(&pvc, volumes) else {
+            continue;
+        };
+        let dir = volumes.join(pv.metadata.name.as_deref().unwrap_or_default());
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("volume dir", e))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| Error::io("volume dir mode", e))?;
+        match pvs.create(&Default::default(), &pv).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for pv in pvs.list(&Default::default()).await?.items {
+        let ours = pv
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("pv.kubernetes.io/provisioned-by"))
+            .is_some_and(|p| p == PROVISIONER);
+        let released = pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
+        if ours && released {
+            let name = pv.metadata.name.clone().unwrap_or_default();
+            pvs.delete(&name, &Default::default()).await?;
+            let _ = std::fs::remove_dir_all(volumes.join(&name));
+        }
+    }
+    Ok(())
+}
+
+/// The PersistentVolume for `pvc`: a directory under `volumes` named after
+/// the claim's UID, on this node only, of the size the claim asks.
+fn volume_for(
+    pvc: &k8s_openapi::api::core::v1::PersistentVolumeClaim,
+    volumes: &Path,
+) -> Option<k8s_openapi::api::core::v1::PersistentVolume> {
+    use k8s_openapi::api::core::v1::{
+        HostPathVolumeSource, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+        ObjectReference, PersistentVolume, PersistentVolumeSpec, VolumeNodeAffinity,
+    };
+    let uid = pvc.metadata.uid.clone()?;
+    let size = pvc
+        .spec
+        .as_ref()?
+        .resources
+        .as_ref()?
+        .requests
+        .as_ref()?
+        .get("storage")?
+        .clone();
+    let name = format!("pvc-{uid}");
+    Some(PersistentVolume {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            annotations: Some(
+                [(
+                    "pv.kubernetes.io/provisioned-by".to_string(),
+                    PROVISIONER.to_string(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeSpec {
+            capacity: Some([("storage".to_string(), size)].into()),
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            persistent_volume_reclaim_policy: Some("Delete".into()),
+            storage_class_name: Some(STORAGE_CLASS.into()),
+            claim_ref: Some(ObjectReference {
+                namespace: pvc.metadata.namespace.clone(),
+                name: pvc.metadata.name.clone(),
+                uid: Some(uid),
+                ..Default::default()
+            }),
+            host_path: Some(HostPathVolumeSource {
+                path: volumes.join(&name).display().to_string(),
+                type_: Some("Directory".into()),
+            }),
+            node_affinity: Some(VolumeNodeAffinity {
+                required: Some(NodeSelector {
+                    node_selector_terms: vec![NodeSelectorTerm {
+                        match_expressions: Some(vec![NodeSelectorRequirement {
+                            key: "kubernetes.io/hostname".into(),
+                            operator: "In".into(),
+                            values: Some(vec![NODE_NAME.into()]),
+                        }]),
+                        ..Default::default()
+                    }],
+                }),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
 }
 
 fn dns_log(dir: &Path) -> String {

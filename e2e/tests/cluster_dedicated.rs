@@ -22,7 +22,7 @@ use dbps_e2e::fixtures::{
 };
 use dbps_e2e::node::NODE_NAME;
 use dbps_operator::api::DatabaseClaim;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolume, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
@@ -59,7 +59,6 @@ async fn dedicated_claims_of_every_engine_run_for_real_and_only_their_service_ge
     service(ctx, "intruder", json!({})).await;
 
     // PostgreSQL, kept (Retain) when its claim is deleted.
-    cluster.volume_for("orders-db", "1Gi").await.unwrap();
     let claimed = Instant::now();
     claim(
         ctx,
@@ -313,7 +312,6 @@ async fn dedicated_claims_of_every_engine_run_for_real_and_only_their_service_ge
 
     // InfluxDB the same way: a real server, its service writes, another
     // service is refused at admission and on the network.
-    cluster.volume_for("readings", "1Gi").await.unwrap();
     service(ctx, "telemetry", json!({})).await;
     let claimed = Instant::now();
     claim(
@@ -382,7 +380,6 @@ async fn dedicated_claims_of_every_engine_run_for_real_and_only_their_service_ge
     // MongoDB (FerretDB's image here, `mongo` on kind): the catalog sample
     // service checks in with its binding and writes; another service's pod
     // with the same credentials gets no packet through.
-    cluster.volume_for("catalog-db", "1Gi").await.unwrap();
     service(ctx, "catalog", json!({})).await;
     let claimed = Instant::now();
     claim(
@@ -426,6 +423,46 @@ async fn dedicated_claims_of_every_engine_run_for_real_and_only_their_service_ge
     .await;
     assert!(!ok, "another service reached MongoDB: {said}");
     assert!(refused_by_the_network(&said), "{said}");
+
+    // A claim deleted with `Delete` takes its volume with it: the volume
+    // claim goes, and the provisioner deletes the volume (here also its
+    // directory on the node).
+    let volumes = kube::Api::<PersistentVolume>::all(ctx.client.clone());
+    let ns = ctx.namespace.clone();
+    let bound_to_readings = move |pv: &PersistentVolume| {
+        pv.spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .is_some_and(|r| {
+                r.namespace.as_deref() == Some(ns.as_str())
+                    && r.name.as_deref() == Some("data-readings-0")
+            })
+    };
+    let volume = volumes
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|pv| bound_to_readings(pv))
+        .expect("the InfluxDB claim's volume");
+    let path = volume
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_path.as_ref())
+        .map(|h| std::path::PathBuf::from(&h.path));
+    claims
+        .delete("readings", &DeleteParams::default())
+        .await
+        .unwrap();
+    ctx.wait_gone(&claims, "readings", "InfluxDB claim deleted")
+        .await;
+    let volume_name = volume.metadata.name.clone().unwrap();
+    ctx.wait_gone(&volumes, &volume_name, "the deleted claim's volume deleted")
+        .await;
+    if let (true, Some(path)) = (ctx.is_local(), path) {
+        assert!(!path.exists(), "{} left on the node", path.display());
+    }
 
     cluster.finish().await;
 }

@@ -44,11 +44,8 @@ async fn the_sample_services_run_as_pods_and_the_order_saga_completes() {
             yaml.contains(samples.as_str()),
             "{file} names another image"
         );
-        let (yaml, volumes) = dbps_e2e::manifests::dedicated(&yaml, &cluster.placement);
-        for (claim, size) in volumes {
-            cluster.volume_for(&claim, &size).await.unwrap();
-            claims.push(claim);
-        }
+        let (yaml, names) = dbps_e2e::manifests::dedicated(&yaml, &cluster.placement);
+        claims.extend(names);
         dbps_e2e::manifests::apply_yaml(&ctx.client, &ns, &yaml)
             .await
             .unwrap();

@@ -192,15 +192,11 @@ async fn main() -> Result<(), Error> {
             (true, _) => Some("type=kwok".to_string()),
         };
         create_namespace(&client, namespace, true, on.as_deref()).await?;
-        let yaml = match (node.as_mut(), namespace) {
-            (Some(node), "dedicated") => {
+        // On the real node, the node's provisioner makes the volumes.
+        let yaml = match (node.is_some(), namespace) {
+            (true, "dedicated") => {
                 let placement = dbps_e2e::cluster::Placement::real_node()?;
-                let (yaml, volumes) = dbps_e2e::manifests::dedicated(yaml, &placement);
-                for (claim, size) in volumes {
-                    let pvc = dbps_operator::children::names::data_pvc(&claim);
-                    node.volume(&plane, namespace, &pvc, &size).await?;
-                }
-                yaml
+                dbps_e2e::manifests::dedicated(yaml, &placement).0
             }
             _ => yaml.to_string(),
         };
