@@ -23,9 +23,10 @@ use serde_json::json;
 
 /// A shell function sending one HTTP/1.0 request with `nc`: method, address,
 /// path, JSON body; its input stays open a moment, as BusyBox's `nc` stops
-/// reading when it ends. (The BusyBox made here is static and resolves no cluster
-/// names: the test passes the Services' cluster IPs.)
-const HTTP: &str = r#"req() { { printf '%s %s HTTP/1.0\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' "$1" "$3" "$2" "${#4}" "$4"; sleep 1; } | nc -w 5 "$2" 8080; }"#;
+/// reading when it ends; no request takes more than 10 s. (The BusyBox made
+/// here is static and resolves no cluster names: the test passes the
+/// Services' cluster IPs.)
+const HTTP: &str = r#"req() { { printf '%s %s HTTP/1.0\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' "$1" "$3" "$2" "${#4}" "$4"; sleep 1; } | timeout 10 nc -w 5 "$2" 8080; }"#;
 
 #[tokio::test]
 async fn the_sample_services_run_as_pods_and_the_order_saga_completes() {

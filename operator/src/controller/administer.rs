@@ -306,7 +306,9 @@ pub(super) async fn administer(
                 Some(_) => Reason::BindingSecretEdited,
                 None => Reason::BindingSecretDeleted,
             };
-            publish(ctx, claim, EventType::Warning, reason, "Repair", note).await;
+            // An action of its own: events of one reason and action are one
+            // series, whose note would stay the first repair's.
+            publish(ctx, claim, EventType::Warning, reason, "Restore", note).await;
         }
         apply(
             &secrets,
