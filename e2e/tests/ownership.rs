@@ -504,6 +504,16 @@ async fn an_edited_or_deleted_binding_of_a_shared_claim_gets_new_credentials_nev
     // ones that would leave `orders-db-binding-1` stale); deleted, it is
     // written again.
     dbps_e2e::fixtures::request_rotation(&ctx, "orders-db", "1").await;
+    ctx.wait_for(
+        &claims,
+        "orders-db",
+        "rotation recorded",
+        |c: Option<&DatabaseClaim>| {
+            c.and_then(|c| c.status.as_ref()?.credentials.as_ref())
+                .is_some_and(|c| c.generation == 1)
+        },
+    )
+    .await;
     let in_force = wait_secret(&ctx, "orders-db-binding-1", "rotated", |_| true).await;
     wait_secret(&ctx, "orders-db-binding", "stable binding rotated", {
         let in_force = in_force.clone();
@@ -525,7 +535,8 @@ async fn an_edited_or_deleted_binding_of_a_shared_claim_gets_new_credentials_nev
     while !told(dbps_e2e::fixtures::events(&ctx, "orders-db").await) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the repair was not told"
+            "the repair was not told: {:#?}",
+            dbps_e2e::fixtures::events(&ctx, "orders-db").await
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -131,7 +131,25 @@ pub(super) async fn administer(
         creds.admin_fingerprint = target.admin_fingerprint.clone();
     }
     let settings = claim.spec.rotation.clone().unwrap_or_default();
-    let plan = rotation::plan(&creds, trigger.as_deref(), &settings, now);
+    let mut plan = rotation::plan(&creds, trigger.as_deref(), &settings, now);
+    if plan.rotate {
+        // A rotation is planned from the cached claim, which may not show
+        // one this operator carried out a moment ago: the live status
+        // decides, so a rotation is never carried out twice.
+        let live = ctx
+            .api::<DatabaseClaim>(&ns)
+            .get_opt(&name)
+            .await?
+            .and_then(|c| c.status?.credentials);
+        let cached = claim.status.as_ref().and_then(|s| s.credentials.as_ref());
+        if let Some(live) = live.filter(|l| Some(l) != cached) {
+            creds = rotation::recorded(Some(live), trigger.as_deref(), now);
+            if target.admin_fingerprint.is_some() {
+                creds.admin_fingerprint = target.admin_fingerprint.clone();
+            }
+            plan = rotation::plan(&creds, trigger.as_deref(), &settings, now);
+        }
+    }
 
     // 1. Credentials past their grace period are revoked, then their Secret goes.
     if let Some(previous) = &plan.revoke {
