@@ -124,6 +124,32 @@ pub async fn wait_event(ctx: &TestContext, name: &str, reason: &str) -> (String,
     }
 }
 
+/// A pod of `service` (its label and ServiceAccount) with one container
+/// `container` (name, image, what it runs, env, mounts), run once as `uid`
+/// under Pod Security `restricted`, with `volumes`.
+fn service_pod(name: &str, service: &str, uid: i64, mut container: Value, volumes: Value) -> Pod {
+    let defaults = json!({
+        "name": "client", "imagePullPolicy": "Never",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
+    });
+    for (key, value) in defaults.as_object().expect("object") {
+        container[key] = value.clone();
+    }
+    serde_json::from_value(json!({
+        "metadata": { "name": name, "labels": { "dbps.io/service": service } },
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": service,
+            "automountServiceAccountToken": false,
+            "securityContext": { "runAsNonRoot": true, "runAsUser": uid, "seccompProfile": { "type": "RuntimeDefault" } },
+            "volumes": volumes,
+            "containers": [container]
+        }
+    }))
+    .unwrap()
+}
+
 /// A pod of `service` (its label and ServiceAccount) that runs `command`
 /// once from `image` as `uid` under Pod Security `restricted`, with `env`.
 /// As a service would, the commands retry for a while: the policy enforcer
@@ -137,23 +163,12 @@ fn client_pod(
     env: Value,
     attempts: u32,
 ) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": { "name": name, "labels": { "dbps.io/service": service } },
-        "spec": {
-            "restartPolicy": "Never",
-            "serviceAccountName": service,
-            "automountServiceAccountToken": false,
-            "securityContext": { "runAsNonRoot": true, "runAsUser": uid, "seccompProfile": { "type": "RuntimeDefault" } },
-            "containers": [{
-                "name": "client", "image": image, "imagePullPolicy": "Never",
-                "command": ["sh", "-c", format!("i=0; while [ $i -lt {attempts} ]; do {command} && exit 0; i=$((i + 1)); sleep 1; done; exit 1")],
-                "env": env,
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
-            }]
-        }
-    }))
-    .unwrap()
+    let container = json!({
+        "image": image,
+        "command": ["sh", "-c", format!("i=0; while [ $i -lt {attempts} ]; do {command} && exit 0; i=$((i + 1)); sleep 1; done; exit 1")],
+        "env": env
+    });
+    service_pod(name, service, uid, container, json!([]))
 }
 
 /// `DB_USER`, `password_var` and `DB_NAME` from the binding Secret `binding`
@@ -235,25 +250,14 @@ pub fn sample_check_pod(
     sample: &str,
     binding: &str,
 ) -> Pod {
-    serde_json::from_value(json!({
-        "metadata": { "name": name, "labels": { "dbps.io/service": service } },
-        "spec": {
-            "restartPolicy": "Never",
-            "serviceAccountName": service,
-            "automountServiceAccountToken": false,
-            "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": { "type": "RuntimeDefault" } },
-            "volumes": [{ "name": "binding", "secret": { "secretName": binding } }],
-            "containers": [{
-                "name": "client", "image": image, "imagePullPolicy": "Never",
-                "args": [sample, "--check", "--check-attempts", "4", "--binding", format!("{sample}-db")],
-                "env": [{ "name": "SERVICE_BINDING_ROOT", "value": "/bindings" }],
-                "volumeMounts": [{ "name": "binding", "mountPath": format!("/bindings/{sample}-db"), "readOnly": true }],
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-                "securityContext": { "allowPrivilegeEscalation": false, "capabilities": { "drop": ["ALL"] } }
-            }]
-        }
-    }))
-    .unwrap()
+    let container = json!({
+        "image": image,
+        "args": [sample, "--check", "--check-attempts", "4", "--binding", format!("{sample}-db")],
+        "env": [{ "name": "SERVICE_BINDING_ROOT", "value": "/bindings" }],
+        "volumeMounts": [{ "name": "binding", "mountPath": format!("/bindings/{sample}-db"), "readOnly": true }]
+    });
+    let volumes = json!([{ "name": "binding", "secret": { "secretName": binding } }]);
+    service_pod(name, service, 65532, container, volumes)
 }
 
 /// Asks for a rotation of claim `name`'s credentials: the annotation

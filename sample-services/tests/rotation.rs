@@ -48,6 +48,16 @@ async fn rotate(
     }
 }
 
+/// The user the store's session logged in as.
+async fn session_user(db: &stores::Postgres) -> String {
+    db.lock()
+        .await
+        .query_one("SELECT session_user::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test]
 async fn the_orders_service_goes_on_as_the_rotated_user_without_a_restart() {
     let root = tempfile::tempdir().unwrap();
@@ -74,14 +84,7 @@ async fn the_orders_service_goes_on_as_the_rotated_user_without_a_restart() {
     // rewritten; the first user is revoked below (its session ended).
     let revoke = rotate(&postgres, Engine::Postgres, "orders", root.path()).await;
     // Still the first session: nothing ended it yet.
-    let user: String = db
-        .lock()
-        .await
-        .query_one("SELECT session_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(user, "orders_app");
+    assert_eq!(session_user(&db).await, "orders_app");
     revoke.await;
 
     // Every request after the revocation is answered; the data is there.
@@ -93,15 +96,9 @@ async fn the_orders_service_goes_on_as_the_rotated_user_without_a_restart() {
         post_status(&http, format!("{url}/orders"), &place).await,
         201
     );
-    let user: String = db
-        .lock()
-        .await
-        .query_one("SELECT session_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        user, "orders_app2",
+        session_user(&db).await,
+        "orders_app2",
         "the session was opened again as the rotated user"
     );
     let count: i64 = db
