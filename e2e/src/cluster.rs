@@ -34,14 +34,26 @@ impl Placement {
     /// InfluxDB and FerretDB (as the MongoDB-wire instance), volumes from
     /// the node's provisioner.
     pub fn real_node() -> Result<Self, Error> {
-        let tag = |name: String| name.rsplit_once(':').map(|(_, t)| t.to_string());
-        Ok(Self {
+        Ok(Self::of_images(
+            &crate::images::influxdb()?,
+            &crate::images::ferretdb()?,
+        ))
+    }
+
+    /// As [`Self::real_node`], with the InfluxDB and FerretDB images already made.
+    fn of_images(influxdb: &crate::images::Image, ferretdb: &crate::images::Image) -> Self {
+        let tag = |name: &str| {
+            name.rsplit_once(':')
+                .map(|(_, t)| t.to_string())
+                .unwrap_or_default()
+        };
+        Self {
             postgres: "15".into(),
-            influxdb: tag(crate::images::influxdb()?.name).unwrap_or_default(),
-            mongodb: tag(crate::images::ferretdb()?.name).unwrap_or_default(),
+            influxdb: tag(&influxdb.name),
+            mongodb: tag(&ferretdb.name),
             storage_class: STORAGE_CLASS.into(),
             instance_images: vec![("mongodb".into(), "ferretdb".into())],
-        })
+        }
     }
 
     /// A cluster named by a kubeconfig: the official images, at the versions
@@ -149,18 +161,15 @@ impl Cluster {
         let samples = crate::images::samples(&crate::operator::samples_binary(), &samples_image());
         let postgres = crate::images::postgres("15")?;
         let influxdb = crate::images::influxdb()?;
+        let ferretdb = crate::images::ferretdb()?;
         let busybox = crate::images::busybox();
         let started = Instant::now();
         for image in [
-            &postgres,
-            &influxdb,
-            &crate::images::ferretdb()?,
-            &busybox,
-            &samples,
-            &operator,
+            &postgres, &influxdb, &ferretdb, &busybox, &samples, &operator,
         ] {
             node.import(image)?;
         }
+        let placement = Placement::of_images(&influxdb, &ferretdb);
         eprintln!("images imported after {:?}", started.elapsed());
         let images = ClientImages {
             psql: postgres.name,
@@ -171,16 +180,11 @@ impl Cluster {
         };
         Ok(Self {
             ctx,
-            placement: Placement::real_node()?,
+            placement,
             images,
             node: Some(node),
             sysctls_before,
         })
-    }
-
-    /// The node on this machine, when the suite runs here.
-    pub fn node(&mut self) -> Option<&mut Node> {
-        self.node.as_mut()
     }
 
     /// The spec of a dedicated claim of `service` on `engine` here, with
@@ -207,17 +211,10 @@ impl Cluster {
     /// the API elsewhere.
     pub async fn pod_log(&self, name: &str) -> String {
         if let Some(node) = &self.node {
-            let prefix = format!("{}_{name}_", self.ctx.namespace);
-            let mut text = String::new();
-            for file in files_under(&node.dir().join("pod-logs")) {
-                if file
-                    .strip_prefix(node.dir().join("pod-logs"))
-                    .is_ok_and(|p| p.to_string_lossy().starts_with(&prefix))
-                {
-                    text.push_str(&std::fs::read_to_string(&file).unwrap_or_default());
-                }
-            }
-            return text;
+            return node_pod_logs(node, &format!("{}_{name}_", self.ctx.namespace))
+                .into_iter()
+                .map(|(_, text)| text)
+                .collect();
         }
         self.ctx
             .api::<k8s_openapi::api::core::v1::Pod>()
@@ -309,14 +306,11 @@ impl Drop for Cluster {
         // Here the apiserver cannot reach the node's kubelet for logs: the
         // node keeps them in its own directory.
         if let Some(node) = &self.node {
-            for file in files_under(&node.dir().join("pod-logs")) {
-                let path = file.display().to_string();
-                if path.contains(&format!("{OPERATOR_NAMESPACE}_dbps-operator")) {
-                    let text = std::fs::read_to_string(&file).unwrap_or_default();
-                    let lines: Vec<&str> = text.lines().collect();
-                    let tail = lines[lines.len().saturating_sub(80)..].join("\n");
-                    eprintln!("--- last lines of {path} ---\n{tail}");
-                }
+            let prefix = format!("{OPERATOR_NAMESPACE}_dbps-operator");
+            for (path, text) in node_pod_logs(node, &prefix) {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+                eprintln!("--- last lines of {} ---\n{tail}", path.display());
             }
             return;
         }
@@ -370,6 +364,23 @@ impl Drop for Cluster {
             eprintln!("{text}");
         }
     }
+}
+
+/// The log files of the node's pods whose directory (`<namespace>_<pod>_<uid>`)
+/// starts with `prefix`, with their text.
+fn node_pod_logs(node: &Node, prefix: &str) -> Vec<(std::path::PathBuf, String)> {
+    let root = node.dir().join("pod-logs");
+    files_under(&root)
+        .into_iter()
+        .filter(|f| {
+            f.strip_prefix(&root)
+                .is_ok_and(|p| p.to_string_lossy().starts_with(prefix))
+        })
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            (f, text)
+        })
+        .collect()
 }
 
 /// Every file under `dir`, recursively.

@@ -92,9 +92,9 @@ impl Process {
 
     /// Fails if the process has exited.
     pub fn check_running(&mut self) -> Result<(), Error> {
-        let status = match self.child.as_mut() {
-            None => Some(None),
-            Some(c) => c.try_wait().ok().flatten().map(Some),
+        let status = match self.child.is_some() {
+            false => Some(None),
+            true => self.try_wait().map(Some),
         };
         match status {
             None => Ok(()),
@@ -128,10 +128,7 @@ impl Process {
     pub async fn wait_success(&mut self, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;
         loop {
-            let status = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
+            let status = self.try_wait();
             match status {
                 Some(s) if s.success() => return Ok(()),
                 Some(s) => return Err(self.failure(format!("exited with {s}"))),
