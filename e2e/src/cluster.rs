@@ -294,6 +294,8 @@ impl Cluster {
             let left = hierarchy.path().join(cgroup_root.trim_start_matches('/'));
             assert!(!left.exists(), "cgroup left: {}", left.display());
         }
+        let unused = crate::node::unused_cgroups_left();
+        assert!(unused.is_empty(), "cgroups left: {unused:?}");
     }
 }
 

@@ -99,7 +99,8 @@ pub fn host_sysctls() -> Vec<(String, String)> {
 struct Record {
     holder_pid: u32,
     holder_start: u64,
-    /// Cgroup directories this run made, parents first.
+    /// The node's own cgroup directories this run made, one per hierarchy
+    /// (the shared ones above them are listed by [`SharedCgroups`]).
     cgroups: Vec<PathBuf>,
     /// The node's cgroup path; kubelet and runc make it in hierarchies the
     /// run did not (the cgroup v2 one of a hybrid host): removed in each.
@@ -154,13 +155,81 @@ fn remove_cgroup_tree(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// Whether `dir` is a node's own cgroup (`…/dbps-node-<id>`), which only its
+/// run uses; the directories above it may be shared by concurrent runs.
+fn is_node_cgroup(dir: &Path) -> bool {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("dbps-node-"))
+}
+
+/// The cgroup directories above the nodes' own that runs made because a
+/// hierarchy lacked them (the job's memory cgroup path, mirrored in the
+/// other hierarchies). Concurrent runs share them, so they are listed in one
+/// file, changed under an exclusive lock, and removed by whichever run finds
+/// them empty; the lock is released when this value drops.
+struct SharedCgroups {
+    _lock: std::fs::File,
+}
+
+impl SharedCgroups {
+    fn lock() -> Result<Self, Error> {
+        use std::os::fd::AsRawFd;
+        let dir = records_dir();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("records dir", e))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("cgroups.lock"))
+            .map_err(|e| Error::io("cgroup lock", e))?;
+        // SAFETY: flock on a descriptor this value owns.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(Error::io("cgroup lock", std::io::Error::last_os_error()));
+        }
+        Ok(Self { _lock: lock })
+    }
+
+    fn list_path() -> PathBuf {
+        records_dir().join("cgroup-parents.json")
+    }
+
+    fn made(&self) -> Vec<PathBuf> {
+        std::fs::read(Self::list_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save(&self, made: &[PathBuf]) -> Result<(), Error> {
+        let text = serde_json::to_vec(made).expect("paths serialize");
+        std::fs::write(Self::list_path(), text).map_err(|e| Error::io("cgroup parents", e))
+    }
+
+    /// Removes the listed directories no run uses any more (a cgroup with a
+    /// child or a process refuses `rmdir`), deepest first.
+    fn remove_unused(&self, extra: &[PathBuf]) {
+        let mut made = self.made();
+        for dir in extra {
+            if !made.contains(dir) {
+                made.push(dir.clone());
+            }
+        }
+        made.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        made.retain(|dir| dir.exists() && std::fs::remove_dir(dir).is_err());
+        let _ = self.save(&made);
+    }
+}
+
 impl Record {
-    /// Ends everything the record names: processes in its cgroups, its
-    /// namespace holder (the namespaces, their mounts and links go with it),
-    /// then the cgroups and the directory.
     /// Every directory of the node's cgroup, in every hierarchy.
     fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs = self.cgroups.clone();
+        let mut dirs: Vec<PathBuf> = self
+            .cgroups
+            .iter()
+            .filter(|d| is_node_cgroup(d))
+            .cloned()
+            .collect();
         if self.cgroup_root.contains("dbps-node-") {
             let hierarchies = std::fs::read_dir("/sys/fs/cgroup")
                 .into_iter()
@@ -176,6 +245,9 @@ impl Record {
         dirs
     }
 
+    /// Ends everything the record names: processes in its cgroups, its
+    /// namespace holder (the namespaces, their mounts and links go with it),
+    /// then the cgroups and the directory.
     fn remove(&self) {
         let cgroups = self.cgroup_dirs();
         for _ in 0..3 {
@@ -202,8 +274,21 @@ impl Record {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        // The node's own cgroups with what kubelet and runc made below them;
+        // then the shared directories above, if no other run still uses them
+        // (a record of an earlier layout may list some of them itself).
+        let shared = SharedCgroups::lock();
         for cg in cgroups.iter().rev() {
             remove_cgroup_tree(cg);
+        }
+        if let Ok(shared) = shared {
+            let above: Vec<PathBuf> = self
+                .cgroups
+                .iter()
+                .filter(|d| !is_node_cgroup(d))
+                .cloned()
+                .collect();
+            shared.remove_unused(&above);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -231,6 +316,26 @@ pub fn sweep_leftovers() {
             let _ = std::fs::remove_file(&path);
         }
     }
+}
+
+/// The shared cgroup directories runs made that are still there although no
+/// run is left to use them (none while any node's record exists).
+pub fn unused_cgroups_left() -> Vec<PathBuf> {
+    let Ok(shared) = SharedCgroups::lock() else {
+        return Vec::new();
+    };
+    let running = std::fs::read_dir(records_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            e.path().extension().is_some_and(|x| x == "json")
+                && e.path() != SharedCgroups::list_path()
+        });
+    if running {
+        return Vec::new();
+    }
+    shared.made().into_iter().filter(|d| d.exists()).collect()
 }
 
 /// Whether the run that started holder `pid` is gone (its parent is init).
@@ -484,7 +589,7 @@ impl Node {
         std::fs::write(&self.record_path, text).map_err(|e| Error::io("write node record", e))
     }
 
-    /// One cgroup path in every v1 hierarchy, under this process's memory
+    /// One cgroup path in every hierarchy, under this process's memory
     /// cgroup (so the node's pods count against the same memory limit).
     fn make_cgroups(&mut self) -> Result<(), Error> {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
@@ -501,14 +606,20 @@ impl Node {
         self.cgroup_root = format!("{memory_path}/dbps-node-{}", self.id);
         self.record.cgroup_root = self.cgroup_root.clone();
         self.save_record()?;
-        let hierarchies = [
-            "cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer", "systemd",
-        ];
-        for h in hierarchies {
-            let base = Path::new("/sys/fs/cgroup").join(h);
-            if !base.exists() {
-                continue;
-            }
+        // Every mounted hierarchy, the cgroup v2 one of a hybrid host too
+        // (runc would make the path there itself, and nothing would record it).
+        let hierarchies: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .map_err(|e| Error::io("cgroup hierarchies", e))?
+            .flatten()
+            .map(|h| h.path())
+            .filter(|h| h.join("cgroup.procs").exists())
+            .collect();
+        // Under the lock, so that no other run removes a shared directory
+        // above between its check and the creation below it.
+        let shared = SharedCgroups::lock()?;
+        let mut made = shared.made();
+        for base in hierarchies {
+            let cpuset = base.ends_with("cpuset");
             let mut path = base.clone();
             for part in self.cgroup_root.trim_start_matches('/').split('/') {
                 let parent = path.clone();
@@ -516,11 +627,16 @@ impl Node {
                 if path.exists() {
                     continue;
                 }
-                self.record.cgroups.push(path.clone());
-                self.save_record()?;
+                if is_node_cgroup(&path) {
+                    self.record.cgroups.push(path.clone());
+                    self.save_record()?;
+                } else {
+                    made.push(path.clone());
+                    shared.save(&made)?;
+                }
                 std::fs::create_dir(&path)
                     .map_err(|e| Error::io(format!("create cgroup {}", path.display()), e))?;
-                if h == "cpuset" {
+                if cpuset {
                     for f in ["cpuset.cpus", "cpuset.mems"] {
                         let v = std::fs::read_to_string(parent.join(f)).unwrap_or_default();
                         std::fs::write(path.join(f), v.trim())

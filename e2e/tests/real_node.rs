@@ -90,6 +90,8 @@ async fn the_node_runs_containerd_in_namespaces_of_its_own_and_leaves_nothing() 
         "host links changed"
     );
     assert!(!record.exists(), "the run's record was left");
+    let unused = dbps_e2e::node::unused_cgroups_left();
+    assert!(unused.is_empty(), "cgroups left: {unused:?}");
 }
 
 #[tokio::test]
@@ -298,6 +300,20 @@ async fn a_killed_run_is_swept_by_the_next_start() {
             break (PathBuf::from(d), c.to_string());
         }
     };
+    // Another node runs beside it, under the same cgroup directories the
+    // killed run may have made above its own.
+    let beside = Node::start(&bin).await.unwrap();
+    let beside_cgroups = || -> Vec<PathBuf> {
+        std::fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .map(|h| h.path().join(beside.cgroup_root.trim_start_matches('/')))
+            .filter(|p| p.exists())
+            .collect()
+    };
+    let beside_before = beside_cgroups();
+    assert!(beside_before.len() >= 8, "{beside_before:?}");
+
     // The run dies without any teardown.
     child.kill().unwrap();
     child.wait().unwrap();
@@ -310,6 +326,27 @@ async fn a_killed_run_is_swept_by_the_next_start() {
         let left = hierarchy.path().join(cgroup_root.trim_start_matches('/'));
         assert!(!left.exists(), "cgroup left: {}", left.display());
     }
+    // Neither the sweep nor the next node's teardown touches the cgroups
+    // (or the processes) of the node that still runs.
+    assert_eq!(
+        beside_cgroups(),
+        beside_before,
+        "the sweep removed a live node's cgroup"
+    );
     drop(node);
+    assert_eq!(
+        beside_cgroups(),
+        beside_before,
+        "a teardown removed a live node's cgroup"
+    );
+    let sock = beside.containerd_socket().display().to_string();
+    let version = beside.run("ctr", &["--address", &sock, "version"]).unwrap();
+    assert!(
+        version.status.success(),
+        "containerd beside stopped answering"
+    );
+    drop(beside);
+    let unused = dbps_e2e::node::unused_cgroups_left();
+    assert!(unused.is_empty(), "cgroups left: {unused:?}");
     assert_eq!(host_sysctls(), sysctls_before, "host settings changed");
 }
