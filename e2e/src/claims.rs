@@ -39,9 +39,9 @@ pub fn claimant(
     uid: &str,
     service: &str,
     adopt: bool,
-) -> dbps_operator::servers::Claimant {
-    dbps_operator::servers::Claimant {
-        mark: dbps_operator::servers::Mark {
+) -> dbps_operator::engines::Claimant {
+    dbps_operator::engines::Claimant {
+        mark: dbps_operator::engines::Mark {
             cluster: "test".into(),
             namespace: namespace.into(),
             claim: claim.into(),

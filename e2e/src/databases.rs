@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use dbps_operator::api::Engine;
-use dbps_operator::servers::Grant;
+use dbps_operator::engines::Grant;
 use mongodb::bson::{Document, doc};
 
 use crate::Error;
@@ -88,8 +88,8 @@ impl LocalServer {
     }
 
     /// How the operator reaches this server as its administrator.
-    pub fn admin_connection(&self, engine: Engine) -> dbps_operator::servers::Connection {
-        dbps_operator::servers::Connection {
+    pub fn admin_connection(&self, engine: Engine) -> dbps_operator::engines::Connection {
+        dbps_operator::engines::Connection {
             engine,
             host: self.host.clone(),
             port: self.port,
@@ -98,7 +98,7 @@ impl LocalServer {
             tls: self
                 .ca_pem
                 .clone()
-                .map(|ca| dbps_operator::servers::Tls { ca_pem: Some(ca) }),
+                .map(|ca| dbps_operator::engines::Tls { ca_pem: Some(ca) }),
         }
     }
 

@@ -5,7 +5,8 @@
 use dbps_e2e::claims::claimant;
 use dbps_e2e::databases::{Kind, LocalServer, behind_dbps, round_trip};
 use dbps_operator::api::{Engine, Reason};
-use dbps_operator::servers::{AdminError, Conflict, Grant, Servers};
+use dbps_operator::engines::{AdminError, Conflict, Grant};
+use dbps_operator::servers::Servers;
 
 fn grant(database: &str, username: &str, password: &str) -> Grant {
     Grant {

@@ -9,7 +9,8 @@ use dbps_e2e::claims::{reason_is, secret_values};
 use dbps_e2e::databases::{Kind, LocalServer, round_trip};
 use dbps_e2e::{RunningOperator, TestContext};
 use dbps_operator::api::{ClaimPhase, DatabaseClaim, DatabaseServer, Engine, Service};
-use dbps_operator::servers::{Connection, Grant, Servers};
+use dbps_operator::engines::{Connection, Grant};
+use dbps_operator::servers::Servers;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -146,7 +147,7 @@ async fn lifecycle(kind: Kind, engine: Engine) {
     assert_eq!(orders["username"], format!("{ns}_orders_db_app"));
     assert_eq!(orders["host"], "127.0.0.1");
     assert_eq!(orders["port"], server.port.to_string());
-    assert_eq!(orders["type"], engine.binding_type());
+    assert_eq!(orders["type"], engine.instance().binding_type());
 
     // Each service's credentials work on its own database ...
     for b in [&orders, &payments] {

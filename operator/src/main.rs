@@ -91,10 +91,13 @@ fn parse_repository(s: &str) -> Result<(Engine, String), String> {
     let (engine, repository) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not engine=repository"))?;
-    let engine = [Engine::Postgres, Engine::Mongodb, Engine::Influxdb]
+    let engine = Engine::ALL
         .into_iter()
         .find(|e| e.as_str() == engine.trim())
-        .ok_or_else(|| format!("unknown engine {engine:?} (postgres, mongodb, influxdb)"))?;
+        .ok_or_else(|| {
+            let known: Vec<&str> = Engine::ALL.iter().map(|e| e.as_str()).collect();
+            format!("unknown engine {engine:?} ({})", known.join(", "))
+        })?;
     match repository.trim() {
         "" => Err(format!("{s:?} names no repository")),
         r if r.contains(':') && !r.contains('/') => Err(format!(

@@ -9,7 +9,8 @@ mod support;
 
 use dbps_e2e::databases::{Kind, LocalServer};
 use dbps_operator::api::Engine;
-use dbps_operator::servers::{Grant, Servers};
+use dbps_operator::engines::Grant;
+use dbps_operator::servers::Servers;
 use dbps_samples::services::orders::Orders;
 use dbps_samples::stores;
 use serde_json::json;

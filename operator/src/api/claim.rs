@@ -178,6 +178,20 @@ pub enum Engine {
     Influxdb,
 }
 
+impl Engine {
+    /// Every engine.
+    pub const ALL: [Engine; 3] = [Engine::Postgres, Engine::Mongodb, Engine::Influxdb];
+
+    /// The engine's name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Mongodb => "mongodb",
+            Engine::Influxdb => "influxdb",
+        }
+    }
+}
+
 /// What deleting a claim does to its data.
 #[derive(
     Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,

@@ -113,11 +113,14 @@ impl Inputs<'_> {
         self.service.name_any()
     }
     pub fn version(&self) -> String {
-        self.claim
-            .spec
-            .version
-            .clone()
-            .unwrap_or_else(|| self.claim.spec.engine.default_version().to_string())
+        self.claim.spec.version.clone().unwrap_or_else(|| {
+            self.claim
+                .spec
+                .engine
+                .instance()
+                .default_version()
+                .to_string()
+        })
     }
     /// Fully qualified host of the instance's Service.
     pub fn host(&self) -> String {
@@ -144,7 +147,7 @@ impl Inputs<'_> {
         BTreeMap::from([
             (
                 "app.kubernetes.io/name".into(),
-                self.claim.spec.engine.binding_type().into(),
+                self.claim.spec.engine.instance().binding_type().into(),
             ),
             ("app.kubernetes.io/instance".into(), self.claim_name()),
             ("app.kubernetes.io/managed-by".into(), MANAGED_BY.into()),

@@ -24,7 +24,9 @@ fn match_labels(labels: BTreeMap<String, String>) -> LabelSelector {
 pub fn network_policy(inputs: &Inputs) -> NetworkPolicy {
     let port = vec![NetworkPolicyPort {
         protocol: Some("TCP".into()),
-        port: Some(IntOrString::Int(inputs.claim.spec.engine.port().into())),
+        port: Some(IntOrString::Int(
+            inputs.claim.spec.engine.instance().port().into(),
+        )),
         ..Default::default()
     }];
     let mut ingress = vec![NetworkPolicyIngressRule {

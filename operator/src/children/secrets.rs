@@ -60,7 +60,7 @@ impl Inputs<'_> {
         let database = self.claim.database_name();
         Endpoint {
             host: self.host(),
-            port: engine.port(),
+            port: engine.instance().port(),
             username: engine.app_username(&database, generation),
             database,
             tls: None,
@@ -91,10 +91,13 @@ pub fn binding_secret_generation(inputs: &Inputs, endpoint: &Endpoint, generatio
             names::binding_secret_of(&inputs.claim_name(), generation),
             "binding",
         ),
-        type_: Some(format!("servicebinding.io/{}", engine.binding_type())),
+        type_: Some(format!(
+            "servicebinding.io/{}",
+            engine.instance().binding_type()
+        )),
         immutable: (generation > 0).then_some(true),
         data: Some(data([
-            ("type", engine.binding_type().to_string()),
+            ("type", engine.instance().binding_type().to_string()),
             ("provider", PROVIDER.to_string()),
             ("host", host),
             ("port", port.to_string()),
@@ -105,13 +108,15 @@ pub fn binding_secret_generation(inputs: &Inputs, endpoint: &Endpoint, generatio
         ])),
         ..Default::default()
     };
-    // servicebinding.io optional keys for TLS: the CA and, for PostgreSQL, sslmode.
+    // servicebinding.io optional keys for TLS: the CA, and the engine's own.
     let entries = secret.data.get_or_insert_with(Default::default);
     if let Some(ca) = tls.as_ref().and_then(Option::as_ref) {
         entries.insert("ca.crt".into(), ByteString(ca.clone().into_bytes()));
     }
-    if tls.is_some() && engine == crate::api::Engine::Postgres {
-        entries.insert("sslmode".into(), ByteString(b"verify-full".to_vec()));
+    if tls.is_some() {
+        for (key, value) in engine.instance().tls_binding_entries() {
+            entries.insert(key.to_string(), ByteString(value.as_bytes().to_vec()));
+        }
     }
     secret
 }

@@ -18,13 +18,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{Inputs, names};
-use crate::engines::Instance;
+use crate::engines::InstanceSecrets;
 
 /// Volume size when the claim names none.
 pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
 
 pub fn instance_service(inputs: &Inputs) -> KubeService {
-    let port = inputs.claim.spec.engine.port();
+    let port = inputs.claim.spec.engine.instance().port();
     KubeService {
         metadata: inputs.meta(names::instance(&inputs.claim_name()), "database"),
         spec: Some(ServiceSpec {
@@ -56,16 +56,16 @@ pub fn statefulset(inputs: &Inputs) -> StatefulSet {
     let engine = claim.spec.engine;
     let name = inputs.claim_name();
     let admin_secret = names::admin_secret(&name);
-    let instance = Instance {
+    let instance = InstanceSecrets {
         admin_secret: &admin_secret,
     };
     let storage = claim.spec.storage.clone().unwrap_or_default();
-    let uid = engine.run_as();
+    let uid = engine.instance().run_as();
 
     let mounts = vec![
         VolumeMount {
             name: names::DATA_VOLUME.into(),
-            mount_path: engine.data_path().into(),
+            mount_path: engine.instance().data_path().into(),
             ..Default::default()
         },
         VolumeMount {
@@ -106,11 +106,11 @@ pub fn statefulset(inputs: &Inputs) -> StatefulSet {
         image: Some(inputs.platform.image(engine, &inputs.version())),
         ports: Some(vec![ContainerPort {
             name: Some("db".into()),
-            container_port: engine.port().into(),
+            container_port: engine.instance().port().into(),
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        env: Some(engine.env(&instance)),
+        env: Some(engine.instance().env(&instance)),
         readiness_probe: Some(engine.readiness_probe()),
         resources: Some(resources),
         volume_mounts: Some(mounts),

@@ -26,8 +26,8 @@ use crate::children::{
     binding_secret_generation, names, secret_value,
 };
 use crate::engines::PASSWORD_KEY;
+use crate::engines::{AdminError, Claimant, Connection, Grant, ownership};
 use crate::password;
-use crate::servers::{AdminError, Claimant, Connection, Grant, ownership};
 
 /// The server a claim's database lives on, and how its service reaches it.
 pub(super) struct Target {

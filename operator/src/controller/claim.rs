@@ -22,9 +22,9 @@ use crate::api::{
     DeletionPolicy, Endpoint, READY, Reason, SERVICE_LABEL, Service, set_condition,
 };
 use crate::children::{Credentials, Dedicated, Inputs, names, secret_value};
+use crate::engines::Connection;
 use crate::engines::PASSWORD_KEY;
 use crate::password;
-use crate::servers::Connection;
 
 pub async fn reconcile(
     guard: Arc<DeserializeGuard<DatabaseClaim>>,
@@ -172,7 +172,7 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
         .spec
         .version
         .clone()
-        .unwrap_or_else(|| claim.spec.engine.default_version().to_string());
+        .unwrap_or_else(|| claim.spec.engine.instance().default_version().to_string());
     if let Some(running) = live_sts.as_ref().and_then(running_version)
         && refusal.is_none()
         && major(&running) != major(&version)
@@ -252,7 +252,7 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
     let engine = claim.spec.engine;
     let endpoint = Endpoint {
         host: inputs.host(),
-        port: engine.port().into(),
+        port: engine.instance().port().into(),
     };
     let ready = sts
         .status
@@ -287,7 +287,7 @@ async fn apply_claim(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Err
         conn: Connection {
             engine,
             host: cluster_ip,
-            port: engine.port(),
+            port: engine.instance().port(),
             username: engine.admin_username().to_string(),
             password: credentials.admin_password.clone(),
             tls: None,

@@ -14,8 +14,9 @@ use crate::api::{
     ClaimPhase, DatabaseClaim, DatabaseServer, Endpoint as StatusEndpoint, Reason, Service,
 };
 use crate::children::{names, secret_value};
+use crate::engines::{Connection, Mark, Tls};
 use crate::engines::{PASSWORD_KEY, USERNAME_KEY};
-use crate::servers::{Connection, Mark, Tls, shared_identifier};
+use crate::servers::shared_identifier;
 
 /// Key of the CA certificate in the Secret a server's `tls.caSecretRef` names.
 pub const CA_KEY: &str = "ca.crt";
@@ -149,7 +150,7 @@ pub async fn admin_connection(
             .spec
             .port
             .map(|p| p as u16)
-            .unwrap_or_else(|| engine.port()),
+            .unwrap_or_else(|| engine.instance().port()),
         username,
         password,
     }))

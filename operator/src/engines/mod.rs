@@ -1,73 +1,93 @@
-//! What differs between engines for a dedicated instance: image, port, how
-//! the instance is told its superuser, how readiness is probed, and the
-//! servicebinding.io type and URI of a binding. Everything else (users,
-//! databases, rotation) is administered over the wire, as on shared servers.
+//! One module per engine. Each implements two traits: the [`Instance`] (how
+//! a dedicated instance runs: image, port, data path, how it is told its
+//! superuser, how readiness is probed, what a binding says) and the
+//! [`Administration`] (database, users, passwords, revocation and drops over
+//! the wire, the same for a dedicated instance and a registered shared
+//! server). [`module`] is the one place an API [`Engine`] maps to them.
+//!
+//! Adding an engine: a folder here with its two implementations, a variant
+//! of [`Engine`] (and [`Engine::ALL`]), an arm of [`module`], and its local
+//! test server in the end-to-end support.
 
+mod admin;
 mod influxdb;
 mod mongodb;
+pub mod ownership;
 mod postgres;
 
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Probe, SecretKeySelector};
 
 pub use crate::api::Engine;
+pub use admin::{
+    AdminError, Administration, CATALOG, Claimant, Conflict, Connection, Dropped, Grant, Inventory,
+    MAX_CONNECTIONS_PER_SERVER, Mark, ObjectKind, Presence, Provisioned, ServerInfo, TIMEOUT, Tls,
+    Verdict, bounded,
+};
 
 /// Key of the username in admin and binding Secrets.
 pub const USERNAME_KEY: &str = "username";
 /// Key of the password in admin and binding Secrets.
 pub const PASSWORD_KEY: &str = "password";
 
+/// The one place an API engine maps to its module.
+fn module(engine: Engine) -> (&'static dyn Instance, &'static dyn Administration) {
+    match engine {
+        Engine::Postgres => (&postgres::Postgres, &postgres::Postgres),
+        Engine::Mongodb => (&mongodb::Mongodb, &mongodb::Mongodb),
+        Engine::Influxdb => (&influxdb::Influxdb, &influxdb::Influxdb),
+    }
+}
+
 /// A dedicated instance as the engine needs to know it at first boot: only
 /// the Secret holding its superuser.
-pub struct Instance<'a> {
+pub struct InstanceSecrets<'a> {
     pub admin_secret: &'a str,
 }
 
-impl Engine {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Engine::Postgres => "postgres",
-            Engine::Mongodb => "mongodb",
-            Engine::Influxdb => "influxdb",
-        }
-    }
-
+/// How a dedicated instance of an engine runs. The image contract each
+/// engine documents: on an empty data directory the server makes only its
+/// superuser from the environment; everything else is administered over the
+/// wire.
+pub trait Instance: Sync {
     /// servicebinding.io `type`.
-    pub fn binding_type(self) -> &'static str {
-        match self {
-            Engine::Postgres => "postgresql",
-            Engine::Mongodb => "mongodb",
-            Engine::Influxdb => "influxdb",
-        }
-    }
-
-    pub fn port(self) -> u16 {
-        match self {
-            Engine::Postgres => 5432,
-            Engine::Mongodb => 27017,
-            Engine::Influxdb => 8086,
-        }
-    }
-
-    pub fn default_version(self) -> &'static str {
-        match self {
-            Engine::Postgres => "17",
-            Engine::Mongodb => "8.0",
-            Engine::Influxdb => "1.11",
-        }
-    }
-
+    fn binding_type(&self) -> &'static str;
+    /// The port the server listens on.
+    fn port(&self) -> u16;
+    /// The version a claim gets when it names none.
+    fn default_version(&self) -> &'static str;
     /// Repository of the official image, used unless the platform names another.
-    pub fn image_repository(self) -> &'static str {
-        match self {
-            Engine::Postgres => "postgres",
-            Engine::Mongodb => "mongo",
-            Engine::Influxdb => "influxdb",
-        }
+    fn image_repository(&self) -> &'static str;
+    /// UID and GID the image runs its server as.
+    fn run_as(&self) -> i64;
+    /// Where the instance keeps its data (the volume's mount path).
+    fn data_path(&self) -> &'static str;
+    /// Environment of the instance container; passwords only by `secretKeyRef`.
+    fn env(&self, secrets: &InstanceSecrets) -> Vec<EnvVar>;
+    /// How the kubelet tells the server answers (the timing is every engine's).
+    fn readiness(&self) -> Probe;
+    /// Connection URI of a binding; `userinfo` is `user:password`, already
+    /// percent-encoded.
+    fn uri(&self, userinfo: &str, host: &str, port: u16, database: &str, tls: bool) -> String;
+    /// servicebinding.io keys a binding over TLS adds for this engine.
+    fn tls_binding_entries(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+}
+
+impl Engine {
+    /// How a dedicated instance of this engine runs.
+    pub fn instance(self) -> &'static dyn Instance {
+        module(self).0
+    }
+
+    /// How a server of this engine is administered.
+    pub fn admin(self) -> &'static dyn Administration {
+        module(self).1
     }
 
     /// The official image of `version`.
     pub fn image(self, version: &str) -> String {
-        format!("{}:{version}", self.image_repository())
+        format!("{}:{version}", self.instance().image_repository())
     }
 
     /// The instance superuser, kept for the operator.
@@ -85,43 +105,13 @@ impl Engine {
         }
     }
 
-    /// UID and GID the official image runs its server as.
-    pub fn run_as(self) -> i64 {
-        match self {
-            Engine::Postgres | Engine::Mongodb => 999,
-            Engine::Influxdb => 1000,
-        }
-    }
-
-    /// Where the instance keeps its data (the volume's mount path).
-    pub fn data_path(self) -> &'static str {
-        match self {
-            Engine::Postgres => "/var/lib/postgresql/data",
-            Engine::Mongodb => "/data/db",
-            Engine::Influxdb => "/var/lib/influxdb",
-        }
-    }
-
-    /// Environment of the instance container; passwords only by `secretKeyRef`.
-    pub fn env(self, instance: &Instance) -> Vec<EnvVar> {
-        match self {
-            Engine::Postgres => postgres::env(instance),
-            Engine::Mongodb => mongodb::env(instance),
-            Engine::Influxdb => influxdb::env(instance),
-        }
-    }
-
+    /// The engine's readiness check with the timing every engine shares.
     pub fn readiness_probe(self) -> Probe {
-        let check = match self {
-            Engine::Postgres => postgres::readiness(),
-            Engine::Mongodb => mongodb::readiness(),
-            Engine::Influxdb => influxdb::readiness(),
-        };
         Probe {
             period_seconds: Some(5),
             timeout_seconds: Some(3),
             failure_threshold: Some(6),
-            ..check
+            ..self.instance().readiness()
         }
     }
 
@@ -147,23 +137,8 @@ impl Engine {
         database: &str,
         tls: bool,
     ) -> String {
-        let (u, p) = (percent_encode(username), percent_encode(password));
-        match (self, tls) {
-            (Engine::Postgres, false) => format!("postgresql://{u}:{p}@{host}:{port}/{database}"),
-            (Engine::Postgres, true) => {
-                format!("postgresql://{u}:{p}@{host}:{port}/{database}?sslmode=verify-full")
-            }
-            (Engine::Mongodb, tls) => format!(
-                "mongodb://{u}:{p}@{host}:{port}/{database}?authSource={database}{}",
-                if tls { "&tls=true" } else { "" }
-            ),
-            (Engine::Influxdb, tls) => {
-                format!(
-                    "{}://{u}:{p}@{host}:{port}/?db={database}",
-                    if tls { "https" } else { "http" }
-                )
-            }
-        }
+        let userinfo = format!("{}:{}", percent_encode(username), percent_encode(password));
+        self.instance().uri(&userinfo, host, port, database, tls)
     }
 }
 
@@ -207,7 +182,7 @@ fn percent_encode(s: &str) -> String {
 mod tests {
     use super::*;
 
-    const INSTANCE: Instance = Instance {
+    const INSTANCE: InstanceSecrets = InstanceSecrets {
         admin_secret: "orders-db-admin",
     };
 
@@ -235,8 +210,8 @@ mod tests {
 
     #[test]
     fn passwords_reach_containers_only_by_secret_reference() {
-        for engine in [Engine::Postgres, Engine::Mongodb, Engine::Influxdb] {
-            let env = engine.env(&INSTANCE);
+        for engine in Engine::ALL {
+            let env = engine.instance().env(&INSTANCE);
             let secret_refs: Vec<(&str, &str)> = env
                 .iter()
                 .filter_map(|e| {
@@ -265,7 +240,7 @@ mod tests {
 
     #[test]
     fn app_user_is_not_the_admin() {
-        for engine in [Engine::Postgres, Engine::Mongodb, Engine::Influxdb] {
+        for engine in Engine::ALL {
             for generation in 0..2 {
                 assert_ne!(
                     engine.app_username("orders", generation),

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use dbps_e2e::databases::LocalServer;
 use dbps_operator::api::Engine;
-use dbps_operator::servers::{Grant, Servers};
+use dbps_operator::engines::Grant;
+use dbps_operator::servers::Servers;
 use dbps_samples::binding::Binding;
 
 /// Creates `database` with its own user on `server` (as dbps does for a
@@ -33,7 +34,7 @@ pub async fn provision(
     let dir = root.join(&name);
     std::fs::create_dir_all(&dir).unwrap();
     for (key, value) in [
-        ("type", engine.binding_type().to_string()),
+        ("type", engine.instance().binding_type().to_string()),
         ("host", server.host.clone()),
         ("port", server.port.to_string()),
         ("database", grant.database.clone()),

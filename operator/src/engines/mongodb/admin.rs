@@ -6,8 +6,13 @@
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::options::{ClientOptions, Credential, ServerAddress};
 
-use super::ownership::{self, Claimant, Mark, ObjectKind, Presence, Verdict, authorize};
-use super::{AdminError, Connection, Dropped, Grant, Provisioned, ServerInfo, TIMEOUT};
+use crate::engines::ownership::{self, Claimant, Mark, ObjectKind, Presence, Verdict, authorize};
+use futures::future::BoxFuture;
+
+use crate::engines::admin::{
+    AdminError, Administration, Connection, Dropped, Grant, Inventory, Provisioned, ServerInfo,
+    TIMEOUT,
+};
 
 async fn client(
     conn: &Connection,
@@ -30,7 +35,7 @@ async fn client(
         .app_name("dbps-operator".to_string())
         .connect_timeout(TIMEOUT)
         .server_selection_timeout(TIMEOUT)
-        .max_pool_size(super::MAX_CONNECTIONS_PER_SERVER as u32)
+        .max_pool_size(crate::engines::admin::MAX_CONNECTIONS_PER_SERVER as u32)
         .direct_connection(true)
         .tls(match &conn.tls {
             None => mongodb::options::Tls::Disabled,
@@ -46,8 +51,10 @@ async fn client(
 
 /// The driver reads a CA from a file: one file per CA, named by its hash.
 fn ca_file(pem: &str) -> Result<std::path::PathBuf, AdminError> {
-    let path =
-        std::env::temp_dir().join(format!("dbps-ca-{:016x}.pem", super::fnv1a(pem.as_bytes())));
+    let path = std::env::temp_dir().join(format!(
+        "dbps-ca-{:016x}.pem",
+        crate::engines::admin::fnv1a(pem.as_bytes())
+    ));
     if !path.exists() {
         std::fs::write(&path, pem)
             .map_err(|e| AdminError::Tls(format!("writing the CA file: {e}")))?;
@@ -82,7 +89,7 @@ async fn run(
         .map_err(classify)
 }
 
-pub async fn info(conn: &Connection) -> Result<ServerInfo, AdminError> {
+async fn info(conn: &Connection) -> Result<ServerInfo, AdminError> {
     let client = admin(conn).await?;
     let build = run(&client, "admin", doc! { "buildInfo": 1 }).await?;
     let ferretdb = build.get_str("ferretdbVersion").ok().map(String::from);
@@ -103,7 +110,7 @@ pub async fn info(conn: &Connection) -> Result<ServerInfo, AdminError> {
     })
 }
 
-pub async fn can_login(conn: &Connection, grant: &Grant) -> bool {
+async fn can_login(conn: &Connection, grant: &Grant) -> bool {
     let Ok(client) = client(conn, &grant.username, &grant.password, &grant.database).await else {
         return false;
     };
@@ -145,7 +152,9 @@ fn user_key(database: &str, username: &str) -> String {
 }
 
 fn catalog(client: &mongodb::Client) -> mongodb::Collection<Document> {
-    client.database(super::CATALOG).collection("owners")
+    client
+        .database(crate::engines::admin::CATALOG)
+        .collection("owners")
 }
 
 async fn read_mark(client: &mongodb::Client, key: &str) -> Result<Option<String>, AdminError> {
@@ -182,7 +191,7 @@ async fn presences(
     client: &mongodb::Client,
     database: &str,
     usernames: &[String],
-) -> Result<(Vec<(ObjectKind, String, Presence)>, Vec<bool>), AdminError> {
+) -> Result<(Inventory, Vec<bool>), AdminError> {
     let db_exists = database_exists(client, database).await?;
     let mark = read_mark(client, &database_key(database)).await?;
     let mut found = vec![(
@@ -204,18 +213,18 @@ async fn presences(
     Ok((found, exists))
 }
 
-pub async fn inspect(
+async fn inspect(
     conn: &Connection,
     database: &str,
     usernames: &[String],
-) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
+) -> Result<Inventory, AdminError> {
     Ok(presences(&admin(conn).await?, database, usernames).await?.0)
 }
 
 /// `enforces_roles`: false on FerretDB v1, which accepts only users without roles.
 /// The marks are written before the objects (a reservation), so a reconcile
 /// that stops in between leaves a name this claim still holds.
-pub async fn ensure(
+async fn ensure(
     conn: &Connection,
     grant: &Grant,
     claimant: &Claimant,
@@ -257,7 +266,7 @@ pub async fn ensure(
     Ok(provisioned)
 }
 
-pub async fn drop_database(
+async fn drop_database(
     conn: &Connection,
     database: &str,
     usernames: &[String],
@@ -297,7 +306,7 @@ pub async fn drop_database(
 
 /// Drops `username` if it carries `mark`; its mark stays, so the name is
 /// still this claim's for its next rotation.
-pub async fn revoke(
+async fn revoke(
     conn: &Connection,
     database: &str,
     username: &str,
@@ -311,4 +320,58 @@ pub async fn revoke(
         run(&admin, database, doc! { "dropUser": username }).await?;
     }
     Ok(())
+}
+
+impl Administration for super::Mongodb {
+    fn info<'a>(&'a self, conn: &'a Connection) -> BoxFuture<'a, Result<ServerInfo, AdminError>> {
+        Box::pin(info(conn))
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        conn: &'a Connection,
+        server: &'a ServerInfo,
+        grant: &'a Grant,
+        claimant: &'a Claimant,
+    ) -> BoxFuture<'a, Result<Provisioned, AdminError>> {
+        Box::pin(ensure(
+            conn,
+            grant,
+            claimant,
+            server.enforces_database_roles,
+        ))
+    }
+
+    fn drop_database<'a>(
+        &'a self,
+        conn: &'a Connection,
+        database: &'a str,
+        usernames: &'a [String],
+        mark: &'a Mark,
+    ) -> BoxFuture<'a, Result<Dropped, AdminError>> {
+        Box::pin(drop_database(conn, database, usernames, mark))
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        conn: &'a Connection,
+        database: &'a str,
+        username: &'a str,
+        mark: &'a Mark,
+    ) -> BoxFuture<'a, Result<(), AdminError>> {
+        Box::pin(revoke(conn, database, username, mark))
+    }
+
+    fn inspect<'a>(
+        &'a self,
+        conn: &'a Connection,
+        database: &'a str,
+        usernames: &'a [String],
+    ) -> BoxFuture<'a, Result<Inventory, AdminError>> {
+        Box::pin(inspect(conn, database, usernames))
+    }
+
+    fn can_login<'a>(&'a self, conn: &'a Connection, grant: &'a Grant) -> BoxFuture<'a, bool> {
+        Box::pin(can_login(conn, grant))
+    }
 }

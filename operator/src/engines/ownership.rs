@@ -172,10 +172,7 @@ pub fn authorize(
 
 /// Of the objects found under a claim's names, those a deletion by `mine`
 /// drops (they carry its mark), and the names of those it leaves.
-pub fn droppable(
-    found: Vec<(ObjectKind, String, Presence)>,
-    mine: &Mark,
-) -> (Vec<(ObjectKind, String)>, Vec<String>) {
+pub fn droppable(found: super::Inventory, mine: &Mark) -> (Vec<(ObjectKind, String)>, Vec<String>) {
     let mut drop = Vec::new();
     let mut kept = Vec::new();
     for (kind, name, presence) in found {

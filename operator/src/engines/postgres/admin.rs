@@ -3,8 +3,13 @@
 
 use tokio_postgres::{Client, NoTls};
 
-use super::ownership::{self, Claimant, Mark, ObjectKind, Presence, Verdict, authorize};
-use super::{AdminError, Connection, Dropped, Grant, Provisioned, ServerInfo, TIMEOUT};
+use crate::engines::ownership::{self, Claimant, Mark, ObjectKind, Presence, Verdict, authorize};
+use futures::future::BoxFuture;
+
+use crate::engines::admin::{
+    AdminError, Administration, Connection, Dropped, Grant, Inventory, Provisioned, ServerInfo,
+    TIMEOUT,
+};
 
 /// `"ident"`: a quoted identifier; embedded quotes are doubled.
 pub fn quote_ident(s: &str) -> String {
@@ -82,7 +87,7 @@ fn classify(e: tokio_postgres::Error) -> AdminError {
     }
 }
 
-pub async fn info(conn: &Connection) -> Result<ServerInfo, AdminError> {
+async fn info(conn: &Connection) -> Result<ServerInfo, AdminError> {
     let client = admin(conn).await?;
     let row = client
         .query_one("SHOW server_version", &[])
@@ -94,7 +99,7 @@ pub async fn info(conn: &Connection) -> Result<ServerInfo, AdminError> {
     })
 }
 
-pub async fn can_login(conn: &Connection, grant: &Grant) -> bool {
+async fn can_login(conn: &Connection, grant: &Grant) -> bool {
     connect(conn, &grant.username, &grant.password, &grant.database)
         .await
         .is_ok()
@@ -104,7 +109,7 @@ pub async fn can_login(conn: &Connection, grant: &Grant) -> bool {
 /// and act as it, so tables one user creates are the other's too (the two
 /// users of a rotation share them).
 pub fn owner_role(database: &str) -> String {
-    super::bounded(&format!("{database}_owner"))
+    crate::engines::admin::bounded(&format!("{database}_owner"))
 }
 
 /// Databases and roles under the given names, with their marks (comments).
@@ -116,7 +121,7 @@ async fn presences(
     client: &Client,
     database: &str,
     roles: &[String],
-) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
+) -> Result<Inventory, AdminError> {
     let rows = client
         .query(
             "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = ANY($1)",
@@ -163,11 +168,11 @@ async fn presences(
     Ok(found)
 }
 
-pub async fn inspect(
+async fn inspect(
     conn: &Connection,
     database: &str,
     usernames: &[String],
-) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
+) -> Result<Inventory, AdminError> {
     let client = admin(conn).await?;
     let mut roles = vec![owner_role(database)];
     roles.extend(usernames.iter().cloned());
@@ -186,7 +191,7 @@ fn comment(kind: ObjectKind, name: &str, mark: &Mark) -> String {
     )
 }
 
-pub async fn ensure(
+async fn ensure(
     conn: &Connection,
     grant: &Grant,
     claimant: &Claimant,
@@ -313,7 +318,7 @@ pub async fn ensure(
     Ok(provisioned)
 }
 
-pub async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<(), AdminError> {
+async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<(), AdminError> {
     let user = no_nul(username)?;
     let client = admin(conn).await?;
     let rows = client
@@ -345,7 +350,7 @@ pub async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<()
     Ok(())
 }
 
-pub async fn drop_database(
+async fn drop_database(
     conn: &Connection,
     database: &str,
     usernames: &[String],
@@ -377,6 +382,55 @@ pub async fn drop_database(
         dropped.dropped.push(name);
     }
     Ok(dropped)
+}
+
+impl Administration for super::Postgres {
+    fn info<'a>(&'a self, conn: &'a Connection) -> BoxFuture<'a, Result<ServerInfo, AdminError>> {
+        Box::pin(info(conn))
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        conn: &'a Connection,
+        _server: &'a ServerInfo,
+        grant: &'a Grant,
+        claimant: &'a Claimant,
+    ) -> BoxFuture<'a, Result<Provisioned, AdminError>> {
+        Box::pin(ensure(conn, grant, claimant))
+    }
+
+    fn drop_database<'a>(
+        &'a self,
+        conn: &'a Connection,
+        database: &'a str,
+        usernames: &'a [String],
+        mark: &'a Mark,
+    ) -> BoxFuture<'a, Result<Dropped, AdminError>> {
+        Box::pin(drop_database(conn, database, usernames, mark))
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        conn: &'a Connection,
+        _database: &'a str,
+        username: &'a str,
+        mark: &'a Mark,
+    ) -> BoxFuture<'a, Result<(), AdminError>> {
+        Box::pin(revoke(conn, username, mark))
+    }
+
+    fn inspect<'a>(
+        &'a self,
+        conn: &'a Connection,
+        database: &'a str,
+        usernames: &'a [String],
+    ) -> BoxFuture<'a, Result<Inventory, AdminError>> {
+        Box::pin(inspect(conn, database, usernames))
+    }
+
+    fn can_login<'a>(&'a self, conn: &'a Connection, grant: &'a Grant) -> BoxFuture<'a, bool> {
+        Box::pin(can_login(conn, grant))
+    }
 }
 
 #[cfg(test)]

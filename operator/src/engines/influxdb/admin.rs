@@ -6,14 +6,19 @@ use std::sync::{LazyLock, Mutex};
 
 use serde_json::Value;
 
-use super::ownership::{self, Claimant, Mark, ObjectKind, Presence, Verdict, authorize};
-use super::{AdminError, Connection, Dropped, Grant, Provisioned, ServerInfo, TIMEOUT, Tls};
+use crate::engines::ownership::{self, Claimant, Mark, ObjectKind, Presence, Verdict, authorize};
+use futures::future::BoxFuture;
+
+use crate::engines::admin::{
+    AdminError, Administration, Connection, Dropped, Grant, Inventory, Provisioned, ServerInfo,
+    TIMEOUT, Tls,
+};
 
 fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .timeout(TIMEOUT)
         .connect_timeout(TIMEOUT)
-        .pool_max_idle_per_host(super::MAX_CONNECTIONS_PER_SERVER)
+        .pool_max_idle_per_host(crate::engines::admin::MAX_CONNECTIONS_PER_SERVER)
 }
 
 /// The plain HTTP client, made once. It is given a TLS configuration of its
@@ -106,7 +111,7 @@ async fn admin(conn: &Connection, q: &str) -> Result<Value, AdminError> {
     query(conn, &conn.username, &conn.password, None, q).await
 }
 
-pub async fn info(conn: &Connection) -> Result<ServerInfo, AdminError> {
+async fn info(conn: &Connection) -> Result<ServerInfo, AdminError> {
     // An authenticated statement proves the admin credentials too.
     admin(conn, "SHOW DATABASES").await?;
     let ping = http(conn)?
@@ -126,7 +131,7 @@ pub async fn info(conn: &Connection) -> Result<ServerInfo, AdminError> {
     })
 }
 
-pub async fn can_login(conn: &Connection, grant: &Grant) -> bool {
+async fn can_login(conn: &Connection, grant: &Grant) -> bool {
     let q = format!("SHOW MEASUREMENTS ON {}", quote_ident(&grant.database));
     query(
         conn,
@@ -180,7 +185,10 @@ async fn read_marks(
 ) -> Result<HashMap<String, String>, AdminError> {
     admin(
         conn,
-        &format!("CREATE DATABASE {}", quote_ident(super::CATALOG)),
+        &format!(
+            "CREATE DATABASE {}",
+            quote_ident(crate::engines::admin::CATALOG)
+        ),
     )
     .await?;
     let filter = keys
@@ -193,7 +201,7 @@ async fn read_marks(
         conn,
         &conn.username,
         &conn.password,
-        Some(super::CATALOG),
+        Some(crate::engines::admin::CATALOG),
         &q,
     )
     .await?;
@@ -227,7 +235,7 @@ async fn write_mark(conn: &Connection, key: &str, mark: &Mark) -> Result<(), Adm
     let response = http(conn)?
         .post(format!("{}/write", base(conn)))
         .basic_auth(&conn.username, Some(&conn.password))
-        .query(&[("db", super::CATALOG), ("precision", "s")])
+        .query(&[("db", crate::engines::admin::CATALOG), ("precision", "s")])
         .body(line)
         .send()
         .await
@@ -253,7 +261,7 @@ async fn erase_mark(conn: &Connection, key: &str) -> Result<(), AdminError> {
         conn,
         &conn.username,
         &conn.password,
-        Some(super::CATALOG),
+        Some(crate::engines::admin::CATALOG),
         &q,
     )
     .await
@@ -266,7 +274,7 @@ async fn presences(
     conn: &Connection,
     database: &str,
     usernames: &[String],
-) -> Result<(Vec<(ObjectKind, String, Presence)>, Vec<bool>), AdminError> {
+) -> Result<(Inventory, Vec<bool>), AdminError> {
     let mut keys = vec![database_key(database)];
     keys.extend(usernames.iter().map(|u| user_key(u)));
     let marks = read_marks(conn, &keys).await?;
@@ -291,17 +299,17 @@ async fn presences(
     Ok((found, exists))
 }
 
-pub async fn inspect(
+async fn inspect(
     conn: &Connection,
     database: &str,
     usernames: &[String],
-) -> Result<Vec<(ObjectKind, String, Presence)>, AdminError> {
+) -> Result<Inventory, AdminError> {
     Ok(presences(conn, database, usernames).await?.0)
 }
 
 /// The marks are written before the objects (a reservation), so a
 /// reconcile that stops in between leaves a name this claim still holds.
-pub async fn ensure(
+async fn ensure(
     conn: &Connection,
     grant: &Grant,
     claimant: &Claimant,
@@ -341,7 +349,7 @@ pub async fn ensure(
     Ok(provisioned)
 }
 
-pub async fn drop_database(
+async fn drop_database(
     conn: &Connection,
     database: &str,
     usernames: &[String],
@@ -381,7 +389,7 @@ pub async fn drop_database(
 
 /// Drops `username` if it carries `mark`; its mark stays, so the name is
 /// still this claim's for its next rotation.
-pub async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<(), AdminError> {
+async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<(), AdminError> {
     let key = user_key(username);
     let marks = read_marks(conn, std::slice::from_ref(&key)).await?;
     let exists = names(conn, "SHOW USERS")
@@ -393,6 +401,55 @@ pub async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<()
         admin(conn, &format!("DROP USER {}", quote_ident(username))).await?;
     }
     Ok(())
+}
+
+impl Administration for super::Influxdb {
+    fn info<'a>(&'a self, conn: &'a Connection) -> BoxFuture<'a, Result<ServerInfo, AdminError>> {
+        Box::pin(info(conn))
+    }
+
+    fn ensure<'a>(
+        &'a self,
+        conn: &'a Connection,
+        _server: &'a ServerInfo,
+        grant: &'a Grant,
+        claimant: &'a Claimant,
+    ) -> BoxFuture<'a, Result<Provisioned, AdminError>> {
+        Box::pin(ensure(conn, grant, claimant))
+    }
+
+    fn drop_database<'a>(
+        &'a self,
+        conn: &'a Connection,
+        database: &'a str,
+        usernames: &'a [String],
+        mark: &'a Mark,
+    ) -> BoxFuture<'a, Result<Dropped, AdminError>> {
+        Box::pin(drop_database(conn, database, usernames, mark))
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        conn: &'a Connection,
+        _database: &'a str,
+        username: &'a str,
+        mark: &'a Mark,
+    ) -> BoxFuture<'a, Result<(), AdminError>> {
+        Box::pin(revoke(conn, username, mark))
+    }
+
+    fn inspect<'a>(
+        &'a self,
+        conn: &'a Connection,
+        database: &'a str,
+        usernames: &'a [String],
+    ) -> BoxFuture<'a, Result<Inventory, AdminError>> {
+        Box::pin(inspect(conn, database, usernames))
+    }
+
+    fn can_login<'a>(&'a self, conn: &'a Connection, grant: &'a Grant) -> BoxFuture<'a, bool> {
+        Box::pin(can_login(conn, grant))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,240 @@
+//! Administration of a database server over the wire, the same for a
+//! registered shared server and a dedicated instance: what every engine's
+//! administration receives and returns, and the trait it implements.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+pub use super::ownership::{Claimant, Conflict, Mark, ObjectKind, Presence, Verdict};
+use crate::api::{Engine, Reason};
+
+/// Name of the catalog database in which dbps keeps its ownership marks on
+/// MongoDB and InfluxDB. It has a `-`, which no name dbps gives a claim's
+/// database has, and no claim may adopt it.
+pub const CATALOG: &str = "dbps-catalog";
+
+/// Concurrent admin connections to one server.
+pub const MAX_CONNECTIONS_PER_SERVER: usize = 4;
+/// Limit for connecting and for each statement.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to reach a server as its administrator.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Connection {
+    pub engine: Engine,
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+    /// Connect over TLS, verifying the server against this CA (PEM), or the
+    /// well-known public roots when `None`.
+    pub tls: Option<Tls>,
+}
+
+/// TLS to a server.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tls {
+    /// PEM of the CA that signed the server certificate.
+    pub ca_pem: Option<String>,
+}
+
+impl Tls {
+    /// A rustls client configuration trusting the CA (or the public roots).
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, AdminError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_pem {
+            Some(pem) => {
+                for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    let cert = cert.map_err(|e| AdminError::Tls(format!("CA certificate: {e}")))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| AdminError::Tls(format!("CA certificate: {e}")))?;
+                }
+                if roots.is_empty() {
+                    return Err(AdminError::Tls("the CA Secret holds no certificate".into()));
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| AdminError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?}://{}@{}:{}",
+            self.engine, self.username, self.host, self.port
+        )
+    }
+}
+
+/// A database and the user that owns it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub database: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Grant {{ database: {:?}, username: {:?} }}",
+            self.database, self.username
+        )
+    }
+}
+
+/// What a server told us about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub version: String,
+    /// False when the server cannot confine a user to one database (FerretDB v1
+    /// has no role-based authorization).
+    pub enforces_database_roles: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot reach the server: {0}")]
+    Unreachable(String),
+    #[error("the server refused the admin credentials: {0}")]
+    AuthenticationFailed(String),
+    #[error("the server refused a statement: {0}")]
+    Refused(String),
+    #[error("no answer within {TIMEOUT:?}")]
+    Timeout,
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
+}
+
+impl AdminError {
+    /// Reason for the claim's or server's condition.
+    pub fn reason(&self) -> Reason {
+        match self {
+            AdminError::Unreachable(_) | AdminError::Timeout => Reason::ServerUnreachable,
+            AdminError::AuthenticationFailed(_) => Reason::ServerAuthenticationFailed,
+            AdminError::Refused(_) => Reason::ServerRefused,
+            AdminError::Tls(_) => Reason::ServerTlsFailed,
+            AdminError::Conflict(Conflict::OwnedByAnotherClaim { .. }) => {
+                Reason::DatabaseOwnedByAnotherClaim
+            }
+            AdminError::Conflict(Conflict::Exists { .. }) => Reason::DatabaseExists,
+        }
+    }
+}
+
+/// What [`Servers::ensure`] found and did beyond the usual.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Provisioned {
+    /// Unmarked objects this claim adopted (the platform team allowed it).
+    pub adopted: Vec<String>,
+    /// Objects of this claim before it was re-created, now marked with its UID.
+    pub reattached: Vec<String>,
+}
+
+impl Provisioned {
+    pub(super) fn record(&mut self, verdict: &Verdict, name: &str) {
+        match verdict {
+            Verdict::Adopt => self.adopted.push(name.to_string()),
+            Verdict::Reattach => self.reattached.push(name.to_string()),
+            Verdict::Create | Verdict::Ours => {}
+        }
+    }
+}
+
+/// What a deletion dropped, and what it left because the marks say another
+/// claim (or nobody) owns it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub dropped: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+/// What a server holds under the names of a claim's database and users:
+/// each object's kind, name and ownership mark.
+pub type Inventory = Vec<(ObjectKind, String, Presence)>;
+
+/// What an engine's administration does on a server, as its administrator.
+/// Every operation is idempotent and touches only objects whose ownership
+/// marks name the claimant (see [`super::ownership`]); the caller bounds
+/// connections and time.
+pub trait Administration: Sync {
+    /// Version and capabilities of the server.
+    fn info<'a>(&'a self, conn: &'a Connection) -> BoxFuture<'a, Result<ServerInfo, AdminError>>;
+
+    /// Makes `grant.database` exist, owned by `grant.username` with
+    /// `grant.password`, who can reach no other database; every object
+    /// marked as the claimant's. An object of another claim, or one dbps
+    /// did not make (unless the claimant may adopt it), fails with
+    /// [`AdminError::Conflict`] and nothing is changed.
+    fn ensure<'a>(
+        &'a self,
+        conn: &'a Connection,
+        server: &'a ServerInfo,
+        grant: &'a Grant,
+        claimant: &'a Claimant,
+    ) -> BoxFuture<'a, Result<Provisioned, AdminError>>;
+
+    /// Drops the database and the users (ending their sessions first) that
+    /// carry `mark`, and nothing else; what is gone is skipped.
+    fn drop_database<'a>(
+        &'a self,
+        conn: &'a Connection,
+        database: &'a str,
+        usernames: &'a [String],
+        mark: &'a Mark,
+    ) -> BoxFuture<'a, Result<Dropped, AdminError>>;
+
+    /// Ends `username`'s access to `database` if it carries `mark`: it can
+    /// no longer log in, and its open sessions end where the engine allows.
+    fn revoke<'a>(
+        &'a self,
+        conn: &'a Connection,
+        database: &'a str,
+        username: &'a str,
+        mark: &'a Mark,
+    ) -> BoxFuture<'a, Result<(), AdminError>>;
+
+    /// What the server holds under the names of a claim's database and users.
+    fn inspect<'a>(
+        &'a self,
+        conn: &'a Connection,
+        database: &'a str,
+        usernames: &'a [String],
+    ) -> BoxFuture<'a, Result<Inventory, AdminError>>;
+
+    /// True when `grant.username`/`grant.password` log in to `grant.database`.
+    fn can_login<'a>(&'a self, conn: &'a Connection, grant: &'a Grant) -> BoxFuture<'a, bool>;
+}
+
+/// `name` if it fits in 63 bytes, else its start and a hash of the whole.
+pub fn bounded(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_string();
+    }
+    let mut cut = 46;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{:016x}", &name[..cut], fnv1a(name.as_bytes()))
+}
+
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}

@@ -1,0 +1,198 @@
+//! The registered database servers and dedicated instances as the operator
+//! administers them: connections bounded per server, one reconcile at a time
+//! per database name, every operation under a timeout, the server's answer
+//! about itself remembered. What is done is the engine's
+//! [`Administration`](crate::engines::Administration).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::{OwnedMutexGuard, Semaphore};
+
+use crate::engines::MAX_CONNECTIONS_PER_SERVER;
+use crate::engines::{
+    AdminError, Claimant, Connection, Dropped, Grant, Inventory, Mark, Provisioned, ServerInfo,
+    TIMEOUT, bounded,
+};
+
+type NameLock = tokio::sync::Mutex<()>;
+
+/// Entry point, shared by all reconciles: bounds connections per server.
+#[derive(Default)]
+pub struct Servers {
+    limits: Mutex<HashMap<(String, u16), Arc<Semaphore>>>,
+    infos: Mutex<HashMap<(String, u16), ServerInfo>>,
+    /// One reconcile at a time per database on a server: two claims naming
+    /// the same database never both find it free.
+    names: Mutex<HashMap<(String, u16, String), Weak<NameLock>>>,
+}
+
+impl Servers {
+    /// Holds the database name `database` on the server of `conn`.
+    async fn hold(&self, conn: &Connection, database: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut names = self.names.lock().unwrap();
+            names.retain(|_, held| held.strong_count() > 0);
+            let key = (conn.host.clone(), conn.port, database.to_string());
+            match names.get(&key).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    names.insert(key, Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+
+    async fn limited<T>(
+        &self,
+        conn: &Connection,
+        op: impl std::future::Future<Output = Result<T, AdminError>>,
+    ) -> Result<T, AdminError> {
+        let semaphore = self
+            .limits
+            .lock()
+            .unwrap()
+            .entry((conn.host.clone(), conn.port))
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_SERVER)))
+            .clone();
+        let _permit = semaphore
+            .acquire_owned()
+            .await
+            .expect("semaphore never closes");
+        tokio::time::timeout(TIMEOUT * 3, op)
+            .await
+            .map_err(|_| AdminError::Timeout)?
+    }
+
+    /// Version and capabilities of the server, asked now.
+    pub async fn info(&self, conn: &Connection) -> Result<ServerInfo, AdminError> {
+        let info = self
+            .limited(conn, async { conn.engine.admin().info(conn).await })
+            .await?;
+        self.infos
+            .lock()
+            .unwrap()
+            .insert((conn.host.clone(), conn.port), info.clone());
+        Ok(info)
+    }
+
+    /// As [`Self::info`], from the last answer when there is one.
+    pub async fn cached_info(&self, conn: &Connection) -> Result<ServerInfo, AdminError> {
+        let cached = self
+            .infos
+            .lock()
+            .unwrap()
+            .get(&(conn.host.clone(), conn.port))
+            .cloned();
+        match cached {
+            Some(info) => Ok(info),
+            None => self.info(conn).await,
+        }
+    }
+
+    /// Makes `grant.database` exist, owned by `grant.username`, whose password
+    /// is `grant.password` and who can reach no other database, every object
+    /// marked as the claimant's. Reads the marks first: an object of another
+    /// claim, or one dbps did not make (unless the claimant may adopt it),
+    /// fails with [`AdminError::Conflict`] and nothing is changed. Idempotent.
+    pub async fn ensure(
+        &self,
+        conn: &Connection,
+        grant: &Grant,
+        claimant: &Claimant,
+    ) -> Result<Provisioned, AdminError> {
+        // Asked before taking a connection slot (info takes one itself).
+        let server = self.cached_info(conn).await?;
+        let _held = self.hold(conn, &grant.database).await;
+        self.limited(
+            conn,
+            conn.engine.admin().ensure(conn, &server, grant, claimant),
+        )
+        .await
+    }
+
+    /// Drops the database and the users (ending their sessions first) that
+    /// carry `mark`, and nothing else. Idempotent: what is gone is skipped.
+    pub async fn drop_database(
+        &self,
+        conn: &Connection,
+        database: &str,
+        usernames: &[String],
+        mark: &Mark,
+    ) -> Result<Dropped, AdminError> {
+        let _held = self.hold(conn, database).await;
+        self.limited(
+            conn,
+            conn.engine
+                .admin()
+                .drop_database(conn, database, usernames, mark),
+        )
+        .await
+    }
+
+    /// Ends `username`'s access if it carries `mark`: it can no longer log
+    /// in, and its open sessions end where the engine allows. Idempotent.
+    pub async fn revoke(
+        &self,
+        conn: &Connection,
+        database: &str,
+        username: &str,
+        mark: &Mark,
+    ) -> Result<(), AdminError> {
+        let _held = self.hold(conn, database).await;
+        self.limited(
+            conn,
+            conn.engine.admin().revoke(conn, database, username, mark),
+        )
+        .await
+    }
+
+    /// What the server holds under the names of a claim's database and users.
+    pub async fn inspect(
+        &self,
+        conn: &Connection,
+        database: &str,
+        usernames: &[String],
+    ) -> Result<Inventory, AdminError> {
+        self.limited(conn, conn.engine.admin().inspect(conn, database, usernames))
+            .await
+    }
+
+    /// True when `username`/`password` log in to `database`.
+    pub async fn can_login(&self, conn: &Connection, grant: &Grant) -> bool {
+        self.limited(conn, async {
+            Ok(conn.engine.admin().can_login(conn, grant).await)
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// A name for a database or user on a shared server, unique per namespace and
+/// at most 63 bytes: `<namespace>_<name>` with `-` as `_`, shortened with a
+/// hash of the whole when too long.
+pub fn shared_identifier(namespace: &str, name: &str) -> String {
+    bounded(&format!("{namespace}_{name}").replace(['-', '.'], "_"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_identifiers_are_namespaced_and_bounded() {
+        assert_eq!(shared_identifier("shop", "orders_db"), "shop_orders_db");
+        assert_eq!(shared_identifier("team-a", "orders"), "team_a_orders");
+        let long = shared_identifier(&"n".repeat(63), "orders_db");
+        assert_eq!(long.len(), 63);
+        assert_ne!(long, shared_identifier(&"n".repeat(62), "orders_db"));
+        assert_eq!(
+            long,
+            shared_identifier(&"n".repeat(63), "orders_db"),
+            "deterministic"
+        );
+    }
+}
