@@ -1,14 +1,11 @@
 //! The controllers: one for `DatabaseClaim` (owns the children of a
 //! dedicated instance, watches `Service`), one for `Service` status.
 
-mod administer;
 mod apply;
 mod claim;
 mod drift;
-mod rotation;
 mod server;
 mod service;
-mod shared;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,11 +28,11 @@ use crate::children::MANAGED_BY;
 use crate::metrics::Metrics;
 
 pub use apply::{APPLIED_HASH_ANNOTATION, is_subset, up_to_date};
-pub use claim::major;
-pub use drift::{Choice, choose, foreign};
-pub use shared::{
-    ROTATE_ANNOTATION, SKIP_CLEANUP_ANNOTATION, selector_matches, shared_database, slot_username,
+pub use claim::{
+    ROTATE_ANNOTATION, SKIP_CLEANUP_ANNOTATION, major, selector_matches, shared_database,
+    slot_username,
 };
+pub use drift::{Choice, choose, foreign};
 
 /// Finalizer that runs a claim's cleanup exactly once.
 pub const FINALIZER: &str = "dbps.io/cleanup";

@@ -9,7 +9,7 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use super::apply::patch_status_if_changed;
-use super::shared::admin_connection;
+use super::claim::shared::admin_connection;
 use super::{Context, Error};
 use crate::api::{DatabaseClaim, DatabaseServer, DatabaseServerStatus, Reason, set_condition};
 

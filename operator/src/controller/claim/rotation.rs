@@ -9,6 +9,9 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use crate::api::{CredentialsStatus, PreviousCredentials, Rotation};
 
+/// Annotation whose new value requests a credential rotation.
+pub const ROTATE_ANNOTATION: &str = "dbps.io/rotate";
+
 /// Grace period of previous credentials when the claim sets none.
 pub const DEFAULT_GRACE_SECONDS: i64 = 300;
 

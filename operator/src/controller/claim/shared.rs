@@ -6,27 +6,20 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
+use super::super::{Context, Error};
 use super::administer::{Target, administer};
-use super::claim::{Outcome, update_status};
-use super::{Context, Error};
+use super::status::{Outcome, update_status};
 use crate::api::ServerTls;
 use crate::api::{
     ClaimPhase, DatabaseClaim, DatabaseServer, Endpoint as StatusEndpoint, Reason, Service,
 };
-use crate::children::{names, secret_value};
-use crate::engines::{Connection, Mark, Tls};
+use crate::children::secret_value;
+use crate::engines::{Connection, Tls};
 use crate::engines::{PASSWORD_KEY, USERNAME_KEY};
 use crate::servers::shared_identifier;
 
 /// Key of the CA certificate in the Secret a server's `tls.caSecretRef` names.
 pub const CA_KEY: &str = "ca.crt";
-
-/// Annotation whose new value requests a credential rotation.
-pub const ROTATE_ANNOTATION: &str = "dbps.io/rotate";
-
-/// Annotation that makes deletion skip the cleanup on the server (the escape
-/// hatch for a server that is gone for good).
-pub const SKIP_CLEANUP_ANNOTATION: &str = "dbps.io/skip-cleanup";
 
 /// Database name of a shared claim: unique per namespace.
 pub fn shared_database(claim: &DatabaseClaim) -> String {
@@ -53,17 +46,6 @@ pub fn placed_database(claim: &DatabaseClaim, server: &DatabaseServer) -> (Strin
         .unwrap_or_else(|| shared_database(claim));
     let adopt = adoption.is_some_and(|a| a.database == database);
     (database, adopt)
-}
-
-/// The ownership mark of `claim`'s objects on a server.
-pub async fn mark_of(ctx: &Context, claim: &DatabaseClaim) -> Result<Mark, Error> {
-    Ok(Mark {
-        cluster: ctx.cluster_id().await?,
-        namespace: claim.namespace().unwrap_or_default(),
-        claim: claim.name_any(),
-        uid: claim.uid().unwrap_or_default(),
-        service: claim.spec.service_ref.name.clone(),
-    })
 }
 
 /// Why a server cannot be used right now, as a condition reason and message.
@@ -188,7 +170,10 @@ pub fn selector_matches(
     Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
 }
 
-pub async fn apply_shared(
+/// A claim of a database on a registered server: the server is looked up
+/// and vetted (engine, namespaces, admin Secret), then the database and
+/// users are administered over the wire.
+pub(super) async fn apply(
     claim: &DatabaseClaim,
     server_name: &str,
     ctx: &Context,
@@ -287,66 +272,6 @@ pub fn slot_username(claim: &DatabaseClaim, generation: i64) -> String {
     let base = claim.database_name();
     let suffix = if generation % 2 == 0 { "_app" } else { "_app2" };
     shared_identifier(&ns, &format!("{base}{suffix}"))
-}
-
-/// Deletion of a shared claim. `Delete` drops the database and users on the
-/// server that carry this claim's mark, and nothing else (retrying while the
-/// server is unreachable); `Retain` keeps them and the binding Secret. The
-/// annotation `dbps.io/skip-cleanup: "true"` skips the server side. Returns
-/// what happened, for the event.
-pub async fn cleanup_shared(
-    claim: &DatabaseClaim,
-    server_name: &str,
-    ctx: &Context,
-) -> Result<String, Error> {
-    let skip = claim
-        .annotations()
-        .get(SKIP_CLEANUP_ANNOTATION)
-        .is_some_and(|v| v == "true");
-    let recorded = claim.status.as_ref().and_then(|s| s.database.clone());
-    if claim.spec.deletion_policy != crate::api::DeletionPolicy::Delete {
-        let database = recorded.unwrap_or_else(|| shared_database(claim));
-        return Ok(format!(
-            "kept database {database:?} on DatabaseServer {server_name:?} and Secret {:?} (deletionPolicy Retain)",
-            names::binding_secret(&claim.name_any())
-        ));
-    }
-    if skip {
-        return Ok(format!(
-            "left DatabaseServer {server_name:?} untouched ({SKIP_CLEANUP_ANNOTATION})"
-        ));
-    }
-    let servers: Api<DatabaseServer> = Api::all(ctx.client.clone());
-    let Some(server) = servers.get_opt(server_name).await? else {
-        return Err(Error::Cleanup(format!(
-            "DatabaseServer {server_name:?} is gone, so its database cannot be dropped; annotate the claim with {SKIP_CLEANUP_ANNOTATION}=true to delete it anyway"
-        )));
-    };
-    let conn = admin_connection(ctx, &server)
-        .await?
-        .map_err(|u| Error::Cleanup(format!("{}: {}", u.reason, u.message)))?;
-    let (database, _) = placed_database(claim, &server);
-    let mark = mark_of(ctx, claim).await?;
-    let users = [slot_username(claim, 0), slot_username(claim, 1)];
-    let dropped = ctx
-        .servers
-        .drop_database(&conn, &database, &users, &mark)
-        .await
-        .map_err(|e| Error::Cleanup(format!("DatabaseServer {server_name:?}: {e}; retrying (annotate the claim with {SKIP_CLEANUP_ANNOTATION}=true to skip)")))?;
-    let mut note = match dropped.dropped.is_empty() {
-        true => format!("dropped nothing on DatabaseServer {server_name:?}"),
-        false => format!(
-            "dropped {} on DatabaseServer {server_name:?}",
-            dropped.dropped.join(", ")
-        ),
-    };
-    if !dropped.kept.is_empty() {
-        note.push_str(&format!(
-            "; left {}, which this claim does not own",
-            dropped.kept.join(", ")
-        ));
-    }
-    Ok(note)
 }
 
 #[cfg(test)]

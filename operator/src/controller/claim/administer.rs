@@ -12,11 +12,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
-use super::apply::{apply, ensure};
-use super::claim::{Outcome, publish, update_status, update_status_full, update_status_with};
-use super::rotation::{self, DEFAULT_GRACE_SECONDS};
-use super::shared::{ROTATE_ANNOTATION, mark_of};
-use super::{Context, Error, drift};
+use super::super::apply::{apply, ensure};
+use super::super::{Context, Error, drift};
+use super::rotation::{self, DEFAULT_GRACE_SECONDS, ROTATE_ANNOTATION};
+use super::status::{Outcome, publish, update_status, update_status_full, update_status_with};
 use crate::api::{
     Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, Endpoint as StatusEndpoint, Reason,
     Service,
@@ -26,8 +25,19 @@ use crate::children::{
     binding_secret_generation, names, secret_value,
 };
 use crate::engines::PASSWORD_KEY;
-use crate::engines::{AdminError, Claimant, Connection, Grant, ownership};
+use crate::engines::{AdminError, Claimant, Connection, Grant, Mark, ownership};
 use crate::password;
+
+/// The ownership mark of `claim`'s objects on a server.
+pub async fn mark_of(ctx: &Context, claim: &DatabaseClaim) -> Result<Mark, Error> {
+    Ok(Mark {
+        cluster: ctx.cluster_id().await?,
+        namespace: claim.namespace().unwrap_or_default(),
+        claim: claim.name_any(),
+        uid: claim.uid().unwrap_or_default(),
+        service: claim.spec.service_ref.name.clone(),
+    })
+}
 
 /// The server a claim's database lives on, and how its service reaches it.
 pub(super) struct Target {

@@ -1,0 +1,266 @@
+//! Dedicated placement: a claim with no `spec.server` gets an instance of
+//! its own. Dereference (its Service, its existing objects and credentials)
+//! → build (pure) → apply (skipped when unchanged) → administer over the wire.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service as KubeService};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+
+use super::super::apply as ssa;
+use super::super::{Context, Error, drift};
+use super::administer::{Target, administer};
+use super::status::{Outcome, update_status, update_status_with};
+use crate::api::{ClaimPhase, DatabaseClaim, Endpoint, Reason, Service};
+use crate::children::{Credentials, Dedicated, Inputs, names, secret_value};
+use crate::engines::Connection;
+use crate::engines::PASSWORD_KEY;
+use crate::password;
+
+/// The major version of a version string (`17`, `8.0` → 8, `1.11` → 1).
+pub fn major(version: &str) -> Option<u32> {
+    version.split('.').next()?.parse().ok()
+}
+
+/// The version of the running instance, from its StatefulSet's image tag.
+fn running_version(sts: &StatefulSet) -> Option<String> {
+    let image = sts
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .image
+        .clone()?;
+    image.rsplit_once(':').map(|(_, tag)| tag.to_string())
+}
+
+/// A claim of its own instance: the instance's children (superuser Secret,
+/// NetworkPolicy, Service, StatefulSet), then its database and users over
+/// the wire once a replica is ready.
+pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action, Error> {
+    let ns = claim.namespace().unwrap_or_default();
+    let resync = Action::requeue(ctx.config.resync);
+
+    // dereference
+    let services: Api<Service> = ctx.api(&ns);
+    let service_name = &claim.spec.service_ref.name;
+    let Some(service) = services.get_opt(service_name).await? else {
+        let outcome = Outcome::waiting(
+            ClaimPhase::Pending,
+            Reason::ServiceNotFound,
+            format!(
+                "Service {service_name:?} (dbps.io) does not exist in namespace {ns:?}; create it or correct spec.serviceRef.name"
+            ),
+        );
+        update_status(claim, ctx, outcome).await?;
+        // The Service watch brings the claim back when the Service appears.
+        return Ok(resync);
+    };
+    let secrets: Api<Secret> = ctx.api(&ns);
+    let statefulsets: Api<StatefulSet> = ctx.api(&ns);
+    let name = claim.name_any();
+    let read = async {
+        let admin = secrets.get_opt(&names::admin_secret(&name)).await?;
+        let binding = secrets.get_opt(&names::binding_secret(&name)).await?;
+        let live_sts = statefulsets.get_opt(&names::instance(&name)).await?;
+        // The volume matters only until this claim's StatefulSet holds it.
+        let owns_sts = live_sts.as_ref().is_some_and(|s| {
+            s.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && Some(&o.uid) == claim.metadata.uid.as_ref())
+        });
+        let volume = match owns_sts {
+            true => None,
+            false => {
+                ctx.api::<PersistentVolumeClaim>(&ns)
+                    .get_opt(&names::data_pvc(&name))
+                    .await?
+            }
+        };
+        Ok::<_, kube::Error>((admin, binding, live_sts, volume))
+    };
+    let (admin, binding, live_sts, volume) = match read.await {
+        Ok(found) => found,
+        Err(e) => return Err(visible_failure(claim, ctx, e).await),
+    };
+
+    // Nothing of another Service, and nothing dbps did not make, is touched.
+    let found = [
+        admin.as_ref().map(|s| (&s.metadata, "Secret")),
+        binding.as_ref().map(|s| (&s.metadata, "Secret")),
+        live_sts.as_ref().map(|s| (&s.metadata, "StatefulSet")),
+        volume
+            .as_ref()
+            .map(|v| (&v.metadata, "PersistentVolumeClaim")),
+    ];
+    let mut refusal = found
+        .iter()
+        .flatten()
+        .find_map(|(meta, kind)| drift::foreign(meta, kind, claim, service_name))
+        .map(|message| (Reason::ObjectOwnedByAnotherService, message));
+    if refusal.is_none() && volume.is_some() && admin.is_none() {
+        refusal = Some((
+            Reason::VolumeWithoutCredentials,
+            format!(
+                "volume {:?} exists but Secret {:?}, which holds the credentials it was initialised with, does not; nothing was attached. Restore the Secret, or delete the volume to start afresh",
+                names::data_pvc(&name),
+                names::admin_secret(&name)
+            ),
+        ));
+    }
+    let version = claim
+        .spec
+        .version
+        .clone()
+        .unwrap_or_else(|| claim.spec.engine.instance().default_version().to_string());
+    if let Some(running) = live_sts.as_ref().and_then(running_version)
+        && refusal.is_none()
+        && major(&running) != major(&version)
+    {
+        refusal = Some((
+            Reason::MajorVersionChange,
+            format!(
+                "the instance runs {} {running}; {version} is another major version, which cannot run on its data. Set spec.version back to {running} (minor versions change in place), or move the data to a new claim",
+                claim.spec.engine.as_str()
+            ),
+        ));
+    }
+    if let Some((reason, message)) = refusal {
+        update_status(
+            claim,
+            ctx,
+            Outcome::waiting(ClaimPhase::Failed, reason, message),
+        )
+        .await?;
+        return Ok(resync);
+    }
+
+    // The superuser's password: believed only when it matches what dbps issued.
+    let uid = claim.uid().unwrap_or_default();
+    let mut issued = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.credentials.clone())
+        .unwrap_or_default();
+    let admin_pw = admin.as_ref().and_then(|s| secret_value(s, PASSWORD_KEY));
+    let superuser = drift::choose(
+        &uid,
+        issued.admin_fingerprint.as_deref(),
+        &[admin_pw.as_deref()],
+    );
+    let Some(admin_password) = superuser.value().map(String::from) else {
+        let outcome = Outcome::waiting(
+            ClaimPhase::Failed,
+            Reason::AdminSecretEdited,
+            format!(
+                "Secret {:?} no longer holds the superuser password dbps issued (edited or deleted by hand); dbps does not use another value, and the instance keeps the password it was initialised with. Restore the Secret from a backup",
+                names::admin_secret(&name)
+            ),
+        );
+        update_status(claim, ctx, outcome).await?;
+        return Ok(resync);
+    };
+    let admin_fingerprint = password::fingerprint(&uid, &admin_password);
+    issued.admin_fingerprint = Some(admin_fingerprint.clone());
+    let credentials = Credentials {
+        admin_password,
+        app_password: String::new(),
+    };
+
+    // build
+    let inputs = Inputs {
+        claim,
+        service: &service,
+        credentials: &credentials,
+        platform: &ctx.config.platform,
+    };
+    let children = Dedicated::build(&inputs);
+
+    // apply: the admin Secret first (the pod reads it), the workload last.
+    let applied = async {
+        ssa::apply(&secrets, &children.admin_secret, admin).await?;
+        ssa::ensure(&ctx.api::<NetworkPolicy>(&ns), &children.network_policy).await?;
+        let kube_service = ssa::ensure(&ctx.api::<KubeService>(&ns), &children.service).await?;
+        let sts = ssa::apply(&statefulsets, &children.statefulset, live_sts).await?;
+        Ok::<_, kube::Error>((kube_service, sts))
+    };
+    let (kube_service, sts) = match applied.await {
+        Ok(applied) => applied,
+        Err(e) => return Err(visible_failure(claim, ctx, e).await),
+    };
+
+    let engine = claim.spec.engine;
+    let endpoint = Endpoint {
+        host: inputs.host(),
+        port: engine.instance().port().into(),
+    };
+    let ready = sts
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
+        >= 1;
+    let cluster_ip = kube_service
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .filter(|ip| !ip.is_empty() && ip != "None");
+    let Some(cluster_ip) = cluster_ip.filter(|_| ready) else {
+        let outcome = Outcome {
+            phase: ClaimPhase::Provisioning,
+            ready: false,
+            reason: Reason::Provisioning,
+            message: format!(
+                "waiting for StatefulSet {:?} to have a ready replica",
+                sts.name_any()
+            ),
+            binding: None,
+            endpoint: Some(endpoint),
+        };
+        update_status_with(claim, ctx, outcome, Some(issued)).await?;
+        return Ok(resync);
+    };
+
+    // administer: the app's users and database, as on a shared server.
+    let database = claim.database_name();
+    let target = Target {
+        place: format!("instance {:?}", names::instance(&name)),
+        conn: Connection {
+            engine,
+            host: cluster_ip,
+            port: engine.instance().port(),
+            username: engine.admin_username().to_string(),
+            password: credentials.admin_password.clone(),
+            tls: None,
+        },
+        users: [
+            engine.app_username(&database, 0),
+            engine.app_username(&database, 1),
+        ],
+        database,
+        adopt: false,
+        shared: false,
+        endpoint,
+        tls: None,
+        admin_fingerprint: Some(admin_fingerprint),
+        ready_message: format!("{} {} is ready", engine.as_str(), inputs.version()),
+    };
+    administer(claim, &service, target, ctx).await
+}
+
+/// Makes a failure to read or write the instance's objects visible where the
+/// user looks (e.g. a missing permission), and returns it for the retry.
+async fn visible_failure(claim: &DatabaseClaim, ctx: &Context, e: kube::Error) -> Error {
+    let outcome = Outcome::waiting(
+        ClaimPhase::Provisioning,
+        Reason::ApplyFailed,
+        format!("reading or writing the instance's objects failed: {e}"),
+    );
+    match update_status(claim, ctx, outcome).await {
+        Ok(()) => e.into(),
+        Err(status) => status,
+    }
+}
