@@ -31,6 +31,15 @@ pub fn secret_values(secret: &Secret) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The database, user and password a binding's values name.
+pub fn grant_of(values: &BTreeMap<String, String>) -> dbps_operator::engines::Grant {
+    dbps_operator::engines::Grant {
+        database: values["database"].clone(),
+        username: values["username"].clone(),
+        password: values["password"].clone(),
+    }
+}
+
 /// The ownership identity of a claim, as the operator marks its objects on
 /// a server (cluster `test`).
 pub fn claimant(

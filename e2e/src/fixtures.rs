@@ -15,6 +15,19 @@ use crate::claims::secret_values;
 use crate::databases::LocalServer;
 use crate::operator::TEST_LABEL;
 
+/// A test's namespace and its operator, which re-checks every object each
+/// `resync`.
+pub async fn with_operator(
+    test: &str,
+    resync: Duration,
+) -> (TestContext, crate::operator::RunningOperator) {
+    let ctx = TestContext::new(test).await.unwrap();
+    let operator = crate::operator::RunningOperator::start(&ctx, resync)
+        .await
+        .unwrap();
+    (ctx, operator)
+}
+
 /// Creates Service `name` (dbps.io) with `spec`.
 pub async fn service(ctx: &TestContext, name: &str, spec: Value) -> Service {
     let service: Service = serde_json::from_value(json!({

@@ -30,20 +30,9 @@ const UNREACHABLE: &str = "InstanceUnreachable";
 
 /// A test namespace that enforces Pod Security `restricted`, with the operator running.
 async fn setup(test: &str) -> (TestContext, RunningOperator) {
-    let ctx = TestContext::new(test).await.unwrap();
+    let (ctx, operator) = dbps_e2e::fixtures::with_operator(test, Duration::from_secs(300)).await;
     dbps_e2e::fixtures::enforce_restricted(&ctx.client, &ctx.namespace).await;
-    let operator = RunningOperator::start(&ctx, Duration::from_secs(300))
-        .await
-        .unwrap();
     (ctx, operator)
-}
-
-async fn create_service(ctx: &TestContext, name: &str, spec: serde_json::Value) -> Service {
-    dbps_e2e::fixtures::service(ctx, name, spec).await
-}
-
-async fn create_claim(ctx: &TestContext, name: &str, spec: serde_json::Value) -> DatabaseClaim {
-    dbps_e2e::fixtures::claim(ctx, name, spec).await
 }
 
 fn owned_by(obj: &impl Resource, claim: &DatabaseClaim) -> bool {
@@ -161,11 +150,11 @@ async fn check_children(
 /// Per engine: two claims, one `Retain` and one `Delete`, through their whole life.
 async fn lifecycle(engine: &str, binding_type: &str, port: u16) {
     let (ctx, _operator) = setup(&format!("life-{engine}")).await;
-    create_service(&ctx, "svc", json!({ "serviceAccountName": "svc-account" })).await;
+    dbps_e2e::fixtures::service(&ctx, "svc", json!({ "serviceAccountName": "svc-account" })).await;
     let claims = ctx.api::<DatabaseClaim>();
     let mut ready = Vec::new();
     for (name, policy) in [("keep-db", "Retain"), ("drop-db", "Delete")] {
-        create_claim(
+        dbps_e2e::fixtures::claim(
             &ctx,
             name,
             json!({ "serviceRef": { "name": "svc" }, "engine": engine, "deletionPolicy": policy, "storage": { "size": "2Gi" } }),
@@ -302,7 +291,7 @@ async fn influxdb_claim_lifecycle() {
 #[tokio::test]
 async fn claim_waits_for_its_service_then_is_provisioned() {
     let (ctx, _operator) = setup("no-service").await;
-    create_claim(
+    dbps_e2e::fixtures::claim(
         &ctx,
         "early",
         json!({ "serviceRef": { "name": "late" }, "engine": "postgres" }),
@@ -330,7 +319,7 @@ async fn claim_waits_for_its_service_then_is_provisioned() {
             .is_none()
     );
 
-    create_service(&ctx, "late", json!({})).await;
+    dbps_e2e::fixtures::service(&ctx, "late", json!({})).await;
     ctx.wait_for(
         &claims,
         "early",
@@ -343,9 +332,9 @@ async fn claim_waits_for_its_service_then_is_provisioned() {
 #[tokio::test]
 async fn binding_secret_is_readable_by_the_owning_service_account_only() {
     let (ctx, _operator) = setup("secret-rbac").await;
-    create_service(&ctx, "orders", json!({})).await;
-    create_service(&ctx, "payments", json!({})).await;
-    create_claim(
+    dbps_e2e::fixtures::service(&ctx, "orders", json!({})).await;
+    dbps_e2e::fixtures::service(&ctx, "payments", json!({})).await;
+    dbps_e2e::fixtures::claim(
         &ctx,
         "orders-db",
         json!({ "serviceRef": { "name": "orders" }, "engine": "postgres" }),
@@ -408,20 +397,20 @@ async fn binding_secret_is_readable_by_the_owning_service_account_only() {
 #[tokio::test]
 async fn each_network_policy_admits_only_its_own_service_and_follows_its_selector() {
     let (ctx, _operator) = setup("fence").await;
-    create_service(&ctx, "orders", json!({})).await;
-    create_service(
+    dbps_e2e::fixtures::service(&ctx, "orders", json!({})).await;
+    dbps_e2e::fixtures::service(
         &ctx,
         "catalog",
         json!({ "selector": { "app": "catalog-api" } }),
     )
     .await;
-    create_claim(
+    dbps_e2e::fixtures::claim(
         &ctx,
         "orders-db",
         json!({ "serviceRef": { "name": "orders" }, "engine": "postgres" }),
     )
     .await;
-    create_claim(
+    dbps_e2e::fixtures::claim(
         &ctx,
         "catalog-db",
         json!({ "serviceRef": { "name": "catalog" }, "engine": "mongodb" }),
@@ -489,12 +478,12 @@ async fn each_network_policy_admits_only_its_own_service_and_follows_its_selecto
 async fn a_resync_with_nothing_changed_writes_nothing() {
     let ctx = TestContext::new("quiet").await.unwrap();
     let operator = RunningOperator::start(&ctx, QUIET_RESYNC).await.unwrap();
-    create_service(&ctx, "svc", json!({})).await;
+    dbps_e2e::fixtures::service(&ctx, "svc", json!({})).await;
     // A Ready claim on a real server, beside dedicated claims waiting for
     // instances that never answer on kwok (retried with backoff).
     let server = LocalServer::start(Kind::Postgres).await.unwrap();
     dbps_e2e::fixtures::register(&ctx, "local-pg", &server, json!({})).await;
-    create_claim(
+    dbps_e2e::fixtures::claim(
         &ctx,
         "shared",
         json!({ "serviceRef": { "name": "svc" }, "engine": "postgres", "server": { "name": "local-pg" } }),
@@ -505,7 +494,7 @@ async fn a_resync_with_nothing_changed_writes_nothing() {
         ("mongo", "mongodb"),
         ("influx", "influxdb"),
     ] {
-        create_claim(
+        dbps_e2e::fixtures::claim(
             &ctx,
             name,
             json!({ "serviceRef": { "name": "svc" }, "engine": engine }),

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use dbps_e2e::claims::reason_is;
+use dbps_e2e::claims::{grant_of, reason_is};
 use dbps_e2e::databases::{Kind, LocalServer, behind_dbps, round_trip};
 use dbps_e2e::fixtures::{claim, register, secret, service, wait_event};
 use dbps_e2e::{RunningOperator, TestContext};
@@ -19,17 +19,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 async fn setup(test: &str, resync: Duration) -> (TestContext, RunningOperator) {
-    let ctx = TestContext::new(test).await.unwrap();
-    let operator = RunningOperator::start(&ctx, resync).await.unwrap();
-    (ctx, operator)
-}
-
-fn grant_of(b: &std::collections::BTreeMap<String, String>) -> Grant {
-    Grant {
-        database: b["database"].clone(),
-        username: b["username"].clone(),
-        password: b["password"].clone(),
-    }
+    dbps_e2e::fixtures::with_operator(test, resync).await
 }
 
 /// The ownership table's entry for `key`.

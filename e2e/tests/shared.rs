@@ -5,22 +5,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use dbps_e2e::claims::{reason_is, secret_values};
+use dbps_e2e::claims::{grant_of, reason_is, secret_values};
 use dbps_e2e::databases::{Kind, LocalServer, round_trip};
 use dbps_e2e::{RunningOperator, TestContext};
-use dbps_operator::api::{ClaimPhase, DatabaseClaim, DatabaseServer, Engine, Service};
-use dbps_operator::engines::{Connection, Grant};
+use dbps_operator::api::{ClaimPhase, DatabaseClaim, DatabaseServer, Engine};
+use dbps_operator::engines::Connection;
 use dbps_operator::servers::Servers;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 async fn setup(test: &str) -> (TestContext, RunningOperator) {
-    let ctx = TestContext::new(test).await.unwrap();
-    let operator = RunningOperator::start(&ctx, Duration::from_secs(300))
-        .await
-        .unwrap();
-    (ctx, operator)
+    dbps_e2e::fixtures::with_operator(test, Duration::from_secs(300)).await
 }
 
 /// Registers `server` as DatabaseServer `<ns>-<engine>` with an admin Secret in the test namespace.
@@ -48,14 +44,7 @@ async fn register_as(
 }
 
 async fn service(ctx: &TestContext, name: &str) {
-    let s: Service = serde_json::from_value(json!({
-        "apiVersion": "dbps.io/v1alpha1", "kind": "Service", "metadata": { "name": name }, "spec": {}
-    }))
-    .unwrap();
-    ctx.api::<Service>()
-        .create(&PostParams::default(), &s)
-        .await
-        .unwrap();
+    dbps_e2e::fixtures::service(ctx, name, json!({})).await;
 }
 
 async fn claim(
@@ -66,15 +55,8 @@ async fn claim(
     server: &str,
     policy: &str,
 ) {
-    let c: DatabaseClaim = serde_json::from_value(json!({
-        "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim", "metadata": { "name": name },
-        "spec": { "serviceRef": { "name": service }, "engine": engine.as_str(), "server": { "name": server }, "deletionPolicy": policy }
-    }))
-    .unwrap();
-    ctx.api::<DatabaseClaim>()
-        .create(&PostParams::default(), &c)
-        .await
-        .unwrap();
+    let spec = json!({ "serviceRef": { "name": service }, "engine": engine.as_str(), "server": { "name": server }, "deletionPolicy": policy });
+    dbps_e2e::fixtures::claim(ctx, name, spec).await;
 }
 
 /// The values of claim's first binding Secret.
@@ -89,14 +71,6 @@ async fn binding(ctx: &TestContext, claim: &str) -> BTreeMap<String, String> {
 
 fn admin(server: &LocalServer, engine: Engine) -> Connection {
     server.admin_connection(engine)
-}
-
-fn grant_of(b: &BTreeMap<String, String>) -> Grant {
-    Grant {
-        database: b["database"].clone(),
-        username: b["username"].clone(),
-        password: b["password"].clone(),
-    }
 }
 
 async fn lifecycle(kind: Kind, engine: Engine) {

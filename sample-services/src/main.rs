@@ -69,7 +69,7 @@ async fn check(service: Service, binding: &Binding) -> Result<(), Box<dyn std::e
                 .await?;
         }
         Service::Catalog | Service::Alerts => {
-            let db = stores::mongodb(binding).await?;
+            let db = stores::Mongo::connect(binding).await?.db().await;
             db.collection::<mongodb::bson::Document>("dbps_check")
                 .insert_one(mongodb::bson::doc! { "check": true })
                 .await?;
@@ -162,7 +162,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Service::Catalog => {
             let svc = catalog::Catalog {
-                db: stores::mongodb(&binding).await?,
+                db: stores::Mongo::connect(&binding).await?,
             };
             svc.setup().await?;
             svc.routes()
@@ -181,7 +181,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         .routes(),
         Service::Alerts => alerts::Alerts {
-            db: stores::mongodb(&binding).await?,
+            db: stores::Mongo::connect(&binding).await?,
         }
         .routes(),
     };

@@ -72,7 +72,75 @@ async fn connect(b: &Binding) -> Result<tokio_postgres::Client, tokio_postgres::
     Ok(client)
 }
 
-pub async fn mongodb(b: &Binding) -> Result<mongodb::Database, mongodb::error::Error> {
+/// A MongoDB database as the binding's user. Each use reads the binding
+/// again (a few small files); when the credentials changed — a rotation, the
+/// kubelet rewrote the files — a client logged in with the new ones takes
+/// over before the previous user is revoked at the end of the grace period,
+/// so the service goes on without a restart. Credentials the server refuses
+/// are not tried again until the files change once more.
+#[derive(Clone)]
+pub struct Mongo {
+    state: Arc<Mutex<MongoState>>,
+}
+
+struct MongoState {
+    binding: Binding,
+    db: mongodb::Database,
+    refused: Option<Binding>,
+}
+
+impl std::fmt::Debug for Mongo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mongo")
+    }
+}
+
+impl Mongo {
+    /// Connects as the binding's user; fails at start, not at the first
+    /// request, when the credentials are wrong.
+    pub async fn connect(b: &Binding) -> Result<Self, mongodb::error::Error> {
+        Ok(Self {
+            state: Arc::new(Mutex::new(MongoState {
+                binding: b.clone(),
+                db: open_mongodb(b).await?,
+                refused: None,
+            })),
+        })
+    }
+
+    /// The database, as the user the binding names now.
+    pub async fn db(&self) -> mongodb::Database {
+        let mut state = self.state.lock().await;
+        match state.binding.reread() {
+            Ok(fresh) if fresh != state.binding && state.refused.as_ref() != Some(&fresh) => {
+                match open_mongodb(&fresh).await {
+                    Ok(db) => {
+                        tracing::info!(database = ?fresh, "credentials changed; database session opened again");
+                        state.db = db;
+                        state.binding = fresh;
+                        state.refused = None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the binding's new credentials were refused; going on with the ones before");
+                        state.refused = Some(fresh);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "binding unreadable; going on with the one read before")
+            }
+        }
+        state.db.clone()
+    }
+
+    /// The user the store logs in as.
+    pub async fn username(&self) -> String {
+        self.state.lock().await.binding.username.clone()
+    }
+}
+
+async fn open_mongodb(b: &Binding) -> Result<mongodb::Database, mongodb::error::Error> {
     use mongodb::options::{ClientOptions, Credential, ServerAddress};
     let options = ClientOptions::builder()
         .hosts(vec![ServerAddress::Tcp {
@@ -92,7 +160,6 @@ pub async fn mongodb(b: &Binding) -> Result<mongodb::Database, mongodb::error::E
         .build();
     let client = mongodb::Client::with_options(options)?;
     let db = client.database(&b.database);
-    // Fail at start, not at the first request, when the credentials are wrong.
     db.run_command(mongodb::bson::doc! { "listCollections": 1, "nameOnly": true })
         .await?;
     Ok(db)

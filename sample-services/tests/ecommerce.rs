@@ -28,7 +28,7 @@ async fn the_order_saga_pays_or_compensates_across_three_databases() {
 
     // catalog
     let catalog = Catalog {
-        db: stores::mongodb(&catalog_db).await.unwrap(),
+        db: stores::Mongo::connect(&catalog_db).await.unwrap(),
     };
     catalog.setup().await.unwrap();
     let catalog_url = serve(catalog.routes()).await;
@@ -266,11 +266,11 @@ async fn a_service_started_with_another_services_credentials_is_refused() {
     crossed.username = catalog_db.username.clone();
     crossed.password = catalog_db.password.clone();
     assert!(
-        stores::mongodb(&crossed).await.is_err(),
+        stores::Mongo::connect(&crossed).await.is_err(),
         "catalog reached the alerts database"
     );
 
     // Their own credentials work.
     assert!(stores::postgres(&payments_db).await.is_ok());
-    assert!(stores::mongodb(&alerts_db).await.is_ok());
+    assert!(stores::Mongo::connect(&alerts_db).await.is_ok());
 }

@@ -57,7 +57,7 @@ async fn readings_round_trip_through_influxdb_and_fire_alert_rules() {
 
     let alerts_url = serve(
         Alerts {
-            db: stores::mongodb(&alerts_db).await.unwrap(),
+            db: stores::Mongo::connect(&alerts_db).await.unwrap(),
         }
         .routes(),
     )

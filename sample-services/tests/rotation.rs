@@ -2,8 +2,8 @@
 //! it out: the other user gets the same database, the binding files are
 //! rewritten with it (the kubelet does this for a mounted Secret), and at
 //! the end of the grace period the first user is revoked and its session
-//! ended. The orders service goes on answering, as the second user, with
-//! no restart.
+//! ended. The orders (PostgreSQL), catalog (MongoDB wire) and telemetry
+//! (InfluxDB) stores go on answering, as the second user, with no restart.
 
 mod support;
 
@@ -14,7 +14,7 @@ use dbps_operator::servers::Servers;
 use dbps_samples::services::orders::Orders;
 use dbps_samples::stores;
 use serde_json::json;
-use support::{get_status, post_status, provision, serve};
+use support::{get_json, get_status, post_status, provision, serve};
 
 /// A rotation of `database`'s credentials as dbps carries it out: the
 /// second user `<database>_app2` made on the same database and the binding
@@ -151,4 +151,46 @@ async fn the_influxdb_store_follows_the_binding_when_the_previous_user_is_revoke
     let revoked =
         dbps_samples::binding::Binding::read_from(Some(stale.path()), name, |_| None).unwrap();
     assert!(stores::Influx::connect(&revoked).await.is_err());
+}
+
+#[tokio::test]
+async fn the_catalog_service_follows_the_binding_across_a_rotation() {
+    let root = tempfile::tempdir().unwrap();
+    let ferretdb = LocalServer::start(Kind::FerretDb).await.unwrap();
+    let binding = provision(&ferretdb, Engine::Mongodb, "catalog", root.path()).await;
+    assert_eq!(binding.username, "catalog_app");
+    let store = stores::Mongo::connect(&binding).await.unwrap();
+    let catalog = dbps_samples::services::catalog::Catalog { db: store.clone() };
+    catalog.setup().await.unwrap();
+    let url = serve(catalog.routes()).await;
+    let http = dbps_samples::http::client();
+    let mug = json!({ "sku": "mug", "name": "Mug", "price_cents": 900, "attributes": { "color": "red" } });
+    assert_eq!(
+        post_status(&http, format!("{url}/products"), &mug).await,
+        201
+    );
+
+    rotate(&ferretdb, Engine::Mongodb, "catalog", root.path())
+        .await
+        .await;
+    // The first user is gone: its credentials log in no more.
+    assert!(stores::Mongo::connect(&binding).await.is_err());
+
+    let cup = json!({ "sku": "cup", "name": "Cup", "price_cents": 500, "attributes": { "color": "red" } });
+    assert_eq!(
+        post_status(&http, format!("{url}/products"), &cup).await,
+        201
+    );
+    let red: Vec<serde_json::Value> = get_json(&http, format!("{url}/products?color=red")).await;
+    assert_eq!(red.len(), 2, "{red:?}");
+    assert_eq!(store.username().await, "catalog_app2");
+
+    // Files rewritten with credentials the server refuses are not taken:
+    // the store goes on as the user in force.
+    std::fs::write(root.path().join("catalog-db/password"), "not-the-password").unwrap();
+    assert_eq!(
+        get_status(&http, format!("{url}/products?color=red")).await,
+        200
+    );
+    assert_eq!(store.username().await, "catalog_app2");
 }

@@ -15,7 +15,7 @@ use crate::http::{ApiError, ApiResult, new_id};
 
 #[derive(Clone)]
 pub struct Alerts {
-    pub db: mongodb::Database,
+    pub db: crate::stores::Mongo,
 }
 
 /// A rule: when `metric` of a device (or of any device) compares to
@@ -76,7 +76,9 @@ async fn add_rule(
         ));
     }
     rule.id = new_id();
-    s.db.collection::<Rule>("rules")
+    s.db.db()
+        .await
+        .collection::<Rule>("rules")
         .insert_one(&rule)
         .await
         .map_err(db_error)?;
@@ -85,7 +87,9 @@ async fn add_rule(
 
 async fn rules(State(s): State<Alerts>) -> ApiResult<Vec<Rule>> {
     let found =
-        s.db.collection::<Rule>("rules")
+        s.db.db()
+            .await
+            .collection::<Rule>("rules")
             .find(doc! {})
             .await
             .map_err(db_error)?;
@@ -98,7 +102,9 @@ async fn evaluate(
     Json(readings): Json<Vec<Reading>>,
 ) -> ApiResult<Vec<Alert>> {
     let rules: Vec<Rule> =
-        s.db.collection::<Rule>("rules")
+        s.db.db()
+            .await
+            .collection::<Rule>("rules")
             .find(doc! {})
             .await
             .map_err(db_error)?
@@ -119,7 +125,9 @@ async fn evaluate(
         })
         .collect();
     if !fired.is_empty() {
-        s.db.collection::<Alert>("alerts")
+        s.db.db()
+            .await
+            .collection::<Alert>("alerts")
             .insert_many(&fired)
             .await
             .map_err(db_error)?;
@@ -138,7 +146,9 @@ async fn alerts(State(s): State<Alerts>, Query(q): Query<AlertQuery>) -> ApiResu
         None => Document::new(),
     };
     let found =
-        s.db.collection::<Alert>("alerts")
+        s.db.db()
+            .await
+            .collection::<Alert>("alerts")
             .find(filter)
             .await
             .map_err(db_error)?;

@@ -15,7 +15,7 @@ use crate::http::{ApiError, ApiResult};
 
 #[derive(Clone)]
 pub struct Catalog {
-    pub db: mongodb::Database,
+    pub db: crate::stores::Mongo,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -29,8 +29,8 @@ pub struct Product {
 }
 
 impl Catalog {
-    fn products(&self) -> mongodb::Collection<Product> {
-        self.db.collection("products")
+    async fn products(&self) -> mongodb::Collection<Product> {
+        self.db.db().await.collection("products")
     }
 
     pub async fn setup(&self) -> Result<(), mongodb::error::Error> {
@@ -42,7 +42,7 @@ impl Catalog {
                     .build(),
             )
             .build();
-        self.products().create_index(index).await?;
+        self.products().await.create_index(index).await?;
         Ok(())
     }
 
@@ -63,7 +63,7 @@ async fn add(
             "a product needs a sku, a name and a price",
         ));
     }
-    match s.products().insert_one(&p).await {
+    match s.products().await.insert_one(&p).await {
         Ok(_) => Ok((StatusCode::CREATED, Json(p))),
         Err(e) if e.to_string().contains("E11000") || e.to_string().contains("duplicate") => Err(
             ApiError(StatusCode::CONFLICT, format!("sku {} exists", p.sku)),
@@ -75,6 +75,7 @@ async fn add(
 async fn by_sku(State(s): State<Catalog>, Path(sku): Path<String>) -> ApiResult<Product> {
     let found = s
         .products()
+        .await
         .find_one(doc! { "sku": &sku })
         .await
         .map_err(db_error)?;
@@ -106,6 +107,7 @@ async fn search(
     }
     let found: Vec<Product> = s
         .products()
+        .await
         .find(filter)
         .await
         .map_err(db_error)?
