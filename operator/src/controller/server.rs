@@ -10,7 +10,7 @@ use kube::{Api, ResourceExt};
 
 use super::apply::patch_status_if_changed;
 use super::claim::shared::admin_connection;
-use super::{Context, Error};
+use super::context::{Context, Error};
 use crate::api::{DatabaseClaim, DatabaseServer, DatabaseServerStatus, Reason, set_condition};
 
 /// The condition a server reports.

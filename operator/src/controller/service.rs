@@ -9,7 +9,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::apply::patch_status_if_changed;
-use super::{Context, Error};
+use super::context::{Context, Error};
 use crate::api::{
     ClaimPhase, DatabaseClaim, READY, Reason, Service, ServiceDatabase, ServiceStatus,
     set_condition,

@@ -13,7 +13,8 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
 use super::super::apply::{apply, ensure};
-use super::super::{Context, Error, drift};
+use super::super::context::{Context, Error};
+use super::super::drift;
 use super::rotation::{self, DEFAULT_GRACE_SECONDS, ROTATE_ANNOTATION};
 use super::status::{Outcome, publish, update_status, update_status_full, update_status_with};
 use crate::api::{

@@ -10,7 +10,8 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::super::{Context, Error, drift};
+use super::super::context::{Context, Error};
+use super::super::drift;
 use super::administer::mark_of;
 use super::shared::{admin_connection, placed_database, shared_database, slot_username};
 use super::status::{Outcome, publish, update_status};

@@ -9,7 +9,8 @@ use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use super::super::apply as ssa;
-use super::super::{Context, Error, drift};
+use super::super::context::{Context, Error};
+use super::super::drift;
 use super::administer::{Target, administer};
 use super::status::{Outcome, update_status, update_status_with};
 use crate::api::{ClaimPhase, DatabaseClaim, Endpoint, Reason, Service};

@@ -19,8 +19,11 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 
-use super::{Context, Error, FINALIZER};
+use super::context::{Context, Error};
 use crate::api::DatabaseClaim;
+
+/// Finalizer that runs a claim's cleanup exactly once.
+pub const FINALIZER: &str = "dbps.io/cleanup";
 
 pub use cleanup::SKIP_CLEANUP_ANNOTATION;
 pub use dedicated::major;

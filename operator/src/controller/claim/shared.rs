@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use super::super::{Context, Error};
+use super::super::context::{Context, Error};
 use super::administer::{Target, administer};
 use super::status::{Outcome, update_status};
 use crate::api::ServerTls;

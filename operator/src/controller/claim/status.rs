@@ -6,7 +6,7 @@ use kube::ResourceExt;
 use kube::runtime::events::{Event, EventType};
 
 use super::super::apply::patch_status_if_changed;
-use super::super::{Context, Error};
+use super::super::context::{Context, Error};
 use crate::api::{
     Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, DatabaseClaimStatus, Endpoint, READY,
     Reason, set_condition,

@@ -1,0 +1,190 @@
+//! What every reconcile shares: how the operator runs ([`Config`]), the
+//! client, event recorder, server administration and metrics
+//! ([`Context`]), and why a reconcile failed ([`Error`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer;
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::api::Reason;
+use crate::children::MANAGED_BY;
+use crate::metrics::Metrics;
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Watch only this namespace; `None` watches all.
+    pub namespace: Option<String>,
+    /// Re-check every object this often even when nothing changed.
+    pub resync: Duration,
+    /// Cluster domain, the operator's own pods and image repositories.
+    pub platform: crate::children::Platform,
+    /// Reporting instance in events (the pod name).
+    pub instance: Option<String>,
+    /// Label selector of the `DatabaseServer`s whose status this operator
+    /// keeps (all when `None`). Claims may use any server.
+    pub server_selector: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            namespace: None,
+            resync: Duration::from_secs(300),
+            platform: crate::children::Platform::default(),
+            instance: None,
+            server_selector: None,
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub config: Config,
+    pub servers: crate::servers::Servers,
+    pub metrics: Arc<Metrics>,
+    failures: Mutex<HashMap<String, u32>>,
+    cluster: tokio::sync::OnceCell<String>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: MANAGED_BY.into(),
+            instance: config.instance.clone(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            servers: Default::default(),
+            metrics,
+            failures: Mutex::default(),
+            cluster: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The identity of this cluster in ownership marks: the UID of its
+    /// `kube-system` namespace (asked once).
+    pub async fn cluster_id(&self) -> Result<String, Error> {
+        self.cluster
+            .get_or_try_init(|| async {
+                let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
+                    Api::all(self.client.clone());
+                Ok::<_, Error>(
+                    namespaces
+                        .get("kube-system")
+                        .await?
+                        .uid()
+                        .unwrap_or_default(),
+                )
+            })
+            .await
+            .cloned()
+    }
+
+    pub(super) fn api<K>(&self, namespace: &str) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Next delay after a transient failure of `key`.
+    pub(super) fn backoff(&self, key: String) -> Duration {
+        let mut failures = self.failures.lock().unwrap();
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff_delay(*n)
+    }
+
+    pub(super) fn succeeded(&self, key: &str) {
+        self.failures.lock().unwrap().remove(key);
+    }
+}
+
+/// Delay before retry number `failures` (from 1): 1 s, doubling, at most 5 min.
+pub fn backoff_delay(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(9);
+    Duration::from_secs(1 << exponent).min(Duration::from_secs(300))
+}
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object could not be read as the current API (e.g. written by
+    /// another version); waits for a change.
+    #[error("object does not match the dbps.io/v1alpha1 schema: {0}")]
+    InvalidObject(String),
+    /// The claim cannot be fulfilled as written; waits for a change.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A database server could not be used; retried with backoff.
+    #[error("database server: {1}")]
+    Unavailable(Reason, String),
+    /// Cleanup outside Kubernetes failed; retried.
+    #[error("cleanup: {0}")]
+    Cleanup(String),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A stable label for logs and metrics.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Error::InvalidObject(_) => Reason::InvalidObject,
+            Error::InvalidSpec(_) => Reason::InvalidSpec,
+            Error::Kube(_) => Reason::KubernetesApi,
+            Error::Cleanup(_) => Reason::CleanupFailed,
+            Error::Unavailable(reason, _) => *reason,
+            Error::Finalizer(e) => match &**e {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => Reason::Finalizer,
+            },
+        }
+    }
+
+    /// Invalid input waits for a change; everything else is retried.
+    pub fn is_permanent(&self) -> bool {
+        self.reason().is_permanent()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_failures_back_off_exponentially_up_to_five_minutes() {
+        let delays: Vec<u64> = [1, 2, 3, 4, 9, 10, 50]
+            .map(|n| backoff_delay(n).as_secs())
+            .to_vec();
+        assert_eq!(delays, [1, 2, 4, 8, 256, 300, 300]);
+    }
+
+    #[test]
+    fn invalid_input_waits_for_a_change_and_api_faults_are_retried() {
+        assert!(Error::InvalidSpec("x".into()).is_permanent());
+        assert!(Error::InvalidObject("x".into()).is_permanent());
+        let transient = Error::Kube(kube::Error::Service("connection refused".into()));
+        assert!(!transient.is_permanent());
+        assert_eq!(transient.reason(), Reason::KubernetesApi);
+        let unreachable = Error::Unavailable(Reason::ServerUnreachable, "down".into());
+        assert_eq!(unreachable.reason().as_str(), "ServerUnreachable");
+        assert!(!unreachable.is_permanent());
+        let wrapped = Error::Finalizer(Box::new(finalizer::Error::ApplyFailed(
+            Error::InvalidSpec("x".into()),
+        )));
+        assert!(wrapped.is_permanent());
+    }
+}
