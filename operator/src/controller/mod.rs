@@ -1,8 +1,8 @@
-//! The three controllers and how they run: `DatabaseClaim` ([`claim`]; owns
+//! The three controllers and how they run: `DatabaseClaim` (`claim`; owns
 //! the children of a dedicated instance, watches `Service`s and
-//! `DatabaseServer`s), `Service` status and ownership table ([`service`]),
-//! and `DatabaseServer` reachability ([`server`]). What they share is in
-//! [`context`]; server-side apply and the status patch in [`apply`].
+//! `DatabaseServer`s), `Service` status and ownership table (`service`),
+//! and `DatabaseServer` reachability (`server`). What they share is in
+//! `context`; server-side apply and the status patch in `apply`.
 
 mod apply;
 mod claim;

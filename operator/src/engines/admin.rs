@@ -137,7 +137,7 @@ impl AdminError {
     }
 }
 
-/// What [`Servers::ensure`] found and did beyond the usual.
+/// What [`Administration::ensure`] found and did beyond the usual.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Provisioned {
     /// Unmarked objects this claim adopted (the platform team allowed it).

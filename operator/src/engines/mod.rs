@@ -3,10 +3,10 @@
 //! superuser, how readiness is probed, what a binding says) and the
 //! [`Administration`] (database, users, passwords, revocation and drops over
 //! the wire, the same for a dedicated instance and a registered shared
-//! server). [`module`] is the one place an API [`Engine`] maps to them.
+//! server). `module` is the one place an API [`Engine`] maps to them.
 //!
 //! Adding an engine: a folder here with its two implementations, a variant
-//! of [`Engine`] (and [`Engine::ALL`]), an arm of [`module`], and its local
+//! of [`Engine`] (and [`Engine::ALL`]), an arm of `module`, and its local
 //! test server in the end-to-end support.
 
 mod admin;
