@@ -46,6 +46,7 @@ lint:
 
 ## bench: start-up and throughput measurements (DBPS_BENCH_RUNS sets repetitions)
 bench: binaries
+	$(CARGO) build --release -p dbps-operator --bin dbps-operator
 	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) bench -p dbps-e2e
 
 clean-cache:

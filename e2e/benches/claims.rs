@@ -1,96 +1,374 @@
-//! How fast claims become Ready: N shared PostgreSQL claims on a local server,
-//! and N dedicated claims on kwok nodes, each from creation to all Ready, with
-//! the process's peak RSS. `DBPS_BENCH_CLAIMS` sets N (default 30).
+//! The operator at scale. For each N, on a fresh control plane and fresh
+//! PostgreSQL servers, with the operator binary as its own process (as it
+//! runs in a pod):
+//!
+//! - the **PostgreSQL floor**: the same administration (database, owner and
+//!   login roles, marks) issued directly at the operator's per-server
+//!   concurrency, on a server of its own;
+//! - the **apiserver floor**: five writes per claim (what a claim needs at
+//!   least: finalizer, binding Secret, Role, RoleBinding, status), 16 claims
+//!   at a time;
+//! - **N shared claims** from creation to all Ready: time, the operator's
+//!   peak RSS (`VmHWM`) and CPU seconds, its reconciles, and its requests
+//!   per claim from the apiserver's audit log (reads, writes, 429s);
+//! - the **steady state**: the operator's requests per claim over one
+//!   resync period after all are Ready.
+//!
+//! `DBPS_BENCH_CLAIMS` lists the sizes (default `200,1000`),
+//! `DBPS_BENCH_RUNS` the runs of each (default 3); medians are printed last.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use dbps_e2e::control_plane::{ControlPlane, Options};
 use dbps_e2e::databases::{Kind, LocalServer};
-use dbps_e2e::manifests::apply_yaml;
-use dbps_e2e::{RunningOperator, TestContext};
-use dbps_operator::api::{ClaimPhase, DatabaseClaim};
-use kube::Api;
+use dbps_e2e::process::Process;
+use dbps_operator::api::{DatabaseClaim, READY};
+use dbps_operator::engines::{Grant, MAX_CONNECTIONS_PER_SERVER};
+use dbps_operator::servers::Servers;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
 
-async fn all_ready(claims: &Api<DatabaseClaim>, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let ready = claims
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|c| c.status.as_ref().and_then(|s| s.phase) == Some(ClaimPhase::Ready))
-            .count();
-        if ready == n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{ready} of {n} Ready after 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+const NAMESPACE: &str = "bench";
+const OPERATOR_USER: &str = "dbps-bench-operator";
+/// Resync of the operator under test; the steady state is watched for one
+/// period and a little more, so that every claim is re-checked once.
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// What one run measured.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    ready_s: f64,
+    postgres_floor_s: f64,
+    apiserver_floor_s: f64,
+    rss_mib: f64,
+    cpu_s: f64,
+    reconciles_per_claim: f64,
+    writes_per_claim: f64,
+    reads_per_claim: f64,
+    throttled: f64,
+    steady_writes: f64,
+    steady_reads_per_claim: f64,
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
+/// `VmHWM` (peak resident set) of `pid`, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-async fn run(kind: &str, n: usize, server: Option<&LocalServer>) {
-    let ctx = TestContext::new(&format!("bench-{kind}")).await.unwrap();
-    let _operator = RunningOperator::start(&ctx, Duration::from_secs(300))
-        .await
-        .unwrap();
-    let mut yaml = String::from(
-        "apiVersion: dbps.io/v1alpha1\nkind: Service\nmetadata: { name: svc }\nspec: {}\n",
-    );
-    if let Some(server) = server {
-        yaml.push_str(&format!(
-            "---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: admin }}\nstringData: {{ username: {}, password: {} }}\n---\napiVersion: dbps.io/v1alpha1\nkind: DatabaseServer\nmetadata: {{ name: {}-pg }}\nspec: {{ engine: postgres, host: 127.0.0.1, port: {}, adminSecretRef: {{ namespace: {}, name: admin }} }}\n",
-            server.admin_user, server.admin_password, ctx.namespace, server.port, ctx.namespace
-        ));
+/// User plus system CPU seconds of `pid`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // Fields 14 and 15 of stat; `rest` starts at field 3.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    // SAFETY: plain getter.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The operator's completed requests after `offset`, by kind: reads
+/// (get, list), writes (create, update, patch, delete) and 429 answers.
+fn operator_requests(plane: &ControlPlane, offset: u64) -> (usize, usize, usize) {
+    let (mut reads, mut writes, mut throttled) = (0, 0, 0);
+    for event in plane.audit_events_since(offset) {
+        if event["user"]["username"] != OPERATOR_USER {
+            continue;
+        }
+        match event["verb"].as_str().unwrap_or_default() {
+            "get" | "list" => reads += 1,
+            "create" | "update" | "patch" | "delete" | "deletecollection" => writes += 1,
+            _ => {}
+        }
+        if event["responseStatus"]["code"] == 429 {
+            throttled += 1;
+        }
     }
-    apply_yaml(&ctx.client, &ctx.namespace, &yaml)
+    (reads, writes, throttled)
+}
+
+/// The value of a metric line of the operator's `/metrics`.
+async fn metric(port: u16, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .and_then(|r| r.error_for_status())
+        .unwrap()
+        .text()
         .await
         .unwrap();
-    let placement = match server {
-        Some(_) => format!(", server: {{ name: {}-pg }}", ctx.namespace),
-        None => String::new(),
-    };
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The same administration the operator does for `n` claims, issued
+/// directly at its per-server concurrency.
+async fn postgres_floor(n: usize) -> f64 {
+    let server = LocalServer::start(Kind::Postgres).await.unwrap();
+    let conn = server.admin_connection(dbps_operator::api::Engine::Postgres);
+    let servers = Servers::default();
     let started = Instant::now();
-    let claims: String = (0..n)
+    futures::stream::iter(0..n)
         .map(|i| {
-            format!(
-                "---\napiVersion: dbps.io/v1alpha1\nkind: DatabaseClaim\nmetadata: {{ name: c{i:03} }}\nspec: {{ serviceRef: {{ name: svc }}, engine: postgres{placement} }}\n"
-            )
+            let (servers, conn) = (&servers, &conn);
+            async move {
+                let database = format!("{NAMESPACE}_c{i:05}");
+                let grant = Grant {
+                    username: format!("{database}_app"),
+                    password: dbps_operator::password::generate(),
+                    database: database.clone(),
+                };
+                let claimant =
+                    dbps_e2e::claims::claimant(NAMESPACE, &database, &database, "svc", false);
+                servers.ensure(conn, &grant, &claimant).await.unwrap();
+            }
         })
-        .collect();
-    apply_yaml(&ctx.client, &ctx.namespace, &claims)
+        .buffer_unordered(MAX_CONNECTIONS_PER_SERVER)
+        .collect::<Vec<_>>()
+        .await;
+    started.elapsed().as_secs_f64()
+}
+
+/// Five writes per claim, 16 claims at a time.
+async fn apiserver_floor(client: &kube::Client, n: usize) -> f64 {
+    let namespace = "bench-floor";
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": namespace } })).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
         .await
         .unwrap();
-    all_ready(&ctx.api::<DatabaseClaim>(), n).await;
-    let elapsed = started.elapsed();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let secrets = secrets.clone();
+            async move {
+                let name = format!("c{i:05}");
+                let secret: Secret = serde_json::from_value(json!({
+                    "metadata": { "name": name },
+                    "stringData": { "username": "u", "password": "p", "uri": "postgresql://u:p@h:5432/d" }
+                }))
+                .unwrap();
+                secrets.create(&PostParams::default(), &secret).await.unwrap();
+                for step in 0..4 {
+                    let patch = json!({ "metadata": { "labels": { format!("step{step}"): "done" } } });
+                    secrets
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    started.elapsed().as_secs_f64()
+}
+
+fn ready(claim: &DatabaseClaim) -> bool {
+    claim
+        .status
+        .as_ref()
+        .and_then(|s| dbps_operator::api::find_condition(&s.conditions, READY))
+        .is_some_and(|c| c.status == "True")
+}
+
+async fn run(n: usize) -> Sample {
+    let plane = ControlPlane::start_with(Options {
+        workloads: false,
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let client = plane.client().await.unwrap();
+    dbps_e2e::operator::install_crds(&client).await.unwrap();
+    let mut sample = Sample {
+        postgres_floor_s: postgres_floor(n).await,
+        apiserver_floor_s: apiserver_floor(&client, n).await,
+        ..Sample::default()
+    };
+
+    let server = LocalServer::start(Kind::Postgres).await.unwrap();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: {NAMESPACE} }}\n---\napiVersion: dbps.io/v1alpha1\nkind: Service\nmetadata: {{ name: svc, namespace: {NAMESPACE} }}\nspec: {{}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: admin, namespace: {NAMESPACE} }}\nstringData: {{ username: {}, password: {} }}\n---\napiVersion: dbps.io/v1alpha1\nkind: DatabaseServer\nmetadata: {{ name: pg }}\nspec: {{ engine: postgres, host: 127.0.0.1, port: {}, adminSecretRef: {{ namespace: {NAMESPACE}, name: admin }} }}\n",
+        server.admin_user, server.admin_password, server.port
+    );
+    dbps_e2e::manifests::apply_yaml(&client, NAMESPACE, &yaml)
+        .await
+        .unwrap();
+
+    let kubeconfig = plane
+        .write_kubeconfig(OPERATOR_USER, &["system:masters"])
+        .unwrap();
+    let port = dbps_e2e::ports::free_port().unwrap();
+    let operator = Process::spawn(
+        "dbps-operator",
+        &dbps_e2e::operator::binary(),
+        &[
+            "run".into(),
+            format!("--namespace={NAMESPACE}"),
+            format!("--resync-seconds={}", RESYNC.as_secs()),
+            format!("--listen=127.0.0.1:{port}"),
+            "--log-format=text".into(),
+        ],
+        plane.dir(),
+        |cmd| {
+            cmd.env("KUBECONFIG", &kubeconfig).env("RUST_LOG", "warn");
+        },
+    )
+    .unwrap();
+    let pid = operator.pid().unwrap();
+    for _ in 0..300 {
+        let up = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await;
+        if up.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let claims: Api<DatabaseClaim> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut ready_names = std::collections::HashSet::new();
+    let mut events = watcher(claims.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let offset = plane.audit_offset();
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let claims = claims.clone();
+            async move {
+                let claim: DatabaseClaim = serde_json::from_value(json!({
+                    "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim",
+                    "metadata": { "name": format!("c{i:05}") },
+                    "spec": { "serviceRef": { "name": "svc" }, "engine": "postgres", "server": { "name": "pg" } }
+                }))
+                .unwrap();
+                claims.create(&PostParams::default(), &claim).await.unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let deadline = Duration::from_secs(1800);
+    while ready_names.len() < n {
+        let next = tokio::time::timeout(
+            deadline.saturating_sub(started.elapsed()),
+            events.try_next(),
+        );
+        let claim = next
+            .await
+            .unwrap_or_else(|_| panic!("{} of {n} Ready after {deadline:?}", ready_names.len()))
+            .unwrap()
+            .expect("the watch goes on");
+        if ready(&claim) {
+            ready_names.insert(claim.metadata.name.clone().unwrap_or_default());
+        }
+    }
+    sample.ready_s = started.elapsed().as_secs_f64();
+    sample.cpu_s = cpu_seconds(pid) - cpu_before;
+    let (reads, writes, throttled) = operator_requests(&plane, offset);
+    let per = |x: usize| x as f64 / n as f64;
+    sample.reads_per_claim = per(reads);
+    sample.writes_per_claim = per(writes);
+    sample.throttled = throttled as f64;
+    sample.reconciles_per_claim =
+        metric(port, "dbps_reconciles_total{controller=\"claim\"}").await / n as f64;
+
+    let steady = plane.audit_offset();
+    tokio::time::sleep(RESYNC + Duration::from_secs(10)).await;
+    let (reads, writes, _) = operator_requests(&plane, steady);
+    sample.steady_reads_per_claim = per(reads);
+    sample.steady_writes = writes as f64;
+    sample.rss_mib = peak_rss_mib(pid);
+    drop(events);
+    drop(operator);
+    sample
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn print(n: usize, label: &str, s: &Sample) {
     println!(
-        "claims/{kind}: n={n} all_ready={:.1}s per_claim={:.0}ms claims_per_s={:.1} peak_rss={:.0}MiB",
-        elapsed.as_secs_f64(),
-        elapsed.as_secs_f64() * 1000.0 / n as f64,
-        n as f64 / elapsed.as_secs_f64(),
-        peak_rss_mib()
+        "claims/shared-postgres n={n} {label}: all_ready={:.1}s postgres_floor={:.1}s ({:.2}x) apiserver_floor={:.1}s ({:.2}x) \
+         peak_rss={:.0}MiB cpu={:.1}s reconciles/claim={:.1} writes/claim={:.1} reads/claim={:.1} 429s={:.0} \
+         steady: writes={:.0} reads/claim={:.1}",
+        s.ready_s,
+        s.postgres_floor_s,
+        s.ready_s / s.postgres_floor_s,
+        s.apiserver_floor_s,
+        s.ready_s / s.apiserver_floor_s,
+        s.rss_mib,
+        s.cpu_s,
+        s.reconciles_per_claim,
+        s.writes_per_claim,
+        s.reads_per_claim,
+        s.throttled,
+        s.steady_writes,
+        s.steady_reads_per_claim,
     );
 }
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("DBPS_BENCH_CLAIMS")
+    let sizes: Vec<usize> = std::env::var("DBPS_BENCH_CLAIMS")
+        .unwrap_or_else(|_| "200,1000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let runs: usize = std::env::var("DBPS_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
-    let postgres = LocalServer::start(Kind::Postgres).await.unwrap();
-    run("shared-postgres", n, Some(&postgres)).await;
-    run("dedicated", n, None).await;
+        .unwrap_or(3);
+    assert!(
+        Path::new(&dbps_e2e::operator::binary()).exists(),
+        "build the operator first: cargo build -p dbps-operator --bin dbps-operator"
+    );
+    let mut medians = BTreeMap::new();
+    for n in sizes {
+        let mut samples = Vec::new();
+        for r in 1..=runs {
+            let s = run(n).await;
+            print(n, &format!("run {r}/{runs}"), &s);
+            samples.push(s);
+        }
+        let m = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+        let med = Sample {
+            ready_s: m(|s| s.ready_s),
+            postgres_floor_s: m(|s| s.postgres_floor_s),
+            apiserver_floor_s: m(|s| s.apiserver_floor_s),
+            rss_mib: m(|s| s.rss_mib),
+            cpu_s: m(|s| s.cpu_s),
+            reconciles_per_claim: m(|s| s.reconciles_per_claim),
+            writes_per_claim: m(|s| s.writes_per_claim),
+            reads_per_claim: m(|s| s.reads_per_claim),
+            throttled: m(|s| s.throttled),
+            steady_writes: m(|s| s.steady_writes),
+            steady_reads_per_claim: m(|s| s.steady_reads_per_claim),
+        };
+        medians.insert(n, med);
+    }
+    for (n, s) in &medians {
+        print(*n, "median", s);
+    }
 }

@@ -113,9 +113,13 @@ pub fn samples_binary() -> std::path::PathBuf {
 }
 
 /// The `dbps-operator` binary `make test` builds (`cargo build -p dbps-operator`),
-/// beside the test binaries' directory.
+/// beside the test binaries' directory; `DBPS_OPERATOR_BIN` names another
+/// (e.g. an earlier build, to compare).
 pub fn binary() -> std::path::PathBuf {
-    sibling("dbps-operator")
+    match std::env::var_os("DBPS_OPERATOR_BIN") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => sibling("dbps-operator"),
+    }
 }
 
 fn sibling(name: &str) -> std::path::PathBuf {

@@ -424,8 +424,9 @@ spec: { serviceAccountName: payments-api }
             "dbps-bindings",
             "ownership table",
             |c: Option<&ConfigMap>| {
-                c.and_then(|c| c.data.as_ref())
-                    .is_some_and(|d| d.contains_key("account.payments"))
+                c.and_then(|c| c.data.as_ref()).is_some_and(|d| {
+                    d.contains_key("account.payments") && d.contains_key("secret.orders-db-binding")
+                })
             },
         )
         .await;

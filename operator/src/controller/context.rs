@@ -49,12 +49,19 @@ pub struct Context {
     pub config: Config,
     pub servers: crate::servers::Servers,
     pub metrics: Arc<Metrics>,
+    /// The watched kinds, as last seen.
+    pub caches: super::caches::Caches,
     failures: Mutex<HashMap<String, u32>>,
     cluster: tokio::sync::OnceCell<String>,
 }
 
 impl Context {
-    pub fn new(client: Client, config: Config, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: Client,
+        config: Config,
+        metrics: Arc<Metrics>,
+        caches: super::caches::Caches,
+    ) -> Self {
         let reporter = Reporter {
             controller: MANAGED_BY.into(),
             instance: config.instance.clone(),
@@ -65,6 +72,7 @@ impl Context {
             config,
             servers: Default::default(),
             metrics,
+            caches,
             failures: Mutex::default(),
             cluster: tokio::sync::OnceCell::new(),
         }

@@ -5,6 +5,7 @@
 //! `context`; server-side apply and the status patch in `apply`.
 
 mod apply;
+mod caches;
 mod claim;
 mod context;
 mod drift;
@@ -22,7 +23,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::api::{DatabaseClaim, DatabaseServer, Service};
@@ -30,6 +31,7 @@ use crate::children::MANAGED_BY;
 use crate::metrics::Metrics;
 
 pub use apply::{APPLIED_HASH_ANNOTATION, is_subset, up_to_date};
+pub use caches::Caches;
 pub use claim::FINALIZER;
 pub use claim::{
     ROTATE_ANNOTATION, SKIP_CLEANUP_ANNOTATION, major, selector_matches, shared_database,
@@ -85,6 +87,52 @@ async fn measured(
     result
 }
 
+/// The claim changes that concern one Service or DatabaseServer within this
+/// window are gathered into one reconcile of it (never held back longer).
+const GATHER: Duration = Duration::from_millis(200);
+
+/// The Service a claim belongs to, as a key.
+fn service_key(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Option<(String, String)> {
+    let claim = claim.0.as_ref().ok()?;
+    Some((claim.namespace()?, claim.spec.service_ref.name.clone()))
+}
+
+/// The server a claim is placed on, as a key.
+fn server_key(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Option<String> {
+    Some(claim.0.as_ref().ok()?.spec.server.as_ref()?.name.clone())
+}
+
+/// A subscriber of a shared store's events.
+fn subscribe<K>(
+    writer: &kube::runtime::reflector::store::Writer<K>,
+) -> kube::runtime::reflector::ReflectHandle<K>
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    writer.subscribe().expect("a shared store has subscribers")
+}
+
+/// Drives a shared watch: its store and subscribers are fed as it is
+/// polled; deletions go to `deletions`, errors to the log (the watch backs
+/// off and goes on).
+async fn drive<K>(
+    watch: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    kind: &'static str,
+    deletions: caches::Deletions<K>,
+) where
+    K: Send + Sync + 'static,
+{
+    let mut watch = std::pin::pin!(watch);
+    while let Some(event) = watch.next().await {
+        match event {
+            Ok(watcher::Event::Delete(obj)) => deletions.deleted(obj).await,
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, kind, "watch"),
+        }
+    }
+}
+
 /// Runs the controllers until `shutdown` completes.
 pub async fn run(
     client: Client,
@@ -92,7 +140,6 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let ctx = Arc::new(Context::new(client.clone(), config.clone(), metrics));
     let ns = &config.namespace;
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
@@ -104,93 +151,192 @@ pub async fn run(
         }
     };
 
-    let claims = Controller::new(
-        api_for::<DeserializeGuard<DatabaseClaim>>(&client, ns),
-        watcher::Config::default(),
+    // One watch per kind of the API, shared by the controllers.
+    let (claim_store, claim_writer) = caches::shared::<DeserializeGuard<DatabaseClaim>>();
+    let (service_store, service_writer) = caches::shared::<Service>();
+    let (server_store, server_writer) = caches::shared::<DatabaseServer>();
+    let (claims_for_claims, claims_for_services, claims_for_servers) = (
+        subscribe(&claim_writer),
+        subscribe(&claim_writer),
+        subscribe(&claim_writer),
     );
-    let claim_store = claims.store();
-    let phase_store = claim_store.clone();
-    let server_claims = claim_store.clone();
-    let claims = claims
-        .owns(api_for::<StatefulSet>(&client, ns), owned.clone())
-        .owns(api_for::<KubeService>(&client, ns), owned.clone())
-        .owns(api_for::<NetworkPolicy>(&client, ns), owned.clone())
-        .owns(api_for::<Role>(&client, ns), owned.clone())
-        .owns(api_for::<RoleBinding>(&client, ns), owned)
-        .watches(
-            api_for::<Service>(&client, ns),
+    let (services_for_services, services_for_claims) =
+        (subscribe(&service_writer), subscribe(&service_writer));
+    let servers_for_claims = subscribe(&server_writer);
+    let servers_for_servers = config
+        .server_selector
+        .is_none()
+        .then(|| subscribe(&server_writer));
+    // Deletions reach the controllers that follow another kind: a shared
+    // store tells its subscribers only of objects that are there.
+    let mut claim_deletions = caches::Deletions::new();
+    let mut service_deletions = caches::Deletions::new();
+    let mut server_deletions = caches::Deletions::new();
+    let (claims_gone_for_services, claims_gone_for_servers) =
+        (claim_deletions.listen(), claim_deletions.listen());
+    let services_gone_for_claims = service_deletions.listen();
+    let servers_gone_for_claims = server_deletions.listen();
+    let watches = {
+        let claims = watcher(
+            api_for::<DeserializeGuard<DatabaseClaim>>(&client, ns),
             watcher::Config::default(),
-            move |service| {
-                // A Service change (selector, account, appearance) re-reconciles its claims.
-                let ns = service.namespace();
-                let name = service.name_any();
-                claim_store
-                    .state()
-                    .into_iter()
-                    .filter(|c| {
-                        c.0.as_ref()
-                            .is_ok_and(|c| c.namespace() == ns && c.spec.service_ref.name == name)
-                    })
-                    .map(|c| ObjectRef::from_obj(&*c))
-                    .collect::<Vec<_>>()
-            },
         )
-        .watches(
+        .default_backoff()
+        .reflect_shared(claim_writer);
+        let services = watcher(api_for::<Service>(&client, ns), watcher::Config::default())
+            .default_backoff()
+            .reflect_shared(service_writer);
+        let servers = watcher(
             Api::<DatabaseServer>::all(client.clone()),
             watcher::Config::default(),
-            move |server| {
-                // A server change (registration, namespaces, credentials) re-reconciles its claims.
-                let name = server.name_any();
-                server_claims
-                    .state()
-                    .into_iter()
-                    .filter(|c| {
-                        c.0.as_ref()
-                            .is_ok_and(|c| c.spec.server.as_ref().is_some_and(|s| s.name == name))
-                    })
-                    .map(|c| ObjectRef::from_obj(&*c))
-                    .collect::<Vec<_>>()
+        )
+        .default_backoff()
+        .reflect_shared(server_writer);
+        let mut stop_watches = stop.subscribe();
+        async move {
+            tokio::select! {
+                _ = futures::future::join3(
+                    drive(claims, "DatabaseClaim", claim_deletions),
+                    drive(services, "Service", service_deletions),
+                    drive(servers, "DatabaseServer", server_deletions),
+                ) => {}
+                _ = stop_watches.recv() => {}
+            }
+        }
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config.clone(),
+        metrics,
+        Caches {
+            claims: claim_store.clone(),
+            services: service_store.clone(),
+            servers: server_store.clone(),
+        },
+    ));
+
+    let service_claims = claim_store.clone();
+    let server_claims = claim_store.clone();
+    let phase_store = claim_store.clone();
+    // The claim controller runs on what a user or another controller
+    // changes of a claim, never on the status it writes itself.
+    let claims = Controller::for_shared_stream(
+        caches::changed(claims_for_claims, caches::spec_and_metadata),
+        claim_store,
+    )
+    .owns(api_for::<StatefulSet>(&client, ns), owned.clone())
+    .owns(api_for::<KubeService>(&client, ns), owned.clone())
+    .owns(api_for::<NetworkPolicy>(&client, ns), owned.clone())
+    .owns(api_for::<Role>(&client, ns), owned.clone())
+    .owns(api_for::<RoleBinding>(&client, ns), owned)
+    .watches_shared_stream(
+        // A Service's spec (selector, account), appearance or deletion
+        // re-reconciles its claims; its status does not.
+        futures::stream::select(
+            caches::changed(services_for_claims, caches::spec_and_metadata),
+            services_gone_for_claims,
+        ),
+        move |service| {
+            let ns = service.namespace();
+            let name = service.name_any();
+            service_claims
+                .state()
+                .into_iter()
+                .filter(|c| {
+                    c.0.as_ref()
+                        .is_ok_and(|c| c.namespace() == ns && c.spec.service_ref.name == name)
+                })
+                .map(|c| ObjectRef::from_obj(&*c))
+                .collect::<Vec<_>>()
+        },
+    )
+    .watches_shared_stream(
+        // So does a server's registration, namespaces or credentials.
+        futures::stream::select(
+            caches::changed(servers_for_claims, caches::spec_and_metadata),
+            servers_gone_for_claims,
+        ),
+        move |server| {
+            let name = server.name_any();
+            server_claims
+                .state()
+                .into_iter()
+                .filter(|c| {
+                    c.0.as_ref()
+                        .is_ok_and(|c| c.spec.server.as_ref().is_some_and(|s| s.name == name))
+                })
+                .map(|c| ObjectRef::from_obj(&*c))
+                .collect::<Vec<_>>()
+        },
+    )
+    .graceful_shutdown_on(stopped(&stop))
+    .run(
+        |o, c| async move { measured(&c.clone(), "claim", claim::reconcile(o, c)).await },
+        error_policy,
+        ctx.clone(),
+    )
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            tracing::debug!(%error, "claim reconcile");
+        }
+    });
+
+    // A Service's status and ownership entries follow its claims: the
+    // changes of a burst are gathered (GATHER) into one write.
+    let services = Controller::for_shared_stream(
+        caches::changed(services_for_services, caches::spec_and_metadata),
+        service_store,
+    )
+    .watches_shared_stream(
+        caches::throttled(
+            futures::stream::select(claims_for_services, claims_gone_for_services),
+            service_key,
+            GATHER,
+        ),
+        |claim| {
+            let claim = claim.0.as_ref().ok()?;
+            Some(ObjectRef::new(&claim.spec.service_ref.name).within(&claim.namespace()?))
+        },
+    )
+    .graceful_shutdown_on(stopped(&stop))
+    .run(
+        |o, c| async move { measured(&c.clone(), "service", service::reconcile(o, c)).await },
+        error_policy,
+        ctx.clone(),
+    )
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            tracing::debug!(%error, "service reconcile");
+        }
+    });
+
+    // A server's status counts its claims: it changes when one is placed
+    // on it or leaves it, not with each claim's status. With a selector,
+    // only the selected servers are watched for it.
+    let servers = match (&config.server_selector, servers_for_servers) {
+        (None, Some(all)) => Controller::for_shared_stream(
+            caches::changed(all, caches::spec_and_metadata),
+            server_store,
+        ),
+        (selector, _) => Controller::new(
+            Api::<DatabaseServer>::all(client.clone()),
+            watcher::Config::default().labels(selector.as_deref().unwrap_or_default()),
+        ),
+    };
+    let servers = servers
+        .watches_shared_stream(
+            caches::throttled(
+                futures::stream::select(
+                    caches::changed(claims_for_servers, caches::spec_and_metadata),
+                    claims_gone_for_servers,
+                ),
+                server_key,
+                GATHER,
+            ),
+            |claim| {
+                let server = claim.0.as_ref().ok()?.spec.server.as_ref()?;
+                Some(ObjectRef::new(&server.name))
             },
-        )
-        .graceful_shutdown_on(stopped(&stop))
-        .run(
-            |o, c| async move { measured(&c.clone(), "claim", claim::reconcile(o, c)).await },
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "claim reconcile");
-            }
-        });
-
-    let services = Controller::new(api_for::<Service>(&client, ns), watcher::Config::default())
-        .watches(
-            api_for::<DatabaseClaim>(&client, ns),
-            watcher::Config::default(),
-            |claim| Some(ObjectRef::new(&claim.spec.service_ref.name).within(&claim.namespace()?)),
-        )
-        .graceful_shutdown_on(stopped(&stop))
-        .run(
-            |o, c| async move { measured(&c.clone(), "service", service::reconcile(o, c)).await },
-            error_policy,
-            ctx.clone(),
-        )
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "service reconcile");
-            }
-        });
-
-    let mut selected = watcher::Config::default();
-    if let Some(selector) = &config.server_selector {
-        selected = selected.labels(selector);
-    }
-    let servers = Controller::new(Api::<DatabaseServer>::all(client.clone()), selected)
-        .watches(
-            api_for::<DatabaseClaim>(&client, ns),
-            watcher::Config::default(),
-            |claim| claim.spec.server.as_ref().map(|s| ObjectRef::new(&s.name)),
         )
         .graceful_shutdown_on(stopped(&stop))
         .run(
@@ -231,5 +377,5 @@ pub async fn run(
         shutdown.await;
         let _ = stop.send(());
     };
-    tokio::join!(claims, services, servers, counts, trigger);
+    tokio::join!(watches, claims, services, servers, counts, trigger);
 }

@@ -4,31 +4,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
 use super::apply::patch_status_if_changed;
 use super::claim::shared::admin_connection;
 use super::context::{Context, Error};
-use crate::api::{DatabaseClaim, DatabaseServer, DatabaseServerStatus, Reason, set_condition};
+use crate::api::{DatabaseServer, DatabaseServerStatus, Reason, set_condition};
 
 /// The condition a server reports.
 pub const REACHABLE: &str = "Reachable";
 
 pub async fn reconcile(server: Arc<DatabaseServer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = server.name_any();
-    let claims: Api<DatabaseClaim> = match &ctx.config.namespace {
-        Some(ns) => ctx.api(ns),
-        None => Api::all(ctx.client.clone()),
-    };
-    let count = claims
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .filter(|c| c.spec.server.as_ref().is_some_and(|s| s.name == name))
-        .count() as i32;
+    let count = ctx
+        .caches
+        .count_claims_where(|c| c.spec.server.as_ref().is_some_and(|s| s.name == name))
+        as i32;
 
     let (reachable, reason, message, version) = match admin_connection(&ctx, &server).await? {
         Err(unavailable) => (false, unavailable.reason, unavailable.message, None),

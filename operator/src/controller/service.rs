@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
@@ -42,14 +42,9 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
 async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, Error> {
     let ns = service.namespace().unwrap_or_default();
     let name = service.name_any();
-    let claims: Api<DatabaseClaim> = ctx.api(&ns);
-    let owned: Vec<DatabaseClaim> = claims
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|c| c.spec.service_ref.name == name)
-        .collect();
+    let owned: Vec<DatabaseClaim> = ctx.caches.claims_where(|c| {
+        c.namespace().as_deref() == Some(ns.as_str()) && c.spec.service_ref.name == name
+    });
     ensure_ownership_table(ctx, &service, Some(&owned)).await?;
     let mut databases: Vec<ServiceDatabase> = owned
         .into_iter()

@@ -13,7 +13,7 @@ use super::super::context::{Context, Error};
 use super::super::drift;
 use super::administer::{Target, administer};
 use super::status::{Outcome, update_status, update_status_with};
-use crate::api::{ClaimPhase, DatabaseClaim, Endpoint, Reason, Service};
+use crate::api::{ClaimPhase, DatabaseClaim, Endpoint, Reason};
 use crate::children::{Credentials, Dedicated, Inputs, names, secret_value};
 use crate::engines::Connection;
 use crate::engines::PASSWORD_KEY;
@@ -47,9 +47,8 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
     let resync = Action::requeue(ctx.config.resync);
 
     // dereference
-    let services: Api<Service> = ctx.api(&ns);
     let service_name = &claim.spec.service_ref.name;
-    let Some(service) = services.get_opt(service_name).await? else {
+    let Some(service) = ctx.caches.service(&ns, service_name) else {
         let outcome = Outcome::waiting(
             ClaimPhase::Pending,
             Reason::ServiceNotFound,

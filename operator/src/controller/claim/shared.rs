@@ -10,9 +10,7 @@ use super::super::context::{Context, Error};
 use super::administer::{Target, administer};
 use super::status::{Outcome, update_status};
 use crate::api::ServerTls;
-use crate::api::{
-    ClaimPhase, DatabaseClaim, DatabaseServer, Endpoint as StatusEndpoint, Reason, Service,
-};
+use crate::api::{ClaimPhase, DatabaseClaim, DatabaseServer, Endpoint as StatusEndpoint, Reason};
 use crate::children::secret_value;
 use crate::engines::{Connection, Tls};
 use crate::engines::{PASSWORD_KEY, USERNAME_KEY};
@@ -180,8 +178,7 @@ pub(super) async fn apply(
 ) -> Result<Action, Error> {
     let ns = claim.namespace().unwrap_or_default();
     let resync = Action::requeue(ctx.config.resync);
-    let servers: Api<DatabaseServer> = Api::all(ctx.client.clone());
-    let Some(server) = servers.get_opt(server_name).await? else {
+    let Some(server) = ctx.caches.server(server_name) else {
         let message = format!(
             "DatabaseServer {server_name:?} does not exist; register it or correct spec.server.name"
         );
@@ -221,9 +218,8 @@ pub(super) async fn apply(
         update_status(claim, ctx, outcome).await?;
         return Ok(resync);
     }
-    let services: Api<Service> = ctx.api(&ns);
     let service_name = &claim.spec.service_ref.name;
-    let Some(service) = services.get_opt(service_name).await? else {
+    let Some(service) = ctx.caches.service(&ns, service_name) else {
         let message = format!(
             "Service {service_name:?} (dbps.io) does not exist in namespace {ns:?}; create it or correct spec.serviceRef.name"
         );
