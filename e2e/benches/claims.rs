@@ -82,14 +82,17 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// The operator's completed requests after `offset`, by kind: reads
-/// (get, list), writes (create, update, patch, delete) and 429 answers.
+/// (get, list), writes (create, update, patch, delete) and 429 answers;
+/// with `DBPS_BENCH_DETAIL` set, each verb and resource's count is printed.
 fn operator_requests(plane: &ControlPlane, offset: u64) -> (usize, usize, usize) {
     let (mut reads, mut writes, mut throttled) = (0, 0, 0);
+    let mut detail: BTreeMap<String, usize> = BTreeMap::new();
     for event in plane.audit_events_since(offset) {
         if event["user"]["username"] != OPERATOR_USER {
             continue;
         }
-        match event["verb"].as_str().unwrap_or_default() {
+        let verb = event["verb"].as_str().unwrap_or_default();
+        match verb {
             "get" | "list" => reads += 1,
             "create" | "update" | "patch" | "delete" | "deletecollection" => writes += 1,
             _ => {}
@@ -97,6 +100,16 @@ fn operator_requests(plane: &ControlPlane, offset: u64) -> (usize, usize, usize)
         if event["responseStatus"]["code"] == 429 {
             throttled += 1;
         }
+        let resource = event["objectRef"]["resource"].as_str().unwrap_or_default();
+        let sub = event["objectRef"]["subresource"]
+            .as_str()
+            .unwrap_or_default();
+        *detail
+            .entry(format!("{verb} {resource}/{sub}"))
+            .or_default() += 1;
+    }
+    if std::env::var_os("DBPS_BENCH_DETAIL").is_some() {
+        println!("  requests: {detail:?}");
     }
     (reads, writes, throttled)
 }

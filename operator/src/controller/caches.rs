@@ -1,7 +1,8 @@
-//! One watch per kind, shared: each of `DatabaseClaim`, `Service` and
-//! `DatabaseServer` is watched once, cached once, and its events fan out to
-//! the controllers that need them. Reconciles read these caches instead of
-//! asking the apiserver.
+//! One watch per kind, shared: each of `DatabaseClaim`, `Service`,
+//! `DatabaseServer`, and the Roles and RoleBindings the operator made, is
+//! watched once, cached once, and its events fan out to the controllers
+//! that need them. Reconciles read these caches instead of asking the
+//! apiserver.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -12,6 +13,8 @@ use futures::{Stream, StreamExt};
 use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Resource, ResourceExt};
+
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
 use crate::api::{DatabaseClaim, DatabaseServer, Service};
 
@@ -24,12 +27,29 @@ pub struct Caches {
     pub claims: Store<DeserializeGuard<DatabaseClaim>>,
     pub services: Store<Service>,
     pub servers: Store<DatabaseServer>,
+    /// The Roles and RoleBindings the operator made (its label).
+    pub roles: Store<Role>,
+    pub role_bindings: Store<RoleBinding>,
 }
 
 impl Caches {
     /// Service `name` of namespace `ns`, as last seen.
     pub fn service(&self, ns: &str, name: &str) -> Option<Arc<Service>> {
         self.services.get(&ObjectRef::new(name).within(ns))
+    }
+
+    /// Role `name` of namespace `ns` the operator made, as last seen.
+    pub fn role(&self, ns: &str, name: &str) -> Option<Role> {
+        self.roles
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|r| (*r).clone())
+    }
+
+    /// RoleBinding `name` of namespace `ns` the operator made, as last seen.
+    pub fn role_binding(&self, ns: &str, name: &str) -> Option<RoleBinding> {
+        self.role_bindings
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|r| (*r).clone())
     }
 
     /// DatabaseServer `name`, as last seen.

@@ -51,6 +51,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The watched kinds, as last seen.
     pub caches: super::caches::Caches,
+    /// Registered servers' admin credentials, by the Secret holding them,
+    /// read at most once per [`ADMIN_SECRET_TTL`] (Secrets are not watched).
+    admin_secrets: Mutex<HashMap<SecretRef, RememberedAdmin>>,
     failures: Mutex<HashMap<String, u32>>,
     cluster: tokio::sync::OnceCell<String>,
 }
@@ -73,6 +76,7 @@ impl Context {
             servers: Default::default(),
             metrics,
             caches,
+            admin_secrets: Mutex::default(),
             failures: Mutex::default(),
             cluster: tokio::sync::OnceCell::new(),
         }
@@ -113,10 +117,43 @@ impl Context {
         backoff_delay(*n)
     }
 
+    /// The username and password last read from admin Secret `ns`/`name`,
+    /// if read less than [`ADMIN_SECRET_TTL`] ago.
+    pub(super) fn remembered_admin(&self, ns: &str, name: &str) -> Option<(String, String)> {
+        let secrets = self.admin_secrets.lock().unwrap();
+        let (at, username, password) = secrets.get(&(ns.to_string(), name.to_string()))?;
+        (at.elapsed() < ADMIN_SECRET_TTL).then(|| (username.clone(), password.clone()))
+    }
+
+    pub(super) fn remember_admin(&self, ns: &str, name: &str, username: &str, password: &str) {
+        self.admin_secrets.lock().unwrap().insert(
+            (ns.to_string(), name.to_string()),
+            (std::time::Instant::now(), username.into(), password.into()),
+        );
+    }
+
+    /// Forgets admin credentials a server refused: the next use reads the
+    /// Secret again.
+    pub(super) fn forget_admin(&self, username: &str, password: &str) {
+        self.admin_secrets
+            .lock()
+            .unwrap()
+            .retain(|_, (_, u, p)| !(u == username && p == password));
+    }
+
     pub(super) fn succeeded(&self, key: &str) {
         self.failures.lock().unwrap().remove(key);
     }
 }
+
+/// A Secret by namespace and name.
+type SecretRef = (String, String);
+/// When admin credentials were read, their username and password.
+type RememberedAdmin = (std::time::Instant, String, String);
+
+/// How long admin credentials read from a server's Secret are used before
+/// the Secret is read again (at once after the server refuses them).
+pub const ADMIN_SECRET_TTL: Duration = Duration::from_secs(60);
 
 /// Delay before retry number `failures` (from 1): 1 s, doubling, at most 5 min.
 pub fn backoff_delay(failures: u32) -> Duration {

@@ -91,6 +91,13 @@ async fn measured(
 /// window are gathered into one reconcile of it (never held back longer).
 const GATHER: Duration = Duration::from_millis(200);
 
+/// Claim reconciles in flight at once: each holds its objects and may wait
+/// for a connection to its server (at most
+/// [`MAX_CONNECTIONS_PER_SERVER`](crate::engines::MAX_CONNECTIONS_PER_SERVER)
+/// each), so this bounds the memory a burst of claims takes while leaving
+/// room for several servers at once.
+const CLAIM_CONCURRENCY: u16 = 32;
+
 /// The Service a claim belongs to, as a key.
 fn service_key(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Option<(String, String)> {
     let claim = claim.0.as_ref().ok()?;
@@ -155,6 +162,10 @@ pub async fn run(
     let (claim_store, claim_writer) = caches::shared::<DeserializeGuard<DatabaseClaim>>();
     let (service_store, service_writer) = caches::shared::<Service>();
     let (server_store, server_writer) = caches::shared::<DatabaseServer>();
+    let (role_store, role_writer) = caches::shared::<Role>();
+    let (role_binding_store, role_binding_writer) = caches::shared::<RoleBinding>();
+    let roles_for_claims = subscribe(&role_writer);
+    let role_bindings_for_claims = subscribe(&role_binding_writer);
     let (claims_for_claims, claims_for_services, claims_for_servers) = (
         subscribe(&claim_writer),
         subscribe(&claim_writer),
@@ -176,6 +187,10 @@ pub async fn run(
         (claim_deletions.listen(), claim_deletions.listen());
     let services_gone_for_claims = service_deletions.listen();
     let servers_gone_for_claims = server_deletions.listen();
+    let mut role_deletions = caches::Deletions::new();
+    let mut role_binding_deletions = caches::Deletions::new();
+    let roles_gone_for_claims = role_deletions.listen();
+    let role_bindings_gone_for_claims = role_binding_deletions.listen();
     let watches = {
         let claims = watcher(
             api_for::<DeserializeGuard<DatabaseClaim>>(&client, ns),
@@ -192,13 +207,21 @@ pub async fn run(
         )
         .default_backoff()
         .reflect_shared(server_writer);
+        let roles = watcher(api_for::<Role>(&client, ns), owned.clone())
+            .default_backoff()
+            .reflect_shared(role_writer);
+        let role_bindings = watcher(api_for::<RoleBinding>(&client, ns), owned.clone())
+            .default_backoff()
+            .reflect_shared(role_binding_writer);
         let mut stop_watches = stop.subscribe();
         async move {
             tokio::select! {
-                _ = futures::future::join3(
+                _ = futures::future::join5(
                     drive(claims, "DatabaseClaim", claim_deletions),
                     drive(services, "Service", service_deletions),
                     drive(servers, "DatabaseServer", server_deletions),
+                    drive(roles, "Role", role_deletions),
+                    drive(role_bindings, "RoleBinding", role_binding_deletions),
                 ) => {}
                 _ = stop_watches.recv() => {}
             }
@@ -212,6 +235,8 @@ pub async fn run(
             claims: claim_store.clone(),
             services: service_store.clone(),
             servers: server_store.clone(),
+            roles: role_store,
+            role_bindings: role_binding_store,
         },
     ));
 
@@ -227,8 +252,14 @@ pub async fn run(
     .owns(api_for::<StatefulSet>(&client, ns), owned.clone())
     .owns(api_for::<KubeService>(&client, ns), owned.clone())
     .owns(api_for::<NetworkPolicy>(&client, ns), owned.clone())
-    .owns(api_for::<Role>(&client, ns), owned.clone())
-    .owns(api_for::<RoleBinding>(&client, ns), owned)
+    .owns_shared_stream(futures::stream::select(
+        roles_for_claims,
+        roles_gone_for_claims,
+    ))
+    .owns_shared_stream(futures::stream::select(
+        role_bindings_for_claims,
+        role_bindings_gone_for_claims,
+    ))
     .watches_shared_stream(
         // A Service's spec (selector, account), appearance or deletion
         // re-reconciles its claims; its status does not.
@@ -269,6 +300,7 @@ pub async fn run(
                 .collect::<Vec<_>>()
         },
     )
+    .with_config(kube::runtime::controller::Config::default().concurrency(CLAIM_CONCURRENCY))
     .graceful_shutdown_on(stopped(&stop))
     .run(
         |o, c| async move { measured(&c.clone(), "claim", claim::reconcile(o, c)).await },

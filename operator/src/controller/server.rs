@@ -37,7 +37,12 @@ pub async fn reconcile(server: Arc<DatabaseServer>, ctx: Arc<Context>) -> Result
                 }
                 (true, Reason::Reachable, message, Some(info.version))
             }
-            Err(e) => (false, e.reason(), e.to_string(), None),
+            Err(e) => {
+                if matches!(e, crate::engines::AdminError::AuthenticationFailed(_)) {
+                    ctx.forget_admin(&conn.username, &conn.password);
+                }
+                (false, e.reason(), e.to_string(), None)
+            }
         },
     };
     let desired = |current: &DatabaseServerStatus| {

@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
-use super::super::apply::{apply, ensure};
+use super::super::apply::apply;
 use super::super::context::{Context, Error};
 use super::super::drift;
 use super::rotation::{self, DEFAULT_GRACE_SECONDS, ROTATE_ANNOTATION};
@@ -97,6 +97,9 @@ pub(super) async fn administer(
                 }
                 _ => e.reason(),
             };
+            if matches!(e, AdminError::AuthenticationFailed(_)) {
+                ctx.forget_admin(&target.conn.username, &target.conn.password);
+            }
             let phase = match e {
                 AdminError::Conflict(_) => ClaimPhase::Failed,
                 _ => ClaimPhase::Provisioning,
@@ -276,16 +279,14 @@ pub(super) async fn administer(
     readable.extend(previous_secret);
     let mut seen = std::collections::BTreeSet::new();
     readable.retain(|s| seen.insert(s.clone()));
-    ensure(
-        &ctx.api::<Role>(&ns),
-        &binding_reader_role_for(&inputs, &readable),
-    )
-    .await?;
-    ensure(
-        &ctx.api::<RoleBinding>(&ns),
-        &binding_reader_role_binding(&inputs),
-    )
-    .await?;
+    // The Role and RoleBinding are compared with the cached copies (the
+    // operator watches what it made): nothing is read when they hold.
+    let role = binding_reader_role_for(&inputs, &readable);
+    let cached = ctx.caches.role(&ns, &role.name_any());
+    apply(&ctx.api::<Role>(&ns), &role, cached).await?;
+    let role_binding = binding_reader_role_binding(&inputs);
+    let cached = ctx.caches.role_binding(&ns, &role_binding.name_any());
+    apply(&ctx.api::<RoleBinding>(&ns), &role_binding, cached).await?;
     let grant = Grant {
         database: database.clone(),
         username: endpoint.username.clone(),

@@ -59,37 +59,45 @@ impl Unavailable {
     }
 }
 
-/// Admin connection of a server, from the Secret it references.
+/// Admin connection of a server, from the Secret it references (read at
+/// most once per `ADMIN_SECRET_TTL`, and again after the server refused it).
 pub async fn admin_connection(
     ctx: &Context,
     server: &DatabaseServer,
 ) -> Result<Result<Connection, Unavailable>, Error> {
     let r = &server.spec.admin_secret_ref;
-    let secrets: Api<Secret> = ctx.api(&r.namespace);
-    let Some(secret) = secrets.get_opt(&r.name).await? else {
-        return Ok(Err(Unavailable {
-            phase: ClaimPhase::Pending,
-            reason: Reason::AdminSecretNotFound,
-            message: format!(
-                "DatabaseServer {:?} references Secret {}/{} which does not exist",
-                server.name_any(),
-                r.namespace,
-                r.name
-            ),
-        }));
-    };
-    let (Some(username), Some(password)) = (
-        secret_value(&secret, USERNAME_KEY),
-        secret_value(&secret, PASSWORD_KEY),
-    ) else {
-        return Ok(Err(Unavailable {
-            phase: ClaimPhase::Pending,
-            reason: Reason::AdminSecretInvalid,
-            message: format!(
-                "Secret {}/{} needs the keys `username` and `password`",
-                r.namespace, r.name
-            ),
-        }));
+    let (username, password) = match ctx.remembered_admin(&r.namespace, &r.name) {
+        Some(remembered) => remembered,
+        None => {
+            let secrets: Api<Secret> = ctx.api(&r.namespace);
+            let Some(secret) = secrets.get_opt(&r.name).await? else {
+                return Ok(Err(Unavailable {
+                    phase: ClaimPhase::Pending,
+                    reason: Reason::AdminSecretNotFound,
+                    message: format!(
+                        "DatabaseServer {:?} references Secret {}/{} which does not exist",
+                        server.name_any(),
+                        r.namespace,
+                        r.name
+                    ),
+                }));
+            };
+            let (Some(username), Some(password)) = (
+                secret_value(&secret, USERNAME_KEY),
+                secret_value(&secret, PASSWORD_KEY),
+            ) else {
+                return Ok(Err(Unavailable {
+                    phase: ClaimPhase::Pending,
+                    reason: Reason::AdminSecretInvalid,
+                    message: format!(
+                        "Secret {}/{} needs the keys `username` and `password`",
+                        r.namespace, r.name
+                    ),
+                }));
+            };
+            ctx.remember_admin(&r.namespace, &r.name, &username, &password);
+            (username, password)
+        }
     };
     let tls = match server.spec.tls.as_ref().filter(|t| t.enabled) {
         None => None,
