@@ -217,6 +217,7 @@ pub(super) async fn administer(
             creds.fingerprint = live;
         }
     }
+    let kept = matches!(choice, drift::Choice::Keep(_));
     let mut notice = None;
     let app_password = match choice {
         drift::Choice::Lost => {
@@ -293,7 +294,22 @@ pub(super) async fn administer(
         password: credentials.app_password.clone(),
     };
     let reissued = notice.is_some();
-    let ensured = ctx.servers.ensure(conn, &grant, &claimant).await;
+    // A claim Ready with nothing changed since (its spec, its Secret, no
+    // rotation or revocation due) is verified with one login as its user;
+    // only a refused login does the database setup again.
+    let settled = kept
+        && !rotate
+        && plan.revoke.is_none()
+        && claim.status.as_ref().is_some_and(|s| {
+            s.phase == Some(ClaimPhase::Ready)
+                && s.observed_generation == claim.metadata.generation
+                && s.database.as_deref() == Some(database.as_str())
+        });
+    let ensured = if settled && ctx.servers.can_login(conn, &grant).await {
+        Ok(crate::engines::Provisioned::default())
+    } else {
+        ctx.servers.ensure(conn, &grant, &claimant).await
+    };
     // The repair is told once the server has the new password (or failed to take it).
     if let Some((reason, note)) = notice {
         publish(ctx, claim, EventType::Warning, reason, "Repair", note).await;
