@@ -57,8 +57,9 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
             ),
         );
         update_status(claim, ctx, outcome).await?;
-        // The Service watch brings the claim back when the Service appears.
-        return Ok(resync);
+        // The Service watch brings the claim back when the Service appears;
+        // it also looks again soon, in case the cache lags.
+        return Ok(super::look_again_soon(ctx));
     };
     let secrets: Api<Secret> = ctx.api(&ns);
     let statefulsets: Api<StatefulSet> = ctx.api(&ns);

@@ -30,6 +30,13 @@ pub use dedicated::major;
 pub use rotation::ROTATE_ANNOTATION;
 pub use shared::{selector_matches, shared_database, slot_username};
 
+/// When a claim's Service or server is missing from the caches: they may
+/// lag the apiserver a moment (at start, or while a watch catches up), so
+/// the claim looks again soon rather than at the next resync.
+fn look_again_soon(ctx: &Context) -> Action {
+    Action::requeue(ctx.config.resync.min(std::time::Duration::from_secs(5)))
+}
+
 pub async fn reconcile(
     guard: Arc<DeserializeGuard<DatabaseClaim>>,
     ctx: Arc<Context>,

@@ -197,7 +197,7 @@ pub(super) async fn apply(
         }
         .outcome();
         update_status(claim, ctx, outcome).await?;
-        return Ok(resync);
+        return Ok(super::look_again_soon(ctx));
     };
     if server.spec.engine != claim.spec.engine {
         let message = format!(
@@ -238,7 +238,7 @@ pub(super) async fn apply(
         }
         .outcome();
         update_status(claim, ctx, outcome).await?;
-        return Ok(resync);
+        return Ok(super::look_again_soon(ctx));
     };
     let conn = match admin_connection(ctx, &server).await? {
         Ok(conn) => conn,
