@@ -98,15 +98,17 @@ const GATHER: Duration = Duration::from_millis(200);
 /// room for several servers at once.
 const CLAIM_CONCURRENCY: u16 = 32;
 
-/// The Service a claim belongs to, as a key.
-fn service_key(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Option<(String, String)> {
+/// The Service a claim belongs to.
+fn service_of(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Option<ObjectRef<Service>> {
     let claim = claim.0.as_ref().ok()?;
-    Some((claim.namespace()?, claim.spec.service_ref.name.clone()))
+    Some(ObjectRef::new(&claim.spec.service_ref.name).within(&claim.namespace()?))
 }
 
-/// The server a claim is placed on, as a key.
-fn server_key(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Option<String> {
-    Some(claim.0.as_ref().ok()?.spec.server.as_ref()?.name.clone())
+/// The server a claim is placed on.
+fn server_of(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Option<ObjectRef<DatabaseServer>> {
+    Some(ObjectRef::new(
+        &claim.0.as_ref().ok()?.spec.server.as_ref()?.name,
+    ))
 }
 
 /// A subscriber of a shared store's events.
@@ -322,13 +324,10 @@ pub async fn run(
     .watches_shared_stream(
         caches::throttled(
             futures::stream::select(claims_for_services, claims_gone_for_services),
-            service_key,
+            service_of,
             GATHER,
         ),
-        |claim| {
-            let claim = claim.0.as_ref().ok()?;
-            Some(ObjectRef::new(&claim.spec.service_ref.name).within(&claim.namespace()?))
-        },
+        |claim| service_of(&claim),
     )
     .graceful_shutdown_on(stopped(&stop))
     .run(
@@ -362,13 +361,10 @@ pub async fn run(
                     caches::changed(claims_for_servers, caches::spec_and_metadata),
                     claims_gone_for_servers,
                 ),
-                server_key,
+                server_of,
                 GATHER,
             ),
-            |claim| {
-                let server = claim.0.as_ref().ok()?.spec.server.as_ref()?;
-                Some(ObjectRef::new(&server.name))
-            },
+            |claim| server_of(&claim),
         )
         .graceful_shutdown_on(stopped(&stop))
         .run(
