@@ -100,19 +100,36 @@ async fn check_children(
         );
     }
 
+    // The Service's reader Role lists the binding once the claim is vetted.
+    let binding_name = format!("{name}-binding");
     let role = ctx
-        .api::<Role>()
-        .get(&format!("{name}-binding-reader"))
-        .await
-        .unwrap();
-    let rules = serde_json::to_value(&role.rules).unwrap();
+        .wait_for(
+            &ctx.api::<Role>(),
+            "dbps-svc-binding-reader",
+            "the Service's reader Role",
+            |r: Option<&Role>| {
+                r.and_then(|r| r.rules.as_ref()?.first()?.resource_names.as_ref())
+                    .is_some_and(|n| n.contains(&binding_name))
+            },
+        )
+        .await;
+    // `get` on the Service's binding Secrets only: never an admin Secret.
+    let mut rules = serde_json::to_value(&role.rules).unwrap();
+    let names = rules[0]["resourceNames"].take();
     assert_eq!(
         rules,
-        json!([{ "apiGroups": [""], "resources": ["secrets"], "resourceNames": [format!("{name}-binding")], "verbs": ["get"] }])
+        json!([{ "apiGroups": [""], "resources": ["secrets"], "resourceNames": null, "verbs": ["get"] }])
     );
+    for secret in names.as_array().unwrap() {
+        let secret = secret.as_str().unwrap();
+        assert!(
+            ["keep-db-binding", "drop-db-binding"].contains(&secret),
+            "{secret}"
+        );
+    }
     let rb = ctx
         .api::<RoleBinding>()
-        .get(&format!("{name}-binding-reader"))
+        .get("dbps-svc-binding-reader")
         .await
         .unwrap();
     assert_eq!(rb.subjects.unwrap()[0].name, "svc-account");

@@ -776,3 +776,73 @@ async fn minor_versions_roll_and_a_major_change_is_refused() {
     let live = statefulsets.get("orders-db").await.unwrap();
     assert_eq!(image(Some(&live)).as_deref(), Some("postgres:15"));
 }
+
+#[tokio::test]
+async fn an_edited_or_deleted_ownership_table_is_written_back_at_once() {
+    // A resync far away: only the table's own watch can bring it back.
+    let (ctx, _operator) = setup("table", Duration::from_secs(3600)).await;
+    let server = LocalServer::start(Kind::Postgres).await.unwrap();
+    let name = format!("{}-srv", ctx.namespace);
+    register(&ctx, &name, &server, json!({})).await;
+    service(&ctx, "orders", json!({})).await;
+    service(&ctx, "intruder", json!({})).await;
+    claim(
+        &ctx,
+        "orders-db",
+        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres", "server": { "name": name } }),
+    )
+    .await;
+    let claims = ctx.api::<DatabaseClaim>();
+    ctx.wait_for(&claims, "orders-db", "owner Ready", reason_is("Ready"))
+        .await;
+    let tables = ctx.api::<ConfigMap>();
+    let entry_is = |owner: &'static str| {
+        move |c: Option<&ConfigMap>| {
+            c.and_then(|c| c.data.as_ref())
+                .and_then(|d| d.get("secret.orders-db-binding"))
+                .is_some_and(|v| v == owner)
+        }
+    };
+    ctx.wait_for(&tables, "dbps-bindings", "entry", entry_is("orders"))
+        .await;
+
+    // Someone puts another Service in front of the binding Secret.
+    let edit = json!({ "data": { "secret.orders-db-binding": "intruder" } });
+    tables
+        .patch(
+            "dbps-bindings",
+            &PatchParams::default(),
+            &Patch::Merge(&edit),
+        )
+        .await
+        .unwrap();
+    ctx.wait_for(
+        &tables,
+        "dbps-bindings",
+        "entry written back",
+        entry_is("orders"),
+    )
+    .await;
+    assert_eq!(
+        table_entry(&ctx, "account.intruder").await.as_deref(),
+        Some("intruder"),
+        "the other Service's own entries stay"
+    );
+
+    // Someone deletes the table.
+    tables
+        .delete("dbps-bindings", &DeleteParams::default())
+        .await
+        .unwrap();
+    ctx.wait_for(
+        &tables,
+        "dbps-bindings",
+        "table written again",
+        entry_is("orders"),
+    )
+    .await;
+    assert_eq!(
+        table_entry(&ctx, "account.intruder").await.as_deref(),
+        Some("intruder")
+    );
+}

@@ -454,13 +454,17 @@ async fn rotation_swaps_the_binding_and_revokes_the_old_password_after_the_grace
         "old credentials work during the grace period"
     );
     // The service account may read both Secrets during the grace period.
-    let role = ctx
-        .api::<k8s_openapi::api::rbac::v1::Role>()
-        .get("payments-db-binding-reader")
-        .await
-        .unwrap();
-    let names = role.rules.unwrap()[0].resource_names.clone().unwrap();
-    assert_eq!(names, ["payments-db-binding", "payments-db-binding-1"]);
+    let both = ["payments-db-binding", "payments-db-binding-1"];
+    ctx.wait_for(
+        &ctx.api::<k8s_openapi::api::rbac::v1::Role>(),
+        "dbps-payments-binding-reader",
+        "the Service's Role lists both Secrets",
+        |r: Option<&k8s_openapi::api::rbac::v1::Role>| {
+            r.and_then(|r| r.rules.as_ref()?.first()?.resource_names.clone())
+                .is_some_and(|n| n == both)
+        },
+    )
+    .await;
     // The stable binding holds the new credentials: a pod that mounts it
     // gets them when the kubelet refreshes its files.
     assert_eq!(binding(&ctx, "payments-db").await, new);
@@ -692,4 +696,121 @@ async fn influxdb_over_tls() {
 #[tokio::test]
 async fn mongodb_wire_over_tls() {
     over_tls(Kind::FerretDb, Engine::Mongodb, "tls=true").await;
+}
+
+/// A TCP proxy to `upstream` that holds every connection, unanswered, until
+/// `open` is set: a server that has stalled, then recovers.
+async fn stalling_proxy(upstream: u16) -> (u16, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (open, opened) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let mut opened = opened.clone();
+            tokio::spawn(async move {
+                if opened.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
+                if let Ok(mut server) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (port, open)
+}
+
+#[tokio::test]
+async fn a_stalled_server_holds_up_no_other_server_and_a_server_registered_late_is_used() {
+    let (ctx, _operator) = setup("turns").await;
+    service(&ctx, "orders").await;
+    let claims = ctx.api::<DatabaseClaim>();
+    // A claim on a server nobody registered yet waits for it.
+    let late = format!("{}-late", ctx.namespace);
+    claim(
+        &ctx,
+        "early-db",
+        "orders",
+        Engine::Postgres,
+        &late,
+        "Delete",
+    )
+    .await;
+    ctx.wait_for(
+        &claims,
+        "early-db",
+        "ServerNotFound",
+        reason_is("ServerNotFound"),
+    )
+    .await;
+
+    let healthy = LocalServer::start(Kind::Postgres).await.unwrap();
+    // Forty claims on a server that takes one connection at a time and has
+    // stalled: connections are accepted and never answered.
+    let stalled = LocalServer::start(Kind::Postgres).await.unwrap();
+    let (proxy, open) = stalling_proxy(stalled.port).await;
+    let stalled_name = register_as(
+        &ctx,
+        &format!("{}-stalled", ctx.namespace),
+        &stalled,
+        Engine::Postgres,
+        json!({ "port": proxy, "maxConnections": 1 }),
+    )
+    .await;
+    let stuck: Vec<String> = (0..40).map(|i| format!("stuck-{i:02}")).collect();
+    for name in &stuck {
+        claim(
+            &ctx,
+            name,
+            "orders",
+            Engine::Postgres,
+            &stalled_name,
+            "Delete",
+        )
+        .await;
+    }
+
+    // The late server is registered: the waiting claim and new ones on it
+    // are Ready while the stalled server still holds its claims, none of
+    // which has been given up on yet (each would wait 10 s for an answer).
+    register_as(&ctx, &late, &healthy, Engine::Postgres, json!({})).await;
+    let fresh = ["fresh-0", "fresh-1", "fresh-2"];
+    for name in fresh {
+        claim(&ctx, name, "orders", Engine::Postgres, &late, "Delete").await;
+    }
+    for name in ["early-db"].iter().chain(&fresh) {
+        ctx.wait_for(&claims, name, "claim Ready", reason_is("Ready"))
+            .await;
+    }
+    let listed = claims.list(&Default::default()).await.unwrap();
+    let given_up: Vec<_> = listed
+        .items
+        .iter()
+        .filter(|c| stuck.contains(&c.metadata.name.clone().unwrap_or_default()))
+        .filter(|c| c.status.is_some())
+        .map(|c| c.metadata.name.clone().unwrap_or_default())
+        .collect();
+    assert!(
+        given_up.is_empty(),
+        "claims on the healthy server waited for the stalled one's: {given_up:?}"
+    );
+    let b = binding(&ctx, "early-db").await;
+    round_trip(
+        &healthy,
+        Engine::Postgres,
+        &b["database"],
+        &b["username"],
+        &b["password"],
+    )
+    .await
+    .unwrap();
+
+    // When the server answers again, every claim in its line gets its turn.
+    open.send(true).unwrap();
+    for name in &stuck {
+        ctx.wait_for(&claims, name, "claim Ready", reason_is("Ready"))
+            .await;
+    }
 }

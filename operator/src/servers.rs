@@ -9,18 +9,21 @@ use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{OwnedMutexGuard, Semaphore};
 
-use crate::engines::MAX_CONNECTIONS_PER_SERVER;
+use crate::engines::DEFAULT_CONNECTIONS_PER_SERVER;
 use crate::engines::{
     AdminError, Claimant, Connection, Dropped, Grant, Inventory, Mark, Provisioned, ServerInfo,
     TIMEOUT, bounded,
 };
 
 type NameLock = tokio::sync::Mutex<()>;
+/// A server, by where it is reached.
+type ServerKey = (String, u16);
 
 /// Entry point, shared by all reconciles: bounds connections per server.
 #[derive(Default)]
 pub struct Servers {
-    limits: Mutex<HashMap<(String, u16), Arc<Semaphore>>>,
+    /// Connections each server takes at once, and their permits.
+    limits: Mutex<HashMap<ServerKey, (usize, Arc<Semaphore>)>>,
     infos: Mutex<HashMap<(String, u16), ServerInfo>>,
     /// One reconcile at a time per database on a server: two claims naming
     /// the same database never both find it free.
@@ -56,7 +59,11 @@ impl Servers {
             .lock()
             .unwrap()
             .entry((conn.host.clone(), conn.port))
-            .or_insert_with(|| Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_SERVER)))
+            .or_insert_with(|| {
+                let n = DEFAULT_CONNECTIONS_PER_SERVER;
+                (n, Arc::new(Semaphore::new(n)))
+            })
+            .1
             .clone();
         let _permit = semaphore
             .acquire_owned()
@@ -65,6 +72,17 @@ impl Servers {
         tokio::time::timeout(TIMEOUT * 3, op)
             .await
             .map_err(|_| AdminError::Timeout)?
+    }
+
+    /// Sets how many connections the server of `conn` takes at once (its
+    /// `maxConnections`); operations under way keep theirs.
+    pub fn set_connections(&self, conn: &Connection, connections: usize) {
+        let connections = connections.max(1);
+        let mut limits = self.limits.lock().unwrap();
+        let key = (conn.host.clone(), conn.port);
+        if limits.get(&key).is_none_or(|(n, _)| *n != connections) {
+            limits.insert(key, (connections, Arc::new(Semaphore::new(connections))));
+        }
     }
 
     /// Version and capabilities of the server, asked now.

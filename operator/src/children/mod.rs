@@ -17,7 +17,7 @@ use kube::{Resource, ResourceExt};
 use crate::api::{CLAIM_LABEL, DatabaseClaim, Engine, SERVICE_LABEL, Service};
 
 pub use network_policy::network_policy;
-pub use rbac::{binding_reader_role, binding_reader_role_binding, binding_reader_role_for};
+pub use rbac::{binding_reader, binding_reader_role, binding_reader_role_binding};
 pub use secrets::{Credentials, Endpoint, admin_secret, binding_secret_generation, secret_value};
 pub use workload::{instance_service, statefulset};
 
@@ -43,7 +43,9 @@ pub mod names {
             n => format!("{claim}-binding-{n}"),
         }
     }
-    pub fn binding_reader(claim: &str) -> String {
+    /// The per-claim reader Role and RoleBinding of earlier releases
+    /// (now one per Service), removed when found.
+    pub fn legacy_binding_reader(claim: &str) -> String {
         format!("{claim}-binding-reader")
     }
     /// The StatefulSet's volume claim template.

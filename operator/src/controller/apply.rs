@@ -96,6 +96,25 @@ where
     .await
 }
 
+/// As [`apply`], for an object whose watch brings a reconcile back: a write
+/// is recorded in `own` so that its event does not.
+pub async fn apply_recorded<K>(
+    api: &Api<K>,
+    desired: &K,
+    cached: Option<K>,
+    own: &super::caches::OwnWrites,
+) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let before = cached.as_ref().and_then(|c| c.resource_version());
+    let live = apply(api, desired, cached).await?;
+    if live.resource_version() != before {
+        own.record(&live);
+    }
+    Ok(live)
+}
+
 /// Reads `name` then applies `desired` when it differs.
 pub async fn ensure<K>(api: &Api<K>, desired: &K) -> Result<K, kube::Error>
 where
@@ -105,29 +124,96 @@ where
     apply(api, desired, current).await
 }
 
-/// Writes the status `desired` computes for an object when it differs from
-/// the object's: first compared with the cached copy, then (the cache may not
-/// show the last write yet) with the live object. Server-side applied by
-/// `dbps-operator`. Returns the live status it replaced, or `None` when
-/// nothing was written.
+/// The statuses this operator wrote lately, by object: the cache may not
+/// show a write for a moment, and a reconcile in that moment compares with
+/// what was written instead of asking the apiserver. An entry goes once the
+/// cache shows it, or after [`WRITTEN_STATUS_TTL`].
+#[derive(Default)]
+pub struct WrittenStatus {
+    entries: std::sync::Mutex<WrittenEntries>,
+}
+
+#[derive(Default)]
+struct WrittenEntries {
+    by_object: std::collections::HashMap<(String, String, String), (Value, std::time::Instant)>,
+    swept: Option<std::time::Instant>,
+}
+
+/// How long a written status stands in for the cached one.
+pub const WRITTEN_STATUS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl WrittenStatus {
+    /// The status last written for `key` when the cache (`seen`) does not
+    /// show it yet; `None` when the cache shows it (the entry goes) or
+    /// nothing was written lately.
+    fn recall<S: Serialize + DeserializeOwned>(
+        &self,
+        key: &(String, String, String),
+        seen: &S,
+    ) -> Option<S> {
+        let mut entries = self.entries.lock().unwrap();
+        let (value, at) = entries.by_object.get(key)?;
+        let seen = serde_json::to_value(seen).ok()?;
+        if *value == seen || at.elapsed() > WRITTEN_STATUS_TTL {
+            entries.by_object.remove(key);
+            return None;
+        }
+        serde_json::from_value(value.clone()).ok()
+    }
+
+    fn remember<S: Serialize>(&self, key: (String, String, String), status: &S) {
+        let Ok(value) = serde_json::to_value(status) else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let mut entries = self.entries.lock().unwrap();
+        if entries
+            .swept
+            .is_none_or(|at| now.duration_since(at) > WRITTEN_STATUS_TTL)
+        {
+            entries
+                .by_object
+                .retain(|_, (_, at)| now.duration_since(*at) <= WRITTEN_STATUS_TTL);
+            entries.swept = Some(now);
+        }
+        entries.by_object.insert(key, (value, now));
+    }
+
+    /// How many written statuses the cache does not show yet.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap().by_object.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Writes the status `desired` computes from an object's current status
+/// when it differs from it. The current status is the cached one, or the one
+/// this operator wrote lately when the cache does not show it yet (nothing is
+/// read from the apiserver). Server-side applied by `dbps-operator`. Returns
+/// the status it replaced, or `None` when nothing was written.
 pub async fn patch_status_if_changed<K, S>(
     api: &Api<K>,
     cached: &K,
+    written: &WrittenStatus,
     status_of: impl Fn(&K) -> S,
-    desired: impl Fn(&K) -> S,
+    desired: impl Fn(&S) -> S,
 ) -> Result<Option<S>, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-    S: PartialEq + Serialize,
+    S: PartialEq + Serialize + DeserializeOwned,
 {
-    if desired(cached) == status_of(cached) {
-        return Ok(None);
-    }
     let name = cached.name_any();
-    let Some(live) = api.get_opt(&name).await? else {
-        return Ok(None);
-    };
-    let (current, status) = (status_of(&live), desired(&live));
+    let key = (
+        K::kind(&()).into_owned(),
+        cached.namespace().unwrap_or_default(),
+        name.clone(),
+    );
+    let seen = status_of(cached);
+    let current = written.recall(&key, &seen).unwrap_or(seen);
+    let status = desired(&current);
     if status == current {
         return Ok(None);
     }
@@ -142,6 +228,7 @@ where
         &Patch::Apply(patch),
     )
     .await?;
+    written.remember(key, &status);
     Ok(Some(current))
 }
 

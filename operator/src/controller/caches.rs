@@ -14,6 +14,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
 use crate::api::{DatabaseClaim, DatabaseServer, Service};
@@ -30,9 +31,23 @@ pub struct Caches {
     /// The Roles and RoleBindings the operator made (its label).
     pub roles: Store<Role>,
     pub role_bindings: Store<RoleBinding>,
+    /// The ownership tables (`dbps-bindings`), one per namespace.
+    pub tables: Store<ConfigMap>,
 }
 
 impl Caches {
+    /// Once every cache has been filled by its watch's first list.
+    pub async fn ready(&self) {
+        let _ = futures::join!(
+            self.claims.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.servers.wait_until_ready(),
+            self.roles.wait_until_ready(),
+            self.role_bindings.wait_until_ready(),
+            self.tables.wait_until_ready(),
+        );
+    }
+
     /// Service `name` of namespace `ns`, as last seen.
     pub fn service(&self, ns: &str, name: &str) -> Option<Arc<Service>> {
         self.services.get(&ObjectRef::new(name).within(ns))
@@ -52,19 +67,27 @@ impl Caches {
             .map(|r| (*r).clone())
     }
 
+    /// The ownership table of namespace `ns`, as last seen.
+    pub fn table(&self, ns: &str) -> Option<Arc<ConfigMap>> {
+        self.tables
+            .get(&ObjectRef::new(crate::controller::service::OWNERSHIP_TABLE).within(ns))
+    }
+
     /// DatabaseServer `name`, as last seen.
     pub fn server(&self, name: &str) -> Option<Arc<DatabaseServer>> {
         self.servers.get(&ObjectRef::new(name))
     }
 
-    /// The claims (that deserialize) for which `keep` holds.
-    pub fn claims_where(&self, keep: impl Fn(&DatabaseClaim) -> bool) -> Vec<DatabaseClaim> {
+    /// The claims (that deserialize) for which `keep` holds, as cached
+    /// (shared, not copied).
+    pub fn claims_where(
+        &self,
+        keep: impl Fn(&DatabaseClaim) -> bool,
+    ) -> Vec<Arc<DeserializeGuard<DatabaseClaim>>> {
         self.claims
             .state()
-            .iter()
-            .filter_map(|c| c.0.as_ref().ok())
-            .filter(|c| keep(c))
-            .cloned()
+            .into_iter()
+            .filter(|c| c.0.as_ref().is_ok_and(&keep))
             .collect()
     }
 
@@ -76,6 +99,18 @@ impl Caches {
             .filter_map(|c| c.0.as_ref().ok())
             .filter(|c| keep(c))
             .count()
+    }
+}
+
+/// Leaves out of a cached object what no reconcile reads: its managed
+/// fields and the copy `kubectl apply` keeps of it (together often larger
+/// than the rest). The ownership tables keep theirs: entries are told apart
+/// by their field managers.
+pub fn slim<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
 }
 
@@ -139,6 +174,72 @@ pub fn spec_and_metadata<K: Resource>(obj: &K) -> u64 {
     hasher.finish()
 }
 
+/// Writes this operator made, each by object and the resourceVersion the
+/// apiserver gave it: the watch event that brings such a write back is the
+/// operator's own doing, not a change to act on. An entry goes when its
+/// event (or any later one of the object) is seen, or after [`OWN_WRITE_TTL`]
+/// (its event came before the answer to the write: it was acted on).
+#[derive(Clone, Default)]
+pub struct OwnWrites {
+    written: Arc<std::sync::Mutex<HashMap<ObjectKey, (String, Instant)>>>,
+}
+
+/// An object by kind, namespace and name.
+type ObjectKey = (String, String, String);
+
+/// How long a recorded write waits for its watch event.
+const OWN_WRITE_TTL: Duration = Duration::from_secs(60);
+
+fn own_key<K: Resource<DynamicType = ()>>(obj: &K) -> (String, String, String) {
+    (
+        K::kind(&()).into_owned(),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any(),
+    )
+}
+
+impl OwnWrites {
+    /// Records `obj`, as the apiserver answered a write of it.
+    pub fn record<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        let Some(version) = obj.resource_version() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut written = self.written.lock().unwrap();
+        written.retain(|_, (_, at)| now.duration_since(*at) < OWN_WRITE_TTL);
+        written.insert(own_key(obj), (version, now));
+    }
+
+    /// Whether `obj` is a write this operator recorded (the entry goes
+    /// either way: a later event of the object is someone else's).
+    pub fn is_own<K: Resource<DynamicType = ()>>(&self, obj: &K) -> bool {
+        let mut written = self.written.lock().unwrap();
+        let key = own_key(obj);
+        match written.remove(&key) {
+            Some((version, _)) => obj.resource_version().as_deref() == Some(version.as_str()),
+            None => false,
+        }
+    }
+
+    /// How many writes wait for their event.
+    pub fn len(&self) -> usize {
+        self.written.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The objects of `stream` that are not the operator's own writes.
+pub fn not_own<K, S>(stream: S, own: OwnWrites) -> impl Stream<Item = Arc<K>> + Send
+where
+    K: Resource<DynamicType = ()> + Send + Sync + 'static,
+    S: Stream<Item = Arc<K>> + Send,
+{
+    stream.filter(move |obj| std::future::ready(!own.is_own(obj.as_ref())))
+}
+
 /// Entries of [`changed`] not seen for this long are forgotten (a deleted
 /// object's, or one unchanged for that long: its next event passes).
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
@@ -165,14 +266,17 @@ where
     })
 }
 
-/// The objects of `stream`, at most one per `key` per `window`: the first
-/// of a key opens a window, the last seen within it is passed when it ends.
+/// The objects of `stream`, at most one per `key` per window: the first of
+/// a key opens a window, the last seen within it is passed when it ends.
 /// Unlike a debounce, a steady flow of changes never holds a key back for
-/// longer than `window`.
+/// longer than a window. A window is `window` long for a key that was quiet;
+/// for a key still busy when its last window ended, each next one is twice
+/// as long, up to `longest` (a burst is gathered into fewer, larger passes).
 pub fn throttled<T, S, Q>(
     stream: S,
     key: fn(&T) -> Option<Q>,
     window: Duration,
+    longest: Duration,
 ) -> impl Stream<Item = T> + Send
 where
     T: Send + 'static,
@@ -182,11 +286,14 @@ where
     struct State<T, Q, S> {
         input: std::pin::Pin<Box<S>>,
         open: HashMap<Q, (tokio::time::Instant, T)>,
+        /// When each key last went out, and the length of its last window.
+        passed: HashMap<Q, (tokio::time::Instant, Duration)>,
         ended: bool,
     }
     let state: State<T, Q, S> = State {
         input: Box::pin(stream),
         open: HashMap::new(),
+        passed: HashMap::new(),
         ended: false,
     };
     futures::stream::unfold(state, move |mut state| async move {
@@ -200,6 +307,11 @@ where
                 .next();
             if let Some(k) = due {
                 let (_, item) = state.open.remove(&k).expect("present");
+                state
+                    .passed
+                    .retain(|_, (at, _)| now.duration_since(*at) <= longest);
+                let length = state.passed.get(&k).map_or(window, |(_, l)| *l);
+                state.passed.insert(k, (now, length));
                 return Some((item, state));
             }
             if state.ended {
@@ -219,7 +331,24 @@ where
                 item = state.input.next() => match item {
                     Some(item) => match key(&item) {
                         Some(k) => {
-                            let at = state.open.get(&k).map_or(now + window, |(at, _)| *at);
+                            // Now, not when this pass began waiting.
+                            let now = tokio::time::Instant::now();
+                            let at = match state.open.get(&k) {
+                                Some((at, _)) => *at,
+                                None => {
+                                    // Busy: it went out less than a window ago.
+                                    let length = match state.passed.get(&k) {
+                                        Some((at, last)) if now.duration_since(*at) < *last => {
+                                            (*last * 2).min(longest)
+                                        }
+                                        _ => window,
+                                    };
+                                    if let Some(entry) = state.passed.get_mut(&k) {
+                                        entry.1 = length;
+                                    }
+                                    now + length
+                                }
+                            };
                             state.open.insert(k, (at, item));
                         }
                         None => return Some((item, state)),
@@ -294,11 +423,11 @@ mod tests {
         let input =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
         let started = tokio::time::Instant::now();
-        let out: Vec<(&str, i32, u128)> =
-            throttled(input, |(k, _)| Some(*k), Duration::from_millis(500))
-                .map(|(k, i)| (k, i, started.elapsed().as_millis()))
-                .collect()
-                .await;
+        let window = Duration::from_millis(500);
+        let out: Vec<(&str, i32, u128)> = throttled(input, |(k, _)| Some(*k), window, window)
+            .map(|(k, i)| (k, i, started.elapsed().as_millis()))
+            .collect()
+            .await;
         let a: Vec<_> = out.iter().filter(|(k, ..)| *k == "a").collect();
         // One per 500 ms window, the last change of each, none later than
         // its window's end.
@@ -307,5 +436,55 @@ mod tests {
         assert!(a.windows(2).all(|w| w[1].2 - w[0].2 >= 500), "{out:?}");
         assert!(a.iter().all(|(_, _, at)| *at <= 2000), "{out:?}");
         assert_eq!(out.iter().filter(|(k, ..)| *k == "b").count(), 1);
+    }
+}
+
+#[cfg(test)]
+mod gathering {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_gathered_into_longer_windows_and_a_quiet_key_starts_short_again() {
+        // Changes of "a" every 50 ms for 6 s, then one more after a pause.
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            for i in 0..120 {
+                tx.send(("a", i)).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tx.send(("a", 1000)).await.unwrap();
+        });
+        let input =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+        let started = tokio::time::Instant::now();
+        let out: Vec<(i32, u128)> = throttled(
+            input,
+            |(k, _)| Some(*k),
+            Duration::from_millis(200),
+            Duration::from_secs(2),
+        )
+        .map(|(_, i)| (i, started.elapsed().as_millis()))
+        .collect()
+        .await;
+        type Passed = Vec<(i32, u128)>;
+        let (burst, after): (Passed, Passed) = out.iter().partition(|(i, _)| *i < 1000);
+        // 200, 400, 800, 1600, 2000, 2000 ms windows, instead of thirty 200 ms ones.
+        assert!(burst.len() <= 7, "{out:?}");
+        assert_eq!(
+            burst.first().unwrap().1,
+            200,
+            "the first change waits one short window"
+        );
+        assert_eq!(burst.last().unwrap().0, 119, "the last change goes out");
+        let gaps: Vec<u128> = burst.windows(2).map(|w| w[1].1 - w[0].1).collect();
+        assert!(
+            gaps.iter().all(|g| *g <= 2000),
+            "never longer than the longest: {gaps:?}"
+        );
+        // After a quiet spell the window is short again.
+        // It was sent at 120 × 50 ms + 5 s.
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].1, 11_000 + 200, "{out:?}");
     }
 }

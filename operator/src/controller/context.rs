@@ -51,6 +51,12 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The watched kinds, as last seen.
     pub caches: super::caches::Caches,
+    /// Writes whose watch events are the operator's own doing.
+    pub own: super::caches::OwnWrites,
+    /// Statuses written lately, until the caches show them.
+    pub written: super::apply::WrittenStatus,
+    /// Claims' turns at their servers.
+    pub turns: Arc<super::claim::Turns>,
     /// Registered servers' admin credentials, by the Secret holding them,
     /// read at most once per [`ADMIN_SECRET_TTL`] (Secrets are not watched).
     admin_secrets: Mutex<HashMap<SecretRef, RememberedAdmin>>,
@@ -64,6 +70,8 @@ impl Context {
         config: Config,
         metrics: Arc<Metrics>,
         caches: super::caches::Caches,
+        own: super::caches::OwnWrites,
+        turns: Arc<super::claim::Turns>,
     ) -> Self {
         let reporter = Reporter {
             controller: MANAGED_BY.into(),
@@ -76,6 +84,9 @@ impl Context {
             servers: Default::default(),
             metrics,
             caches,
+            own,
+            written: Default::default(),
+            turns,
             admin_secrets: Mutex::default(),
             failures: Mutex::default(),
             cluster: tokio::sync::OnceCell::new(),

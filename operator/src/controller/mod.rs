@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service as KubeService;
+use k8s_openapi::api::core::v1::{ConfigMap, Service as KubeService};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::core::DeserializeGuard;
@@ -29,6 +29,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use crate::api::{DatabaseClaim, DatabaseServer, Service};
 use crate::children::MANAGED_BY;
 use crate::metrics::Metrics;
+use service::OWNERSHIP_TABLE;
 
 pub use apply::{APPLIED_HASH_ANNOTATION, is_subset, up_to_date};
 pub use caches::Caches;
@@ -79,6 +80,9 @@ async fn measured(
     controller: &'static str,
     reconcile: impl std::future::Future<Output = Result<Action, Error>>,
 ) -> Result<Action, Error> {
+    // Nothing is decided on a cache still filling (at start, a Role not
+    // listed yet would look missing and be written again).
+    ctx.caches.ready().await;
     let started = std::time::Instant::now();
     let result = reconcile.await;
     let reason = result.as_ref().err().map(Error::reason);
@@ -90,13 +94,15 @@ async fn measured(
 /// The claim changes that concern one Service or DatabaseServer within this
 /// window are gathered into one reconcile of it (never held back longer).
 const GATHER: Duration = Duration::from_millis(200);
+/// While its claims keep changing, a Service's or server's windows double
+/// up to this: a burst of claims is a few writes of it, not one per claim.
+const GATHER_LONGEST: Duration = Duration::from_secs(2);
 
-/// Claim reconciles in flight at once: each holds its objects and may wait
-/// for a connection to its server (at most
-/// [`MAX_CONNECTIONS_PER_SERVER`](crate::engines::MAX_CONNECTIONS_PER_SERVER)
-/// each), so this bounds the memory a burst of claims takes while leaving
-/// room for several servers at once.
-const CLAIM_CONCURRENCY: u16 = 32;
+/// Claim reconciles in flight at once, which bounds the memory a burst of
+/// claims takes. A server takes twice its `maxConnections` of them at a
+/// time; its other claims wait in its line (`claim::Turns`) without holding
+/// a slot, so this leaves room for eight busy servers at the default.
+const CLAIM_CONCURRENCY: u16 = 64;
 
 /// The Service a claim belongs to.
 fn service_of(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Option<ObjectRef<Service>> {
@@ -166,8 +172,12 @@ pub async fn run(
     let (server_store, server_writer) = caches::shared::<DatabaseServer>();
     let (role_store, role_writer) = caches::shared::<Role>();
     let (role_binding_store, role_binding_writer) = caches::shared::<RoleBinding>();
-    let roles_for_claims = subscribe(&role_writer);
-    let role_bindings_for_claims = subscribe(&role_binding_writer);
+    let (table_store, table_writer) = caches::shared::<ConfigMap>();
+    let tables_for_services = subscribe(&table_writer);
+    let mut table_deletions = caches::Deletions::new();
+    let tables_gone_for_services = table_deletions.listen();
+    let roles_for_services = subscribe(&role_writer);
+    let role_bindings_for_services = subscribe(&role_binding_writer);
     let (claims_for_claims, claims_for_services, claims_for_servers) = (
         subscribe(&claim_writer),
         subscribe(&claim_writer),
@@ -191,44 +201,61 @@ pub async fn run(
     let servers_gone_for_claims = server_deletions.listen();
     let mut role_deletions = caches::Deletions::new();
     let mut role_binding_deletions = caches::Deletions::new();
-    let roles_gone_for_claims = role_deletions.listen();
-    let role_bindings_gone_for_claims = role_binding_deletions.listen();
+    let roles_gone_for_services = role_deletions.listen();
+    let role_bindings_gone_for_services = role_binding_deletions.listen();
     let watches = {
         let claims = watcher(
             api_for::<DeserializeGuard<DatabaseClaim>>(&client, ns),
             watcher::Config::default(),
         )
         .default_backoff()
+        .modify(caches::slim)
         .reflect_shared(claim_writer);
         let services = watcher(api_for::<Service>(&client, ns), watcher::Config::default())
             .default_backoff()
+            .modify(caches::slim)
             .reflect_shared(service_writer);
         let servers = watcher(
             Api::<DatabaseServer>::all(client.clone()),
             watcher::Config::default(),
         )
         .default_backoff()
+        .modify(caches::slim)
         .reflect_shared(server_writer);
         let roles = watcher(api_for::<Role>(&client, ns), owned.clone())
             .default_backoff()
+            .modify(caches::slim)
             .reflect_shared(role_writer);
         let role_bindings = watcher(api_for::<RoleBinding>(&client, ns), owned.clone())
             .default_backoff()
+            .modify(caches::slim)
             .reflect_shared(role_binding_writer);
+        // Only the ownership tables, by name: no other ConfigMap is seen.
+        let tables = watcher(
+            api_for::<ConfigMap>(&client, ns),
+            watcher::Config::default().fields(&format!("metadata.name={OWNERSHIP_TABLE}")),
+        )
+        .default_backoff()
+        .reflect_shared(table_writer);
         let mut stop_watches = stop.subscribe();
         async move {
             tokio::select! {
-                _ = futures::future::join5(
-                    drive(claims, "DatabaseClaim", claim_deletions),
-                    drive(services, "Service", service_deletions),
-                    drive(servers, "DatabaseServer", server_deletions),
-                    drive(roles, "Role", role_deletions),
-                    drive(role_bindings, "RoleBinding", role_binding_deletions),
+                _ = futures::future::join(
+                    futures::future::join5(
+                        drive(claims, "DatabaseClaim", claim_deletions),
+                        drive(services, "Service", service_deletions),
+                        drive(servers, "DatabaseServer", server_deletions),
+                        drive(roles, "Role", role_deletions),
+                        drive(role_bindings, "RoleBinding", role_binding_deletions),
+                    ),
+                    drive(tables, "ConfigMap", table_deletions),
                 ) => {}
                 _ = stop_watches.recv() => {}
             }
         }
     };
+    let own = caches::OwnWrites::default();
+    let (turns, woken) = claim::Turns::new();
     let ctx = Arc::new(Context::new(
         client.clone(),
         config.clone(),
@@ -239,29 +266,28 @@ pub async fn run(
             servers: server_store.clone(),
             roles: role_store,
             role_bindings: role_binding_store,
+            tables: table_store,
         },
+        own.clone(),
+        turns,
     ));
 
     let service_claims = claim_store.clone();
     let server_claims = claim_store.clone();
     let phase_store = claim_store.clone();
     // The claim controller runs on what a user or another controller
-    // changes of a claim, never on the status it writes itself.
+    // changes of a claim, never on what it writes itself: its status, the
+    // finalizer it adds, the Roles and RoleBindings it applies.
     let claims = Controller::for_shared_stream(
-        caches::changed(claims_for_claims, caches::spec_and_metadata),
+        caches::not_own(
+            caches::changed(claims_for_claims, caches::spec_and_metadata),
+            own.clone(),
+        ),
         claim_store,
     )
     .owns(api_for::<StatefulSet>(&client, ns), owned.clone())
     .owns(api_for::<KubeService>(&client, ns), owned.clone())
     .owns(api_for::<NetworkPolicy>(&client, ns), owned.clone())
-    .owns_shared_stream(futures::stream::select(
-        roles_for_claims,
-        roles_gone_for_claims,
-    ))
-    .owns_shared_stream(futures::stream::select(
-        role_bindings_for_claims,
-        role_bindings_gone_for_claims,
-    ))
     .watches_shared_stream(
         // A Service's spec (selector, account), appearance or deletion
         // re-reconciles its claims; its status does not.
@@ -302,6 +328,10 @@ pub async fn run(
                 .collect::<Vec<_>>()
         },
     )
+    // A claim whose server was busy comes back when its turn comes.
+    .reconcile_on(futures::stream::unfold(woken, |mut woken| async move {
+        woken.recv().await.map(|claim| (claim, woken))
+    }))
     .with_config(kube::runtime::controller::Config::default().concurrency(CLAIM_CONCURRENCY))
     .graceful_shutdown_on(stopped(&stop))
     .run(
@@ -317,6 +347,7 @@ pub async fn run(
 
     // A Service's status and ownership entries follow its claims: the
     // changes of a burst are gathered (GATHER) into one write.
+    let table_services = service_store.clone();
     let services = Controller::for_shared_stream(
         caches::changed(services_for_services, caches::spec_and_metadata),
         service_store,
@@ -326,8 +357,36 @@ pub async fn run(
             futures::stream::select(claims_for_services, claims_gone_for_services),
             service_of,
             GATHER,
+            GATHER_LONGEST,
         ),
         |claim| service_of(&claim),
+    )
+    // Its Role and RoleBinding, edited or deleted by someone else, are
+    // written back.
+    .owns_shared_stream(futures::stream::select(
+        caches::not_own(roles_for_services, own.clone()),
+        roles_gone_for_services,
+    ))
+    .owns_shared_stream(futures::stream::select(
+        caches::not_own(role_bindings_for_services, own.clone()),
+        role_bindings_gone_for_services,
+    ))
+    .watches_shared_stream(
+        // An ownership table edited or deleted by someone else is written
+        // back by the Services of its namespace.
+        futures::stream::select(
+            caches::not_own(tables_for_services, own.clone()),
+            tables_gone_for_services,
+        ),
+        move |table| {
+            let ns = table.namespace();
+            table_services
+                .state()
+                .into_iter()
+                .filter(|s| s.namespace() == ns)
+                .map(|s| ObjectRef::from_obj(&*s))
+                .collect::<Vec<_>>()
+        },
     )
     .graceful_shutdown_on(stopped(&stop))
     .run(
@@ -363,6 +422,7 @@ pub async fn run(
                 ),
                 server_of,
                 GATHER,
+                GATHER_LONGEST,
             ),
             |claim| server_of(&claim),
         )

@@ -67,8 +67,9 @@ pub async fn reconcile(server: Arc<DatabaseServer>, ctx: Arc<Context>) -> Result
     patch_status_if_changed(
         &Api::<DatabaseServer>::all(ctx.client.clone()),
         &server,
+        &ctx.written,
         status_of,
-        |s| desired(&status_of(s)),
+        desired,
     )
     .await?;
     ctx.succeeded(&format!("DatabaseServer/{name}"));

@@ -8,7 +8,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
-use super::apply::patch_status_if_changed;
+use super::apply::{apply_recorded, patch_status_if_changed};
 use super::context::{Context, Error};
 use crate::api::{
     ClaimPhase, DatabaseClaim, READY, Reason, Service, ServiceDatabase, ServiceStatus,
@@ -18,7 +18,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use crate::children::{FIELD_MANAGER, MANAGED_BY, names};
+use crate::children::{
+    FIELD_MANAGER, MANAGED_BY, binding_reader_role, binding_reader_role_binding, names,
+};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
 /// Finalizer that removes a deleted Service's entries from the ownership table.
 pub const SERVICE_FINALIZER: &str = "dbps.io/ownership";
@@ -30,7 +33,9 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
         match event {
             Finalizer::Apply(service) => apply_service(service, &ctx).await,
             Finalizer::Cleanup(service) => {
-                ensure_ownership_table(&ctx, &service, None).await?;
+                // Its Role and RoleBinding go with it (owner reference).
+                let ns = service.namespace().unwrap_or_default();
+                write_entries(&ctx, &ns, &service_manager(&service), BTreeMap::new()).await?;
                 Ok(Action::await_change())
             }
         }
@@ -42,16 +47,37 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
 async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, Error> {
     let ns = service.namespace().unwrap_or_default();
     let name = service.name_any();
-    let owned: Vec<DatabaseClaim> = ctx.caches.claims_where(|c| {
+    let cached = ctx.caches.claims_where(|c| {
         c.namespace().as_deref() == Some(ns.as_str()) && c.spec.service_ref.name == name
     });
-    ensure_ownership_table(ctx, &service, Some(&owned)).await?;
+    let owned: Vec<&DatabaseClaim> = cached.iter().filter_map(|c| c.0.as_ref().ok()).collect();
+    let entries = ownership_entries(&service, &owned);
+    // Its ServiceAccount may read (`get`) the binding Secrets the table puts
+    // it in front of, and no other.
+    let readable: Vec<String> = entries
+        .iter()
+        .filter(|(_, owner)| **owner == name)
+        .filter_map(|(key, _)| key.strip_prefix("secret.").map(String::from))
+        .collect();
+    write_entries(ctx, &ns, &service_manager(&service), entries).await?;
+    let role = binding_reader_role(&service, &readable);
+    let cached_role = ctx.caches.role(&ns, &role.name_any());
+    apply_recorded(&ctx.api::<Role>(&ns), &role, cached_role, &ctx.own).await?;
+    let role_binding = binding_reader_role_binding(&service);
+    let cached_binding = ctx.caches.role_binding(&ns, &role_binding.name_any());
+    apply_recorded(
+        &ctx.api::<RoleBinding>(&ns),
+        &role_binding,
+        cached_binding,
+        &ctx.own,
+    )
+    .await?;
     let mut databases: Vec<ServiceDatabase> = owned
-        .into_iter()
+        .iter()
         .map(|c| ServiceDatabase {
             claim: c.name_any(),
             engine: c.spec.engine,
-            phase: c.status.and_then(|s| s.phase),
+            phase: c.status.as_ref().and_then(|s| s.phase),
         })
         .collect();
     databases.sort_by(|a, b| a.claim.cmp(&b.claim));
@@ -59,8 +85,9 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
     patch_status_if_changed(
         &ctx.api::<Service>(&ns),
         &service,
+        &ctx.written,
         |s| s.status.clone(),
-        |s| Some(compute(s, databases.clone())),
+        |current| Some(compute(&service, current.as_ref(), databases.clone())),
     )
     .await?;
     ctx.succeeded(&format!("Service/{ns}/{name}"));
@@ -81,11 +108,13 @@ pub const OWNERSHIP_TABLE: &str = "dbps-bindings";
 /// reconciled, or refused because the names it asks for belong to another
 /// Service, adds nothing (a claim must not put its Service in front of
 /// another's Secret by naming it).
-pub fn ownership_entries(service: &Service, claims: &[DatabaseClaim]) -> BTreeMap<String, String> {
+pub fn ownership_entries(service: &Service, claims: &[&DatabaseClaim]) -> BTreeMap<String, String> {
     let name = service.name_any();
     let mut entries = BTreeMap::from([(format!("account.{name}"), service.service_account())]);
     for claim in claims {
-        let status = claim.status.clone().unwrap_or_default();
+        let Some(status) = claim.status.as_ref() else {
+            continue;
+        };
         let vetted = crate::api::find_condition(&status.conditions, READY)
             .and_then(|c| Reason::parse(&c.reason))
             .is_some_and(|r| !r.is_conflict());
@@ -94,13 +123,14 @@ pub fn ownership_entries(service: &Service, claims: &[DatabaseClaim]) -> BTreeMa
         }
         let secrets = [
             Some(names::binding_secret(&claim.name_any())),
-            status.binding.map(|b| b.name),
+            status.binding.as_ref().map(|b| b.name.clone()),
         ]
         .into_iter()
         .chain([status
             .credentials
-            .and_then(|c| c.previous)
-            .map(|p| p.secret)])
+            .as_ref()
+            .and_then(|c| c.previous.as_ref())
+            .map(|p| p.secret.clone())])
         .flatten();
         for secret in secrets {
             entries.insert(format!("secret.{secret}"), name.clone());
@@ -143,7 +173,9 @@ async fn write_entries(
     desired: BTreeMap<String, String>,
 ) -> Result<(), Error> {
     let configmaps: Api<ConfigMap> = ctx.api(namespace);
-    let live = configmaps.get_opt(OWNERSHIP_TABLE).await?;
+    // The tables are watched: an edit by someone else brings the Services
+    // of the namespace back here.
+    let live = ctx.caches.table(namespace);
     let mine = live.map(|cm| entries_of(&cm, manager)).unwrap_or_default();
     if mine == desired {
         return Ok(());
@@ -157,31 +189,22 @@ async fn write_entries(
         },
         "data": desired,
     });
-    configmaps
+    let written = configmaps
         .patch(
             OWNERSHIP_TABLE,
             &PatchParams::apply(manager).force(),
             &Patch::Apply(patch),
         )
         .await?;
+    ctx.own.record(&written);
     Ok(())
 }
 
-/// Keeps this Service's entries in the namespace's ownership table (none
-/// once it is deleted: `claims` is `None`). Each
-/// Service writes its own entries under a field manager of its own, so
-/// server-side apply merges them and drops the ones a Service no longer has.
-async fn ensure_ownership_table(
-    ctx: &Context,
-    service: &Service,
-    claims: Option<&[DatabaseClaim]>,
-) -> Result<(), Error> {
-    let ns = service.namespace().unwrap_or_default();
-    let desired = claims
-        .map(|c| ownership_entries(service, c))
-        .unwrap_or_default();
-    let manager = format!("{FIELD_MANAGER}.service.{}", service.name_any());
-    write_entries(ctx, &ns, &manager, desired).await
+/// The field manager of a Service's entries in the ownership table: each
+/// Service writes its own, so server-side apply merges them and drops the
+/// ones a Service no longer has.
+fn service_manager(service: &Service) -> String {
+    format!("{FIELD_MANAGER}.service.{}", service.name_any())
 }
 
 /// The data entries of `cm` that `manager` applied (from its managed fields).
@@ -211,8 +234,12 @@ fn entries_of(cm: &ConfigMap, manager: &str) -> BTreeMap<String, String> {
 }
 
 /// The status a Service with these databases should have.
-pub fn compute(service: &Service, databases: Vec<ServiceDatabase>) -> ServiceStatus {
-    let current = service.status.clone().unwrap_or_default();
+pub fn compute(
+    service: &Service,
+    current: Option<&ServiceStatus>,
+    databases: Vec<ServiceDatabase>,
+) -> ServiceStatus {
+    let current = current.cloned().unwrap_or_default();
     let mut conditions = current.conditions;
     let waiting: Vec<&str> = databases
         .iter()
@@ -271,6 +298,7 @@ mod tests {
         .unwrap();
         let status = compute(
             &service,
+            None,
             vec![
                 db("a", Some(ClaimPhase::Ready)),
                 db("b", Some(ClaimPhase::Provisioning)),
@@ -286,7 +314,7 @@ mod tests {
         );
         assert_eq!(ready.message, "not ready: b");
 
-        let status = compute(&service, vec![db("a", Some(ClaimPhase::Ready))]);
+        let status = compute(&service, None, vec![db("a", Some(ClaimPhase::Ready))]);
         assert_eq!(status.conditions[0].status, "True");
     }
 
@@ -330,7 +358,7 @@ mod tests {
             claim_with_reason("new-db", "intruder", None),
             claim_with_reason("own-db", "intruder", Some(Reason::Provisioning)),
         ];
-        let entries = ownership_entries(&intruder, &claims);
+        let entries = ownership_entries(&intruder, &claims.iter().collect::<Vec<_>>());
         assert_eq!(
             entries.keys().collect::<Vec<_>>(),
             [

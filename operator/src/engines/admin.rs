@@ -14,8 +14,11 @@ use crate::api::{Engine, Reason};
 /// database has, and no claim may adopt it.
 pub const CATALOG: &str = "dbps-catalog";
 
-/// Concurrent admin connections to one server.
-pub const MAX_CONNECTIONS_PER_SERVER: usize = 4;
+/// Admin connections the operator opens to one server at once, unless its
+/// `DatabaseServer` says otherwise (`spec.maxConnections`).
+pub const DEFAULT_CONNECTIONS_PER_SERVER: usize = 4;
+/// The most a `DatabaseServer` may ask for.
+pub const MAX_CONNECTIONS_PER_SERVER: usize = 64;
 /// Limit for connecting and for each statement.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -22,8 +22,7 @@ use crate::api::{
     Service,
 };
 use crate::children::{
-    Credentials, Endpoint, Inputs, binding_reader_role_binding, binding_reader_role_for,
-    binding_secret_generation, names, secret_value,
+    Credentials, Endpoint, Inputs, binding_secret_generation, names, secret_value,
 };
 use crate::engines::PASSWORD_KEY;
 use crate::engines::{AdminError, Claimant, Connection, Grant, Mark, ownership};
@@ -63,6 +62,8 @@ pub(super) struct Target {
     pub admin_fingerprint: Option<String>,
     /// What the Ready message says first.
     pub ready_message: String,
+    /// Connections the server takes at once.
+    pub connections: usize,
 }
 
 impl Target {
@@ -82,6 +83,18 @@ pub(super) async fn administer(
     let ns = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
     let resync = Action::requeue(ctx.config.resync);
+    // A busy server takes the claim when a turn ends (it is woken then);
+    // until then it holds nothing.
+    let line = super::turns::ClaimRef::new(&name).within(&ns);
+    let capacity = 2 * target.connections;
+    let Some(_turn) = ctx
+        .turns
+        .take(&target.conn.host, target.conn.port, capacity, line)
+    else {
+        return Ok(resync);
+    };
+    ctx.servers
+        .set_connections(&target.conn, target.connections);
     let secrets: Api<Secret> = ctx.api(&ns);
     let place = target.place.clone();
     let conn = &target.conn;
@@ -272,22 +285,16 @@ pub(super) async fn administer(
     )
     .await?;
     let stable_name = names::binding_secret(&name);
-    let mut readable = vec![stable_name.clone(), secret_name.clone()];
-    let previous_secret = match rotate {
-        true => Some(names::binding_secret_of(&name, creds.generation)),
-        false => creds.previous.as_ref().map(|p| p.secret.clone()),
-    };
-    readable.extend(previous_secret);
-    let mut seen = std::collections::BTreeSet::new();
-    readable.retain(|s| seen.insert(s.clone()));
-    // The Role and RoleBinding are compared with the cached copies (the
-    // operator watches what it made): nothing is read when they hold.
-    let role = binding_reader_role_for(&inputs, &readable);
-    let cached = ctx.caches.role(&ns, &role.name_any());
-    apply(&ctx.api::<Role>(&ns), &role, cached).await?;
-    let role_binding = binding_reader_role_binding(&inputs);
-    let cached = ctx.caches.role_binding(&ns, &role_binding.name_any());
-    apply(&ctx.api::<RoleBinding>(&ns), &role_binding, cached).await?;
+    // Who may read these Secrets through the API is the Service's Role (its
+    // controller keeps it from its claims' statuses). A per-claim Role of an
+    // earlier release goes.
+    let legacy = names::legacy_binding_reader(&name);
+    if ctx.caches.role(&ns, &legacy).is_some() {
+        delete_if_present(&ctx.api::<Role>(&ns), &legacy).await?;
+    }
+    if ctx.caches.role_binding(&ns, &legacy).is_some() {
+        delete_if_present(&ctx.api::<RoleBinding>(&ns), &legacy).await?;
+    }
     let grant = Grant {
         database: database.clone(),
         username: endpoint.username.clone(),
@@ -437,6 +444,18 @@ pub(super) async fn administer(
     let next = rotation::next_wake(&creds, &settings, now, ctx.config.resync);
     update_status_full(claim, ctx, outcome, Some(creds), Some(database)).await?;
     Ok(Action::requeue(next))
+}
+
+/// Deletes `name`; gone already is fine.
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether `secret` (found under one of the claim's binding names) was kept

@@ -247,6 +247,7 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
         endpoint,
         tls: None,
         admin_fingerprint: Some(admin_fingerprint),
+        connections: crate::engines::DEFAULT_CONNECTIONS_PER_SERVER,
         ready_message: format!("{} {} is ready", engine.as_str(), inputs.version()),
     };
     administer(claim, &service, target, ctx).await

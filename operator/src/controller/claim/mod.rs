@@ -11,6 +11,7 @@ mod dedicated;
 mod rotation;
 pub(super) mod shared;
 mod status;
+mod turns;
 
 use std::sync::Arc;
 
@@ -29,12 +30,64 @@ pub use cleanup::SKIP_CLEANUP_ANNOTATION;
 pub use dedicated::major;
 pub use rotation::ROTATE_ANNOTATION;
 pub use shared::{selector_matches, shared_database, slot_username};
+pub use turns::Turns;
 
 /// When a claim's Service or server is missing from the caches: they may
 /// lag the apiserver a moment (at start, or while a watch catches up), so
 /// the claim looks again soon rather than at the next resync.
 fn look_again_soon(ctx: &Context) -> Action {
     Action::requeue(ctx.config.resync.min(std::time::Duration::from_secs(5)))
+}
+
+/// The claim with the cleanup finalizer, added now when missing (unless it
+/// is being deleted), so the first reconcile goes on to do the work rather
+/// than wait for the event of its own patch (which the controller skips).
+async fn with_finalizer(
+    claims: &Api<DatabaseClaim>,
+    claim: Arc<DatabaseClaim>,
+    ctx: &Context,
+) -> Result<Arc<DatabaseClaim>, Error> {
+    let present = claim.finalizers().iter().any(|f| f == FINALIZER);
+    if present || claim.metadata.deletion_timestamp.is_some() {
+        return Ok(claim);
+    }
+    // As kube's finalizer helper does: the patch fails when the list
+    // changed since it was read, and the next event brings the new one.
+    let patch = match &claim.metadata.finalizers {
+        None => json_patch::Patch(vec![
+            json_patch::PatchOperation::Test(json_patch::TestOperation {
+                path: json_patch::jsonptr::PointerBuf::parse("/metadata/finalizers")
+                    .expect("valid pointer"),
+                value: serde_json::Value::Null,
+            }),
+            json_patch::PatchOperation::Add(json_patch::AddOperation {
+                path: json_patch::jsonptr::PointerBuf::parse("/metadata/finalizers")
+                    .expect("valid pointer"),
+                value: serde_json::json!([FINALIZER]),
+            }),
+        ]),
+        Some(finalizers) => json_patch::Patch(vec![
+            json_patch::PatchOperation::Test(json_patch::TestOperation {
+                path: json_patch::jsonptr::PointerBuf::parse("/metadata/finalizers")
+                    .expect("valid pointer"),
+                value: serde_json::json!(finalizers),
+            }),
+            json_patch::PatchOperation::Add(json_patch::AddOperation {
+                path: json_patch::jsonptr::PointerBuf::parse("/metadata/finalizers/-")
+                    .expect("valid pointer"),
+                value: serde_json::json!(FINALIZER),
+            }),
+        ]),
+    };
+    let patched = claims
+        .patch(
+            &claim.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Json::<()>(patch),
+        )
+        .await?;
+    ctx.own.record(&patched);
+    Ok(Arc::new(patched))
 }
 
 pub async fn reconcile(
@@ -48,6 +101,7 @@ pub async fn reconcile(
     let ns = claim.namespace().unwrap_or_default();
     let key = format!("DatabaseClaim/{ns}/{}", claim.name_any());
     let claims: Api<DatabaseClaim> = ctx.api(&ns);
+    let claim = with_finalizer(&claims, claim, &ctx).await?;
     let action = finalizer(&claims, FINALIZER, claim, |event| async {
         match event {
             Finalizer::Apply(claim) => match &claim.spec.server {

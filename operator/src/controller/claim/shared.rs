@@ -12,7 +12,7 @@ use super::status::{Outcome, update_status};
 use crate::api::ServerTls;
 use crate::api::{ClaimPhase, DatabaseClaim, DatabaseServer, Endpoint as StatusEndpoint, Reason};
 use crate::children::secret_value;
-use crate::engines::{Connection, Tls};
+use crate::engines::{Connection, DEFAULT_CONNECTIONS_PER_SERVER, Tls};
 use crate::engines::{PASSWORD_KEY, USERNAME_KEY};
 use crate::servers::shared_identifier;
 
@@ -265,6 +265,10 @@ pub(super) async fn apply(
         shared: true,
         users: [slot_username(claim, 0), slot_username(claim, 1)],
         admin_fingerprint: None,
+        connections: server
+            .spec
+            .max_connections
+            .map_or(DEFAULT_CONNECTIONS_PER_SERVER, |n| n.max(1) as usize),
     };
     administer(claim, &service, target, ctx).await
 }

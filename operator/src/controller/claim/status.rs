@@ -1,5 +1,6 @@
 //! What a claim's status says, written only when it changes, and the events
-//! that go with a change of its Ready reason.
+//! that go with a change of its Ready reason (not routine progress: a first
+//! provisioning is told by the status alone).
 
 use kube::Resource;
 use kube::ResourceExt;
@@ -87,9 +88,13 @@ pub(super) async fn update_status_full(
     };
     let ns = claim.namespace().unwrap_or_default();
     let status_of = |c: &DatabaseClaim| c.status.clone().unwrap_or_default();
-    let replaced = patch_status_if_changed(&ctx.api::<DatabaseClaim>(&ns), claim, status_of, |c| {
-        desired(&status_of(c))
-    })
+    let replaced = patch_status_if_changed(
+        &ctx.api::<DatabaseClaim>(&ns),
+        claim,
+        &ctx.written,
+        status_of,
+        desired,
+    )
     .await?;
     let Some(current) = replaced else {
         return Ok(());
@@ -106,7 +111,16 @@ pub(super) async fn update_status_full(
         ctx.metrics
             .claim_ready_after(std::time::Duration::try_from(took).unwrap_or_default());
     }
-    if previous_reason != Some(outcome.reason) {
+    // Routine progress (provisioning, then Ready the first time) is told by
+    // the status alone; a failure, and Ready again after one, get an event.
+    let routine = matches!(
+        (previous_reason, outcome.reason),
+        (
+            None | Some(Reason::Provisioning),
+            Reason::Provisioning | Reason::Ready
+        )
+    );
+    if previous_reason != Some(outcome.reason) && !routine {
         let type_ = if outcome.ready || outcome.reason == Reason::Provisioning {
             EventType::Normal
         } else {

@@ -18,7 +18,7 @@ fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .timeout(TIMEOUT)
         .connect_timeout(TIMEOUT)
-        .pool_max_idle_per_host(crate::engines::admin::MAX_CONNECTIONS_PER_SERVER)
+        .pool_max_idle_per_host(crate::engines::admin::DEFAULT_CONNECTIONS_PER_SERVER)
 }
 
 /// The plain HTTP client, made once. It is given a TLS configuration of its
