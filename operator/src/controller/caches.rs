@@ -36,16 +36,29 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Once every cache has been filled by its watch's first list.
+    /// Once every cache has been filled by its watch's first list. A wait
+    /// begun before a cache was filled is not always woken when it is, so
+    /// each wait is begun anew every 100 ms (a fresh wait sees a filled
+    /// cache at once).
     pub async fn ready(&self) {
-        let _ = futures::join!(
-            self.claims.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.servers.wait_until_ready(),
-            self.roles.wait_until_ready(),
-            self.role_bindings.wait_until_ready(),
-            self.tables.wait_until_ready(),
-        );
+        loop {
+            let all = async {
+                futures::join!(
+                    self.claims.wait_until_ready(),
+                    self.services.wait_until_ready(),
+                    self.servers.wait_until_ready(),
+                    self.roles.wait_until_ready(),
+                    self.role_bindings.wait_until_ready(),
+                    self.tables.wait_until_ready(),
+                )
+            };
+            if tokio::time::timeout(Duration::from_millis(100), all)
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
     }
 
     /// Service `name` of namespace `ns`, as last seen.
@@ -243,6 +256,30 @@ where
 /// Entries of [`changed`] not seen for this long are forgotten (a deleted
 /// object's, or one unchanged for that long: its next event passes).
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+/// As [`changed`], but the first sight of an object made before this filter
+/// was (at start, the watch's first list) does not pass: the objects that
+/// follow it are reconciled at start anyway, from their own first sight.
+pub fn changed_since_start<K, S>(stream: S, key: fn(&K) -> u64) -> impl Stream<Item = Arc<K>> + Send
+where
+    K: Resource + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send,
+    S: Stream<Item = Arc<K>> + Send,
+{
+    let started = k8s_openapi::jiff::Timestamp::now();
+    // Only objects made before the start are remembered: as many as there
+    // were then.
+    let mut seen: std::collections::HashSet<ObjectRef<K>> = std::collections::HashSet::new();
+    changed(stream, key).filter(move |obj| {
+        let before = obj
+            .meta()
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|t| t.0 < started);
+        let first = before && seen.insert(ObjectRef::from_obj(obj.as_ref()));
+        std::future::ready(!first)
+    })
+}
 
 /// The objects of `stream` whose `key` differs from the one this filter
 /// last passed for them (first sight included).

@@ -292,7 +292,7 @@ pub async fn run(
         // A Service's spec (selector, account), appearance or deletion
         // re-reconciles its claims; its status does not.
         futures::stream::select(
-            caches::changed(services_for_claims, caches::spec_and_metadata),
+            caches::changed_since_start(services_for_claims, caches::spec_and_metadata),
             services_gone_for_claims,
         ),
         move |service| {
@@ -312,7 +312,7 @@ pub async fn run(
     .watches_shared_stream(
         // So does a server's registration, namespaces or credentials.
         futures::stream::select(
-            caches::changed(servers_for_claims, caches::spec_and_metadata),
+            caches::changed_since_start(servers_for_claims, caches::spec_and_metadata),
             servers_gone_for_claims,
         ),
         move |server| {
