@@ -805,6 +805,9 @@ async fn an_edited_or_deleted_ownership_table_is_written_back_at_once() {
     };
     ctx.wait_for(&tables, "dbps-bindings", "entry", entry_is("orders"))
         .await;
+    // Past the Services' last gathered writes: nothing is pending when the
+    // table is edited.
+    tokio::time::sleep(Duration::from_secs(5)).await;
 
     // Someone puts another Service in front of the binding Secret.
     let edit = json!({ "data": { "secret.orders-db-binding": "intruder" } });
