@@ -178,15 +178,6 @@ impl WrittenStatus {
         }
         entries.by_object.insert(key, (value, now));
     }
-
-    /// How many written statuses the cache does not show yet.
-    pub fn len(&self) -> usize {
-        self.entries.lock().unwrap().by_object.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Writes the status `desired` computes from an object's current status

@@ -233,15 +233,6 @@ impl OwnWrites {
             None => false,
         }
     }
-
-    /// How many writes wait for their event.
-    pub fn len(&self) -> usize {
-        self.written.lock().unwrap().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The objects of `stream` that are not the operator's own writes.

@@ -190,11 +190,7 @@ pub(super) async fn administer(
         // The stable binding (`<claim>-binding`) holds the credentials in
         // force since the rotation: it stays.
         if previous.secret != names::binding_secret(&name) {
-            match secrets.delete(&previous.secret, &Default::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            delete_if_present(&secrets, &previous.secret).await?;
         }
         creds.previous = None;
     }
@@ -250,11 +246,7 @@ pub(super) async fn administer(
             });
             if current.as_ref().is_some_and(|s| s.immutable == Some(true)) {
                 // An immutable Secret cannot be written over: it is replaced.
-                match secrets.delete(&secret_name, &Default::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
+                delete_if_present(&secrets, &secret_name).await?;
                 current = None;
             }
             password::generate()

@@ -53,32 +53,21 @@ async fn with_finalizer(
     }
     // As kube's finalizer helper does: the patch fails when the list
     // changed since it was read, and the next event brings the new one.
-    let patch = match &claim.metadata.finalizers {
-        None => json_patch::Patch(vec![
-            json_patch::PatchOperation::Test(json_patch::TestOperation {
-                path: json_patch::jsonptr::PointerBuf::parse("/metadata/finalizers")
-                    .expect("valid pointer"),
-                value: serde_json::Value::Null,
-            }),
-            json_patch::PatchOperation::Add(json_patch::AddOperation {
-                path: json_patch::jsonptr::PointerBuf::parse("/metadata/finalizers")
-                    .expect("valid pointer"),
-                value: serde_json::json!([FINALIZER]),
-            }),
-        ]),
-        Some(finalizers) => json_patch::Patch(vec![
-            json_patch::PatchOperation::Test(json_patch::TestOperation {
-                path: json_patch::jsonptr::PointerBuf::parse("/metadata/finalizers")
-                    .expect("valid pointer"),
-                value: serde_json::json!(finalizers),
-            }),
-            json_patch::PatchOperation::Add(json_patch::AddOperation {
-                path: json_patch::jsonptr::PointerBuf::parse("/metadata/finalizers/-")
-                    .expect("valid pointer"),
-                value: serde_json::json!(FINALIZER),
-            }),
-        ]),
+    let pointer = |p: &str| json_patch::jsonptr::PointerBuf::parse(p).expect("valid pointer");
+    let (at, value) = match &claim.metadata.finalizers {
+        None => ("/metadata/finalizers", serde_json::json!([FINALIZER])),
+        Some(_) => ("/metadata/finalizers/-", serde_json::json!(FINALIZER)),
     };
+    let patch = json_patch::Patch(vec![
+        json_patch::PatchOperation::Test(json_patch::TestOperation {
+            path: pointer("/metadata/finalizers"),
+            value: serde_json::json!(claim.metadata.finalizers),
+        }),
+        json_patch::PatchOperation::Add(json_patch::AddOperation {
+            path: pointer(at),
+            value,
+        }),
+    ]);
     let patched = claims
         .patch(
             &claim.name_any(),
