@@ -284,6 +284,51 @@ fn cases() -> Vec<Case> {
             pg(json!({ "storage": { "size": "1Gi" } })),
             "storage is immutable",
         ),
+        create(
+            "extensions on another engine",
+            "x1",
+            json!({ "serviceRef": { "name": "orders" }, "engine": "mongodb", "extensions": [{ "name": "pg_partman" }] }),
+            "extensions are PostgreSQL's",
+        ),
+        create(
+            "extension in a schema of PostgreSQL's",
+            "x2",
+            pg(json!({ "extensions": [{ "name": "pg_partman", "schema": "pg_catalog" }] })),
+            "pg_* and information_schema are PostgreSQL's own",
+        ),
+        create(
+            "extension name that is not one",
+            "x3",
+            pg(json!({ "extensions": [{ "name": "pg_partman; DROP DATABASE x" }] })),
+            "spec.extensions[0].name in body should match",
+        ),
+        create(
+            "one extension twice",
+            "x4",
+            pg(
+                json!({ "extensions": [{ "name": "citext" }, { "name": "citext", "schema": "x" }] }),
+            ),
+            "spec.extensions[1]: Duplicate value",
+        ),
+        update(
+            "an extension's schema changed",
+            "x5",
+            pg(json!({ "extensions": [{ "name": "pg_partman", "schema": "partman" }] })),
+            pg(json!({ "extensions": [{ "name": "pg_partman", "schema": "public" }] })),
+            "an extension's schema is immutable",
+        ),
+        server_case(
+            "extensions allowed on another engine",
+            "ext-mongo",
+            json!({ "engine": "mongodb", "allowedExtensions": ["pg_partman"] }),
+            "allowedExtensions are PostgreSQL's",
+        ),
+        server_case(
+            "an allowed extension that is not a name",
+            "ext-name",
+            json!({ "allowedExtensions": ["pg_partman", "x y"] }),
+            "allowedExtensions: each entry is an extension's name",
+        ),
         server_case(
             "adopting a server's own database",
             "adopt-postgres",

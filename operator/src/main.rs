@@ -53,6 +53,11 @@ struct RunArgs {
     /// another image that keeps the engine's contract. Repeat per engine.
     #[arg(long, env = "DBPS_IMAGE_REPOSITORIES", value_delimiter = ',', value_parser = parse_repository)]
     image_repository: Vec<(Engine, String)>,
+    /// PostgreSQL extensions claims may ask for in their dedicated instances
+    /// (`spec.extensions`), comma-separated; the image must have them.
+    /// Default: none.
+    #[arg(long, env = "DBPS_POSTGRES_EXTENSIONS", value_delimiter = ',')]
+    postgres_extensions: Vec<String>,
     /// Keep the status only of DatabaseServers matching this label selector.
     #[arg(long, env = "DBPS_SERVER_SELECTOR")]
     server_selector: Option<String>,
@@ -130,6 +135,12 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
                 labels,
             }),
             image_repositories: args.image_repository,
+            postgres_extensions: args
+                .postgres_extensions
+                .into_iter()
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect(),
         },
         instance: instance.clone(),
         server_selector: args.server_selector,

@@ -11,8 +11,8 @@ use tokio::sync::{OwnedMutexGuard, Semaphore};
 
 use crate::engines::DEFAULT_CONNECTIONS_PER_SERVER;
 use crate::engines::{
-    AdminError, Claimant, Connection, Dropped, Grant, Inventory, Mark, Provisioned, ServerInfo,
-    TIMEOUT, bounded,
+    AdminError, Claimant, Connection, Dropped, Extensions, Grant, Inventory, Mark, Provisioned,
+    ServerInfo, TIMEOUT, bounded,
 };
 
 type NameLock = tokio::sync::Mutex<()>;
@@ -164,6 +164,23 @@ impl Servers {
         self.limited(
             conn,
             conn.engine.admin().revoke(conn, database, username, mark),
+        )
+        .await
+    }
+
+    /// Makes `database`'s extensions those `wanted` (see
+    /// [`Administration::extensions`](crate::engines::Administration::extensions)).
+    pub async fn extensions(
+        &self,
+        conn: &Connection,
+        database: &str,
+        wanted: &[crate::api::Extension],
+        mark: &Mark,
+    ) -> Result<Extensions, AdminError> {
+        let _held = self.hold(conn, database).await;
+        self.limited(
+            conn,
+            conn.engine.admin().extensions(conn, database, wanted, mark),
         )
         .await
     }

@@ -71,6 +71,7 @@ const MAJOR_UPGRADE: &str = concat!(
     validation = Rule::new("has(self.database) == has(oldSelf.database) && (!has(self.database) || self.database == oldSelf.database)").message("database is immutable"),
     validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)").message("storage is immutable: the volume of a running instance cannot change"),
     validation = Rule::new("!has(self.server) || !has(self.version)").message("version describes a dedicated instance; a shared claim runs on the server's version: remove version"),
+    validation = Rule::new("!has(self.extensions) || size(self.extensions) == 0 || self.engine == 'postgres'").message("extensions are PostgreSQL's: remove them, or use engine postgres"),
     validation = Rule::new(MAJOR_DOWNGRADE).message("version: a major downgrade cannot start on the data directory of a newer major version; keep the current major version"),
     validation = Rule::new(MAJOR_UPGRADE).message("version: a major upgrade of a running instance is refused; move the data to a new claim with the new version (dump and restore, see docs/operations.md#major-upgrades) and switch the service's binding")
 )]
@@ -122,6 +123,34 @@ pub struct DatabaseClaimSpec {
     /// the annotation `dbps.io/rotate` takes a new value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<Rotation>,
+
+    /// PostgreSQL extensions the operator creates in the database, as the
+    /// server's superuser, from the platform's allow-list only: the
+    /// `DatabaseServer`'s `allowedExtensions` (shared placement), or the
+    /// operator's `--postgres-extensions` (dedicated instances). The
+    /// database's owner gets every privilege on what an extension makes. An
+    /// entry removed from this list drops its extension, unless objects of
+    /// the database depend on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub extensions: Vec<Extension>,
+}
+
+/// A PostgreSQL extension of a claim's database.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.schema) == has(oldSelf.schema) && (!has(self.schema) || self.schema == oldSelf.schema)").message("an extension's schema is immutable: remove its entry (which drops the extension), then add it again"))]
+pub struct Extension {
+    /// Name of the extension, as in `pg_available_extensions` (e.g. `pg_partman`).
+    #[schemars(length(max = 63), regex(pattern = r"^[a-z_][a-z0-9_-]{0,62}$"))]
+    pub name: String,
+    /// Schema to create it in, made (owned by the database's owner) when
+    /// missing. Default: the extension's own choice, usually `public`.
+    /// Immutable once created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63), regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))]
+    #[x_kube(validation = Rule::new("!self.startsWith('pg_') && self != 'information_schema'").message("schema: pg_* and information_schema are PostgreSQL's own"))]
+    pub schema: Option<String>,
 }
 
 /// How credentials rotate: each rotation issues a new user and password in a
@@ -263,6 +292,18 @@ pub struct DatabaseClaimStatus {
     /// Name of the database on its server (shared placement).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+    /// Extensions dbps created in the database, with their versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<ExtensionStatus>,
+}
+
+/// An extension in a claim's database.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub struct ExtensionStatus {
+    /// Its name.
+    pub name: String,
+    /// Its installed version.
+    pub version: String,
 }
 
 /// The credentials in force and the ones still in their grace period.

@@ -62,6 +62,15 @@ reasons! {
     ServerRefused,
     /// TLS to the server failed.
     ServerTlsFailed,
+    /// The claim asks for an extension the platform's allow-list does not
+    /// name (the server's `allowedExtensions`, or the operator's
+    /// `--postgres-extensions` for dedicated instances).
+    ExtensionNotAllowed,
+    /// An extension could not be created as asked: the server does not have
+    /// it, or it exists in another schema.
+    ExtensionFailed,
+    /// An extension removed from the claim is kept: objects of the database use it.
+    ExtensionInUse,
     /// The server answers as the registration expects.
     Reachable,
     /// A database or user of that name on the server belongs to another claim.

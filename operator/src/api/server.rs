@@ -30,7 +30,10 @@ use super::Engine;
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("!(has(self.allowedNamespaces) && has(self.namespaceSelector))").message("set allowedNamespaces or namespaceSelector, not both"))]
+#[x_kube(
+    validation = Rule::new("!(has(self.allowedNamespaces) && has(self.namespaceSelector))").message("set allowedNamespaces or namespaceSelector, not both"),
+    validation = Rule::new("!has(self.allowedExtensions) || size(self.allowedExtensions) == 0 || self.engine == 'postgres'").message("allowedExtensions are PostgreSQL's: remove them")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseServerSpec {
     /// Engine of the server. Immutable.
@@ -62,6 +65,17 @@ pub struct DatabaseServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub max_connections: Option<i32>,
+    /// PostgreSQL extensions claims on this server may ask for
+    /// (`spec.extensions`); the operator creates them as this server's admin
+    /// user, so that user must be allowed to (a superuser for untrusted
+    /// extensions). Allow only extensions whose functions act within their
+    /// own database: the claim's service gets every privilege on what one
+    /// makes. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(inner(length(max = 63)))]
+    #[x_kube(validation = Rule::new("self.all(e, e.matches('^[a-z_][a-z0-9_-]{0,62}$'))").message("allowedExtensions: each entry is an extension's name, such as pg_partman"))]
+    pub allowed_extensions: Option<Vec<String>>,
     /// Pre-existing databases that named claims may take over (migrations).
     /// Without an entry here, a claim never touches a database or user that
     /// dbps did not make; with one, that claim gets the database under its

@@ -74,6 +74,8 @@ pub struct Platform {
     /// Image repository per engine where not the official one (a mirror, or
     /// another image keeping the engine's contract); the tag is the claim's version.
     pub image_repositories: Vec<(Engine, String)>,
+    /// PostgreSQL extensions claims may ask for in dedicated instances.
+    pub postgres_extensions: Vec<String>,
 }
 
 impl Default for Platform {
@@ -82,6 +84,7 @@ impl Default for Platform {
             cluster_domain: "cluster.local".into(),
             operator: None,
             image_repositories: Vec::new(),
+            postgres_extensions: Vec::new(),
         }
     }
 }

@@ -120,6 +120,8 @@ pub enum AdminError {
     Timeout,
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("extension: {0}")]
+    Extension(String),
     #[error(transparent)]
     Conflict(#[from] Conflict),
 }
@@ -132,6 +134,7 @@ impl AdminError {
             AdminError::AuthenticationFailed(_) => Reason::ServerAuthenticationFailed,
             AdminError::Refused(_) => Reason::ServerRefused,
             AdminError::Tls(_) => Reason::ServerTlsFailed,
+            AdminError::Extension(_) => Reason::ExtensionFailed,
             AdminError::Conflict(Conflict::OwnedByAnotherClaim { .. }) => {
                 Reason::DatabaseOwnedByAnotherClaim
             }
@@ -165,6 +168,20 @@ impl Provisioned {
 pub struct Dropped {
     pub dropped: Vec<String>,
     pub kept: Vec<String>,
+}
+
+/// A claim's database's extensions after [`Administration::extensions`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// Every extension asked for, with its installed version.
+    pub installed: Vec<crate::api::ExtensionStatus>,
+    /// Those created now.
+    pub created: Vec<String>,
+    /// Extensions dbps created that are no longer asked for, dropped now.
+    pub dropped: Vec<String>,
+    /// Extensions no longer asked for that objects of the database still use:
+    /// kept.
+    pub in_use: Vec<String>,
 }
 
 /// What a server holds under the names of a claim's database and users:
@@ -219,6 +236,28 @@ pub trait Administration: Sync {
         database: &'a str,
         usernames: &'a [String],
     ) -> BoxFuture<'a, Result<Inventory, AdminError>>;
+
+    /// Makes the extensions `wanted` exist in `database` (which must be the
+    /// claim's), created as the administrator and marked with `mark`, its
+    /// owner role given every privilege on their tables; drops those marked
+    /// by dbps that are no longer wanted, unless something depends on them.
+    /// An engine without extensions refuses any.
+    fn extensions<'a>(
+        &'a self,
+        _conn: &'a Connection,
+        _database: &'a str,
+        wanted: &'a [crate::api::Extension],
+        _mark: &'a Mark,
+    ) -> BoxFuture<'a, Result<Extensions, AdminError>> {
+        Box::pin(async move {
+            match wanted.is_empty() {
+                true => Ok(Extensions::default()),
+                false => Err(AdminError::Extension(
+                    "this engine has no extensions".into(),
+                )),
+            }
+        })
+    }
 
     /// True when `grant.username`/`grant.password` log in to `grant.database`.
     fn can_login<'a>(&'a self, conn: &'a Connection, grant: &'a Grant) -> BoxFuture<'a, bool>;

@@ -20,8 +20,9 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Probe, SecretKeySelector}
 pub use crate::api::Engine;
 pub use admin::{
     AdminError, Administration, CATALOG, Claimant, Conflict, Connection,
-    DEFAULT_CONNECTIONS_PER_SERVER, Dropped, Grant, Inventory, MAX_CONNECTIONS_PER_SERVER, Mark,
-    ObjectKind, Presence, Provisioned, ServerInfo, TIMEOUT, Tls, Verdict, bounded,
+    DEFAULT_CONNECTIONS_PER_SERVER, Dropped, Extensions, Grant, Inventory,
+    MAX_CONNECTIONS_PER_SERVER, Mark, ObjectKind, Presence, Provisioned, ServerInfo, TIMEOUT, Tls,
+    Verdict, bounded,
 };
 
 /// Key of the username in admin and binding Secrets.

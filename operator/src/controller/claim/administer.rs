@@ -64,6 +64,8 @@ pub(super) struct Target {
     pub ready_message: String,
     /// Connections the server takes at once.
     pub connections: usize,
+    /// Where the platform's allow-list of extensions is, and what it names.
+    pub allowed_extensions: (String, Vec<String>),
 }
 
 impl Target {
@@ -83,6 +85,28 @@ pub(super) async fn administer(
     let ns = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
     let resync = Action::requeue(ctx.config.resync);
+    // Only extensions the platform allows: nothing is changed for a claim
+    // that names another.
+    let (allow_list, allowed) = &target.allowed_extensions;
+    let refused: Vec<&str> = claim
+        .spec
+        .extensions
+        .iter()
+        .map(|e| e.name.as_str())
+        .filter(|e| !allowed.iter().any(|a| a == e))
+        .collect();
+    if !refused.is_empty() {
+        let message = format!(
+            "extension {} is not in {allow_list}; nothing was changed. Remove it from spec.extensions, or ask the platform team to allow it",
+            refused.join(", ")
+        );
+        let mut outcome =
+            Outcome::waiting(ClaimPhase::Failed, Reason::ExtensionNotAllowed, message);
+        outcome.endpoint = claim.status.as_ref().and_then(|s| s.endpoint.clone());
+        outcome.binding = claim.status.as_ref().and_then(|s| s.binding.clone());
+        update_status(claim, ctx, outcome).await?;
+        return Ok(resync);
+    }
     // A busy server takes the claim when a turn ends (it is woken then);
     // until then it holds nothing.
     let line = super::turns::ClaimRef::new(&name).within(&ns);
@@ -114,14 +138,14 @@ pub(super) async fn administer(
                 ctx.forget_admin(&target.conn.username, &target.conn.password);
             }
             let phase = match e {
-                AdminError::Conflict(_) => ClaimPhase::Failed,
+                AdminError::Conflict(_) | AdminError::Extension(_) => ClaimPhase::Failed,
                 _ => ClaimPhase::Provisioning,
             };
             let mut outcome = Outcome::waiting(phase, reason, format!("{place}: {e}"));
             outcome.endpoint = Some(target.endpoint.clone());
             update_status_with(claim, ctx, outcome, issued).await?;
             match e {
-                AdminError::Conflict(_) => Ok(resync.clone()),
+                AdminError::Conflict(_) | AdminError::Extension(_) => Ok(resync.clone()),
                 e => Err(Error::Unavailable(reason, e.to_string())),
             }
         };
@@ -304,17 +328,31 @@ pub(super) async fn administer(
                 && s.observed_generation == claim.metadata.generation
                 && s.database.as_deref() == Some(database.as_str())
         });
-    let ensured = if settled && ctx.servers.can_login(conn, &grant).await {
-        Ok(crate::engines::Provisioned::default())
+    let (ensured, set_up) = if settled && ctx.servers.can_login(conn, &grant).await {
+        (Ok(crate::engines::Provisioned::default()), false)
     } else {
-        ctx.servers.ensure(conn, &grant, &claimant).await
+        (ctx.servers.ensure(conn, &grant, &claimant).await, true)
     };
     // The repair is told once the server has the new password (or failed to take it).
     if let Some((reason, note)) = notice {
         publish(ctx, claim, EventType::Warning, reason, "Repair", note).await;
     }
-    let provisioned = match ensured {
-        Ok(provisioned) => provisioned,
+    // The extensions, when the setup was done again (a change of the spec
+    // does it) and the claim names or had any.
+    let had_extensions = claim
+        .status
+        .as_ref()
+        .is_some_and(|s| !s.extensions.is_empty());
+    let ensured = match ensured {
+        Ok(provisioned) if set_up && (!claim.spec.extensions.is_empty() || had_extensions) => ctx
+            .servers
+            .extensions(conn, &database, &claim.spec.extensions, mark)
+            .await
+            .map(|extensions| (provisioned, Some(extensions))),
+        other => other.map(|provisioned| (provisioned, None)),
+    };
+    let (provisioned, extensions) = match ensured {
+        Ok(done) => done,
         Err(e) => {
             // What the Secret now holds is recorded whatever the server says,
             // so a retry does not take dbps's own Secret for an edit.
@@ -361,6 +399,42 @@ pub(super) async fn administer(
             stable,
         )
         .await?;
+    }
+    if let Some(done) = &extensions {
+        if !done.created.is_empty() || !done.dropped.is_empty() {
+            let mut told = Vec::new();
+            if !done.created.is_empty() {
+                told.push(format!("created extension {}", done.created.join(", ")));
+            }
+            if !done.dropped.is_empty() {
+                told.push(format!("dropped extension {}", done.dropped.join(", ")));
+            }
+            let note = format!("{} in database {database:?} on {place}", told.join("; "));
+            publish(
+                ctx,
+                claim,
+                EventType::Normal,
+                Reason::Ready,
+                "Extensions",
+                note,
+            )
+            .await;
+        }
+        if !done.in_use.is_empty() {
+            let note = format!(
+                "extension {} is no longer in spec.extensions but objects of database {database:?} use it: kept. Drop those objects and it goes at the next change of the claim",
+                done.in_use.join(", ")
+            );
+            publish(
+                ctx,
+                claim,
+                EventType::Warning,
+                Reason::ExtensionInUse,
+                "Extensions",
+                note,
+            )
+            .await;
+        }
     }
     if !provisioned.adopted.is_empty() {
         let note = format!(
@@ -431,6 +505,17 @@ pub(super) async fn administer(
             name: binding.name_any(),
         }),
         endpoint: Some(target.endpoint.clone()),
+        extensions: extensions.map(|done| {
+            let mut listed = done.installed;
+            // Those kept because they are in use are still there.
+            listed.extend(claim.status.iter().flat_map(|s| {
+                s.extensions
+                    .iter()
+                    .filter(|e| done.in_use.contains(&e.name))
+                    .cloned()
+            }));
+            listed
+        }),
     };
     // Wake up for the end of a grace period or the next scheduled rotation.
     let next = rotation::next_wake(&creds, &settings, now, ctx.config.resync);

@@ -220,6 +220,7 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
             ),
             binding: None,
             endpoint: Some(endpoint),
+            extensions: None,
         };
         update_status_with(claim, ctx, outcome, Some(issued)).await?;
         return Ok(resync);
@@ -247,6 +248,10 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
         endpoint,
         tls: None,
         admin_fingerprint: Some(admin_fingerprint),
+        allowed_extensions: (
+            "the operator's --postgres-extensions (Helm value postgresExtensions)".into(),
+            ctx.config.platform.postgres_extensions.clone(),
+        ),
         connections: crate::engines::DEFAULT_CONNECTIONS_PER_SERVER,
         ready_message: format!("{} {} is ready", engine.as_str(), inputs.version()),
     };

@@ -9,8 +9,8 @@ use kube::runtime::events::{Event, EventType};
 use super::super::apply::patch_status_if_changed;
 use super::super::context::{Context, Error};
 use crate::api::{
-    Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, DatabaseClaimStatus, Endpoint, READY,
-    Reason, set_condition,
+    Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, DatabaseClaimStatus, Endpoint,
+    ExtensionStatus, READY, Reason, set_condition,
 };
 
 /// What the claim's status should say, before it is compared and written.
@@ -21,6 +21,9 @@ pub(super) struct Outcome {
     pub message: String,
     pub binding: Option<Binding>,
     pub endpoint: Option<Endpoint>,
+    /// The database's extensions when they were set up now; `None` keeps
+    /// what the status says.
+    pub extensions: Option<Vec<ExtensionStatus>>,
 }
 
 impl Outcome {
@@ -33,6 +36,7 @@ impl Outcome {
             message,
             binding: None,
             endpoint: None,
+            extensions: None,
         }
     }
 }
@@ -84,6 +88,10 @@ pub(super) async fn update_status_full(
             endpoint: outcome.endpoint.clone(),
             credentials: credentials.clone().or_else(|| current.credentials.clone()),
             database: database.clone().or_else(|| current.database.clone()),
+            extensions: outcome
+                .extensions
+                .clone()
+                .unwrap_or_else(|| current.extensions.clone()),
         }
     };
     let ns = claim.namespace().unwrap_or_default();

@@ -6,9 +6,10 @@ use tokio_postgres::{Client, NoTls};
 use crate::engines::ownership::{self, Claimant, Mark, ObjectKind, Presence, Verdict, authorize};
 use futures::future::BoxFuture;
 
+use crate::api::{Extension, ExtensionStatus};
 use crate::engines::admin::{
-    AdminError, Administration, Connection, Dropped, Grant, Inventory, Provisioned, ServerInfo,
-    TIMEOUT,
+    AdminError, Administration, Connection, Dropped, Extensions, Grant, Inventory, Provisioned,
+    ServerInfo, TIMEOUT,
 };
 
 /// `"ident"`: a quoted identifier; embedded quotes are doubled.
@@ -318,6 +319,155 @@ async fn ensure(
     Ok(provisioned)
 }
 
+/// Gives `owner` every privilege on the tables, views and sequences that
+/// extension `name` made, and the use of its schema. Its functions keep the
+/// privileges the extension gave them: one that is not for everyone (such
+/// as `dblink_connect_u`) stays the superuser's.
+fn grant_extension_objects(name: &str, owner: &str) -> String {
+    format!(
+        r#"DO $dbps$
+DECLARE r record;
+BEGIN
+  FOR r IN
+    SELECT c.oid::regclass AS object, c.relkind
+    FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+    WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_extension'::regclass
+      AND d.deptype = 'e' AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+      AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = {name})
+  LOOP
+    IF r.relkind = 'S' THEN
+      EXECUTE format('GRANT ALL ON SEQUENCE %s TO %I', r.object, {owner});
+    ELSE
+      EXECUTE format('GRANT ALL ON TABLE %s TO %I', r.object, {owner});
+    END IF;
+  END LOOP;
+  EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
+    (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = {name}),
+    {owner});
+END
+$dbps$"#,
+        name = quote_literal(name),
+        owner = quote_literal(owner),
+    )
+}
+
+async fn extensions(
+    conn: &Connection,
+    database: &str,
+    wanted: &[Extension],
+    mark: &Mark,
+) -> Result<Extensions, AdminError> {
+    let database = no_nul(database)?;
+    let owner = owner_role(database);
+    let client = connect(conn, &conn.username, &conn.password, database).await?;
+    let names: Vec<String> = wanted.iter().map(|e| e.name.clone()).collect();
+    let available: Vec<String> = client
+        .query(
+            "SELECT name FROM pg_available_extensions WHERE name = ANY($1)",
+            &[&names],
+        )
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .filter(|n| !available.contains(n))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(AdminError::Extension(format!(
+            "{} not available on the server (pg_available_extensions does not list it); install it there, or remove it from spec.extensions",
+            missing.join(", ")
+        )));
+    }
+    // Name, version, schema and mark of every extension of the database.
+    let installed = async |client: &Client| -> Result<Vec<(String, String, String, Option<String>)>, AdminError> {
+        Ok(client
+            .query(
+                "SELECT e.extname::text, e.extversion, n.nspname::text, obj_description(e.oid, 'pg_extension') \
+                 FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace",
+                &[],
+            )
+            .await
+            .map_err(classify)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    };
+    let found = installed(&client).await?;
+    let mut done = Extensions::default();
+    for extension in wanted {
+        let name = no_nul(&extension.name)?;
+        let existing = found.iter().find(|(n, ..)| n == name);
+        match (existing, &extension.schema) {
+            (Some((_, _, schema, _)), Some(wanted)) if schema != wanted => {
+                return Err(AdminError::Extension(format!(
+                    "{name} exists in schema {schema:?}, not {wanted:?}; remove the schema from its entry, or drop the extension first"
+                )));
+            }
+            (Some(_), _) => {}
+            (None, schema) => {
+                let mut sql = String::from("BEGIN; ");
+                let mut create = format!("CREATE EXTENSION {}", quote_ident(name));
+                if let Some(schema) = schema {
+                    sql.push_str(&format!(
+                        "CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}; ",
+                        quote_ident(no_nul(schema)?),
+                        quote_ident(&owner)
+                    ));
+                    create.push_str(&format!(" SCHEMA {}", quote_ident(schema)));
+                }
+                sql.push_str(&format!(
+                    "{create}; COMMENT ON EXTENSION {} IS {}; COMMIT",
+                    quote_ident(name),
+                    quote_literal(&mark.encode())
+                ));
+                if let Err(e) = client.batch_execute(&sql).await {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    return Err(match classify(e) {
+                        AdminError::Refused(message) => {
+                            AdminError::Extension(format!("{name}: {message}"))
+                        }
+                        other => other,
+                    });
+                }
+                done.created.push(name.to_string());
+            }
+        }
+        client
+            .batch_execute(&grant_extension_objects(name, &owner))
+            .await
+            .map_err(classify)?;
+    }
+    // Extensions dbps made that the claim no longer names go, unless used.
+    for (name, _, _, comment) in &found {
+        let ours = comment.as_deref().and_then(Mark::decode).is_some();
+        if !ours || names.contains(name) {
+            continue;
+        }
+        let sql = format!("DROP EXTENSION IF EXISTS {} RESTRICT", quote_ident(name));
+        match client.batch_execute(&sql).await {
+            Ok(()) => done.dropped.push(name.clone()),
+            Err(e)
+                if e.code()
+                    == Some(&tokio_postgres::error::SqlState::DEPENDENT_OBJECTS_STILL_EXIST) =>
+            {
+                done.in_use.push(name.clone())
+            }
+            Err(e) => return Err(classify(e)),
+        }
+    }
+    done.installed = installed(&client)
+        .await?
+        .into_iter()
+        .filter(|(n, ..)| names.contains(n))
+        .map(|(name, version, ..)| ExtensionStatus { name, version })
+        .collect();
+    Ok(done)
+}
+
 async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<(), AdminError> {
     let user = no_nul(username)?;
     let client = admin(conn).await?;
@@ -426,6 +576,16 @@ impl Administration for super::Postgres {
         usernames: &'a [String],
     ) -> BoxFuture<'a, Result<Inventory, AdminError>> {
         Box::pin(inspect(conn, database, usernames))
+    }
+
+    fn extensions<'a>(
+        &'a self,
+        conn: &'a Connection,
+        database: &'a str,
+        wanted: &'a [Extension],
+        mark: &'a Mark,
+    ) -> BoxFuture<'a, Result<Extensions, AdminError>> {
+        Box::pin(extensions(conn, database, wanted, mark))
     }
 
     fn can_login<'a>(&'a self, conn: &'a Connection, grant: &'a Grant) -> BoxFuture<'a, bool> {
