@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make demo` and `make test` need and a machine may lack:
-# Debian packages (make, a C compiler, git, Go, PostgreSQL, InfluxDB 1.x),
+# Debian packages (make, a C compiler, git, Go, PostgreSQL with pg_partman
+# and pgAudit, InfluxDB 1.x),
 # a Go toolchain new enough for toolchain switching, rustfmt and clippy.
 # Quick when everything is there. Prints the PATH to use (a fetched Go
 # toolchain goes first) as its last line.
@@ -18,6 +19,11 @@ command -v cc >/dev/null || need+=(build-essential)
 command -v git >/dev/null || need+=(git)
 command -v go >/dev/null || need+=(golang-go)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+# Extensions the suites create through claims (pg_partman) and the audit log
+# of the PCI profile (pgAudit), for Debian's PostgreSQL 15.
+pg_major=15
+[ -e "/usr/share/postgresql/$pg_major/extension/pg_partman.control" ] || need+=("postgresql-$pg_major-partman")
+[ -e "/usr/share/postgresql/$pg_major/extension/pgaudit.control" ] || need+=("postgresql-$pg_major-pgaudit")
 command -v influxd >/dev/null || need+=(influxdb)
 command -v influx >/dev/null || need+=(influxdb-client)
 # The real node: runc's seccomp support, and what kube-proxy and the
