@@ -383,7 +383,8 @@ async fn extensions(
         )));
     }
     // Name, version, schema and mark of every extension of the database.
-    let installed = async |client: &Client| -> Result<Vec<(String, String, String, Option<String>)>, AdminError> {
+    type Installed = (String, String, String, Option<String>);
+    let installed = async |client: &Client| -> Result<Vec<Installed>, AdminError> {
         Ok(client
             .query(
                 "SELECT e.extname::text, e.extversion, n.nspname::text, obj_description(e.oid, 'pg_extension') \
