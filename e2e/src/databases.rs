@@ -69,19 +69,29 @@ impl LocalServer {
         Self::start_with(kind, true).await
     }
 
+    /// Starts a PostgreSQL server as `options` say.
+    pub async fn start_postgres(options: PostgresOptions) -> Result<Self, Error> {
+        let tls = match options.tls {
+            false => None,
+            true => Some(local_tls(Kind::Postgres)?),
+        };
+        start_postgres(tls, &options).await
+    }
+
     async fn start_with(kind: Kind, tls: bool) -> Result<Self, Error> {
         let tls = match tls {
             false => None,
-            true => {
-                let ca = crate::pki::Authority::new("dbps-local-database-ca")?;
-                Some((
-                    ca.cert_pem().to_string(),
-                    ca.server(&format!("{kind:?}"), &[])?,
-                ))
-            }
+            true => Some(local_tls(kind)?),
         };
         match kind {
-            Kind::Postgres => start_postgres(tls).await,
+            Kind::Postgres => {
+                let options = PostgresOptions {
+                    tls: tls.is_some(),
+                    plaintext_too: false,
+                    preload: Vec::new(),
+                };
+                start_postgres(tls, &options).await
+            }
             Kind::InfluxDb => start_influxdb(tls).await,
             Kind::FerretDb => start_ferretdb(tls).await,
         }
@@ -104,6 +114,11 @@ impl LocalServer {
 
     pub fn pid(&self) -> Option<u32> {
         self.process.pid()
+    }
+
+    /// What the server wrote to its log so far.
+    pub fn log(&self) -> String {
+        self.process.log()
     }
 
     /// The temp dir with the server's data and log.
@@ -176,6 +191,27 @@ fn temp_dir(prefix: &str) -> Result<tempfile::TempDir, Error> {
 
 /// The CA (PEM) and the server's certificate and key, for TLS.
 type TlsFiles = Option<(String, crate::pki::CertifiedKey)>;
+
+/// A CA of the server's own and its certificate for `localhost`/`127.0.0.1`.
+fn local_tls(kind: Kind) -> Result<(String, crate::pki::CertifiedKey), Error> {
+    let ca = crate::pki::Authority::new("dbps-local-database-ca")?;
+    Ok((
+        ca.cert_pem().to_string(),
+        ca.server(&format!("{kind:?}"), &[])?,
+    ))
+}
+
+/// How a local PostgreSQL server runs.
+#[derive(Clone, Debug, Default)]
+pub struct PostgresOptions {
+    /// Serve TLS, with a certificate from a CA of its own; unencrypted
+    /// connections are refused unless `plaintext_too`.
+    pub tls: bool,
+    /// With TLS, accept unencrypted connections as well.
+    pub plaintext_too: bool,
+    /// `shared_preload_libraries` (e.g. `pgaudit`).
+    pub preload: Vec<String>,
+}
 
 /// Writes the certificate and key into `dir` (key readable by its owner only).
 fn write_tls(
@@ -260,7 +296,7 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), Error> {
     Ok(())
 }
 
-async fn start_postgres(tls: TlsFiles) -> Result<LocalServer, Error> {
+async fn start_postgres(tls: TlsFiles, options: &PostgresOptions) -> Result<LocalServer, Error> {
     let bin = postgres_bin()?;
     let run_as = unprivileged_account()?;
     let dir = temp_dir("dbps-postgres-")?;
@@ -309,7 +345,10 @@ async fn start_postgres(tls: TlsFiles) -> Result<LocalServer, Error> {
     if let Some((crt, key)) = write_tls(&path, &tls, run_as)? {
         // TLS only: a plain TCP connection finds no pg_hba line.
         let hba = data.join("pg_hba.conf");
-        let rules = "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n";
+        let rules = match options.plaintext_too {
+            false => "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+            true => "local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        };
         std::fs::write(&hba, rules).map_err(|e| Error::io("write pg_hba.conf", e))?;
         if let Some((uid, gid)) = run_as {
             chown_tree(&hba, uid, gid)?;
@@ -321,6 +360,12 @@ async fn start_postgres(tls: TlsFiles) -> Result<LocalServer, Error> {
         ] {
             args.extend(["-c".to_string(), setting]);
         }
+    }
+    if !options.preload.is_empty() {
+        args.extend([
+            "-c".to_string(),
+            format!("shared_preload_libraries={}", options.preload.join(",")),
+        ]);
     }
     let program = bin.join("postgres");
     let process = spawn("postgres", &program, &args, &path, run_as)?;

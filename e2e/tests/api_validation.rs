@@ -317,6 +317,64 @@ fn cases() -> Vec<Case> {
             pg(json!({ "extensions": [{ "name": "pg_partman", "schema": "public" }] })),
             "an extension's schema is immutable",
         ),
+        create(
+            "PCI with Delete",
+            "p1",
+            pg(
+                json!({ "server": { "name": "pg" }, "profile": "PCI", "deletionPolicy": "Delete", "rotation": { "everySeconds": 86400 } }),
+            ),
+            "profile PCI keeps the data: deletionPolicy must be Retain",
+        ),
+        create(
+            "PCI without rotation",
+            "p2",
+            pg(json!({ "server": { "name": "pg" }, "profile": "PCI" })),
+            "profile PCI rotates credentials at least every 90 days",
+        ),
+        create(
+            "PCI rotating every 100 days",
+            "p3",
+            pg(
+                json!({ "server": { "name": "pg" }, "profile": "PCI", "rotation": { "everySeconds": 8640000 } }),
+            ),
+            "profile PCI rotates credentials at least every 90 days",
+        ),
+        create(
+            "PCI on a dedicated instance",
+            "p4",
+            pg(json!({ "profile": "PCI", "rotation": { "everySeconds": 86400 } })),
+            "profile PCI needs a PostgreSQL database on a registered DatabaseServer",
+        ),
+        create(
+            "PCI on MongoDB",
+            "p5",
+            json!({ "serviceRef": { "name": "orders" }, "engine": "mongodb", "server": { "name": "m" }, "profile": "PCI", "rotation": { "everySeconds": 86400 } }),
+            "profile PCI needs a PostgreSQL database on a registered DatabaseServer",
+        ),
+        create(
+            "an unknown profile",
+            "p6",
+            pg(json!({ "server": { "name": "pg" }, "profile": "HIPAA" })),
+            r#"spec.profile: Unsupported value: "HIPAA": supported values: "PCI""#,
+        ),
+        update(
+            "PCI removed",
+            "p7",
+            pg(
+                json!({ "server": { "name": "pg" }, "profile": "PCI", "rotation": { "everySeconds": 86400 } }),
+            ),
+            pg(json!({ "server": { "name": "pg" }, "rotation": { "everySeconds": 86400 } })),
+            "profile cannot be removed or changed once set",
+        ),
+        update(
+            "PCI's rotation removed",
+            "p8",
+            pg(
+                json!({ "server": { "name": "pg" }, "profile": "PCI", "rotation": { "everySeconds": 86400 } }),
+            ),
+            pg(json!({ "server": { "name": "pg" }, "profile": "PCI" })),
+            "profile PCI rotates credentials at least every 90 days",
+        ),
         server_case(
             "extensions allowed on another engine",
             "ext-mongo",

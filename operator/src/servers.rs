@@ -185,6 +185,35 @@ impl Servers {
         .await
     }
 
+    /// True when the server refuses an unencrypted connection of `username` to `database`.
+    pub async fn refuses_plaintext(
+        &self,
+        conn: &Connection,
+        database: &str,
+        username: &str,
+    ) -> Result<bool, AdminError> {
+        self.limited(
+            conn,
+            conn.engine
+                .admin()
+                .refuses_plaintext(conn, database, username),
+        )
+        .await
+    }
+
+    /// True when the server can keep an audit log.
+    pub async fn can_audit(&self, conn: &Connection) -> Result<bool, AdminError> {
+        self.limited(conn, conn.engine.admin().can_audit(conn))
+            .await
+    }
+
+    /// Turns the audit log on for `database`.
+    pub async fn audit(&self, conn: &Connection, database: &str) -> Result<(), AdminError> {
+        let _held = self.hold(conn, database).await;
+        self.limited(conn, conn.engine.admin().audit(conn, database))
+            .await
+    }
+
     /// What the server holds under the names of a claim's database and users.
     pub async fn inspect(
         &self,

@@ -72,6 +72,10 @@ const MAJOR_UPGRADE: &str = concat!(
     validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)").message("storage is immutable: the volume of a running instance cannot change"),
     validation = Rule::new("!has(self.server) || !has(self.version)").message("version describes a dedicated instance; a shared claim runs on the server's version: remove version"),
     validation = Rule::new("!has(self.extensions) || size(self.extensions) == 0 || self.engine == 'postgres'").message("extensions are PostgreSQL's: remove them, or use engine postgres"),
+    validation = Rule::new("!has(self.profile) || (self.engine == 'postgres' && has(self.server))").message("profile PCI needs a PostgreSQL database on a registered DatabaseServer (spec.server) whose TLS and audit log the platform runs"),
+    validation = Rule::new("!has(self.profile) || self.deletionPolicy == 'Retain'").message("profile PCI keeps the data: deletionPolicy must be Retain"),
+    validation = Rule::new("!has(self.profile) || (has(self.rotation) && has(self.rotation.everySeconds) && self.rotation.everySeconds <= 7776000)").message("profile PCI rotates credentials at least every 90 days: set rotation.everySeconds (at most 7776000)"),
+    validation = Rule::new("!has(oldSelf.profile) || (has(self.profile) && self.profile == oldSelf.profile)").message("profile cannot be removed or changed once set"),
     validation = Rule::new(MAJOR_DOWNGRADE).message("version: a major downgrade cannot start on the data directory of a newer major version; keep the current major version"),
     validation = Rule::new(MAJOR_UPGRADE).message("version: a major upgrade of a running instance is refused; move the data to a new claim with the new version (dump and restore, see docs/operations.md#major-upgrades) and switch the service's binding")
 )]
@@ -134,6 +138,25 @@ pub struct DatabaseClaimSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub extensions: Vec<Extension>,
+
+    /// A compliance profile the database must meet, checked by the operator
+    /// on every reconcile and shown in the `Compliant` condition. `PCI`
+    /// (cardholder data): PostgreSQL on a registered server that refuses
+    /// unencrypted connections, with pgAudit loaded (the operator turns its
+    /// log on for the database); `deletionPolicy: Retain`; credentials
+    /// rotated at least every 90 days; the server's admin Secret readable by
+    /// no ServiceAccount of the claim's namespace. A new claim gets nothing
+    /// until the profile is met. Cannot be removed once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
+}
+
+/// A compliance profile.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum Profile {
+    /// PCI DSS: cardholder data.
+    #[serde(rename = "PCI")]
+    Pci,
 }
 
 /// A PostgreSQL extension of a claim's database.

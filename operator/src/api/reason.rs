@@ -71,6 +71,17 @@ reasons! {
     ExtensionFailed,
     /// An extension removed from the claim is kept: objects of the database use it.
     ExtensionInUse,
+    /// The claim's database meets its compliance profile.
+    ProfileSatisfied,
+    /// The profile needs TLS only, and the server is not registered with TLS
+    /// or accepts unencrypted connections.
+    PlaintextAccepted,
+    /// The profile needs an audit log, and the server has not loaded pgAudit
+    /// (`shared_preload_libraries`).
+    AuditUnavailable,
+    /// The profile keeps the server's admin credentials from workloads, and a
+    /// ServiceAccount of the claim's namespace may read its admin Secret.
+    AdminSecretReachable,
     /// The server answers as the registration expects.
     Reachable,
     /// A database or user of that name on the server belongs to another claim.

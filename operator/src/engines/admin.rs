@@ -259,6 +259,33 @@ pub trait Administration: Sync {
         })
     }
 
+    /// True when the server refuses an unencrypted connection of `username`
+    /// to `database` before checking any password (no password is sent that
+    /// could be wrong to reveal).
+    fn refuses_plaintext<'a>(
+        &'a self,
+        _conn: &'a Connection,
+        _database: &'a str,
+        _username: &'a str,
+    ) -> BoxFuture<'a, Result<bool, AdminError>> {
+        Box::pin(async { Err(AdminError::Refused("this engine cannot be asked".into())) })
+    }
+
+    /// True when the server can keep an audit log of what sessions do.
+    fn can_audit<'a>(&'a self, _conn: &'a Connection) -> BoxFuture<'a, Result<bool, AdminError>> {
+        Box::pin(async { Ok(false) })
+    }
+
+    /// Turns the audit log on for every session of `database`, in a way its
+    /// users cannot turn off.
+    fn audit<'a>(
+        &'a self,
+        _conn: &'a Connection,
+        _database: &'a str,
+    ) -> BoxFuture<'a, Result<(), AdminError>> {
+        Box::pin(async { Err(AdminError::Refused("this engine keeps no audit log".into())) })
+    }
+
     /// True when `grant.username`/`grant.password` log in to `grant.database`.
     fn can_login<'a>(&'a self, conn: &'a Connection, grant: &'a Grant) -> BoxFuture<'a, bool>;
 }

@@ -66,6 +66,9 @@ pub(super) struct Target {
     pub connections: usize,
     /// Where the platform's allow-list of extensions is, and what it names.
     pub allowed_extensions: (String, Vec<String>),
+    /// The server's admin Secret (shared placement), which a compliance
+    /// profile keeps out of the claim's namespace's reach.
+    pub admin_secret: Option<crate::api::SecretRef>,
 }
 
 impl Target {
@@ -88,13 +91,24 @@ pub(super) async fn administer(
     // Only extensions the platform allows: nothing is changed for a claim
     // that names another.
     let (allow_list, allowed) = &target.allowed_extensions;
+    // Those the claim's compliance profile needs come with it.
+    let required = super::profile::required_extensions(claim.spec.profile);
     let refused: Vec<&str> = claim
         .spec
         .extensions
         .iter()
         .map(|e| e.name.as_str())
-        .filter(|e| !allowed.iter().any(|a| a == e))
+        .filter(|e| !allowed.iter().any(|a| a == e) && !required.contains(e))
         .collect();
+    let mut wanted = claim.spec.extensions.clone();
+    for name in required {
+        if !wanted.iter().any(|e| e.name == *name) {
+            wanted.push(crate::api::Extension {
+                name: name.to_string(),
+                schema: None,
+            });
+        }
+    }
     if !refused.is_empty() {
         let message = format!(
             "extension {} is not in {allow_list}; nothing was changed. Remove it from spec.extensions, or ask the platform team to allow it",
@@ -168,6 +182,50 @@ pub(super) async fn administer(
         };
         if let Err(e) = authorized {
             return server_failure(e, None).await;
+        }
+    }
+
+    // A compliance profile is checked on the server every time; a claim not
+    // placed yet gets nothing until it is met, a placed one keeps working
+    // and is told.
+    let subject = super::profile::Subject {
+        conn,
+        place: &place,
+        database: &database,
+        username: &target.users[0],
+        admin_secret: target.admin_secret.as_ref(),
+    };
+    let compliant = match super::profile::check(claim, service, subject, ctx).await {
+        Ok(verdict) => verdict,
+        Err(super::profile::CheckError::Server(e)) => return server_failure(e, None).await,
+        Err(super::profile::CheckError::Kube(e)) => return Err(e),
+    };
+    if let Some(verdict) = compliant.as_ref().filter(|v| !v.satisfied) {
+        if !placed {
+            let mut outcome =
+                Outcome::waiting(ClaimPhase::Failed, verdict.reason, verdict.message.clone());
+            outcome.compliant = Some(verdict.clone());
+            update_status(claim, ctx, outcome).await?;
+            return Ok(resync);
+        }
+        let told = claim.status.as_ref().and_then(|s| {
+            crate::api::find_condition(&s.conditions, super::profile::COMPLIANT)
+                .filter(|c| c.status == "False" && c.reason == verdict.reason.as_str())
+        });
+        if told.is_none() {
+            let note = format!(
+                "{}; the database keeps working, but no longer meets its profile",
+                verdict.message
+            );
+            publish(
+                ctx,
+                claim,
+                EventType::Warning,
+                verdict.reason,
+                "Check",
+                note,
+            )
+            .await;
         }
     }
 
@@ -344,11 +402,20 @@ pub(super) async fn administer(
         .as_ref()
         .is_some_and(|s| !s.extensions.is_empty());
     let ensured = match ensured {
-        Ok(provisioned) if set_up && (!claim.spec.extensions.is_empty() || had_extensions) => ctx
-            .servers
-            .extensions(conn, &database, &claim.spec.extensions, mark)
-            .await
-            .map(|extensions| (provisioned, Some(extensions))),
+        Ok(provisioned) if set_up => {
+            let mut extensions = None;
+            let mut done = Ok(());
+            if !wanted.is_empty() || had_extensions {
+                match ctx.servers.extensions(conn, &database, &wanted, mark).await {
+                    Ok(e) => extensions = Some(e),
+                    Err(e) => done = Err(e),
+                }
+            }
+            if done.is_ok() && claim.spec.profile.is_some() {
+                done = ctx.servers.audit(conn, &database).await;
+            }
+            done.map(|()| (provisioned, extensions))
+        }
         other => other.map(|provisioned| (provisioned, None)),
     };
     let (provisioned, extensions) = match ensured {
@@ -516,6 +583,7 @@ pub(super) async fn administer(
             }));
             listed
         }),
+        compliant,
     };
     // Wake up for the end of a grace period or the next scheduled rotation.
     let next = rotation::next_wake(&creds, &settings, now, ctx.config.resync);

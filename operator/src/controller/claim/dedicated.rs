@@ -221,6 +221,7 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
             binding: None,
             endpoint: Some(endpoint),
             extensions: None,
+            compliant: None,
         };
         update_status_with(claim, ctx, outcome, Some(issued)).await?;
         return Ok(resync);
@@ -248,6 +249,7 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
         endpoint,
         tls: None,
         admin_fingerprint: Some(admin_fingerprint),
+        admin_secret: None,
         allowed_extensions: (
             "the operator's --postgres-extensions (Helm value postgresExtensions)".into(),
             ctx.config.platform.postgres_extensions.clone(),

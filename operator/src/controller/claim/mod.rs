@@ -8,6 +8,7 @@
 mod administer;
 mod cleanup;
 mod dedicated;
+pub mod profile;
 mod rotation;
 pub(super) mod shared;
 mod status;

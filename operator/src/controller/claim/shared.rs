@@ -265,6 +265,7 @@ pub(super) async fn apply(
         shared: true,
         users: [slot_username(claim, 0), slot_username(claim, 1)],
         admin_fingerprint: None,
+        admin_secret: Some(server.spec.admin_secret_ref.clone()),
         allowed_extensions: (
             format!("DatabaseServer {server_name:?}'s spec.allowedExtensions"),
             server.spec.allowed_extensions.clone().unwrap_or_default(),

@@ -24,6 +24,8 @@ pub(super) struct Outcome {
     /// The database's extensions when they were set up now; `None` keeps
     /// what the status says.
     pub extensions: Option<Vec<ExtensionStatus>>,
+    /// The compliance profile's verdict, when the claim has a profile.
+    pub compliant: Option<super::profile::Verdict>,
 }
 
 impl Outcome {
@@ -37,6 +39,7 @@ impl Outcome {
             binding: None,
             endpoint: None,
             extensions: None,
+            compliant: None,
         }
     }
 }
@@ -80,6 +83,16 @@ pub(super) async fn update_status_full(
             &outcome.message,
             generation,
         );
+        if let Some(verdict) = &outcome.compliant {
+            set_condition(
+                &mut conditions,
+                super::profile::COMPLIANT,
+                verdict.satisfied,
+                verdict.reason.as_str(),
+                &verdict.message,
+                generation,
+            );
+        }
         DatabaseClaimStatus {
             observed_generation: generation,
             phase: Some(outcome.phase),

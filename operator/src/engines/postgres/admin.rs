@@ -469,6 +469,77 @@ async fn extensions(
     Ok(done)
 }
 
+/// What pgAudit logs in a database under a compliance profile: every read
+/// and write of a table, schema changes and role changes, each with the
+/// relation it touched; never the statements' parameters (card numbers
+/// would land in the log) nor the catalog queries of clients.
+pub const AUDIT_SETTINGS: [(&str, &str); 4] = [
+    ("pgaudit.log", "read, write, ddl, role"),
+    ("pgaudit.log_relation", "on"),
+    ("pgaudit.log_parameter", "off"),
+    ("pgaudit.log_catalog", "off"),
+];
+
+async fn refuses_plaintext(
+    conn: &Connection,
+    database: &str,
+    username: &str,
+) -> Result<bool, AdminError> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&conn.host)
+        .port(conn.port)
+        .user(no_nul(username)?)
+        .password(crate::password::generate())
+        .dbname(no_nul(database)?)
+        .application_name("dbps-operator")
+        .ssl_mode(tokio_postgres::config::SslMode::Disable)
+        .connect_timeout(TIMEOUT);
+    match config.connect(NoTls).await {
+        Ok(_) => Ok(false),
+        // pg_hba.conf has no line for it, or rejects it: refused before
+        // authentication. A wrong password (28P01) means it got that far.
+        Err(e) => {
+            match e.as_db_error() {
+                Some(db) => Ok(db.code()
+                    == &tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION),
+                None => Err(AdminError::Unreachable(e.to_string())),
+            }
+        }
+    }
+}
+
+async fn can_audit(conn: &Connection) -> Result<bool, AdminError> {
+    let client = admin(conn).await?;
+    let preloaded: String = client
+        .query_one("SELECT current_setting('shared_preload_libraries')", &[])
+        .await
+        .map_err(classify)?
+        .get(0);
+    Ok(preloaded.split(',').any(|l| l.trim() == "pgaudit"))
+}
+
+async fn audit(conn: &Connection, database: &str) -> Result<(), AdminError> {
+    let database = no_nul(database)?;
+    let client = admin(conn).await?;
+    // Settings of a database apply to every new session in it; pgAudit's are
+    // the superuser's to set, so its users cannot turn them off.
+    let sql: Vec<String> = AUDIT_SETTINGS
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "ALTER DATABASE {} SET {name} = {}",
+                quote_ident(database),
+                quote_literal(value)
+            )
+        })
+        .collect();
+    client
+        .batch_execute(&sql.join("; "))
+        .await
+        .map_err(classify)
+}
+
 async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<(), AdminError> {
     let user = no_nul(username)?;
     let client = admin(conn).await?;
@@ -587,6 +658,27 @@ impl Administration for super::Postgres {
         mark: &'a Mark,
     ) -> BoxFuture<'a, Result<Extensions, AdminError>> {
         Box::pin(extensions(conn, database, wanted, mark))
+    }
+
+    fn refuses_plaintext<'a>(
+        &'a self,
+        conn: &'a Connection,
+        database: &'a str,
+        username: &'a str,
+    ) -> BoxFuture<'a, Result<bool, AdminError>> {
+        Box::pin(refuses_plaintext(conn, database, username))
+    }
+
+    fn can_audit<'a>(&'a self, conn: &'a Connection) -> BoxFuture<'a, Result<bool, AdminError>> {
+        Box::pin(can_audit(conn))
+    }
+
+    fn audit<'a>(
+        &'a self,
+        conn: &'a Connection,
+        database: &'a str,
+    ) -> BoxFuture<'a, Result<(), AdminError>> {
+        Box::pin(audit(conn, database))
     }
 
     fn can_login<'a>(&'a self, conn: &'a Connection, grant: &'a Grant) -> BoxFuture<'a, bool> {
