@@ -12,7 +12,7 @@ use tokio::sync::{OwnedMutexGuard, Semaphore};
 use crate::engines::DEFAULT_CONNECTIONS_PER_SERVER;
 use crate::engines::{
     AdminError, Claimant, Connection, Dropped, Extensions, Grant, Inventory, Mark, Provisioned,
-    ServerInfo, TIMEOUT, bounded,
+    ReadGrant, ServerInfo, TIMEOUT, bounded,
 };
 
 type NameLock = tokio::sync::Mutex<()>;
@@ -181,6 +181,41 @@ impl Servers {
         self.limited(
             conn,
             conn.engine.admin().extensions(conn, database, wanted, mark),
+        )
+        .await
+    }
+
+    /// Makes the read-only user of `grant` (see
+    /// [`Administration::ensure_reader`](crate::engines::Administration::ensure_reader));
+    /// returns the tables that do not exist yet.
+    pub async fn ensure_reader(
+        &self,
+        conn: &Connection,
+        grant: &ReadGrant,
+        claimant: &Claimant,
+    ) -> Result<Vec<String>, AdminError> {
+        let _held = self.hold(conn, &grant.database).await;
+        self.limited(
+            conn,
+            conn.engine.admin().ensure_reader(conn, grant, claimant),
+        )
+        .await
+    }
+
+    /// Drops the read-only user `username` of `database` if it carries `mark`.
+    pub async fn drop_reader(
+        &self,
+        conn: &Connection,
+        database: &str,
+        username: &str,
+        mark: &Mark,
+    ) -> Result<(), AdminError> {
+        let _held = self.hold(conn, database).await;
+        self.limited(
+            conn,
+            conn.engine
+                .admin()
+                .drop_reader(conn, database, username, mark),
         )
         .await
     }

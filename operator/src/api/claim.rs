@@ -72,6 +72,10 @@ const MAJOR_UPGRADE: &str = concat!(
     validation = Rule::new("has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || self.storage == oldSelf.storage)").message("storage is immutable: the volume of a running instance cannot change"),
     validation = Rule::new("!has(self.server) || !has(self.version)").message("version describes a dedicated instance; a shared claim runs on the server's version: remove version"),
     validation = Rule::new("!has(self.extensions) || size(self.extensions) == 0 || self.engine == 'postgres'").message("extensions are PostgreSQL's: remove them, or use engine postgres"),
+    validation = Rule::new("!has(self.readers) || size(self.readers) == 0 || self.engine != 'mongodb'").message("readers: read-only grants are made on postgres and influxdb"),
+    validation = Rule::new("!has(self.readers) || self.engine != 'postgres' || self.readers.all(r, has(r.tables) && size(r.tables) > 0)").message("readers: on postgres each reader names the tables or views it may read"),
+    validation = Rule::new("!has(self.readers) || self.engine != 'influxdb' || self.readers.all(r, !has(r.tables) || size(r.tables) == 0)").message("readers: InfluxDB grants read on the whole database; remove tables"),
+    validation = Rule::new("!has(self.readers) || self.readers.all(r, r.service != self.serviceRef.name)").message("readers: the owning Service reads its database already"),
     validation = Rule::new("!has(self.profile) || (self.engine == 'postgres' && has(self.server))").message("profile PCI needs a PostgreSQL database on a registered DatabaseServer (spec.server) whose TLS and audit log the platform runs"),
     validation = Rule::new("!has(self.profile) || self.deletionPolicy == 'Retain'").message("profile PCI keeps the data: deletionPolicy must be Retain"),
     validation = Rule::new("!has(self.profile) || (has(self.rotation) && has(self.rotation.everySeconds) && self.rotation.everySeconds <= 7776000)").message("profile PCI rotates credentials at least every 90 days: set rotation.everySeconds (at most 7776000)"),
@@ -139,6 +143,17 @@ pub struct DatabaseClaimSpec {
     #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub extensions: Vec<Extension>,
 
+    /// Other Services of this namespace that may read this database (a
+    /// reporting service): each gets a read-only user of its own, limited to
+    /// the named tables and views on PostgreSQL (the whole database on
+    /// InfluxDB), and a binding Secret `<claim>-reader-<service>` only its
+    /// ServiceAccount reads. Removing an entry revokes it: the user is
+    /// dropped and the Secret deleted. Every grant is listed in
+    /// `status.readers` and told by an event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["service"]))]
+    pub readers: Vec<Reader>,
+
     /// A compliance profile the database must meet, checked by the operator
     /// on every reconcile and shown in the `Compliant` condition. `PCI`
     /// (cardholder data): PostgreSQL on a registered server that refuses
@@ -149,6 +164,43 @@ pub struct DatabaseClaimSpec {
     /// until the profile is met. Cannot be removed once set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<Profile>,
+}
+
+/// A Service that may read a claim's database.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Reader {
+    /// Name of a `Service` (dbps.io) in the claim's namespace.
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub service: String,
+    /// Tables and views it may `SELECT` (PostgreSQL): `name` in schema
+    /// `public`, or `schema.name`. One not made yet is granted once it exists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "set"), inner(length(max = 127), regex(pattern = r"^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$")))]
+    pub tables: Vec<String>,
+}
+
+/// A read-only grant in force.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReaderStatus {
+    /// The reading Service.
+    pub service: String,
+    /// Its binding Secret.
+    pub binding: String,
+    /// Its read-only user.
+    pub username: String,
+    /// What it may read now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
+    /// Tables it is granted that do not exist yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<String>,
+    /// Fingerprint of the password its Secret holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// A compliance profile.
@@ -318,6 +370,9 @@ pub struct DatabaseClaimStatus {
     /// Extensions dbps created in the database, with their versions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extensions: Vec<ExtensionStatus>,
+    /// The read-only grants to other Services in force.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<ReaderStatus>,
 }
 
 /// An extension in a claim's database.

@@ -71,6 +71,10 @@ reasons! {
     ExtensionFailed,
     /// An extension removed from the claim is kept: objects of the database use it.
     ExtensionInUse,
+    /// Another Service may now read the claim's database (event).
+    ReadGranted,
+    /// Another Service's read access to the claim's database ended (event).
+    ReadRevoked,
     /// The claim's database meets its compliance profile.
     ProfileSatisfied,
     /// The profile needs TLS only, and the server is not registered with TLS

@@ -18,7 +18,9 @@ use crate::api::{CLAIM_LABEL, DatabaseClaim, Engine, SERVICE_LABEL, Service};
 
 pub use network_policy::network_policy;
 pub use rbac::{binding_reader, binding_reader_role, binding_reader_role_binding};
-pub use secrets::{Credentials, Endpoint, admin_secret, binding_secret_generation, secret_value};
+pub use secrets::{
+    Credentials, Endpoint, admin_secret, binding_secret_generation, reader_secret, secret_value,
+};
 pub use workload::{instance_service, statefulset};
 
 /// Field manager of every write the operator makes.
@@ -42,6 +44,10 @@ pub mod names {
             0 => binding_secret(claim),
             n => format!("{claim}-binding-{n}"),
         }
+    }
+    /// The binding Secret of `service`'s read-only user on the claim's database.
+    pub fn reader_secret(claim: &str, service: &str) -> String {
+        format!("{claim}-reader-{service}")
     }
     /// The per-claim reader Role and RoleBinding of earlier releases
     /// (now one per Service), removed when found.

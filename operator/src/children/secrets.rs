@@ -121,6 +121,21 @@ pub fn binding_secret_generation(inputs: &Inputs, endpoint: &Endpoint, generatio
     secret
 }
 
+/// The binding Secret of `reader`'s read-only user: the servicebinding.io
+/// keys of a binding, labelled for the reading Service (the ownership table
+/// puts it, not the claim's owner, in front of it).
+pub fn reader_secret(inputs: &Inputs, endpoint: &Endpoint, reader: &str) -> Secret {
+    let mut secret = binding_secret_generation(inputs, endpoint, 0);
+    secret.metadata.name = Some(names::reader_secret(&inputs.claim_name(), reader));
+    let labels = secret.metadata.labels.get_or_insert_with(Default::default);
+    labels.insert(crate::api::SERVICE_LABEL.into(), reader.into());
+    labels.insert(
+        "app.kubernetes.io/component".into(),
+        "reader-binding".into(),
+    );
+    secret
+}
+
 fn data<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, ByteString> {
     pairs
         .into_iter()

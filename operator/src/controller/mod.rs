@@ -104,10 +104,35 @@ const GATHER_LONGEST: Duration = Duration::from_secs(2);
 /// a slot, so this leaves room for eight busy servers at the default.
 const CLAIM_CONCURRENCY: u16 = 64;
 
-/// The Service a claim belongs to.
-fn service_of(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Option<ObjectRef<Service>> {
-    let claim = claim.0.as_ref().ok()?;
-    Some(ObjectRef::new(&claim.spec.service_ref.name).within(&claim.namespace()?))
+/// The Services a claim concerns: its owner, and those it grants read
+/// access (asked for, or still in force).
+fn services_of(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Vec<ObjectRef<Service>> {
+    let Ok(claim) = claim.0.as_ref() else {
+        return Vec::new();
+    };
+    let Some(ns) = claim.namespace() else {
+        return Vec::new();
+    };
+    let mut names = vec![claim.spec.service_ref.name.clone()];
+    names.extend(claim.spec.readers.iter().map(|r| r.service.clone()));
+    names.extend(
+        claim
+            .status
+            .iter()
+            .flat_map(|s| &s.readers)
+            .map(|r| r.service.clone()),
+    );
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| ObjectRef::new(&n).within(&ns))
+        .collect()
+}
+
+/// [`services_of`] as the key claims are gathered by.
+fn services_key(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Option<Vec<ObjectRef<Service>>> {
+    Some(services_of(claim)).filter(|s| !s.is_empty())
 }
 
 /// The server a claim is placed on.
@@ -355,11 +380,13 @@ pub async fn run(
     .watches_shared_stream(
         caches::throttled(
             futures::stream::select(claims_for_services, claims_gone_for_services),
-            service_of,
+            // Gathered by the Services a claim concerns, so a claim that
+            // grants read access is never folded into one that does not.
+            services_key,
             GATHER,
             GATHER_LONGEST,
         ),
-        |claim| service_of(&claim),
+        |claim| services_of(&claim),
     )
     // Its Role and RoleBinding, edited or deleted by someone else, are
     // written back.

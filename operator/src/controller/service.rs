@@ -48,10 +48,15 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
     let ns = service.namespace().unwrap_or_default();
     let name = service.name_any();
     let cached = ctx.caches.claims_where(|c| {
-        c.namespace().as_deref() == Some(ns.as_str()) && c.spec.service_ref.name == name
+        c.namespace().as_deref() == Some(ns.as_str())
+            && (c.spec.service_ref.name == name || reads(c, &name))
     });
-    let owned: Vec<&DatabaseClaim> = cached.iter().filter_map(|c| c.0.as_ref().ok()).collect();
-    let entries = ownership_entries(&service, &owned);
+    let (owned, read): (Vec<&DatabaseClaim>, Vec<&DatabaseClaim>) = cached
+        .iter()
+        .filter_map(|c| c.0.as_ref().ok())
+        .partition(|c| c.spec.service_ref.name == name);
+    let mut entries = ownership_entries(&service, &owned);
+    entries.extend(reader_entries(&service, &read));
     // Its ServiceAccount may read (`get`) the binding Secrets the table puts
     // it in front of, and no other.
     let readable: Vec<String> = entries
@@ -144,6 +149,30 @@ pub fn ownership_entries(service: &Service, claims: &[&DatabaseClaim]) -> BTreeM
         }
     }
     entries
+}
+
+/// Whether `claim` grants Service `service` read access (issued, or asked for).
+pub fn reads(claim: &DatabaseClaim, service: &str) -> bool {
+    claim.spec.readers.iter().any(|r| r.service == service)
+        || claim
+            .status
+            .iter()
+            .flat_map(|s| &s.readers)
+            .any(|r| r.service == service)
+}
+
+/// The entries of the ownership table for the read-only bindings other
+/// Services' claims issued to `service`: `secret.<claim>-reader-<service>`
+/// → the service, for each grant their status shows in force.
+pub fn reader_entries(service: &Service, claims: &[&DatabaseClaim]) -> BTreeMap<String, String> {
+    let name = service.name_any();
+    claims
+        .iter()
+        .filter_map(|c| c.status.as_ref())
+        .flat_map(|s| &s.readers)
+        .filter(|r| r.service == name)
+        .map(|r| (format!("secret.{}", r.binding), name.clone()))
+        .collect()
 }
 
 /// Field manager of the entries kept for the Secrets of a deleted claim.

@@ -99,6 +99,27 @@ impl std::fmt::Debug for Grant {
     }
 }
 
+/// A read-only user another Service gets on a claim's database.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReadGrant {
+    pub database: String,
+    pub username: String,
+    pub password: String,
+    /// The tables and views it may read (PostgreSQL); empty: the whole
+    /// database (InfluxDB).
+    pub tables: Vec<String>,
+}
+
+impl std::fmt::Debug for ReadGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ReadGrant {{ database: {:?}, username: {:?}, tables: {:?} }}",
+            self.database, self.username, self.tables
+        )
+    }
+}
+
 /// What a server told us about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerInfo {
@@ -257,6 +278,35 @@ pub trait Administration: Sync {
                 )),
             }
         })
+    }
+
+    /// Makes `grant.username` a user that logs in with `grant.password` and
+    /// may only read `grant.tables` of `grant.database` (which must be the
+    /// claim's), marked as the claimant's; a grant on a table no longer
+    /// named is taken back. Returns the tables that do not exist yet.
+    fn ensure_reader<'a>(
+        &'a self,
+        _conn: &'a Connection,
+        _grant: &'a ReadGrant,
+        _claimant: &'a Claimant,
+    ) -> BoxFuture<'a, Result<Vec<String>, AdminError>> {
+        Box::pin(async {
+            Err(AdminError::Refused(
+                "this engine makes no read-only users".into(),
+            ))
+        })
+    }
+
+    /// Drops the read-only user `username` of `database` if it carries
+    /// `mark`, ending its sessions; gone already is fine.
+    fn drop_reader<'a>(
+        &'a self,
+        _conn: &'a Connection,
+        _database: &'a str,
+        _username: &'a str,
+        _mark: &'a Mark,
+    ) -> BoxFuture<'a, Result<(), AdminError>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// True when the server refuses an unencrypted connection of `username`

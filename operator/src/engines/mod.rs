@@ -21,8 +21,8 @@ pub use crate::api::Engine;
 pub use admin::{
     AdminError, Administration, CATALOG, Claimant, Conflict, Connection,
     DEFAULT_CONNECTIONS_PER_SERVER, Dropped, Extensions, Grant, Inventory,
-    MAX_CONNECTIONS_PER_SERVER, Mark, ObjectKind, Presence, Provisioned, ServerInfo, TIMEOUT, Tls,
-    Verdict, bounded,
+    MAX_CONNECTIONS_PER_SERVER, Mark, ObjectKind, Presence, Provisioned, ReadGrant, ServerInfo,
+    TIMEOUT, Tls, Verdict, bounded,
 };
 
 /// Key of the username in admin and binding Secrets.

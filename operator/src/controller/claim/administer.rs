@@ -503,6 +503,12 @@ pub(super) async fn administer(
             .await;
         }
     }
+    let readers = match grant_readers(claim, &target, &claimant, &inputs, set_up, ctx).await {
+        Ok(readers) => readers,
+        Err(Failure::Server(e)) => return server_failure(e, None).await,
+        Err(Failure::Kube(e)) => return Err(e),
+        Err(Failure::Refused) => return Ok(resync),
+    };
     if !provisioned.adopted.is_empty() {
         let note = format!(
             "adopted {} on {place}, as its DatabaseServer's spec.adoptions allows",
@@ -584,11 +590,200 @@ pub(super) async fn administer(
             listed
         }),
         compliant,
+        readers: Some(readers),
     };
     // Wake up for the end of a grace period or the next scheduled rotation.
     let next = rotation::next_wake(&creds, &settings, now, ctx.config.resync);
     update_status_full(claim, ctx, outcome, Some(creds), Some(database)).await?;
     Ok(Action::requeue(next))
+}
+
+/// Why the read-only grants could not be made.
+enum Failure {
+    Server(AdminError),
+    Kube(Error),
+    /// A Secret of a grant's name belongs to someone else (told in the status).
+    Refused,
+}
+
+impl From<kube::Error> for Failure {
+    fn from(e: kube::Error) -> Self {
+        Failure::Kube(e.into())
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Kube(e)
+    }
+}
+
+/// The read-only users of the Services the claim names as readers, each
+/// with a binding Secret labelled for its Service; those no longer named
+/// are dropped with their Secrets. A grant found as recorded (its Secret's
+/// password, its tables, nothing waiting) is not redone unless `set_up`.
+async fn grant_readers(
+    claim: &DatabaseClaim,
+    target: &Target,
+    claimant: &Claimant,
+    inputs: &Inputs<'_>,
+    set_up: bool,
+    ctx: &Context,
+) -> Result<Vec<crate::api::ReaderStatus>, Failure> {
+    let ns = claim.namespace().unwrap_or_default();
+    let name = claim.name_any();
+    let uid = &claimant.mark.uid;
+    let secrets: Api<Secret> = ctx.api(&ns);
+    let recorded: Vec<crate::api::ReaderStatus> = claim
+        .status
+        .as_ref()
+        .map(|s| s.readers.clone())
+        .unwrap_or_default();
+    let mut granted = Vec::new();
+    for reader in &claim.spec.readers {
+        // A Service that does not exist yet has no place in the ownership
+        // table to fence its Secret: nothing is issued for it until it does.
+        let Some(reading) = ctx.caches.service(&ns, &reader.service) else {
+            continue;
+        };
+        let secret_name = names::reader_secret(&name, &reader.service);
+        let current = secrets.get_opt(&secret_name).await?;
+        if refused_as_foreign(claim, &reading, current.as_ref(), ctx).await? {
+            return Err(Failure::Refused);
+        }
+        let before = recorded.iter().find(|r| r.service == reader.service);
+        let found = current.as_ref().and_then(|s| secret_value(s, PASSWORD_KEY));
+        let believed = found.as_ref().filter(|p| {
+            before.and_then(|b| b.fingerprint.as_deref())
+                == Some(password::fingerprint(uid, p).as_str())
+        });
+        let mut tables = reader.tables.clone();
+        tables.sort();
+        if let (false, Some(before), Some(_)) = (set_up, before, believed) {
+            let mut had: Vec<String> = before
+                .tables
+                .iter()
+                .chain(&before.waiting)
+                .cloned()
+                .collect();
+            had.sort();
+            if had == tables && before.waiting.is_empty() {
+                granted.push(before.clone());
+                continue;
+            }
+        }
+        let password = believed.cloned().unwrap_or_else(password::generate);
+        let username = reader_username(&target.database, &reader.service);
+        let endpoint = Endpoint {
+            host: target.endpoint.host.clone(),
+            port: target.endpoint.port as u16,
+            database: target.database.clone(),
+            username: username.clone(),
+            tls: target.tls.clone(),
+        };
+        let credentials = Credentials {
+            admin_password: String::new(),
+            app_password: password.clone(),
+        };
+        let reader_inputs = Inputs {
+            credentials: &credentials,
+            ..*inputs
+        };
+        apply(
+            &secrets,
+            &crate::children::reader_secret(&reader_inputs, &endpoint, &reader.service),
+            current,
+        )
+        .await?;
+        let grant = crate::engines::ReadGrant {
+            database: target.database.clone(),
+            username: username.clone(),
+            password: password.clone(),
+            tables: tables.clone(),
+        };
+        let waiting = ctx
+            .servers
+            .ensure_reader(&target.conn, &grant, claimant)
+            .await
+            .map_err(Failure::Server)?;
+        let readable: Vec<String> = tables
+            .iter()
+            .filter(|t| !waiting.contains(t))
+            .cloned()
+            .collect();
+        let status = crate::api::ReaderStatus {
+            service: reader.service.clone(),
+            binding: secret_name.clone(),
+            username,
+            tables: readable.clone(),
+            waiting: waiting.clone(),
+            fingerprint: Some(password::fingerprint(uid, &password)),
+        };
+        let what = match (claim.spec.engine, readable.is_empty()) {
+            (crate::api::Engine::Postgres, true) => "none of its tables yet".to_string(),
+            (crate::api::Engine::Postgres, false) => format!("tables {}", readable.join(", ")),
+            _ => "the whole database".to_string(),
+        };
+        let told = before.map(|b| (&b.tables, &b.fingerprint));
+        if told != Some((&status.tables, &status.fingerprint)) {
+            let mut note = format!(
+                "Service {:?} may read {what} of database {:?}, through Secret {secret_name:?}",
+                reader.service, target.database
+            );
+            if !waiting.is_empty() {
+                note.push_str(&format!(
+                    "; granted once they exist: {}",
+                    waiting.join(", ")
+                ));
+            }
+            publish(
+                ctx,
+                claim,
+                EventType::Normal,
+                Reason::ReadGranted,
+                "Grant",
+                note,
+            )
+            .await;
+        }
+        granted.push(status);
+    }
+    // Grants no longer named, or whose Service is gone, end: the user goes,
+    // then its Secret.
+    for gone in recorded
+        .iter()
+        .filter(|r| !granted.iter().any(|g| g.service == r.service))
+    {
+        ctx.servers
+            .drop_reader(
+                &target.conn,
+                &target.database,
+                &gone.username,
+                &claimant.mark,
+            )
+            .await
+            .map_err(Failure::Server)?;
+        delete_if_present(&secrets, &gone.binding).await?;
+        let note = format!(
+            "Service {:?} may no longer read database {:?}: its user {:?} was dropped and Secret {:?} deleted",
+            gone.service, target.database, gone.username, gone.binding
+        );
+        publish(
+            ctx,
+            claim,
+            EventType::Normal,
+            Reason::ReadRevoked,
+            "Revoke",
+            note,
+        )
+        .await;
+    }
+    Ok(granted)
+}
+
+/// The read-only user of `service` on `database`.
+pub fn reader_username(database: &str, service: &str) -> String {
+    crate::engines::bounded(&format!("{database}_r_{}", service.replace('-', "_")))
 }
 
 /// Deletes `name`; gone already is fine.

@@ -230,7 +230,13 @@ async fn cleanup_shared(
         .get(SKIP_CLEANUP_ANNOTATION)
         .is_some_and(|v| v == "true");
     let recorded = claim.status.as_ref().and_then(|s| s.database.clone());
-    if claim.spec.deletion_policy != crate::api::DeletionPolicy::Delete {
+    let readers = claim
+        .status
+        .as_ref()
+        .map(|s| s.readers.clone())
+        .unwrap_or_default();
+    let retain = claim.spec.deletion_policy != crate::api::DeletionPolicy::Delete;
+    if retain && readers.is_empty() {
         let database = recorded.unwrap_or_else(|| shared_database(claim));
         return Ok(format!(
             "kept database {database:?} on DatabaseServer {server_name:?} and Secret {:?} (deletionPolicy Retain)",
@@ -253,7 +259,27 @@ async fn cleanup_shared(
         .map_err(|u| Error::Cleanup(format!("{}: {}", u.reason, u.message)))?;
     let (database, _) = placed_database(claim, &server);
     let mark = mark_of(ctx, claim).await?;
-    let users = [slot_username(claim, 0), slot_username(claim, 1)];
+    // Read access granted to other Services ends with the claim, whatever
+    // happens to the data (their Secrets go with the claim).
+    for reader in &readers {
+        ctx.servers
+            .drop_reader(&conn, &database, &reader.username, &mark)
+            .await
+            .map_err(|e| Error::Cleanup(format!("DatabaseServer {server_name:?}: {e}; retrying (annotate the claim with {SKIP_CLEANUP_ANNOTATION}=true to skip)")))?;
+    }
+    let ended = readers
+        .iter()
+        .map(|r| format!("{:?}", r.service))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if retain {
+        return Ok(format!(
+            "kept database {database:?} on DatabaseServer {server_name:?} and Secret {:?} (deletionPolicy Retain); ended the read access of Service(s) {ended}",
+            names::binding_secret(&claim.name_any())
+        ));
+    }
+    let mut users = vec![slot_username(claim, 0), slot_username(claim, 1)];
+    users.extend(readers.iter().map(|r| r.username.clone()));
     let dropped = ctx
         .servers
         .drop_database(&conn, &database, &users, &mark)

@@ -222,6 +222,7 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
             endpoint: Some(endpoint),
             extensions: None,
             compliant: None,
+            readers: None,
         };
         update_status_with(claim, ctx, outcome, Some(issued)).await?;
         return Ok(resync);

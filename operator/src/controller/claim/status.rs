@@ -10,7 +10,7 @@ use super::super::apply::patch_status_if_changed;
 use super::super::context::{Context, Error};
 use crate::api::{
     Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, DatabaseClaimStatus, Endpoint,
-    ExtensionStatus, READY, Reason, set_condition,
+    ExtensionStatus, READY, ReaderStatus, Reason, set_condition,
 };
 
 /// What the claim's status should say, before it is compared and written.
@@ -26,6 +26,9 @@ pub(super) struct Outcome {
     pub extensions: Option<Vec<ExtensionStatus>>,
     /// The compliance profile's verdict, when the claim has a profile.
     pub compliant: Option<super::profile::Verdict>,
+    /// The read-only grants when they were set up now; `None` keeps what
+    /// the status says.
+    pub readers: Option<Vec<ReaderStatus>>,
 }
 
 impl Outcome {
@@ -40,6 +43,7 @@ impl Outcome {
             endpoint: None,
             extensions: None,
             compliant: None,
+            readers: None,
         }
     }
 }
@@ -105,6 +109,10 @@ pub(super) async fn update_status_full(
                 .extensions
                 .clone()
                 .unwrap_or_else(|| current.extensions.clone()),
+            readers: outcome
+                .readers
+                .clone()
+                .unwrap_or_else(|| current.readers.clone()),
         }
     };
     let ns = claim.namespace().unwrap_or_default();

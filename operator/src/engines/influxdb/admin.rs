@@ -10,8 +10,8 @@ use crate::engines::ownership::{self, Claimant, Mark, ObjectKind, Presence, Verd
 use futures::future::BoxFuture;
 
 use crate::engines::admin::{
-    AdminError, Administration, Connection, Dropped, Grant, Inventory, Provisioned, ServerInfo,
-    TIMEOUT, Tls,
+    AdminError, Administration, Connection, Dropped, Grant, Inventory, Provisioned, ReadGrant,
+    ServerInfo, TIMEOUT, Tls,
 };
 
 fn builder() -> reqwest::ClientBuilder {
@@ -403,7 +403,81 @@ async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<(), Ad
     Ok(())
 }
 
+/// A user with `READ` on the claim's database only; marked first, as the
+/// claim's own users are.
+async fn ensure_reader(
+    conn: &Connection,
+    grant: &ReadGrant,
+    claimant: &Claimant,
+) -> Result<Vec<String>, AdminError> {
+    let (found, existing) =
+        presences(conn, &grant.database, std::slice::from_ref(&grant.username)).await?;
+    let (kind, name, presence) = &found[1];
+    let verdict = ownership::verdict(*kind, name, presence, &claimant.mark, false)?;
+    if verdict != Verdict::Ours {
+        write_mark(conn, &user_key(&grant.username), &claimant.mark).await?;
+    }
+    let user = quote_ident(&grant.username);
+    let password = quote_literal(&grant.password);
+    let login = Grant {
+        database: grant.database.clone(),
+        username: grant.username.clone(),
+        password: grant.password.clone(),
+    };
+    if !existing[1] {
+        admin(
+            conn,
+            &format!("CREATE USER {user} WITH PASSWORD {password}"),
+        )
+        .await?;
+    } else if !can_login(conn, &login).await {
+        admin(conn, &format!("SET PASSWORD FOR {user} = {password}")).await?;
+    }
+    admin(
+        conn,
+        &format!("GRANT READ ON {} TO {user}", quote_ident(&grant.database)),
+    )
+    .await?;
+    Ok(Vec::new())
+}
+
+async fn drop_reader(conn: &Connection, username: &str, mark: &Mark) -> Result<(), AdminError> {
+    let key = user_key(username);
+    let marks = read_marks(conn, std::slice::from_ref(&key)).await?;
+    let exists = names(conn, "SHOW USERS")
+        .await?
+        .iter()
+        .any(|u| u == username);
+    let presence = Presence::of(exists, marks.get(&key).map(String::as_str));
+    if !ownership::owned_by(&presence, mark) {
+        return Ok(());
+    }
+    if exists {
+        admin(conn, &format!("DROP USER {}", quote_ident(username))).await?;
+    }
+    erase_mark(conn, &key).await
+}
+
 impl Administration for super::Influxdb {
+    fn ensure_reader<'a>(
+        &'a self,
+        conn: &'a Connection,
+        grant: &'a ReadGrant,
+        claimant: &'a Claimant,
+    ) -> BoxFuture<'a, Result<Vec<String>, AdminError>> {
+        Box::pin(ensure_reader(conn, grant, claimant))
+    }
+
+    fn drop_reader<'a>(
+        &'a self,
+        conn: &'a Connection,
+        _database: &'a str,
+        username: &'a str,
+        mark: &'a Mark,
+    ) -> BoxFuture<'a, Result<(), AdminError>> {
+        Box::pin(drop_reader(conn, username, mark))
+    }
+
     fn info<'a>(&'a self, conn: &'a Connection) -> BoxFuture<'a, Result<ServerInfo, AdminError>> {
         Box::pin(info(conn))
     }

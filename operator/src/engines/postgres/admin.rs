@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use crate::api::{Extension, ExtensionStatus};
 use crate::engines::admin::{
     AdminError, Administration, Connection, Dropped, Extensions, Grant, Inventory, Provisioned,
-    ServerInfo, TIMEOUT,
+    ReadGrant, ServerInfo, TIMEOUT,
 };
 
 /// `"ident"`: a quoted identifier; embedded quotes are doubled.
@@ -540,6 +540,142 @@ async fn audit(conn: &Connection, database: &str) -> Result<(), AdminError> {
         .map_err(classify)
 }
 
+/// `schema.name` of a table as a claim names it (`name` is in `public`).
+fn qualified(table: &str) -> (String, String) {
+    match table.split_once('.') {
+        Some((schema, name)) => (schema.to_string(), name.to_string()),
+        None => ("public".to_string(), table.to_string()),
+    }
+}
+
+async fn ensure_reader(
+    conn: &Connection,
+    grant: &ReadGrant,
+    claimant: &Claimant,
+) -> Result<Vec<String>, AdminError> {
+    let (db, user, password) = (
+        no_nul(&grant.database)?,
+        no_nul(&grant.username)?,
+        no_nul(&grant.password)?,
+    );
+    let client = admin(conn).await?;
+    let found = presences(&client, db, &[user.to_string()]).await?;
+    let (kind, name, presence) = &found[1];
+    let verdict = ownership::verdict(*kind, name, presence, &claimant.mark, false)?;
+    // Reads only: no attribute, not even INHERIT, and read-only transactions.
+    let attributes =
+        "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT";
+    let sql = match verdict {
+        Verdict::Create => format!(
+            "BEGIN; CREATE ROLE {} {attributes} PASSWORD {}; {}; COMMIT",
+            quote_ident(user),
+            quote_literal(password),
+            comment(ObjectKind::User, user, &claimant.mark)
+        ),
+        _ => format!(
+            "ALTER ROLE {} WITH {attributes} PASSWORD {}; {}",
+            quote_ident(user),
+            quote_literal(password),
+            comment(ObjectKind::User, user, &claimant.mark)
+        ),
+    };
+    client.batch_execute(&sql).await.map_err(classify)?;
+    let sql = format!(
+        "ALTER ROLE {user} SET default_transaction_read_only = on; GRANT CONNECT ON DATABASE {db} TO {user}",
+        user = quote_ident(user),
+        db = quote_ident(db),
+    );
+    client.batch_execute(&sql).await.map_err(classify)?;
+
+    // In the database: SELECT on what is named and exists, nothing else.
+    let inside = connect(conn, &conn.username, &conn.password, db).await?;
+    let mut granted = Vec::new();
+    let mut waiting = Vec::new();
+    for table in &grant.tables {
+        let (schema, name) = qualified(no_nul(table)?);
+        let exists = inside
+            .query_opt(
+                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+                &[&schema, &name],
+            )
+            .await
+            .map_err(classify)?
+            .is_some();
+        if !exists {
+            waiting.push(table.clone());
+            continue;
+        }
+        let sql = format!(
+            "GRANT USAGE ON SCHEMA {s} TO {u}; GRANT SELECT ON TABLE {s}.{t} TO {u}",
+            s = quote_ident(&schema),
+            t = quote_ident(&name),
+            u = quote_ident(user),
+        );
+        inside.batch_execute(&sql).await.map_err(classify)?;
+        granted.push((schema, name));
+    }
+    // Grants on tables no longer named are taken back.
+    let held = inside
+        .query(
+            "SELECT DISTINCT table_schema::text, table_name::text FROM information_schema.role_table_grants WHERE grantee = $1",
+            &[&user],
+        )
+        .await
+        .map_err(classify)?;
+    for row in held {
+        let table: (String, String) = (row.get(0), row.get(1));
+        if !granted.contains(&table) {
+            let sql = format!(
+                "REVOKE ALL ON TABLE {}.{} FROM {}",
+                quote_ident(&table.0),
+                quote_ident(&table.1),
+                quote_ident(user)
+            );
+            inside.batch_execute(&sql).await.map_err(classify)?;
+        }
+    }
+    Ok(waiting)
+}
+
+async fn drop_reader(
+    conn: &Connection,
+    database: &str,
+    username: &str,
+    mark: &Mark,
+) -> Result<(), AdminError> {
+    let (db, user) = (no_nul(database)?, no_nul(username)?);
+    let client = admin(conn).await?;
+    let found = presences(&client, db, &[user.to_string()]).await?;
+    if !ownership::owned_by(&found[1].2, mark) {
+        return Ok(());
+    }
+    let sql = format!(
+        "ALTER ROLE {} WITH NOLOGIN PASSWORD NULL",
+        quote_ident(user)
+    );
+    client.batch_execute(&sql).await.map_err(classify)?;
+    client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            &[&user],
+        )
+        .await
+        .map_err(classify)?;
+    // Its grants in the database go with DROP OWNED (it owns nothing).
+    if found[0].2 != Presence::Absent {
+        let inside = connect(conn, &conn.username, &conn.password, db).await?;
+        let sql = format!("DROP OWNED BY {}", quote_ident(user));
+        inside.batch_execute(&sql).await.map_err(classify)?;
+    }
+    let sql = format!(
+        "REVOKE ALL ON DATABASE {} FROM {u}; DROP ROLE IF EXISTS {u}",
+        quote_ident(db),
+        u = quote_ident(user)
+    );
+    client.batch_execute(&sql).await.map_err(classify)
+}
+
 async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<(), AdminError> {
     let user = no_nul(username)?;
     let client = admin(conn).await?;
@@ -658,6 +794,25 @@ impl Administration for super::Postgres {
         mark: &'a Mark,
     ) -> BoxFuture<'a, Result<Extensions, AdminError>> {
         Box::pin(extensions(conn, database, wanted, mark))
+    }
+
+    fn ensure_reader<'a>(
+        &'a self,
+        conn: &'a Connection,
+        grant: &'a ReadGrant,
+        claimant: &'a Claimant,
+    ) -> BoxFuture<'a, Result<Vec<String>, AdminError>> {
+        Box::pin(ensure_reader(conn, grant, claimant))
+    }
+
+    fn drop_reader<'a>(
+        &'a self,
+        conn: &'a Connection,
+        database: &'a str,
+        username: &'a str,
+        mark: &'a Mark,
+    ) -> BoxFuture<'a, Result<(), AdminError>> {
+        Box::pin(drop_reader(conn, database, username, mark))
     }
 
     fn refuses_plaintext<'a>(
