@@ -375,6 +375,42 @@ fn cases() -> Vec<Case> {
             pg(json!({ "server": { "name": "pg" }, "profile": "PCI" })),
             "profile PCI rotates credentials at least every 90 days",
         ),
+        create(
+            "readers on MongoDB",
+            "r1",
+            json!({ "serviceRef": { "name": "orders" }, "engine": "mongodb", "readers": [{ "service": "reporting" }] }),
+            "readers: read-only grants are made on postgres and influxdb",
+        ),
+        create(
+            "a PostgreSQL reader without tables",
+            "r2",
+            pg(json!({ "readers": [{ "service": "reporting" }] })),
+            "readers: on postgres each reader names the tables or views it may read",
+        ),
+        create(
+            "an InfluxDB reader with tables",
+            "r3",
+            json!({ "serviceRef": { "name": "orders" }, "engine": "influxdb", "readers": [{ "service": "reporting", "tables": ["cpu"] }] }),
+            "readers: InfluxDB grants read on the whole database",
+        ),
+        create(
+            "the owner as its own reader",
+            "r4",
+            pg(json!({ "readers": [{ "service": "orders", "tables": ["t"] }] })),
+            "readers: the owning Service reads its database already",
+        ),
+        create(
+            "a table name that is not one",
+            "r5",
+            pg(json!({ "readers": [{ "service": "reporting", "tables": ["orders; DROP TABLE x"] }] })),
+            "spec.readers[0].tables[0] in body should match",
+        ),
+        create(
+            "one reader twice",
+            "r6",
+            pg(json!({ "readers": [{ "service": "reporting", "tables": ["a"] }, { "service": "reporting", "tables": ["b"] }] })),
+            "spec.readers[1]: Duplicate value",
+        ),
         server_case(
             "extensions allowed on another engine",
             "ext-mongo",
