@@ -53,6 +53,31 @@ impl RunningOperator {
         Self::start_as(ctx, resync, &user, &["system:masters"]).await
     }
 
+    /// As [`Self::start`], watching every namespace (for grants across
+    /// namespaces): only for a test binary of its own, whose control plane
+    /// no other test's operator shares.
+    pub async fn start_all_namespaces(ctx: &TestContext, resync: Duration) -> Result<Self, Error> {
+        install_crds(&ctx.client).await?;
+        let user = format!("dbps-operator.{}", ctx.namespace);
+        let client = ctx.plane().client_for(&user, &["system:masters"]).await?;
+        let config = Config {
+            namespace: None,
+            resync,
+            server_selector: Some(format!("{TEST_LABEL}={}", ctx.namespace)),
+            ..Config::default()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let metrics = std::sync::Arc::new(dbps_operator::metrics::Metrics::default());
+        let task = tokio::spawn(controller::run(client, config, metrics, async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            user,
+            stop: Some(stop),
+            task,
+        })
+    }
+
     /// Starts the operator authenticated as `user` in `groups`: RBAC decides
     /// what it may do (e.g. the chart's ServiceAccount and its ClusterRole).
     pub async fn start_as(

@@ -402,13 +402,17 @@ fn cases() -> Vec<Case> {
         create(
             "a table name that is not one",
             "r5",
-            pg(json!({ "readers": [{ "service": "reporting", "tables": ["orders; DROP TABLE x"] }] })),
+            pg(
+                json!({ "readers": [{ "service": "reporting", "tables": ["orders; DROP TABLE x"] }] }),
+            ),
             "spec.readers[0].tables[0] in body should match",
         ),
         create(
             "one reader twice",
             "r6",
-            pg(json!({ "readers": [{ "service": "reporting", "tables": ["a"] }, { "service": "reporting", "tables": ["b"] }] })),
+            pg(
+                json!({ "readers": [{ "service": "reporting", "tables": ["a"] }, { "service": "reporting", "tables": ["b"] }] }),
+            ),
             "spec.readers[1]: Duplicate value",
         ),
         server_case(

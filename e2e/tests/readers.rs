@@ -84,8 +84,25 @@ async fn influx_write(
 
 #[tokio::test]
 async fn a_reporting_service_reads_what_it_is_granted_and_nothing_else() {
-    // A short resync: tables made after the grant are picked up by it.
-    let (ctx, _operator) = fixtures::with_operator("readers", Duration::from_secs(3)).await;
+    // A short resync: tables made after the grant are picked up by it. The
+    // operator watches every namespace (this binary's plane is its own): a
+    // grant reaches a Service of another namespace.
+    let ctx = TestContext::new("readers").await.unwrap();
+    let _operator = dbps_e2e::RunningOperator::start_all_namespaces(&ctx, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let analytics = dbps_e2e::shared::create_namespace(&ctx.client, "analytics")
+        .await
+        .unwrap();
+    let warehouse: dbps_operator::api::Service = serde_json::from_value(json!({
+        "apiVersion": "dbps.io/v1alpha1", "kind": "Service",
+        "metadata": { "name": "warehouse", "namespace": analytics }, "spec": {}
+    }))
+    .unwrap();
+    Api::<dbps_operator::api::Service>::namespaced(ctx.client.clone(), &analytics)
+        .create(&Default::default(), &warehouse)
+        .await
+        .unwrap();
     let pg = LocalServer::start(Kind::Postgres).await.unwrap();
     let influxdb = LocalServer::start(Kind::InfluxDb).await.unwrap();
     let (pg_name, influx_name) = (
@@ -340,12 +357,14 @@ async fn a_reporting_service_reads_what_it_is_granted_and_nothing_else() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // InfluxDB: the whole database, read only; the grant ends with the claim.
+    // InfluxDB, to a Service of another namespace: the whole database, read
+    // only, through a Secret in the reader's namespace that only its account
+    // reads; the grant ends with the claim.
     fixtures::claim(
         &ctx,
         "telemetry-db",
         json!({ "serviceRef": { "name": "telemetry" }, "engine": "influxdb", "server": { "name": influx_name },
-                "deletionPolicy": "Retain", "readers": [{ "service": "reporting" }] }),
+                "deletionPolicy": "Retain", "readers": [{ "service": "warehouse", "namespace": analytics }] }),
     )
     .await;
     ctx.wait_for(
@@ -361,7 +380,53 @@ async fn a_reporting_service_reads_what_it_is_granted_and_nothing_else() {
             .await
             .is_success()
     );
-    let reader = values(&ctx, "telemetry-db-reader-reporting").await;
+    let secret_name = format!("{}-telemetry-db-reader-warehouse", ctx.namespace);
+    let analytics_secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &analytics);
+    let reader = secret_values(&analytics_secrets.get(&secret_name).await.unwrap());
+    assert!(
+        fixtures::secret(&ctx, &secret_name).await.is_none(),
+        "the reader's Secret is in the owner's namespace"
+    );
+    let table = Api::<ConfigMap>::namespaced(ctx.client.clone(), &analytics);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let fenced = table
+            .get_opt("dbps-bindings")
+            .await
+            .unwrap()
+            .and_then(|t| t.data)
+            .and_then(|d| d.get(&format!("secret.{secret_name}")).cloned());
+        if fenced.as_deref() == Some("warehouse") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "analytics' table does not fence the Secret"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (ns, sa, allowed) in [
+        (analytics.as_str(), "warehouse", true),
+        (analytics.as_str(), "default", false),
+        (ctx.namespace.as_str(), "telemetry", false),
+    ] {
+        let user = format!("system:serviceaccount:{ns}:{sa}");
+        let client = ctx
+            .plane()
+            .client_for(&user, &["system:serviceaccounts"])
+            .await
+            .unwrap();
+        let api: Api<Secret> = Api::namespaced(client, &analytics);
+        let mut read = api.get(&secret_name).await;
+        for _ in 0..50 {
+            if read.is_ok() == allowed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            read = api.get(&secret_name).await;
+        }
+        assert_eq!(read.is_ok(), allowed, "{ns}/{sa}: {:?}", read.err());
+    }
     let read = influx(&influxdb, &reader, "SELECT mean(value) FROM temperature")
         .await
         .unwrap();
@@ -394,6 +459,12 @@ async fn a_reporting_service_reads_what_it_is_granted_and_nothing_else() {
             .is_ok(),
         "Retain lost the owner's access"
     );
+    ctx.wait_gone(
+        &analytics_secrets,
+        &secret_name,
+        "reader Secret deleted with the claim",
+    )
+    .await;
 }
 
 /// The view's total, as text.

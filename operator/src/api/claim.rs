@@ -75,7 +75,7 @@ const MAJOR_UPGRADE: &str = concat!(
     validation = Rule::new("!has(self.readers) || size(self.readers) == 0 || self.engine != 'mongodb'").message("readers: read-only grants are made on postgres and influxdb"),
     validation = Rule::new("!has(self.readers) || self.engine != 'postgres' || self.readers.all(r, has(r.tables) && size(r.tables) > 0)").message("readers: on postgres each reader names the tables or views it may read"),
     validation = Rule::new("!has(self.readers) || self.engine != 'influxdb' || self.readers.all(r, !has(r.tables) || size(r.tables) == 0)").message("readers: InfluxDB grants read on the whole database; remove tables"),
-    validation = Rule::new("!has(self.readers) || self.readers.all(r, r.service != self.serviceRef.name)").message("readers: the owning Service reads its database already"),
+    validation = Rule::new("!has(self.readers) || self.readers.all(r, has(r.namespace) || r.service != self.serviceRef.name)").message("readers: the owning Service reads its database already"),
     validation = Rule::new("!has(self.profile) || (self.engine == 'postgres' && has(self.server))").message("profile PCI needs a PostgreSQL database on a registered DatabaseServer (spec.server) whose TLS and audit log the platform runs"),
     validation = Rule::new("!has(self.profile) || self.deletionPolicy == 'Retain'").message("profile PCI keeps the data: deletionPolicy must be Retain"),
     validation = Rule::new("!has(self.profile) || (has(self.rotation) && has(self.rotation.everySeconds) && self.rotation.everySeconds <= 7776000)").message("profile PCI rotates credentials at least every 90 days: set rotation.everySeconds (at most 7776000)"),
@@ -143,11 +143,12 @@ pub struct DatabaseClaimSpec {
     #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub extensions: Vec<Extension>,
 
-    /// Other Services of this namespace that may read this database (a
-    /// reporting service): each gets a read-only user of its own, limited to
-    /// the named tables and views on PostgreSQL (the whole database on
-    /// InfluxDB), and a binding Secret `<claim>-reader-<service>` only its
-    /// ServiceAccount reads. Removing an entry revokes it: the user is
+    /// Other Services that may read this database (a reporting service):
+    /// each gets a read-only user of its own, limited to the named tables
+    /// and views on PostgreSQL (the whole database on InfluxDB), and a
+    /// binding Secret in its own namespace that only its ServiceAccount
+    /// reads: `<claim>-reader-<service>`, or
+    /// `<claim-namespace>-<claim>-reader-<service>` in another namespace. Removing an entry revokes it: the user is
     /// dropped and the Secret deleted. Every grant is listed in
     /// `status.readers` and told by an event.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -175,6 +176,13 @@ pub struct Reader {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub service: String,
+    /// Its namespace. Default: the claim's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub namespace: Option<String>,
     /// Tables and views it may `SELECT` (PostgreSQL): `name` in schema
     /// `public`, or `schema.name`. One not made yet is granted once it exists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -188,7 +196,9 @@ pub struct Reader {
 pub struct ReaderStatus {
     /// The reading Service.
     pub service: String,
-    /// Its binding Secret.
+    /// Its namespace.
+    pub namespace: String,
+    /// Its binding Secret, in its namespace.
     pub binding: String,
     /// Its read-only user.
     pub username: String,
@@ -435,6 +445,13 @@ pub struct Endpoint {
     pub host: String,
     /// TCP port.
     pub port: i32,
+}
+
+impl Reader {
+    /// The reader's namespace, for a claim in `claim_namespace`.
+    pub fn namespace_or<'a>(&'a self, claim_namespace: &'a str) -> &'a str {
+        self.namespace.as_deref().unwrap_or(claim_namespace)
+    }
 }
 
 impl DatabaseClaim {

@@ -19,7 +19,8 @@ use crate::api::{CLAIM_LABEL, DatabaseClaim, Engine, SERVICE_LABEL, Service};
 pub use network_policy::network_policy;
 pub use rbac::{binding_reader, binding_reader_role, binding_reader_role_binding};
 pub use secrets::{
-    Credentials, Endpoint, admin_secret, binding_secret_generation, reader_secret, secret_value,
+    CLAIM_NAMESPACE_LABEL, Credentials, Endpoint, admin_secret, binding_secret_generation,
+    foreign_reader_secret, reader_secret, secret_value,
 };
 pub use workload::{instance_service, statefulset};
 
@@ -45,9 +46,18 @@ pub mod names {
             n => format!("{claim}-binding-{n}"),
         }
     }
-    /// The binding Secret of `service`'s read-only user on the claim's database.
-    pub fn reader_secret(claim: &str, service: &str) -> String {
-        format!("{claim}-reader-{service}")
+    /// The binding Secret, in the reader's namespace, of the read-only user
+    /// of Service `reader_namespace/service` on the claim's database.
+    pub fn reader_secret(
+        claim_namespace: &str,
+        claim: &str,
+        reader_namespace: &str,
+        service: &str,
+    ) -> String {
+        match claim_namespace == reader_namespace {
+            true => format!("{claim}-reader-{service}"),
+            false => format!("{claim_namespace}-{claim}-reader-{service}"),
+        }
     }
     /// The per-claim reader Role and RoleBinding of earlier releases
     /// (now one per Service), removed when found.

@@ -121,19 +121,62 @@ pub fn binding_secret_generation(inputs: &Inputs, endpoint: &Endpoint, generatio
     secret
 }
 
-/// The binding Secret of `reader`'s read-only user: the servicebinding.io
-/// keys of a binding, labelled for the reading Service (the ownership table
-/// puts it, not the claim's owner, in front of it).
-pub fn reader_secret(inputs: &Inputs, endpoint: &Endpoint, reader: &str) -> Secret {
+/// Label of a reader's binding Secret: the namespace of the claim that issued it.
+pub const CLAIM_NAMESPACE_LABEL: &str = "dbps.io/claim-namespace";
+
+/// The binding Secret of the read-only user of Service `namespace/reader`:
+/// the servicebinding.io keys of a binding, in the reader's namespace,
+/// labelled for the reading Service (the ownership table puts it, not the
+/// claim's owner, in front of it) and for the claim that issued it. No
+/// owner reference (it may live in another namespace): the claim deletes it.
+pub fn reader_secret(
+    inputs: &Inputs,
+    endpoint: &Endpoint,
+    namespace: &str,
+    reader: &str,
+) -> Secret {
     let mut secret = binding_secret_generation(inputs, endpoint, 0);
-    secret.metadata.name = Some(names::reader_secret(&inputs.claim_name(), reader));
+    secret.metadata.name = Some(names::reader_secret(
+        &inputs.namespace(),
+        &inputs.claim_name(),
+        namespace,
+        reader,
+    ));
+    secret.metadata.namespace = Some(namespace.into());
+    secret.metadata.owner_references = None;
     let labels = secret.metadata.labels.get_or_insert_with(Default::default);
     labels.insert(crate::api::SERVICE_LABEL.into(), reader.into());
+    labels.insert(CLAIM_NAMESPACE_LABEL.into(), inputs.namespace());
     labels.insert(
         "app.kubernetes.io/component".into(),
         "reader-binding".into(),
     );
     secret
+}
+
+/// Why `secret`, found under the name of a reader's binding, is not the
+/// claim's to write: `None` when dbps made it for this claim and reader.
+pub fn foreign_reader_secret(secret: &Secret, inputs: &Inputs, reader: &str) -> Option<String> {
+    let labels = secret.metadata.labels.clone().unwrap_or_default();
+    let ours = labels
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str)
+        == Some(super::MANAGED_BY)
+        && labels.get(crate::api::CLAIM_LABEL) == Some(&inputs.claim_name())
+        && labels.get(CLAIM_NAMESPACE_LABEL) == Some(&inputs.namespace())
+        && labels.get(crate::api::SERVICE_LABEL).map(String::as_str) == Some(reader)
+        && secret
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_none_or(|o| o.is_empty());
+    (!ours).then(|| {
+        format!(
+            "Secret {:?} in namespace {:?} exists and was not made by dbps for this claim's reader {reader:?}; nothing was changed. Give the claim another name, or remove the Secret",
+            secret.metadata.name.clone().unwrap_or_default(),
+            secret.metadata.namespace.clone().unwrap_or_default(),
+        )
+    })
 }
 
 fn data<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, ByteString> {

@@ -113,20 +113,26 @@ fn services_of(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Vec<ObjectRef<Se
     let Some(ns) = claim.namespace() else {
         return Vec::new();
     };
-    let mut names = vec![claim.spec.service_ref.name.clone()];
-    names.extend(claim.spec.readers.iter().map(|r| r.service.clone()));
-    names.extend(
+    let mut services = vec![(ns.clone(), claim.spec.service_ref.name.clone())];
+    services.extend(
+        claim
+            .spec
+            .readers
+            .iter()
+            .map(|r| (r.namespace_or(&ns).to_string(), r.service.clone())),
+    );
+    services.extend(
         claim
             .status
             .iter()
             .flat_map(|s| &s.readers)
-            .map(|r| r.service.clone()),
+            .map(|r| (r.namespace.clone(), r.service.clone())),
     );
-    names.sort();
-    names.dedup();
-    names
+    services.sort();
+    services.dedup();
+    services
         .into_iter()
-        .map(|n| ObjectRef::new(&n).within(&ns))
+        .map(|(ns, n)| ObjectRef::new(&n).within(&ns))
         .collect()
 }
 

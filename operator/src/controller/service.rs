@@ -47,14 +47,14 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
 async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, Error> {
     let ns = service.namespace().unwrap_or_default();
     let name = service.name_any();
-    let cached = ctx.caches.claims_where(|c| {
-        c.namespace().as_deref() == Some(ns.as_str())
-            && (c.spec.service_ref.name == name || reads(c, &name))
-    });
+    let owns = |c: &DatabaseClaim| {
+        c.namespace().as_deref() == Some(ns.as_str()) && c.spec.service_ref.name == name
+    };
+    let cached = ctx.caches.claims_where(|c| owns(c) || reads(c, &ns, &name));
     let (owned, read): (Vec<&DatabaseClaim>, Vec<&DatabaseClaim>) = cached
         .iter()
         .filter_map(|c| c.0.as_ref().ok())
-        .partition(|c| c.spec.service_ref.name == name);
+        .partition(|c| owns(c));
     let mut entries = ownership_entries(&service, &owned);
     entries.extend(reader_entries(&service, &read));
     // Its ServiceAccount may read (`get`) the binding Secrets the table puts
@@ -151,14 +151,20 @@ pub fn ownership_entries(service: &Service, claims: &[&DatabaseClaim]) -> BTreeM
     entries
 }
 
-/// Whether `claim` grants Service `service` read access (issued, or asked for).
-pub fn reads(claim: &DatabaseClaim, service: &str) -> bool {
-    claim.spec.readers.iter().any(|r| r.service == service)
+/// Whether `claim` grants Service `namespace/service` read access (issued,
+/// or asked for).
+pub fn reads(claim: &DatabaseClaim, namespace: &str, service: &str) -> bool {
+    let claim_ns = claim.namespace().unwrap_or_default();
+    claim
+        .spec
+        .readers
+        .iter()
+        .any(|r| r.service == service && r.namespace_or(&claim_ns) == namespace)
         || claim
             .status
             .iter()
             .flat_map(|s| &s.readers)
-            .any(|r| r.service == service)
+            .any(|r| r.service == service && r.namespace == namespace)
 }
 
 /// The entries of the ownership table for the read-only bindings other
@@ -166,11 +172,12 @@ pub fn reads(claim: &DatabaseClaim, service: &str) -> bool {
 /// → the service, for each grant their status shows in force.
 pub fn reader_entries(service: &Service, claims: &[&DatabaseClaim]) -> BTreeMap<String, String> {
     let name = service.name_any();
+    let ns = service.namespace().unwrap_or_default();
     claims
         .iter()
         .filter_map(|c| c.status.as_ref())
         .flat_map(|s| &s.readers)
-        .filter(|r| r.service == name)
+        .filter(|r| r.service == name && r.namespace == ns)
         .map(|r| (format!("secret.{}", r.binding), name.clone()))
         .collect()
 }

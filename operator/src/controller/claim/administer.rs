@@ -633,7 +633,6 @@ async fn grant_readers(
     let ns = claim.namespace().unwrap_or_default();
     let name = claim.name_any();
     let uid = &claimant.mark.uid;
-    let secrets: Api<Secret> = ctx.api(&ns);
     let recorded: Vec<crate::api::ReaderStatus> = claim
         .status
         .as_ref()
@@ -643,15 +642,28 @@ async fn grant_readers(
     for reader in &claim.spec.readers {
         // A Service that does not exist yet has no place in the ownership
         // table to fence its Secret: nothing is issued for it until it does.
-        let Some(reading) = ctx.caches.service(&ns, &reader.service) else {
+        let reader_ns = reader.namespace_or(&ns).to_string();
+        if ctx.caches.service(&reader_ns, &reader.service).is_none() {
             continue;
-        };
-        let secret_name = names::reader_secret(&name, &reader.service);
+        }
+        let secrets: Api<Secret> = ctx.api(&reader_ns);
+        let secret_name = names::reader_secret(&ns, &name, &reader_ns, &reader.service);
         let current = secrets.get_opt(&secret_name).await?;
-        if refused_as_foreign(claim, &reading, current.as_ref(), ctx).await? {
+        if let Some(message) = current
+            .as_ref()
+            .and_then(|s| crate::children::foreign_reader_secret(s, inputs, &reader.service))
+        {
+            let outcome = Outcome::waiting(
+                ClaimPhase::Failed,
+                Reason::ObjectOwnedByAnotherService,
+                message,
+            );
+            update_status(claim, ctx, outcome).await?;
             return Err(Failure::Refused);
         }
-        let before = recorded.iter().find(|r| r.service == reader.service);
+        let before = recorded
+            .iter()
+            .find(|r| r.service == reader.service && r.namespace == reader_ns);
         let found = current.as_ref().and_then(|s| secret_value(s, PASSWORD_KEY));
         let believed = found.as_ref().filter(|p| {
             before.and_then(|b| b.fingerprint.as_deref())
@@ -673,7 +685,7 @@ async fn grant_readers(
             }
         }
         let password = believed.cloned().unwrap_or_else(password::generate);
-        let username = reader_username(&target.database, &reader.service);
+        let username = reader_username(&target.database, &ns, &reader_ns, &reader.service);
         let endpoint = Endpoint {
             host: target.endpoint.host.clone(),
             port: target.endpoint.port as u16,
@@ -691,7 +703,7 @@ async fn grant_readers(
         };
         apply(
             &secrets,
-            &crate::children::reader_secret(&reader_inputs, &endpoint, &reader.service),
+            &crate::children::reader_secret(&reader_inputs, &endpoint, &reader_ns, &reader.service),
             current,
         )
         .await?;
@@ -713,6 +725,7 @@ async fn grant_readers(
             .collect();
         let status = crate::api::ReaderStatus {
             service: reader.service.clone(),
+            namespace: reader_ns.clone(),
             binding: secret_name.clone(),
             username,
             tables: readable.clone(),
@@ -727,7 +740,7 @@ async fn grant_readers(
         let told = before.map(|b| (&b.tables, &b.fingerprint));
         if told != Some((&status.tables, &status.fingerprint)) {
             let mut note = format!(
-                "Service {:?} may read {what} of database {:?}, through Secret {secret_name:?}",
+                "Service {reader_ns}/{} may read {what} of database {:?}, through Secret {secret_name:?}",
                 reader.service, target.database
             );
             if !waiting.is_empty() {
@@ -750,10 +763,11 @@ async fn grant_readers(
     }
     // Grants no longer named, or whose Service is gone, end: the user goes,
     // then its Secret.
-    for gone in recorded
-        .iter()
-        .filter(|r| !granted.iter().any(|g| g.service == r.service))
-    {
+    for gone in recorded.iter().filter(|r| {
+        !granted
+            .iter()
+            .any(|g| g.service == r.service && g.namespace == r.namespace)
+    }) {
         ctx.servers
             .drop_reader(
                 &target.conn,
@@ -763,10 +777,10 @@ async fn grant_readers(
             )
             .await
             .map_err(Failure::Server)?;
-        delete_if_present(&secrets, &gone.binding).await?;
+        delete_if_present(&ctx.api::<Secret>(&gone.namespace), &gone.binding).await?;
         let note = format!(
-            "Service {:?} may no longer read database {:?}: its user {:?} was dropped and Secret {:?} deleted",
-            gone.service, target.database, gone.username, gone.binding
+            "Service {}/{} may no longer read database {:?}: its user {:?} was dropped and Secret {:?} deleted",
+            gone.namespace, gone.service, target.database, gone.username, gone.binding
         );
         publish(
             ctx,
@@ -781,9 +795,19 @@ async fn grant_readers(
     Ok(granted)
 }
 
-/// The read-only user of `service` on `database`.
-pub fn reader_username(database: &str, service: &str) -> String {
-    crate::engines::bounded(&format!("{database}_r_{}", service.replace('-', "_")))
+/// The read-only user of Service `reader_namespace/service` on `database`
+/// (of a claim in `claim_namespace`).
+pub fn reader_username(
+    database: &str,
+    claim_namespace: &str,
+    reader_namespace: &str,
+    service: &str,
+) -> String {
+    let reader = match claim_namespace == reader_namespace {
+        true => service.to_string(),
+        false => format!("{reader_namespace}_{service}"),
+    };
+    crate::engines::bounded(&format!("{database}_r_{}", reader.replace('-', "_")))
 }
 
 /// Deletes `name`; gone already is fine.

@@ -34,6 +34,18 @@ pub(super) async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Acti
     let name = claim.name_any();
     let uid = claim.uid().unwrap_or_default();
     let secrets: Api<Secret> = ctx.api(&ns);
+    // The read access the claim granted ends with it, whatever its policy:
+    // the readers' Secrets go (they have no owner reference, as they may
+    // live in other namespaces); a shared server's reader users are
+    // dropped below.
+    for reader in claim.status.iter().flat_map(|s| &s.readers) {
+        let api: Api<Secret> = ctx.api(&reader.namespace);
+        match api.delete(&reader.binding, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     if let Some(server) = &claim.spec.server {
         let note = match cleanup_shared(claim, &server.name, ctx).await {
             Ok(note) => note,
