@@ -13,6 +13,11 @@ pub struct Binding {
     pub database: String,
     pub username: String,
     pub password: String,
+    /// servicebinding.io `ca.crt`: the CA (PEM) to verify the server with;
+    /// present when the binding asks for TLS.
+    pub ca_crt: Option<String>,
+    /// `sslmode` (PostgreSQL), e.g. `verify-full`.
+    pub sslmode: Option<String>,
     /// Where it was read from (`$SERVICE_BINDING_ROOT` and the binding's
     /// name), to read it again.
     pub source: Option<(std::path::PathBuf, String)>,
@@ -82,6 +87,8 @@ impl Binding {
             database: value("database")?,
             username: value("username")?,
             password: value("password")?,
+            ca_crt: value("ca.crt").ok(),
+            sslmode: value("sslmode").ok(),
             source: root
                 .filter(|r| r.join(name).is_dir())
                 .map(|r| (r.to_path_buf(), name.to_string())),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use dbps_samples::binding::Binding;
-use dbps_samples::services::{alerts, catalog, devices, orders, payments, telemetry};
+use dbps_samples::services::{alerts, catalog, devices, orders, payments, reporting, telemetry};
 use dbps_samples::{http, outbox, stores};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -17,6 +17,7 @@ enum Service {
     Devices,
     Telemetry,
     Alerts,
+    Reporting,
 }
 
 #[derive(Parser)]
@@ -47,6 +48,30 @@ struct Cli {
     /// telemetry: base URL of alerts (readings are offered to it).
     #[arg(long, env = "ALERTS_URL")]
     alerts_url: Option<String>,
+    /// reporting: the read-only binding of orders' database.
+    #[arg(
+        long,
+        env = "ORDERS_READER_BINDING",
+        default_value = "orders-db-reader"
+    )]
+    orders_reader: String,
+    /// reporting: the read-only binding of payments' database.
+    #[arg(
+        long,
+        env = "PAYMENTS_READER_BINDING",
+        default_value = "payments-db-reader"
+    )]
+    payments_reader: String,
+    /// reporting: the read-only binding of telemetry's database.
+    #[arg(
+        long,
+        env = "TELEMETRY_READER_BINDING",
+        default_value = "telemetry-db-reader"
+    )]
+    telemetry_reader: String,
+    /// reporting: seconds between refreshes of the warehouse.
+    #[arg(long, env = "REFRESH_SECONDS", default_value_t = 30)]
+    refresh_seconds: u64,
     /// Connect with the binding, prepare the service's schema (a write), and
     /// exit: 0 when the service can use its database.
     #[arg(long)]
@@ -61,7 +86,7 @@ struct Cli {
 /// and its schema (tables, indexes or a measurement) in place.
 async fn check(service: Service, binding: &Binding) -> Result<(), Box<dyn std::error::Error>> {
     match service {
-        Service::Orders | Service::Payments | Service::Devices => {
+        Service::Orders | Service::Payments | Service::Devices | Service::Reporting => {
             let db = stores::postgres(binding).await?;
             db.lock()
                 .await
@@ -184,6 +209,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             db: stores::Mongo::connect(&binding).await?,
         }
         .routes(),
+        Service::Reporting => {
+            let svc = reporting::Reporting {
+                warehouse: stores::postgres(&binding).await?,
+                orders: stores::postgres(&Binding::read(&cli.orders_reader)?).await?,
+                payments: stores::postgres(&Binding::read(&cli.payments_reader)?).await?,
+                telemetry: stores::Influx::connect(&Binding::read(&cli.telemetry_reader)?).await?,
+            };
+            svc.setup().await?;
+            tokio::spawn(reporting::refresh_loop(
+                svc.clone(),
+                Duration::from_secs(cli.refresh_seconds.max(1)),
+                until_stopped(),
+            ));
+            svc.routes()
+        }
     };
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};

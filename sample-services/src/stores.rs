@@ -63,13 +63,54 @@ async fn connect(b: &Binding) -> Result<tokio_postgres::Client, tokio_postgres::
         .dbname(&b.database)
         .application_name("dbps-sample")
         .connect_timeout(std::time::Duration::from_secs(10));
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::error!(error = %e, "database connection ended");
+    // A binding that asks for TLS (`sslmode`, `ca.crt`) is connected to
+    // over TLS only, verifying the server's certificate and name against
+    // the binding's CA (`verify-full`).
+    let client = match (&b.sslmode, &b.ca_crt) {
+        (None, None) => {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(log_end(connection));
+            client
         }
-    });
+        (_, ca) => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let connector =
+                tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(ca.as_deref()));
+            let (client, connection) = config.connect(connector).await?;
+            tokio::spawn(log_end(connection));
+            client
+        }
+    };
     Ok(client)
+}
+
+async fn log_end<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(
+    connection: F,
+) {
+    if let Err(e) = connection.await {
+        tracing::error!(error = %e, "database connection ended");
+    }
+}
+
+/// A TLS client trusting `ca` (PEM), or the public roots without one.
+fn tls_config(ca: Option<&str>) -> rustls::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()).flatten() {
+                let _ = roots.add(cert);
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// A MongoDB database as the binding's user. Each use reads the binding
