@@ -565,6 +565,49 @@ async fn start_ferretdb(tls: TlsFiles) -> Result<LocalServer, Error> {
     server.wait_ready().await
 }
 
+/// A session as `username` on `database` of a local PostgreSQL server: over
+/// TLS, verifying it against its CA, when the server has TLS.
+pub async fn connect_postgres(
+    server: &LocalServer,
+    database: &str,
+    username: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, String> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(server.port)
+        .user(username)
+        .password(password)
+        .dbname(database);
+    let client = match &server.ca_pem {
+        None => {
+            let (client, conn) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            tokio::spawn(conn);
+            client
+        }
+        Some(ca) => {
+            let tls = dbps_operator::engines::Tls {
+                ca_pem: Some(ca.clone()),
+            };
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new(
+                tls.client_config().map_err(|e| e.to_string())?,
+            );
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (client, conn) = config
+                .connect(connector)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            tokio::spawn(conn);
+            client
+        }
+    };
+    Ok(client)
+}
+
 /// Writes a row (PostgreSQL), a point (InfluxDB) or a document (MongoDB)
 /// with these credentials and reads it back.
 pub async fn round_trip(
@@ -581,14 +624,7 @@ pub async fn round_trip(
     };
     match engine {
         Engine::Postgres => {
-            let conninfo = format!(
-                "host=127.0.0.1 port={} user={} password={} dbname={}",
-                server.port, g.username, g.password, g.database
-            );
-            let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| format!("{e:?}"))?;
-            tokio::spawn(conn);
+            let client = connect_postgres(server, &g.database, &g.username, &g.password).await?;
             client
                 .batch_execute(
                     "CREATE TABLE IF NOT EXISTS t (v text); INSERT INTO t VALUES ('hello')",

@@ -60,6 +60,9 @@ pub fn dedicated(yaml: &str, placement: &crate::cluster::Placement) -> (String, 
         if value["kind"] == "DatabaseClaim" {
             let spec = value["spec"].as_mapping_mut().expect("claim spec");
             spec.remove("server");
+            // A compliance profile needs a registered server (its TLS and
+            // audit are the platform's): a dedicated instance goes without.
+            spec.remove("profile");
             let engine = spec["engine"].as_str().unwrap_or_default().to_string();
             spec.insert("version".into(), placement.version(&engine).into());
             let storage = spec

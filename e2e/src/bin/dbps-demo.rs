@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use dbps_e2e::databases::{Kind, LocalServer, round_trip};
+use dbps_e2e::databases::{Kind, LocalServer, PostgresOptions, connect_postgres, round_trip};
 use dbps_e2e::manifests::apply_yaml;
 use dbps_e2e::node::{NODE_NAME, Node};
 use dbps_e2e::operator::install_crds;
@@ -23,7 +23,7 @@ use kube::{Client, ResourceExt};
 
 const SYSTEM_NAMESPACE: &str = "dbps-system";
 /// Namespace → manifests applied there.
-const SAMPLES: [(&str, &str, &str); 3] = [
+const SAMPLES: [(&str, &str, &str); 4] = [
     (
         "shop",
         "sample-services/manifests/ecommerce.yaml",
@@ -33,6 +33,11 @@ const SAMPLES: [(&str, &str, &str); 3] = [
         "iot",
         "sample-services/manifests/iot.yaml",
         include_str!("../../../sample-services/manifests/iot.yaml"),
+    ),
+    (
+        "analytics",
+        "sample-services/manifests/analytics.yaml",
+        include_str!("../../../sample-services/manifests/analytics.yaml"),
     ),
     (
         "dedicated",
@@ -99,23 +104,44 @@ async fn main() -> Result<(), Error> {
         }
     };
 
-    eprintln!("starting PostgreSQL, FerretDB and InfluxDB on loopback ports ...");
-    let (postgres, mongodb, influxdb) = tokio::try_join!(
+    eprintln!(
+        "starting PostgreSQL, PostgreSQL for card data (TLS only, pgAudit), FerretDB and InfluxDB on loopback ports ..."
+    );
+    let (postgres, postgres_pci, mongodb, influxdb) = tokio::try_join!(
         LocalServer::start(Kind::Postgres),
+        LocalServer::start_postgres(PostgresOptions {
+            tls: true,
+            plaintext_too: false,
+            preload: vec!["pgaudit".into()],
+        }),
         LocalServer::start(Kind::FerretDb),
         LocalServer::start(Kind::InfluxDb),
     )?;
     let servers = [
         ("local-postgres", Engine::Postgres, &postgres),
+        ("local-postgres-pci", Engine::Postgres, &postgres_pci),
         ("local-mongodb", Engine::Mongodb, &mongodb),
         ("local-influxdb", Engine::Influxdb, &influxdb),
     ];
     create_namespace(&client, SYSTEM_NAMESPACE, false, None).await?;
     for (name, engine, server) in servers {
+        // A server with TLS is registered with its CA.
+        let (ca_secret, tls) = match &server.ca_pem {
+            None => (String::new(), String::new()),
+            Some(ca) => (
+                format!(
+                    "apiVersion: v1\nkind: Secret\nmetadata: {{ name: {name}-ca }}\nstringData: {{ ca.crt: {} }}\n---\n",
+                    serde_json::to_string(ca).expect("a string")
+                ),
+                format!(
+                    ", tls: {{ enabled: true, caSecretRef: {{ namespace: {SYSTEM_NAMESPACE}, name: {name}-ca }} }}"
+                ),
+            ),
+        };
         let yaml = format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{ name: {name}-admin }}\nstringData: {{ username: {}, password: {} }}\n---\n\
+            "{ca_secret}apiVersion: v1\nkind: Secret\nmetadata: {{ name: {name}-admin }}\nstringData: {{ username: {}, password: {} }}\n---\n\
              apiVersion: dbps.io/v1alpha1\nkind: DatabaseServer\nmetadata: {{ name: {name} }}\n\
-             spec: {{ engine: {}, host: 127.0.0.1, port: {}, adminSecretRef: {{ namespace: {SYSTEM_NAMESPACE}, name: {name}-admin }} }}\n",
+             spec: {{ engine: {}, host: 127.0.0.1, port: {}, adminSecretRef: {{ namespace: {SYSTEM_NAMESPACE}, name: {name}-admin }}{tls} }}\n",
             server.admin_user,
             server.admin_password,
             engine.as_str(),
@@ -142,7 +168,7 @@ async fn main() -> Result<(), Error> {
         // reaches the dedicated instances' Services and, through forwarders,
         // the local servers at the addresses they are registered with.
         Some(node) => {
-            for server in [&postgres, &mongodb, &influxdb] {
+            for server in [&postgres, &postgres_pci, &mongodb, &influxdb] {
                 node.forward_to_host(server.port)?;
             }
             let program = std::env::current_exe()
@@ -246,26 +272,29 @@ async fn main() -> Result<(), Error> {
             .into_iter()
             .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
             .collect();
+        let server = claim.spec.server.as_ref().map(|s| s.name.clone());
         bindings.push((
             format!("{ns}/{}", claim.spec.service_ref.name),
             claim.spec.engine,
             values,
+            server.unwrap_or_default(),
         ));
     }
-    let server_of = |engine: Engine| match engine {
-        Engine::Postgres => &postgres,
-        Engine::Mongodb => &mongodb,
-        Engine::Influxdb => &influxdb,
+    let server_of = |name: &str| match name {
+        "local-postgres-pci" => &postgres_pci,
+        "local-mongodb" => &mongodb,
+        "local-influxdb" => &influxdb,
+        _ => &postgres,
     };
     println!(
         "\nEach service's credentials against each database (own: must work; others: must be refused):"
     );
     let mut violations = 0;
-    for (service, _, own) in &bindings {
-        let mut line = format!("  {service:<16}");
-        for (other, engine, target) in &bindings {
+    for (service, _, own, _) in &bindings {
+        let mut line = format!("  {service:<18}");
+        for (other, engine, target, server) in &bindings {
             let result = round_trip(
-                server_of(*engine),
+                server_of(server),
                 *engine,
                 &target["database"],
                 &own["username"],
@@ -292,13 +321,109 @@ async fn main() -> Result<(), Error> {
     println!(
         "  (local-mongodb is FerretDB v1, which authenticates users per database but has no roles: on it, a\n   user that logged in to its own database is not kept out of others. MongoDB enforces readWrite.)"
     );
-    if violations > 0 {
-        eprintln!("\n{violations} unexpected results: see above");
-    }
 
     // Run the sample services as local processes with the credentials dbps issued them.
     let samples = run_samples(&client, &plane).await?;
     let url = |name: &str| samples.urls[name].clone();
+
+    // The read-only grants, once the services made the tables they name.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let granting = loop {
+        let list = claims.list(&Default::default()).await?.items;
+        let granting: Vec<DatabaseClaim> = list
+            .into_iter()
+            .filter(|c| !c.spec.readers.is_empty())
+            .collect();
+        let complete = granting.iter().all(|c| {
+            let readers = c
+                .status
+                .as_ref()
+                .map(|s| s.readers.clone())
+                .unwrap_or_default();
+            readers.len() == c.spec.readers.len() && readers.iter().all(|r| r.waiting.is_empty())
+        });
+        if complete || Instant::now() > deadline {
+            break granting;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("\nRead-only grants (spec.readers), tried with the credentials each grant issued:");
+    for claim in &granting {
+        let ns = claim.namespace().unwrap_or_default();
+        let server = server_of(
+            claim
+                .spec
+                .server
+                .as_ref()
+                .map(|s| s.name.as_str())
+                .unwrap_or_default(),
+        );
+        for reader in claim.status.iter().flat_map(|s| &s.readers) {
+            let secret = Api::<Secret>::namespaced(client.clone(), &reader.namespace)
+                .get(&reader.binding)
+                .await?;
+            let v: BTreeMap<String, String> = secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                .collect();
+            let (read, write) = try_reader(server, claim.spec.engine, &v, &reader.tables).await;
+            let mut mark = |ok: bool, expected: bool| match (ok, expected) {
+                (true, true) => "✔",
+                (false, false) => "✘ refused",
+                (true, false) => {
+                    violations += 1;
+                    "!! ALLOWED"
+                }
+                (false, true) => {
+                    violations += 1;
+                    "!! FAILED"
+                }
+            };
+            let what = match claim.spec.engine {
+                Engine::Postgres => reader.tables.join(", "),
+                _ => "the database".into(),
+            };
+            let (read, write) = (mark(read, true), mark(write, false));
+            println!(
+                "  {}/{} reads {ns}/{} ({what}): read {read}, write {write}",
+                reader.namespace,
+                reader.service,
+                claim.name_any(),
+            );
+        }
+    }
+
+    // The PCI-profiled claim: its Compliant condition, and the audit log.
+    if let Some(payments) = claims_in(&client, "shop")
+        .await?
+        .into_iter()
+        .find(|c| c.spec.profile.is_some())
+    {
+        let compliant = payments
+            .status
+            .as_ref()
+            .and_then(|s| dbps_operator::api::find_condition(&s.conditions, "Compliant"))
+            .map(|c| format!("{} ({}): {}", c.status, c.reason, c.message))
+            .unwrap_or_else(|| "not checked yet".into());
+        println!(
+            "\nshop/{} has profile PCI on local-postgres-pci. Compliant = {compliant}",
+            payments.name_any()
+        );
+        let audited = postgres_pci
+            .log()
+            .lines()
+            .filter(|l| l.contains("AUDIT: SESSION"))
+            .count();
+        println!(
+            "  pgAudit has logged {audited} statements so far: grep AUDIT {}",
+            postgres_pci.dir().join("postgres.log").display()
+        );
+    }
+    if violations > 0 {
+        eprintln!("\n{violations} unexpected results: see above");
+    }
     println!(
         "\nThe sample services run on loopback with their bindings (under {}):",
         samples.root.display()
@@ -307,13 +432,14 @@ async fn main() -> Result<(), Error> {
         println!("  {name:<10} {u}");
     }
     println!(
-        "\nTry them:\n  curl -s -XPOST {c}/products -H 'content-type: application/json' -d '{{\"sku\":\"mug\",\"name\":\"Mug\",\"price_cents\":1200,\"attributes\":{{\"color\":\"red\"}}}}'\n  curl -s '{c}/products?color=red'\n  curl -s -XPOST {o}/orders -H 'content-type: application/json' -d '{{\"customer\":\"ada\",\"items\":[{{\"sku\":\"mug\",\"quantity\":2,\"unit_price_cents\":1200}}]}}'\n  curl -s {o}/orders                       # PENDING, then PAID (or CANCELLED above {p}/payments' limit)\n  curl -s {o}/orders/<id>/details          # the order composed with the catalog's products\n  curl -s {p}/payments\n  curl -s -XPOST {a}/rules -H 'content-type: application/json' -d '{{\"metric\":\"temperature\",\"op\":\"gt\",\"threshold\":30}}'\n  curl -s -XPOST {t}/readings -H 'content-type: application/json' -d '[{{\"device_id\":\"th-1\",\"metric\":\"temperature\",\"value\":31.5}}]'\n  curl -s '{t}/readings?device_id=th-1'\n  curl -s {a}/alerts\n  curl -s -XPOST {d}/devices -H 'content-type: application/json' -d '{{\"id\":\"th-1\",\"name\":\"Greenhouse\",\"kind\":\"thermometer\"}}'",
+        "\nTry them:\n  curl -s -XPOST {c}/products -H 'content-type: application/json' -d '{{\"sku\":\"mug\",\"name\":\"Mug\",\"price_cents\":1200,\"attributes\":{{\"color\":\"red\"}}}}'\n  curl -s '{c}/products?color=red'\n  curl -s -XPOST {o}/orders -H 'content-type: application/json' -d '{{\"customer\":\"ada\",\"items\":[{{\"sku\":\"mug\",\"quantity\":2,\"unit_price_cents\":1200}}]}}'\n  curl -s {o}/orders                       # PENDING, then PAID (or CANCELLED above {p}/payments' limit)\n  curl -s {o}/orders/<id>/details          # the order composed with the catalog's products\n  curl -s {p}/payments\n  curl -s -XPOST {a}/rules -H 'content-type: application/json' -d '{{\"metric\":\"temperature\",\"op\":\"gt\",\"threshold\":30}}'\n  curl -s -XPOST {t}/readings -H 'content-type: application/json' -d '[{{\"device_id\":\"th-1\",\"metric\":\"temperature\",\"value\":31.5}}]'\n  curl -s '{t}/readings?device_id=th-1'\n  curl -s {a}/alerts\n  curl -s -XPOST {d}/devices -H 'content-type: application/json' -d '{{\"id\":\"th-1\",\"name\":\"Greenhouse\",\"kind\":\"thermometer\"}}'\n  curl -s -XPOST {r}/refresh                # reporting: orders, payments and telemetry aggregated into its warehouse\n  curl -s {r}/report",
         c = url("catalog"),
         o = url("orders"),
         p = url("payments"),
         a = url("alerts"),
         t = url("telemetry"),
         d = url("devices"),
+        r = url("reporting"),
     );
 
     let bin = dbps_e2e::binaries::dir().map_err(Error::Binaries)?;
@@ -402,6 +528,73 @@ fn print_claims(claims: &[DatabaseClaim]) {
     }
 }
 
+/// The claims of namespace `ns`.
+async fn claims_in(client: &Client, ns: &str) -> Result<Vec<DatabaseClaim>, Error> {
+    Ok(Api::<DatabaseClaim>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await?
+        .items)
+}
+
+/// Whether a reader's credentials `v` read (the granted tables, or the
+/// database) and whether they write.
+async fn try_reader(
+    server: &LocalServer,
+    engine: Engine,
+    v: &BTreeMap<String, String>,
+    tables: &[String],
+) -> (bool, bool) {
+    match engine {
+        Engine::Postgres => {
+            let Ok(client) =
+                connect_postgres(server, &v["database"], &v["username"], &v["password"]).await
+            else {
+                return (false, false);
+            };
+            let mut read = !tables.is_empty();
+            for table in tables {
+                let sql = format!("SELECT count(*) FROM {table}");
+                read &= client.query_one(&sql, &[]).await.is_ok();
+            }
+            let write = match tables.first() {
+                Some(table) => client
+                    .batch_execute(&format!("DELETE FROM {table} WHERE false"))
+                    .await
+                    .is_ok(),
+                None => false,
+            } || client
+                .batch_execute("CREATE TABLE dbps_demo_probe (x int)")
+                .await
+                .is_ok();
+            (read, write)
+        }
+        _ => {
+            let http = reqwest::Client::new();
+            let base = format!("http://127.0.0.1:{}", server.port);
+            let auth = [
+                ("db", v["database"].as_str()),
+                ("u", v["username"].as_str()),
+                ("p", v["password"].as_str()),
+            ];
+            let read = http
+                .get(format!("{base}/query"))
+                .query(&auth)
+                .query(&[("q", "SELECT count(*) FROM readings")])
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            let write = http
+                .post(format!("{base}/write"))
+                .query(&auth)
+                .body("dbps_demo_probe value=1")
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            (read, write)
+        }
+    }
+}
+
 async fn wait_for_shutdown() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
@@ -428,19 +621,19 @@ impl Drop for Samples {
     }
 }
 
-/// Writes the values of Secret `<name>-db-binding` (the stable binding) as
-/// files under `root/<name>-db/`, as the kubelet projects a mounted Secret;
-/// whether a file changed.
+/// Writes the values of Secret `ns/secret` as files under `root/<dir>/`, as
+/// the kubelet projects a mounted Secret; whether a file changed.
 async fn project_binding(
     client: &Client,
     root: &std::path::Path,
     ns: &str,
-    name: &str,
+    secret: &str,
+    dir: &str,
 ) -> Result<bool, Error> {
     let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get(&format!("{name}-db-binding"))
+        .get(secret)
         .await?;
-    let dir = root.join(format!("{name}-db"));
+    let dir = root.join(dir);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io("create binding dir", e))?;
     let mut changed = false;
     for (key, value) in secret.data.unwrap_or_default() {
@@ -475,7 +668,42 @@ async fn run_samples(client: &Client, plane: &ControlPlane) -> Result<Samples, E
         ("iot", "devices"),
         ("iot", "telemetry"),
         ("iot", "alerts"),
+        ("analytics", "reporting"),
     ];
+    // Each service's stable binding, and reporting's read-only grants
+    // (Secrets dbps wrote in its namespace): (namespace, Secret, directory).
+    let mut projected: Vec<(String, String, String)> = services
+        .iter()
+        .map(|(ns, name)| {
+            (
+                ns.to_string(),
+                format!("{name}-db-binding"),
+                format!("{name}-db"),
+            )
+        })
+        .collect();
+    for (ns, claim) in [
+        ("shop", "orders-db"),
+        ("shop", "payments-db"),
+        ("iot", "telemetry-db"),
+    ] {
+        projected.push((
+            "analytics".into(),
+            format!("{ns}-{claim}-reader-reporting"),
+            format!("{claim}-reader"),
+        ));
+    }
+    // The grants are issued once reporting's Service exists: wait for them.
+    let secrets_in = |ns: &str| Api::<Secret>::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (ns, secret, _) in &projected {
+        while secrets_in(ns).get_opt(secret).await?.is_none() {
+            if Instant::now() > deadline {
+                return Err(Error::Wait(format!("Secret {ns}/{secret} was not issued")));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
     let mut urls = BTreeMap::new();
     for (_, name) in services {
         let port = dbps_e2e::ports::free_port()?;
@@ -487,8 +715,10 @@ async fn run_samples(client: &Client, plane: &ControlPlane) -> Result<Samples, E
         processes: Vec::new(),
         refresher: None,
     };
-    for (ns, name) in services {
-        project_binding(client, &root, ns, name).await?;
+    for (ns, secret, dir) in &projected {
+        project_binding(client, &root, ns, secret, dir).await?;
+    }
+    for (_, name) in services {
         let listen = samples.urls[name].trim_start_matches("http://").to_string();
         let urls = samples.urls.clone();
         let root = root.clone();
@@ -503,7 +733,8 @@ async fn run_samples(client: &Client, plane: &ControlPlane) -> Result<Samples, E
                     .env("PAYMENTS_URL", &urls["payments"])
                     .env("CATALOG_URL", &urls["catalog"])
                     .env("ORDERS_URL", &urls["orders"])
-                    .env("ALERTS_URL", &urls["alerts"]);
+                    .env("ALERTS_URL", &urls["alerts"])
+                    .env("REFRESH_SECONDS", "5");
             },
         )?;
         samples.processes.push(process);
@@ -516,9 +747,9 @@ async fn run_samples(client: &Client, plane: &ControlPlane) -> Result<Samples, E
         async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
-                for (ns, name) in services {
-                    if let Ok(true) = project_binding(&client, &root, ns, name).await {
-                        eprintln!("  {ns}/{name}-db-binding changed: its files are written anew");
+                for (ns, secret, dir) in &projected {
+                    if let Ok(true) = project_binding(&client, &root, ns, secret, dir).await {
+                        eprintln!("  {ns}/{secret} changed: its files are written anew");
                     }
                 }
             }

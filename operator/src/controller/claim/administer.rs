@@ -592,11 +592,23 @@ pub(super) async fn administer(
         compliant,
         readers: Some(readers),
     };
-    // Wake up for the end of a grace period or the next scheduled rotation.
-    let next = rotation::next_wake(&creds, &settings, now, ctx.config.resync);
+    // Wake up for the end of a grace period or the next scheduled rotation,
+    // and soon while a grant waits for its tables to be made.
+    let mut next = rotation::next_wake(&creds, &settings, now, ctx.config.resync);
+    let waiting = outcome
+        .readers
+        .iter()
+        .flatten()
+        .any(|r| !r.waiting.is_empty());
+    if waiting {
+        next = next.min(READERS_WAITING_RECHECK);
+    }
     update_status_full(claim, ctx, outcome, Some(creds), Some(database)).await?;
     Ok(Action::requeue(next))
 }
+
+/// How soon a grant waiting for tables not made yet looks again.
+const READERS_WAITING_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the read-only grants could not be made.
 enum Failure {
