@@ -27,10 +27,12 @@ deps:
 	@e2e/tools/install-deps.sh >/dev/null
 
 ## binaries: build (once) etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, kubectl, helm, FerretDB,
-## and the real node's kubelet, kube-proxy, containerd, runc, CNI plugins, CoreDNS, kube-router, pause
+## OpenSearch (from Maven Central), and the real node's kubelet, kube-proxy, containerd, runc, CNI plugins, CoreDNS,
+## kube-router, pause
 binaries:
 	@e2e/tools/build-binaries.sh >/dev/null
 	@e2e/tools/build-ferretdb.sh >/dev/null
+	@e2e/tools/build-opensearch.sh >/dev/null
 	@e2e/tools/build-binaries.sh --node >/dev/null
 
 ## crds: regenerate crds/ from the Rust types

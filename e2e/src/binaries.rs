@@ -25,6 +25,7 @@ pub struct Versions {
     pub kwok: String,
     pub helm: String,
     pub ferretdb: String,
+    pub opensearch: String,
 }
 
 impl Versions {
@@ -55,6 +56,7 @@ fn parse_versions(text: &str) -> Versions {
         kwok: get("KWOK_VERSION"),
         helm: get("HELM_VERSION"),
         ferretdb: get("FERRETDB_VERSION"),
+        opensearch: get("OPENSEARCH_VERSION"),
     }
 }
 

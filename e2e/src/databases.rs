@@ -235,7 +235,7 @@ fn write_tls(
     Ok(Some((crt, key)))
 }
 
-fn password() -> String {
+pub(crate) fn password() -> String {
     dbps_operator::password::generate()
 }
 

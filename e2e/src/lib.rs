@@ -21,6 +21,7 @@ pub mod fixtures;
 pub mod images;
 pub mod manifests;
 pub mod node;
+pub mod opensearch;
 pub mod operator;
 pub(crate) mod pki;
 pub mod ports;

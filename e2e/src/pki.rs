@@ -68,6 +68,25 @@ impl Authority {
         self.sign(params)
     }
 
+    /// A certificate for a server that is also a client of its peers (an
+    /// OpenSearch node's transport): `localhost` and `127.0.0.1`.
+    pub fn peer(&self, common_name: &str) -> Result<CertifiedKey, Error> {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        params.distinguished_name = name(common_name, &[]);
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(params)
+    }
+
     /// A client certificate for `user` in `groups`.
     pub fn client(&self, user: &str, groups: &[&str]) -> Result<CertifiedKey, Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;

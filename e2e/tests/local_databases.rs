@@ -100,3 +100,57 @@ async fn ferretdb_requires_authentication_and_survives_a_restart() {
         .unwrap();
     assert_eq!(n, 1, "data survives the restart");
 }
+
+#[tokio::test]
+async fn opensearch_serves_tls_only_and_requires_authentication() {
+    let node = dbps_e2e::opensearch::LocalOpenSearch::start()
+        .await
+        .unwrap();
+    let http = node.client().unwrap();
+    let about: serde_json::Value = http
+        .get(node.url("/"))
+        .basic_auth(&node.admin_user, Some(&node.admin_password))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        about["version"]["number"],
+        dbps_e2e::binaries::Versions::pinned().opensearch
+    );
+    assert_eq!(about["version"]["distribution"], "opensearch");
+    // The security plugin answers its REST API to the admin.
+    let admin = http
+        .get(node.url("/_plugins/_security/api/internalusers/admin"))
+        .basic_auth(&node.admin_user, Some(&node.admin_password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
+    for (user, password) in [(None, None), (Some("admin"), Some("wrong"))] {
+        let mut request = http.get(node.url("/_cluster/health"));
+        if let (Some(u), Some(p)) = (user, password) {
+            request = request.basic_auth(u, Some(p));
+        }
+        assert_eq!(request.send().await.unwrap().status(), 401, "{user:?}");
+    }
+    // No plain HTTP.
+    let plain = reqwest::Client::builder()
+        .tls_backend_preconfigured(
+            dbps_operator::engines::Tls::default()
+                .client_config()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{}/", node.port))
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || !plain.unwrap().status().is_success(),
+        "plain HTTP answered"
+    );
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `make demo` and `make test` need and a machine may lack:
 # Debian packages (make, a C compiler, git, Go, PostgreSQL with pg_partman
-# and pgAudit, InfluxDB 1.x),
+# and pgAudit, InfluxDB 1.x, Maven, Java and unzip for OpenSearch),
 # a Go toolchain new enough for toolchain switching, rustfmt and clippy.
 # Quick when everything is there. Prints the PATH to use (a fetched Go
 # toolchain goes first) as its last line.
@@ -26,6 +26,11 @@ pg_major=15
 [ -e "/usr/share/postgresql/$pg_major/extension/pgaudit.control" ] || need+=("postgresql-$pg_major-pgaudit")
 command -v influxd >/dev/null || need+=(influxdb)
 command -v influx >/dev/null || need+=(influxdb-client)
+# OpenSearch, assembled from Maven Central by build-opensearch.sh: Maven to
+# resolve it, Java 17 to run it, unzip for its security plugin.
+command -v mvn >/dev/null || need+=(maven)
+command -v java >/dev/null || need+=(default-jre-headless)
+command -v unzip >/dev/null || need+=(unzip)
 # The real node: runc's seccomp support, and what kube-proxy and the
 # NetworkPolicy enforcer (kube-router) call.
 [ -e /usr/include/seccomp.h ] || need+=(libseccomp-dev)
