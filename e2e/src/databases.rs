@@ -1,7 +1,9 @@
 //! Real database servers for the suites, each in a temp dir on a free
 //! loopback port, with authentication on and an admin user, stopped on drop:
-//! PostgreSQL and InfluxDB 1.x from Debian's packages, and FerretDB (a
-//! MongoDB wire-protocol server on SQLite) built from Go modules.
+//! PostgreSQL and InfluxDB 1.x from Debian's packages, FerretDB (a
+//! MongoDB wire-protocol server on SQLite) built from Go modules, and
+//! OpenSearch with its security plugin assembled from Maven Central
+//! ([`crate::opensearch`]).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ pub enum Kind {
     Postgres,
     InfluxDb,
     FerretDb,
+    /// OpenSearch with its security plugin: TLS only, always.
+    OpenSearch,
 }
 
 /// A running local database server.
@@ -34,16 +38,16 @@ pub struct LocalServer {
     /// With TLS: the CA (PEM) that signed the server's certificate. The server
     /// then accepts TLS connections only.
     pub ca_pem: Option<String>,
-    process: Process,
-    dir: Option<tempfile::TempDir>,
-    restart: Restart,
+    pub(crate) process: Process,
+    pub(crate) dir: Option<tempfile::TempDir>,
+    pub(crate) restart: Restart,
 }
 
 /// How to start the same server again on the same port and data.
-struct Restart {
-    program: PathBuf,
-    args: Vec<String>,
-    run_as: Option<(u32, u32)>,
+pub(crate) struct Restart {
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<String>,
+    pub(crate) run_as: Option<(u32, u32)>,
 }
 
 impl Kind {
@@ -53,6 +57,7 @@ impl Kind {
             Kind::Postgres => Engine::Postgres,
             Kind::InfluxDb => Engine::Influxdb,
             Kind::FerretDb => Engine::Mongodb,
+            Kind::OpenSearch => Engine::Opensearch,
         }
     }
 }
@@ -94,6 +99,7 @@ impl LocalServer {
             }
             Kind::InfluxDb => start_influxdb(tls).await,
             Kind::FerretDb => start_ferretdb(tls).await,
+            Kind::OpenSearch => crate::opensearch::start().await,
         }
     }
 
@@ -690,6 +696,37 @@ pub async fn round_trip(
                 .and_then(|d| d.get_str("v").ok().map(String::from))
                 .unwrap_or_default())
         }
+        Engine::Opensearch => {
+            // An index of the claim's prefix, written and read back.
+            let http = crate::opensearch::client(server).map_err(|e| e.to_string())?;
+            let index = format!("{}-probe", g.database);
+            let url = crate::opensearch::url(server, &format!("/{index}/_doc/1?refresh=true"));
+            let wrote = http
+                .put(&url)
+                .basic_auth(&g.username, Some(&g.password))
+                .json(&serde_json::json!({ "v": "hello" }))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if !wrote.status().is_success() {
+                return Err(format!(
+                    "write: HTTP {} {}",
+                    wrote.status(),
+                    wrote.text().await.unwrap_or_default()
+                ));
+            }
+            let read = http
+                .get(crate::opensearch::url(server, &format!("/{index}/_doc/1")))
+                .basic_auth(&g.username, Some(&g.password))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let body: serde_json::Value = read.json().await.map_err(|e| e.to_string())?;
+            body["_source"]["v"]
+                .as_str()
+                .map(String::from)
+                .ok_or_else(|| format!("read: {body}"))
+        }
     }
 }
 
@@ -740,6 +777,25 @@ pub mod behind_dbps {
             Some(e) => Err(e.to_string()),
             None => Ok(()),
         }
+    }
+
+    /// A request to a local OpenSearch node as its admin; the answer's status.
+    async fn opensearch(
+        server: &LocalServer,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let http = crate::opensearch::client(server).map_err(|e| e.to_string())?;
+        let mut request = http
+            .request(method, crate::opensearch::url(server, path))
+            .basic_auth(&server.admin_user, Some(&server.admin_password));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let answer = request.send().await.map_err(|e| e.to_string())?;
+        let status = answer.status().as_u16();
+        Ok((status, answer.json().await.unwrap_or_default()))
     }
 
     async fn mongo(server: &LocalServer) -> Result<mongodb::Client, String> {
@@ -797,6 +853,26 @@ pub mod behind_dbps {
                     .map(drop)
                     .map_err(|e| e.to_string())
             }
+            Engine::Opensearch => {
+                // An index under the name's prefix and a user, unmarked.
+                let doc = serde_json::json!({ "v": "legacy" });
+                let path = format!("/{database}-legacy/_doc/1?refresh=true");
+                let user = serde_json::json!({ "password": password });
+                for (method, path, body) in [
+                    (reqwest::Method::PUT, path, doc),
+                    (
+                        reqwest::Method::PUT,
+                        format!("/_plugins/_security/api/internalusers/{username}"),
+                        user,
+                    ),
+                ] {
+                    let (status, answer) = opensearch(server, method, &path, Some(body)).await?;
+                    if !(200..300).contains(&status) {
+                        return Err(format!("{path}: HTTP {status} {answer}"));
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
@@ -836,6 +912,18 @@ pub mod behind_dbps {
                 }
                 db.drop().await.map_err(|e| e.to_string())
             }
+            Engine::Opensearch => {
+                // The role (the reservation) is written first: the users
+                // and indices go.
+                for user in usernames {
+                    let path = format!("/_plugins/_security/api/internalusers/{user}");
+                    opensearch(server, reqwest::Method::DELETE, &path, None).await?;
+                }
+                let path = format!("/{database}-*?expand_wildcards=all");
+                opensearch(server, reqwest::Method::DELETE, &path, None)
+                    .await
+                    .map(drop)
+            }
         }
     }
 
@@ -874,6 +962,14 @@ pub mod behind_dbps {
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(names.iter().any(|n| n == database))
+            }
+            Engine::Opensearch => {
+                let role = format!("/_plugins/_security/api/roles/dbps-{database}");
+                let (status, _) = opensearch(server, reqwest::Method::GET, &role, None).await?;
+                let path = format!("/_resolve/index/{database}-*?expand_wildcards=all");
+                let (_, found) = opensearch(server, reqwest::Method::GET, &path, None).await?;
+                let indices = found["indices"].as_array().is_some_and(|i| !i.is_empty());
+                Ok(status == 200 || indices)
             }
         }
     }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::TestContext;
 use crate::claims::secret_values;
-use crate::databases::LocalServer;
+use crate::databases::{Kind, LocalServer};
 use crate::operator::TEST_LABEL;
 
 /// A test's namespace and its operator, which re-checks every object each
@@ -73,6 +73,18 @@ pub async fn register(ctx: &TestContext, name: &str, server: &LocalServer, extra
         "port": server.port,
         "adminSecretRef": { "namespace": ctx.namespace, "name": format!("{name}-admin") }
     });
+    // OpenSearch serves TLS only: it is registered with its CA.
+    if let (Kind::OpenSearch, Some(ca)) = (server.kind, &server.ca_pem) {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": { "name": format!("{name}-ca") }, "stringData": { "ca.crt": ca }
+        }))
+        .unwrap();
+        ctx.api::<Secret>()
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+        spec["tls"] = json!({ "enabled": true, "caSecretRef": { "namespace": ctx.namespace, "name": format!("{name}-ca") } });
+    }
     spec.as_object_mut()
         .unwrap()
         .extend(extra.as_object().cloned().unwrap_or_default());

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::Error;
+use crate::databases::{Kind, LocalServer, Restart};
 use crate::process::Process;
 
 /// The cached install of the pinned version.
@@ -27,56 +28,45 @@ pub fn install_dir() -> Result<PathBuf, Error> {
     }
 }
 
-/// A running node; stopped and its files removed on drop.
-pub struct LocalOpenSearch {
-    pub port: u16,
-    pub admin_user: String,
-    pub admin_password: String,
-    /// The CA (PEM) that signed the node's certificate.
-    pub ca_pem: String,
-    process: Process,
-    dir: Option<tempfile::TempDir>,
-}
-
 /// The node's distinguished name, which its peers (itself) must present.
 const NODE_DN: &str = "CN=dbps-opensearch-node";
 /// The client certificate allowed to change the security configuration
 /// directly (not used by the suites; the plugin asks for one).
 const ADMIN_DN: &str = "CN=dbps-opensearch-admin";
 
-impl LocalOpenSearch {
-    /// Starts a node and waits until the admin user is served.
-    pub async fn start() -> Result<Self, Error> {
-        crate::install_crypto_provider();
-        let home = install_dir()?;
-        let dir = tempfile::Builder::new()
-            .prefix("dbps-opensearch-")
-            .tempdir()
-            .map_err(|e| Error::io("create temp dir", e))?;
-        let path = dir.path().to_path_buf();
-        let conf = path.join("config");
-        copy_dir(&home.join("config"), &conf)?;
-        for sub in ["data", "logs", "tmp"] {
-            std::fs::create_dir_all(path.join(sub)).map_err(|e| Error::io("create dir", e))?;
-        }
+/// Starts a node and waits until its admin user is served: a
+/// [`LocalServer`] of kind [`Kind::OpenSearch`], with TLS (`ca_pem`).
+pub async fn start() -> Result<LocalServer, Error> {
+    crate::install_crypto_provider();
+    let home = install_dir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("dbps-opensearch-")
+        .tempdir()
+        .map_err(|e| Error::io("create temp dir", e))?;
+    let path = dir.path().to_path_buf();
+    let conf = path.join("config");
+    copy_dir(&home.join("config"), &conf)?;
+    for sub in ["data", "logs", "tmp"] {
+        std::fs::create_dir_all(path.join(sub)).map_err(|e| Error::io("create dir", e))?;
+    }
 
-        let ca = crate::pki::Authority::new("dbps-local-opensearch-ca")?;
-        let node = ca.peer(NODE_DN.trim_start_matches("CN="))?;
-        let write = |name: &str, text: &str| {
-            std::fs::write(conf.join(name), text).map_err(|e| Error::io(format!("write {name}"), e))
-        };
-        write("ca.pem", ca.cert_pem())?;
-        write("node.pem", &node.cert_pem)?;
-        write("node-key.pem", &node.key_pem)?;
+    let ca = crate::pki::Authority::new("dbps-local-opensearch-ca")?;
+    let node = ca.peer(NODE_DN.trim_start_matches("CN="))?;
+    let write = |name: &str, text: &str| {
+        std::fs::write(conf.join(name), text).map_err(|e| Error::io(format!("write {name}"), e))
+    };
+    write("ca.pem", ca.cert_pem())?;
+    write("node.pem", &node.cert_pem)?;
+    write("node-key.pem", &node.key_pem)?;
 
-        let admin_password = crate::databases::password();
-        let hash = bcrypt(&home, &admin_password)?;
-        let port = crate::ports::free_port()?;
-        let transport = crate::ports::free_port()?;
-        write(
-            "opensearch.yml",
-            &format!(
-                r#"cluster.name: dbps-e2e
+    let admin_password = crate::databases::password();
+    let hash = bcrypt(&home, &admin_password)?;
+    let port = crate::ports::free_port()?;
+    let transport = crate::ports::free_port()?;
+    write(
+        "opensearch.yml",
+        &format!(
+            r#"cluster.name: dbps-e2e
 node.name: node-1
 path.data: {data}
 path.logs: {logs}
@@ -99,130 +89,110 @@ plugins.security.allow_default_init_securityindex: true
 plugins.security.restapi.roles_enabled: ["all_access"]
 plugins.security.audit.type: noop
 "#,
-                data = path.join("data").display(),
-                logs = path.join("logs").display(),
-            ),
-        )?;
-        let security = conf.join("opensearch-security");
-        let write_security = |name: &str, text: String| {
-            std::fs::write(security.join(name), text)
-                .map_err(|e| Error::io(format!("write {name}"), e))
-        };
-        write_security(
-            "internal_users.yml",
-            format!(
-                "_meta: {{ type: internalusers, config_version: 2 }}\nadmin:\n  hash: \"{hash}\"\n  reserved: true\n  backend_roles: [admin]\n"
-            ),
-        )?;
-        write_security(
-            "roles_mapping.yml",
-            "_meta: { type: rolesmapping, config_version: 2 }\nall_access:\n  reserved: false\n  users: [admin]\n".into(),
-        )?;
-        write_security(
-            "config.yml",
-            "_meta: { type: config, config_version: 2 }\nconfig:\n  dynamic:\n    http:\n      anonymous_auth_enabled: false\n    authc:\n      basic:\n        http_enabled: true\n        transport_enabled: true\n        order: 0\n        http_authenticator: { type: basic, challenge: true }\n        authentication_backend: { type: intern }\n".into(),
-        )?;
-        // The security plugin warns about configuration others can read.
-        restrict(&conf)?;
+            data = path.join("data").display(),
+            logs = path.join("logs").display(),
+        ),
+    )?;
+    let security = conf.join("opensearch-security");
+    let write_security = |name: &str, text: String| {
+        std::fs::write(security.join(name), text).map_err(|e| Error::io(format!("write {name}"), e))
+    };
+    write_security(
+        "internal_users.yml",
+        format!(
+            "_meta: {{ type: internalusers, config_version: 2 }}\nadmin:\n  hash: \"{hash}\"\n  reserved: true\n  backend_roles: [admin]\n"
+        ),
+    )?;
+    write_security(
+        "roles_mapping.yml",
+        "_meta: { type: rolesmapping, config_version: 2 }\nall_access:\n  reserved: false\n  users: [admin]\n".into(),
+    )?;
+    write_security(
+        "config.yml",
+        "_meta: { type: config, config_version: 2 }\nconfig:\n  dynamic:\n    http:\n      anonymous_auth_enabled: false\n    authc:\n      basic:\n        http_enabled: true\n        transport_enabled: true\n        order: 0\n        http_authenticator: { type: basic, challenge: true }\n        authentication_backend: { type: intern }\n".into(),
+    )?;
+    // The security plugin warns about configuration others can read.
+    restrict(&conf)?;
 
-        // OpenSearch refuses to run as root. As root it runs in a user
-        // namespace of its own, as an ordinary user there; outside it is
-        // still this process's child, stopped by its handle.
-        let launcher = home.join("bin/opensearch");
-        // SAFETY: getuid has no preconditions.
-        let root = unsafe { libc::getuid() } == 0;
-        let (program, args) = match root {
-            true => (
-                PathBuf::from("unshare"),
-                vec![
-                    "--user".to_string(),
-                    "--map-user=1000".into(),
-                    "--map-group=1000".into(),
-                    launcher.display().to_string(),
-                ],
-            ),
-            false => (launcher, Vec::new()),
-        };
-        let tmp = path.join("tmp");
-        let process = Process::spawn("opensearch", &program, &args, &path, |cmd| {
-            cmd.env("OPENSEARCH_PATH_CONF", &conf)
-                .env("OPENSEARCH_TMPDIR", &tmp)
-                .env("OPENSEARCH_JAVA_OPTS", "-Xms256m -Xmx512m");
-        })?;
-        let mut server = Self {
-            port,
-            admin_user: "admin".into(),
-            admin_password,
-            ca_pem: ca.cert_pem().to_string(),
-            process,
-            dir: Some(dir),
-        };
-        let client = server.client()?;
-        let (url, user, password) = (
-            server.url("/_cluster/health"),
-            server.admin_user.clone(),
-            server.admin_password.clone(),
-        );
-        server
-            .process
-            .wait_until(Duration::from_secs(180), || {
-                let (client, url, user, password) =
-                    (client.clone(), url.clone(), user.clone(), password.clone());
-                async move {
-                    let answer = client
-                        .get(&url)
-                        .basic_auth(&user, Some(&password))
-                        .send()
-                        .await;
-                    match answer {
-                        Ok(r) if r.status().is_success() => r
-                            .json::<serde_json::Value>()
-                            .await
-                            .is_ok_and(|h| h["status"] == "green" || h["status"] == "yellow"),
-                        _ => false,
-                    }
+    // OpenSearch refuses to run as root. As root it runs in a user namespace
+    // of its own, as an ordinary user there; outside it is still this
+    // process's child (`env` and `unshare` exec it), stopped by its handle.
+    let launcher = home.join("bin/opensearch");
+    let mut args = vec![
+        format!("OPENSEARCH_PATH_CONF={}", conf.display()),
+        format!("OPENSEARCH_TMPDIR={}", path.join("tmp").display()),
+        "OPENSEARCH_JAVA_OPTS=-Xms256m -Xmx512m".to_string(),
+    ];
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        args.extend(["unshare", "--user", "--map-user=1000", "--map-group=1000"].map(String::from));
+    }
+    args.push(launcher.display().to_string());
+    let program = PathBuf::from("env");
+    let process = Process::spawn("opensearch", &program, &args, &path, |_| {})?;
+    let mut server = LocalServer {
+        kind: Kind::OpenSearch,
+        host: "127.0.0.1".into(),
+        port,
+        admin_user: "admin".into(),
+        admin_password,
+        ca_pem: Some(ca.cert_pem().to_string()),
+        process,
+        dir: Some(dir),
+        restart: Restart {
+            program,
+            args,
+            run_as: None,
+        },
+    };
+    let client = client(&server)?;
+    let (url, user, password) = (
+        url(&server, "/_cluster/health"),
+        server.admin_user.clone(),
+        server.admin_password.clone(),
+    );
+    server
+        .process
+        .wait_until(Duration::from_secs(180), || {
+            let (client, url, user, password) =
+                (client.clone(), url.clone(), user.clone(), password.clone());
+            async move {
+                let answer = client
+                    .get(&url)
+                    .basic_auth(&user, Some(&password))
+                    .send()
+                    .await;
+                match answer {
+                    Ok(r) if r.status().is_success() => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .is_ok_and(|h| h["status"] == "green" || h["status"] == "yellow"),
+                    _ => false,
                 }
-            })
-            .await?;
-        Ok(server)
-    }
-
-    /// `https://127.0.0.1:<port><path>`.
-    pub fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// An HTTPS client trusting the node's CA.
-    pub fn client(&self) -> Result<reqwest::Client, Error> {
-        let tls = dbps_operator::engines::Tls {
-            ca_pem: Some(self.ca_pem.clone()),
-        }
-        .client_config()
-        .map_err(|e| Error::Binaries(e.to_string()))?;
-        reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| Error::Binaries(format!("HTTP client: {e}")))
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.process.pid()
-    }
-
-    /// What the node wrote to its console so far.
-    pub fn log(&self) -> String {
-        self.process.log()
-    }
+            }
+        })
+        .await?;
+    Ok(server)
 }
 
-impl Drop for LocalOpenSearch {
-    fn drop(&mut self) {
-        self.process.stop();
-        if let Some(dir) = self.dir.take() {
-            let _ = dir.close();
-        }
+/// `https://127.0.0.1:<port><path>` of a local OpenSearch node.
+pub fn url(server: &LocalServer, path: &str) -> String {
+    format!("https://127.0.0.1:{}{path}", server.port)
+}
+
+/// An HTTPS client trusting the node's CA.
+pub fn client(server: &LocalServer) -> Result<reqwest::Client, Error> {
+    crate::install_crypto_provider();
+    let tls = dbps_operator::engines::Tls {
+        ca_pem: server.ca_pem.clone(),
     }
+    .client_config()
+    .map_err(|e| Error::Binaries(e.to_string()))?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| Error::Binaries(format!("HTTP client: {e}")))
 }
 
 /// The bcrypt hash of `password`, made by the security plugin's own hasher.

@@ -103,12 +103,11 @@ async fn ferretdb_requires_authentication_and_survives_a_restart() {
 
 #[tokio::test]
 async fn opensearch_serves_tls_only_and_requires_authentication() {
-    let node = dbps_e2e::opensearch::LocalOpenSearch::start()
-        .await
-        .unwrap();
-    let http = node.client().unwrap();
+    use dbps_e2e::opensearch::{client, url};
+    let node = LocalServer::start(Kind::OpenSearch).await.unwrap();
+    let http = client(&node).unwrap();
     let about: serde_json::Value = http
-        .get(node.url("/"))
+        .get(url(&node, "/"))
         .basic_auth(&node.admin_user, Some(&node.admin_password))
         .send()
         .await
@@ -123,14 +122,14 @@ async fn opensearch_serves_tls_only_and_requires_authentication() {
     assert_eq!(about["version"]["distribution"], "opensearch");
     // The security plugin answers its REST API to the admin.
     let admin = http
-        .get(node.url("/_plugins/_security/api/internalusers/admin"))
+        .get(url(&node, "/_plugins/_security/api/internalusers/admin"))
         .basic_auth(&node.admin_user, Some(&node.admin_password))
         .send()
         .await
         .unwrap();
     assert_eq!(admin.status(), 200);
     for (user, password) in [(None, None), (Some("admin"), Some("wrong"))] {
-        let mut request = http.get(node.url("/_cluster/health"));
+        let mut request = http.get(url(&node, "/_cluster/health"));
         if let (Some(u), Some(p)) = (user, password) {
             request = request.basic_auth(u, Some(p));
         }
@@ -139,9 +138,7 @@ async fn opensearch_serves_tls_only_and_requires_authentication() {
     // No plain HTTP.
     let plain = reqwest::Client::builder()
         .tls_backend_preconfigured(
-            dbps_operator::engines::Tls::default()
-                .client_config()
-                .unwrap(),
+            dbps_operator::engines::Tls::default().client_config().unwrap(),
         )
         .build()
         .unwrap()

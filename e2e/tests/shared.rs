@@ -210,6 +210,11 @@ async fn mongodb_shared_claims() {
 }
 
 #[tokio::test]
+async fn opensearch_shared_claims() {
+    lifecycle(Kind::OpenSearch, Engine::Opensearch).await;
+}
+
+#[tokio::test]
 async fn influxdb_shared_claims() {
     lifecycle(Kind::InfluxDb, Engine::Influxdb).await;
 }

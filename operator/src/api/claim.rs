@@ -18,9 +18,11 @@ macro_rules! cel_major {
             $v,
             ".version : (",
             $v,
-            ".engine == 'postgres' ? '17' : ",
+            ".engine == 'postgres' ? '17' : (",
             $v,
-            ".engine == 'mongodb' ? '8.0' : '1.11')).split('.')[0])"
+            ".engine == 'mongodb' ? '8.0' : (",
+            $v,
+            ".engine == 'opensearch' ? '2.19.4' : '1.11')))).split('.')[0])"
         )
     };
 }
@@ -74,7 +76,8 @@ const MAJOR_UPGRADE: &str = concat!(
     validation = Rule::new("!has(self.extensions) || size(self.extensions) == 0 || self.engine == 'postgres'").message("extensions are PostgreSQL's: remove them, or use engine postgres"),
     validation = Rule::new("!has(self.readers) || size(self.readers) == 0 || self.engine != 'mongodb'").message("readers: read-only grants are made on postgres and influxdb"),
     validation = Rule::new("!has(self.readers) || self.engine != 'postgres' || self.readers.all(r, has(r.tables) && size(r.tables) > 0)").message("readers: on postgres each reader names the tables or views it may read"),
-    validation = Rule::new("!has(self.readers) || self.engine != 'influxdb' || self.readers.all(r, !has(r.tables) || size(r.tables) == 0)").message("readers: InfluxDB grants read on the whole database; remove tables"),
+    validation = Rule::new("!has(self.readers) || !(self.engine in ['influxdb', 'opensearch']) || self.readers.all(r, !has(r.tables) || size(r.tables) == 0)").message("readers: InfluxDB and OpenSearch grant read on the whole database; remove tables"),
+    validation = Rule::new("self.engine != 'opensearch' || has(self.server)").message("opensearch: claims are placed on a registered DatabaseServer (spec.server); dedicated OpenSearch instances are not offered yet"),
     validation = Rule::new("!has(self.readers) || self.readers.all(r, has(r.namespace) || r.service != self.serviceRef.name)").message("readers: the owning Service reads its database already"),
     validation = Rule::new("!has(self.profile) || (self.engine == 'postgres' && has(self.server))").message("profile PCI needs a PostgreSQL database on a registered DatabaseServer (spec.server) whose TLS and audit log the platform runs"),
     validation = Rule::new("!has(self.profile) || self.deletionPolicy == 'Retain'").message("profile PCI keeps the data: deletionPolicy must be Retain"),
@@ -89,7 +92,8 @@ pub struct DatabaseClaimSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("serviceRef is immutable: a database cannot change owner"))]
     pub service_ref: ServiceRef,
 
-    /// Database engine: `postgres`, `mongodb` or `influxdb` (1.x API). Immutable.
+    /// Database engine: `postgres`, `mongodb`, `influxdb` (1.x API) or
+    /// `opensearch` (shared placement only). Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message("engine is immutable"))]
     pub engine: Engine,
 
@@ -290,11 +294,19 @@ pub enum Engine {
     Mongodb,
     /// InfluxDB, 1.x API.
     Influxdb,
+    /// OpenSearch (the Elasticsearch API), with its security plugin: a
+    /// claim's "database" is an index prefix.
+    Opensearch,
 }
 
 impl Engine {
     /// Every engine.
-    pub const ALL: [Engine; 3] = [Engine::Postgres, Engine::Mongodb, Engine::Influxdb];
+    pub const ALL: [Engine; 4] = [
+        Engine::Postgres,
+        Engine::Mongodb,
+        Engine::Influxdb,
+        Engine::Opensearch,
+    ];
 
     /// The engine's name in the API.
     pub fn as_str(self) -> &'static str {
@@ -302,6 +314,7 @@ impl Engine {
             Engine::Postgres => "postgres",
             Engine::Mongodb => "mongodb",
             Engine::Influxdb => "influxdb",
+            Engine::Opensearch => "opensearch",
         }
     }
 }

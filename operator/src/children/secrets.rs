@@ -110,6 +110,9 @@ pub fn binding_secret_generation(inputs: &Inputs, endpoint: &Endpoint, generatio
     };
     // servicebinding.io optional keys for TLS: the CA, and the engine's own.
     let entries = secret.data.get_or_insert_with(Default::default);
+    for (key, value) in engine.instance().binding_entries(&endpoint.database) {
+        entries.insert(key.to_string(), ByteString(value.into_bytes()));
+    }
     if let Some(ca) = tls.as_ref().and_then(Option::as_ref) {
         entries.insert("ca.crt".into(), ByteString(ca.clone().into_bytes()));
     }

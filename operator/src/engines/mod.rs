@@ -12,6 +12,7 @@
 mod admin;
 mod influxdb;
 mod mongodb;
+mod opensearch;
 pub mod ownership;
 mod postgres;
 
@@ -36,6 +37,7 @@ fn module(engine: Engine) -> (&'static dyn Instance, &'static dyn Administration
         Engine::Postgres => (&postgres::Postgres, &postgres::Postgres),
         Engine::Mongodb => (&mongodb::Mongodb, &mongodb::Mongodb),
         Engine::Influxdb => (&influxdb::Influxdb, &influxdb::Influxdb),
+        Engine::Opensearch => (&opensearch::Opensearch, &opensearch::Opensearch),
     }
 }
 
@@ -73,6 +75,16 @@ pub trait Instance: Sync {
     fn tls_binding_entries(&self) -> &'static [(&'static str, &'static str)] {
         &[]
     }
+    /// Keys of its own a binding of `database` carries (OpenSearch: the
+    /// index prefix).
+    fn binding_entries(&self, _database: &str) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+    /// The superuser the instance image makes (`dbps_admin` where the image
+    /// lets it be named).
+    fn admin_username(&self) -> &'static str {
+        "dbps_admin"
+    }
 }
 
 impl Engine {
@@ -93,7 +105,7 @@ impl Engine {
 
     /// The instance superuser, kept for the operator.
     pub fn admin_username(self) -> &'static str {
-        "dbps_admin"
+        self.instance().admin_username()
     }
 
     /// The app's user of credentials generation `generation`: two users
