@@ -138,7 +138,9 @@ async fn opensearch_serves_tls_only_and_requires_authentication() {
     // No plain HTTP.
     let plain = reqwest::Client::builder()
         .tls_backend_preconfigured(
-            dbps_operator::engines::Tls::default().client_config().unwrap(),
+            dbps_operator::engines::Tls::default()
+                .client_config()
+                .unwrap(),
         )
         .build()
         .unwrap()

@@ -12,7 +12,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/versions.env"
 VERSION=$OPENSEARCH_VERSION
 SECURITY_VERSION=$OPENSEARCH_SECURITY_VERSION
-MODULES="transport-netty4 analysis-common mapper-extras"
+MODULES="transport-netty4 analysis-common mapper-extras reindex"
 CACHE_ROOT="${DBPS_CACHE_DIR:-$HOME/.cache/dbps}"
 DEST="$CACHE_ROOT/opensearch-$VERSION"
 LAYOUT_REV=1

@@ -224,7 +224,8 @@ async fn write(
             200..=299 => return Ok(()),
             404 if method == Method::DELETE => return Ok(()),
             409 if attempt < CONFLICT_RETRIES => {
-                let jitter = 50 + (crate::engines::admin::fnv1a(path.as_bytes()) + attempt as u64) % 200;
+                let jitter =
+                    50 + (crate::engines::admin::fnv1a(path.as_bytes()) + attempt as u64) % 200;
                 tokio::time::sleep(Duration::from_millis(jitter)).await;
             }
             _ => return Err(refused(&format!("{method} {path}"), status, &value)),
@@ -288,7 +289,11 @@ async fn presences(
         None if prefixed(conn, database).await?.is_empty() => Presence::Absent,
         None => Presence::Unmarked,
     };
-    let mut found = vec![(ObjectKind::Database, database.to_string(), database_presence)];
+    let mut found = vec![(
+        ObjectKind::Database,
+        database.to_string(),
+        database_presence,
+    )];
     for user in usernames {
         found.push((
             ObjectKind::User,
@@ -340,7 +345,13 @@ async fn ensure_user(
     let works = *verdict == Verdict::Ours
         && roles_of(conn, user, password).await.as_deref() == Some(&[role.to_string()][..]);
     if !works {
-        write(conn, Method::PUT, &path, Some(&user_body(password, role, mark))).await?;
+        write(
+            conn,
+            Method::PUT,
+            &path,
+            Some(&user_body(password, role, mark)),
+        )
+        .await?;
     }
     // A rolesmapping that names the user would give it more: refused.
     match roles_of(conn, user, password).await {
@@ -482,7 +493,9 @@ async fn ensure_reader(
     let role_verdict = ownership::verdict(
         ObjectKind::Database,
         &role,
-        &role_presence(conn, &role).await?.unwrap_or(Presence::Absent),
+        &role_presence(conn, &role)
+            .await?
+            .unwrap_or(Presence::Absent),
         &claimant.mark,
         false,
     )?;
