@@ -198,8 +198,11 @@ fn refused(what: &str, status: u16, value: &Value) -> AdminError {
     AdminError::Refused(format!("{what}: HTTP {status}: {}", message(value)))
 }
 
+/// The lock a server's security configuration is written under.
+type WriteLock = Arc<tokio::sync::Mutex<()>>;
+
 /// One lock per server for writes to its security configuration.
-static WRITES: LazyLock<Mutex<HashMap<(String, u16), Arc<tokio::sync::Mutex<()>>>>> =
+static WRITES: LazyLock<Mutex<HashMap<(String, u16), WriteLock>>> =
     LazyLock::new(Default::default);
 
 /// A write to the security configuration (PUT or DELETE of a role or a
