@@ -66,7 +66,7 @@ fn cases() -> Vec<Case> {
             "unknown engine",
             "c1",
             json!({ "serviceRef": { "name": "orders" }, "engine": "mysql" }),
-            r#"spec.engine: Unsupported value: "mysql": supported values: "postgres", "mongodb", "influxdb""#,
+            r#"spec.engine: Unsupported value: "mysql": supported values: "postgres", "mongodb", "influxdb", "opensearch""#,
         ),
         create(
             "missing engine",
@@ -391,7 +391,7 @@ fn cases() -> Vec<Case> {
             "an InfluxDB reader with tables",
             "r3",
             json!({ "serviceRef": { "name": "orders" }, "engine": "influxdb", "readers": [{ "service": "reporting", "tables": ["cpu"] }] }),
-            "readers: InfluxDB grants read on the whole database",
+            "readers: InfluxDB and OpenSearch grant read on the whole database",
         ),
         create(
             "the owner as its own reader",
@@ -414,6 +414,18 @@ fn cases() -> Vec<Case> {
                 json!({ "readers": [{ "service": "reporting", "tables": ["a"] }, { "service": "reporting", "tables": ["b"] }] }),
             ),
             "spec.readers[1]: Duplicate value",
+        ),
+        create(
+            "a dedicated OpenSearch claim",
+            "o1",
+            json!({ "serviceRef": { "name": "search" }, "engine": "opensearch" }),
+            "opensearch: claims are placed on a registered DatabaseServer",
+        ),
+        create(
+            "an OpenSearch reader with tables",
+            "o2",
+            json!({ "serviceRef": { "name": "search" }, "engine": "opensearch", "server": { "name": "os" }, "readers": [{ "service": "reporting", "tables": ["x"] }] }),
+            "readers: InfluxDB and OpenSearch grant read on the whole database",
         ),
         server_case(
             "extensions allowed on another engine",

@@ -219,6 +219,14 @@ mod tests {
             Engine::Influxdb.uri("u", "p", "h", 8086, "tm"),
             "http://u:p@h:8086/?db=tm"
         );
+        assert_eq!(
+            Engine::Opensearch.uri_with_tls("u", "p", "h", 9200, "shop_search", true),
+            "https://u:p@h:9200"
+        );
+        assert_eq!(
+            Engine::Opensearch.instance().binding_entries("shop_search"),
+            [("prefix", "shop_search-".to_string())]
+        );
     }
 
     #[test]

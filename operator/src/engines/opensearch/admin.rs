@@ -202,8 +202,7 @@ fn refused(what: &str, status: u16, value: &Value) -> AdminError {
 type WriteLock = Arc<tokio::sync::Mutex<()>>;
 
 /// One lock per server for writes to its security configuration.
-static WRITES: LazyLock<Mutex<HashMap<(String, u16), WriteLock>>> =
-    LazyLock::new(Default::default);
+static WRITES: LazyLock<Mutex<HashMap<(String, u16), WriteLock>>> = LazyLock::new(Default::default);
 
 /// A write to the security configuration (PUT or DELETE of a role or a
 /// user), one at a time per server, tried again on a version conflict.
