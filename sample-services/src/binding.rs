@@ -18,6 +18,8 @@ pub struct Binding {
     pub ca_crt: Option<String>,
     /// `sslmode` (PostgreSQL), e.g. `verify-full`.
     pub sslmode: Option<String>,
+    /// `prefix` (OpenSearch): every index of the service starts with it.
+    pub prefix: Option<String>,
     /// Where it was read from (`$SERVICE_BINDING_ROOT` and the binding's
     /// name), to read it again.
     pub source: Option<(std::path::PathBuf, String)>,
@@ -89,6 +91,7 @@ impl Binding {
             password: value("password")?,
             ca_crt: value("ca.crt").ok(),
             sslmode: value("sslmode").ok(),
+            prefix: value("prefix").ok(),
             source: root
                 .filter(|r| r.join(name).is_dir())
                 .map(|r| (r.to_path_buf(), name.to_string())),

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use dbps_samples::binding::Binding;
-use dbps_samples::services::{alerts, catalog, devices, orders, payments, reporting, telemetry};
+use dbps_samples::services::{
+    alerts, catalog, devices, orders, payments, reporting, search, telemetry,
+};
 use dbps_samples::{http, outbox, stores};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -18,6 +20,7 @@ enum Service {
     Telemetry,
     Alerts,
     Reporting,
+    Search,
 }
 
 #[derive(Parser)]
@@ -48,6 +51,9 @@ struct Cli {
     /// telemetry: base URL of alerts (readings are offered to it).
     #[arg(long, env = "ALERTS_URL")]
     alerts_url: Option<String>,
+    /// catalog: base URL of search, which catalog's changes are delivered to.
+    #[arg(long, env = "SEARCH_URL")]
+    search_url: Option<String>,
     /// reporting: the read-only binding of orders' database.
     #[arg(
         long,
@@ -98,6 +104,9 @@ async fn check(service: Service, binding: &Binding) -> Result<(), Box<dyn std::e
             db.collection::<mongodb::bson::Document>("dbps_check")
                 .insert_one(mongodb::bson::doc! { "check": true })
                 .await?;
+        }
+        Service::Search => {
+            search::Search::connect(binding)?.setup().await?;
         }
         Service::Telemetry => {
             stores::Influx::connect(binding)
@@ -189,6 +198,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let svc = catalog::Catalog {
                 db: stores::Mongo::connect(&binding).await?,
             };
+            svc.setup().await?;
+            if let Some(search_url) = cli.search_url.clone() {
+                tokio::spawn(catalog::relay(
+                    svc.clone(),
+                    http_client.clone(),
+                    search_url,
+                    Duration::from_millis(500),
+                    until_stopped(),
+                ));
+            }
+            svc.routes()
+        }
+        Service::Search => {
+            let svc = search::Search::connect(&binding)?;
             svc.setup().await?;
             svc.routes()
         }

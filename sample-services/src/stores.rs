@@ -93,7 +93,7 @@ async fn log_end<F: std::future::Future<Output = Result<(), tokio_postgres::Erro
 }
 
 /// A TLS client trusting `ca` (PEM), or the public roots without one.
-fn tls_config(ca: Option<&str>) -> rustls::ClientConfig {
+pub fn tls_config(ca: Option<&str>) -> rustls::ClientConfig {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();

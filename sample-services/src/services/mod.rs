@@ -8,6 +8,7 @@ pub mod devices;
 pub mod orders;
 pub mod payments;
 pub mod reporting;
+pub mod search;
 pub mod telemetry;
 
 /// Maps a database error to an API error, logging it.

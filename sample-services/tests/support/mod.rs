@@ -43,6 +43,13 @@ pub async fn provision(
     ] {
         std::fs::write(dir.join(key), value).unwrap();
     }
+    // What a binding adds for TLS (the CA) and for the engine (OpenSearch's prefix).
+    if let Some(ca) = &server.ca_pem {
+        std::fs::write(dir.join("ca.crt"), ca).unwrap();
+    }
+    for (key, value) in engine.instance().binding_entries(&grant.database) {
+        std::fs::write(dir.join(key), value).unwrap();
+    }
     Binding::read_from(Some(root), &name, |_| None).unwrap()
 }
 
