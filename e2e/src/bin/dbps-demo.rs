@@ -26,8 +26,12 @@ const SYSTEM_NAMESPACE: &str = "dbps-system";
 const SAMPLES: [(&str, &str, &str); 4] = [
     (
         "shop",
-        "sample-services/manifests/ecommerce.yaml",
-        include_str!("../../../sample-services/manifests/ecommerce.yaml"),
+        "sample-services/manifests/{ecommerce,search}.yaml",
+        concat!(
+            include_str!("../../../sample-services/manifests/ecommerce.yaml"),
+            "\n---\n",
+            include_str!("../../../sample-services/manifests/search.yaml"),
+        ),
     ),
     (
         "iot",
@@ -105,9 +109,9 @@ async fn main() -> Result<(), Error> {
     };
 
     eprintln!(
-        "starting PostgreSQL, PostgreSQL for card data (TLS only, pgAudit), FerretDB and InfluxDB on loopback ports ..."
+        "starting PostgreSQL, PostgreSQL for card data (TLS only, pgAudit), FerretDB, InfluxDB and OpenSearch on loopback ports ..."
     );
-    let (postgres, postgres_pci, mongodb, influxdb) = tokio::try_join!(
+    let (postgres, postgres_pci, mongodb, influxdb, opensearch) = tokio::try_join!(
         LocalServer::start(Kind::Postgres),
         LocalServer::start_postgres(PostgresOptions {
             tls: true,
@@ -116,12 +120,14 @@ async fn main() -> Result<(), Error> {
         }),
         LocalServer::start(Kind::FerretDb),
         LocalServer::start(Kind::InfluxDb),
+        LocalServer::start(Kind::OpenSearch),
     )?;
     let servers = [
         ("local-postgres", Engine::Postgres, &postgres),
         ("local-postgres-pci", Engine::Postgres, &postgres_pci),
         ("local-mongodb", Engine::Mongodb, &mongodb),
         ("local-influxdb", Engine::Influxdb, &influxdb),
+        ("local-opensearch", Engine::Opensearch, &opensearch),
     ];
     create_namespace(&client, SYSTEM_NAMESPACE, false, None).await?;
     for (name, engine, server) in servers {
@@ -168,7 +174,7 @@ async fn main() -> Result<(), Error> {
         // reaches the dedicated instances' Services and, through forwarders,
         // the local servers at the addresses they are registered with.
         Some(node) => {
-            for server in [&postgres, &postgres_pci, &mongodb, &influxdb] {
+            for server in [&postgres, &postgres_pci, &mongodb, &influxdb, &opensearch] {
                 node.forward_to_host(server.port)?;
             }
             let program = std::env::current_exe()
@@ -284,6 +290,7 @@ async fn main() -> Result<(), Error> {
         "local-postgres-pci" => &postgres_pci,
         "local-mongodb" => &mongodb,
         "local-influxdb" => &influxdb,
+        "local-opensearch" => &opensearch,
         _ => &postgres,
     };
     println!(
@@ -432,7 +439,7 @@ async fn main() -> Result<(), Error> {
         println!("  {name:<10} {u}");
     }
     println!(
-        "\nTry them:\n  curl -s -XPOST {c}/products -H 'content-type: application/json' -d '{{\"sku\":\"mug\",\"name\":\"Mug\",\"price_cents\":1200,\"attributes\":{{\"color\":\"red\"}}}}'\n  curl -s '{c}/products?color=red'\n  curl -s -XPOST {o}/orders -H 'content-type: application/json' -d '{{\"customer\":\"ada\",\"items\":[{{\"sku\":\"mug\",\"quantity\":2,\"unit_price_cents\":1200}}]}}'\n  curl -s {o}/orders                       # PENDING, then PAID (or CANCELLED above {p}/payments' limit)\n  curl -s {o}/orders/<id>/details          # the order composed with the catalog's products\n  curl -s {p}/payments\n  curl -s -XPOST {a}/rules -H 'content-type: application/json' -d '{{\"metric\":\"temperature\",\"op\":\"gt\",\"threshold\":30}}'\n  curl -s -XPOST {t}/readings -H 'content-type: application/json' -d '[{{\"device_id\":\"th-1\",\"metric\":\"temperature\",\"value\":31.5}}]'\n  curl -s '{t}/readings?device_id=th-1'\n  curl -s {a}/alerts\n  curl -s -XPOST {d}/devices -H 'content-type: application/json' -d '{{\"id\":\"th-1\",\"name\":\"Greenhouse\",\"kind\":\"thermometer\"}}'\n  curl -s -XPOST {r}/refresh                # reporting: orders, payments and telemetry aggregated into its warehouse\n  curl -s {r}/report",
+        "\nTry them:\n  curl -s -XPOST {c}/products -H 'content-type: application/json' -d '{{\"sku\":\"mug\",\"name\":\"Mug\",\"price_cents\":1200,\"attributes\":{{\"color\":\"red\"}}}}'\n  curl -s '{c}/products?color=red'\n  curl -s -XPOST {o}/orders -H 'content-type: application/json' -d '{{\"customer\":\"ada\",\"items\":[{{\"sku\":\"mug\",\"quantity\":2,\"unit_price_cents\":1200}}]}}'\n  curl -s {o}/orders                       # PENDING, then PAID (or CANCELLED above {p}/payments' limit)\n  curl -s {o}/orders/<id>/details          # the order composed with the catalog's products\n  curl -s {p}/payments\n  curl -s -XPOST {a}/rules -H 'content-type: application/json' -d '{{\"metric\":\"temperature\",\"op\":\"gt\",\"threshold\":30}}'\n  curl -s -XPOST {t}/readings -H 'content-type: application/json' -d '[{{\"device_id\":\"th-1\",\"metric\":\"temperature\",\"value\":31.5}}]'\n  curl -s '{t}/readings?device_id=th-1'\n  curl -s {a}/alerts\n  curl -s -XPOST {d}/devices -H 'content-type: application/json' -d '{{\"id\":\"th-1\",\"name\":\"Greenhouse\",\"kind\":\"thermometer\"}}'\n  curl -s -XPOST {r}/refresh                # reporting: orders, payments and telemetry aggregated into its warehouse\n  curl -s {r}/report\n  curl -s '{s}/search?q=mug'               # search: catalog's products, indexed from its events, full text",
         c = url("catalog"),
         o = url("orders"),
         p = url("payments"),
@@ -440,6 +447,7 @@ async fn main() -> Result<(), Error> {
         t = url("telemetry"),
         d = url("devices"),
         r = url("reporting"),
+        s = url("search"),
     );
 
     let bin = dbps_e2e::binaries::dir().map_err(Error::Binaries)?;
@@ -466,7 +474,7 @@ async fn main() -> Result<(), Error> {
     }
     drop(node);
     drop(samples);
-    drop((postgres, mongodb, influxdb));
+    drop((postgres, postgres_pci, mongodb, influxdb, opensearch));
     drop(plane);
     Ok(())
 }
@@ -665,6 +673,7 @@ async fn run_samples(client: &Client, plane: &ControlPlane) -> Result<Samples, E
         ("shop", "orders"),
         ("shop", "catalog"),
         ("shop", "payments"),
+        ("shop", "search"),
         ("iot", "devices"),
         ("iot", "telemetry"),
         ("iot", "alerts"),
@@ -734,6 +743,7 @@ async fn run_samples(client: &Client, plane: &ControlPlane) -> Result<Samples, E
                     .env("CATALOG_URL", &urls["catalog"])
                     .env("ORDERS_URL", &urls["orders"])
                     .env("ALERTS_URL", &urls["alerts"])
+                    .env("SEARCH_URL", &urls["search"])
                     .env("REFRESH_SECONDS", "5");
             },
         )?;
