@@ -95,7 +95,7 @@ mod tests {
     #[test]
     fn pinned_versions_form_the_script_cache_key() {
         let v = parse_versions(
-            "# c\nKUBERNETES_VERSION=v1.2.3\nETCD_VERSION=v3.6.1\nKWOK_VERSION=v0.8.0\nHELM_VERSION=v3.1.0\nFERRETDB_VERSION=v1.2.3\n",
+            "# c\nKUBERNETES_VERSION=v1.2.3\nETCD_VERSION=v3.6.1\nKWOK_VERSION=v0.8.0\nHELM_VERSION=v3.1.0\nFERRETDB_VERSION=v1.2.3\nOPENSEARCH_VERSION=2.19.4\n",
         );
         assert_eq!(
             v.cache_key(),

@@ -431,6 +431,7 @@ async fn main() -> Result<(), Error> {
     if violations > 0 {
         eprintln!("\n{violations} unexpected results: see above");
     }
+    walk_through(&samples.urls).await;
     println!(
         "\nThe sample services run on loopback with their bindings (under {}):",
         samples.root.display()
@@ -534,6 +535,68 @@ fn print_claims(claims: &[DatabaseClaim]) {
                 .unwrap_or_default(),
         );
     }
+}
+
+/// One trip through the samples, printed: a product reaches search through
+/// catalog's outbox, an order is paid through the saga (payments on the PCI
+/// server), a reading is recorded, and reporting aggregates them.
+async fn walk_through(urls: &BTreeMap<String, String>) {
+    let http = reqwest::Client::new();
+    let url = |name: &str, path: &str| format!("{}{path}", urls[name]);
+    println!("\nA walk through the samples:");
+    let product = serde_json::json!({ "sku": "mug", "name": "Red mug", "price_cents": 1200, "attributes": { "color": "red" } });
+    let _ = http
+        .post(url("catalog", "/products"))
+        .json(&product)
+        .send()
+        .await;
+    let order = serde_json::json!({ "customer": "ada", "items": [{ "sku": "mug", "quantity": 2, "unit_price_cents": 1200 }] });
+    let placed: serde_json::Value = match http
+        .post(url("orders", "/orders"))
+        .json(&order)
+        .send()
+        .await
+    {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    };
+    let reading =
+        serde_json::json!([{ "device_id": "th-1", "metric": "temperature", "value": 21.5 }]);
+    let _ = http
+        .post(url("telemetry", "/readings"))
+        .json(&reading)
+        .send()
+        .await;
+    let id = placed["id"].as_str().unwrap_or_default().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut status = String::new();
+    let mut found = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        let order: serde_json::Value = match http
+            .get(url("orders", &format!("/orders/{id}")))
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        status = order["status"].as_str().unwrap_or_default().to_string();
+        found = match http.get(url("search", "/search?q=mug")).send().await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if status == "PAID" && found.as_array().is_some_and(|h| !h.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!("  catalog → search (outbox, CQRS read view): GET /search?q=mug → {found}");
+    println!("  orders → payments (saga; payments on the PCI server): order {id} is {status}");
+    let report: serde_json::Value = match http.post(url("reporting", "/refresh")).send().await {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    };
+    println!("  reporting (read-only grants → its warehouse): POST /refresh → {report}");
 }
 
 /// The claims of namespace `ns`.
