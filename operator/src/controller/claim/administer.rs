@@ -507,7 +507,6 @@ pub(super) async fn administer(
         Ok(readers) => readers,
         Err(Failure::Server(e)) => return server_failure(e, None).await,
         Err(Failure::Kube(e)) => return Err(e),
-        Err(Failure::Refused) => return Ok(resync),
     };
     if !provisioned.adopted.is_empty() {
         let note = format!(
@@ -614,8 +613,6 @@ const READERS_WAITING_RECHECK: std::time::Duration = std::time::Duration::from_s
 enum Failure {
     Server(AdminError),
     Kube(Error),
-    /// A Secret of a grant's name belongs to someone else (told in the status).
-    Refused,
 }
 
 impl From<kube::Error> for Failure {
@@ -661,17 +658,27 @@ async fn grant_readers(
         let secrets: Api<Secret> = ctx.api(&reader_ns);
         let secret_name = names::reader_secret(&ns, &name, &reader_ns, &reader.service);
         let current = secrets.get_opt(&secret_name).await?;
+        // A Secret of the grant's name that dbps did not make for it is
+        // left alone and the grant is not issued; the claim itself (its own
+        // binding, fenced for its Service) is not held up by it.
         if let Some(message) = current
             .as_ref()
             .and_then(|s| crate::children::foreign_reader_secret(s, inputs, &reader.service))
         {
-            let outcome = Outcome::waiting(
-                ClaimPhase::Failed,
-                Reason::ObjectOwnedByAnotherService,
-                message,
+            let note = format!(
+                "{message}; the read grant to Service {reader_ns}/{} is not issued",
+                reader.service
             );
-            update_status(claim, ctx, outcome).await?;
-            return Err(Failure::Refused);
+            publish(
+                ctx,
+                claim,
+                EventType::Warning,
+                Reason::ObjectOwnedByAnotherService,
+                "Grant",
+                note,
+            )
+            .await;
+            continue;
         }
         let before = recorded
             .iter()
@@ -789,7 +796,14 @@ async fn grant_readers(
             )
             .await
             .map_err(Failure::Server)?;
-        delete_if_present(&ctx.api::<Secret>(&gone.namespace), &gone.binding).await?;
+        // Its Secret goes, unless someone else's now holds the name.
+        let secrets: Api<Secret> = ctx.api(&gone.namespace);
+        let ours = secrets.get_opt(&gone.binding).await?.is_some_and(|s| {
+            crate::children::foreign_reader_secret(&s, inputs, &gone.service).is_none()
+        });
+        if ours {
+            delete_if_present(&secrets, &gone.binding).await?;
+        }
         let note = format!(
             "Service {}/{} may no longer read database {:?}: its user {:?} was dropped and Secret {:?} deleted",
             gone.namespace, gone.service, target.database, gone.username, gone.binding
