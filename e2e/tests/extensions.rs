@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dbps_e2e::claims::{reason_is, secret_values};
-use dbps_e2e::databases::{Kind, LocalServer};
+use dbps_e2e::databases::{Kind, LocalServer, connect_postgres};
 use dbps_e2e::fixtures::{self, wait_event};
 use dbps_operator::api::{DatabaseClaim, ExtensionStatus};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 async fn connect(server: &LocalServer, user: &str, password: &str, database: &str) -> Client {
     try_connect(server, user, password, database)
@@ -25,14 +25,8 @@ async fn try_connect(
     user: &str,
     password: &str,
     database: &str,
-) -> Result<Client, tokio_postgres::Error> {
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user={user} password={password} dbname={database}",
-        server.port
-    );
-    let (client, conn) = tokio_postgres::connect(&conninfo, NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
+) -> Result<Client, String> {
+    connect_postgres(server, database, user, password).await
 }
 
 async fn binding(ctx: &dbps_e2e::TestContext, claim: &str) -> BTreeMap<String, String> {

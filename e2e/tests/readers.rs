@@ -10,25 +10,17 @@ use std::time::Duration;
 
 use dbps_e2e::TestContext;
 use dbps_e2e::claims::{reason_is, secret_values};
-use dbps_e2e::databases::{Kind, LocalServer};
+use dbps_e2e::databases::{Kind, LocalServer, connect_postgres};
 use dbps_e2e::fixtures::{self, wait_event};
 use dbps_operator::api::{DatabaseClaim, ReaderStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 async fn connect(server: &LocalServer, b: &BTreeMap<String, String>) -> Result<Client, String> {
-    let conninfo = format!(
-        "host=127.0.0.1 port={} user={} password={} dbname={}",
-        server.port, b["username"], b["password"], b["database"]
-    );
-    let (client, conn) = tokio_postgres::connect(&conninfo, NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    Ok(client)
+    connect_postgres(server, &b["database"], &b["username"], &b["password"]).await
 }
 
 async fn values(ctx: &TestContext, secret: &str) -> BTreeMap<String, String> {

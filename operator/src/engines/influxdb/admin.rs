@@ -390,6 +390,16 @@ async fn drop_database(
 /// Drops `username` if it carries `mark`; its mark stays, so the name is
 /// still this claim's for its next rotation.
 async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<(), AdminError> {
+    drop_user_if_owned(conn, username, mark).await.map(drop)
+}
+
+/// Drops `username` (when it exists) if its mark, or its reservation, is
+/// `mark`; true when it is this claim's.
+async fn drop_user_if_owned(
+    conn: &Connection,
+    username: &str,
+    mark: &Mark,
+) -> Result<bool, AdminError> {
     let key = user_key(username);
     let marks = read_marks(conn, std::slice::from_ref(&key)).await?;
     let exists = names(conn, "SHOW USERS")
@@ -397,10 +407,13 @@ async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<(), Ad
         .iter()
         .any(|u| u == username);
     let presence = Presence::of(exists, marks.get(&key).map(String::as_str));
-    if exists && ownership::owned_by(&presence, mark) {
+    if !ownership::owned_by(&presence, mark) {
+        return Ok(false);
+    }
+    if exists {
         admin(conn, &format!("DROP USER {}", quote_ident(username))).await?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A user with `READ` on the claim's database only; marked first, as the
@@ -441,21 +454,12 @@ async fn ensure_reader(
     Ok(Vec::new())
 }
 
+/// Drops `username` and its mark if it carries `mark`.
 async fn drop_reader(conn: &Connection, username: &str, mark: &Mark) -> Result<(), AdminError> {
-    let key = user_key(username);
-    let marks = read_marks(conn, std::slice::from_ref(&key)).await?;
-    let exists = names(conn, "SHOW USERS")
-        .await?
-        .iter()
-        .any(|u| u == username);
-    let presence = Presence::of(exists, marks.get(&key).map(String::as_str));
-    if !ownership::owned_by(&presence, mark) {
-        return Ok(());
+    if drop_user_if_owned(conn, username, mark).await? {
+        erase_mark(conn, &user_key(username)).await?;
     }
-    if exists {
-        admin(conn, &format!("DROP USER {}", quote_ident(username))).await?;
-    }
-    erase_mark(conn, &key).await
+    Ok(())
 }
 
 impl Administration for super::Influxdb {

@@ -43,21 +43,25 @@ pub fn read_role_name(database: &str) -> String {
     format!("dbps-{database}-read")
 }
 
+/// Cluster-level actions a reader needs: `GET /` and the multi-index
+/// reads, whose per-index parts are then checked against its index rights.
+const READ_CLUSTER_ACTIONS: [&str; 6] = [
+    "cluster:monitor/main",
+    "indices:data/read/mget",
+    "indices:data/read/msearch",
+    "indices:data/read/mtv",
+    "indices:data/read/scroll",
+    "indices:data/read/scroll/clear",
+];
+
 /// The app role: everything on `<database>-*` an application needs, and
 /// nothing that names or reaches another index.
 fn app_role(database: &str, mark: &Mark) -> Value {
+    let mut cluster = READ_CLUSTER_ACTIONS.to_vec();
+    cluster.extend(["indices:data/write/bulk", "indices:data/write/reindex"]);
     json!({
         "description": mark.encode(),
-        "cluster_permissions": [
-            "cluster:monitor/main",
-            "indices:data/read/mget",
-            "indices:data/read/msearch",
-            "indices:data/read/mtv",
-            "indices:data/read/scroll",
-            "indices:data/read/scroll/clear",
-            "indices:data/write/bulk",
-            "indices:data/write/reindex",
-        ],
+        "cluster_permissions": cluster,
         "index_permissions": [{
             "index_patterns": [format!("{}*", index_prefix(database))],
             "allowed_actions": [
@@ -85,14 +89,7 @@ fn app_role(database: &str, mark: &Mark) -> Value {
 fn read_role(database: &str, mark: &Mark) -> Value {
     json!({
         "description": mark.encode(),
-        "cluster_permissions": [
-            "cluster:monitor/main",
-            "indices:data/read/mget",
-            "indices:data/read/msearch",
-            "indices:data/read/mtv",
-            "indices:data/read/scroll",
-            "indices:data/read/scroll/clear",
-        ],
+        "cluster_permissions": READ_CLUSTER_ACTIONS,
         "index_permissions": [{
             "index_patterns": [format!("{}*", index_prefix(database))],
             "allowed_actions": [
@@ -344,17 +341,19 @@ async fn ensure_user(
     let path = format!("/_plugins/_security/api/internalusers/{user}");
     // Each write to the security configuration costs every client a fresh
     // password check: a user that works as it should is left alone.
-    let works = *verdict == Verdict::Ours
-        && roles_of(conn, user, password).await.as_deref() == Some(&[role.to_string()][..]);
-    if !works {
-        write(
-            conn,
-            Method::PUT,
-            &path,
-            Some(&user_body(password, role, mark)),
-        )
-        .await?;
+    let alone = [role.to_string()];
+    if *verdict == Verdict::Ours
+        && roles_of(conn, user, password).await.as_deref() == Some(&alone[..])
+    {
+        return Ok(());
     }
+    write(
+        conn,
+        Method::PUT,
+        &path,
+        Some(&user_body(password, role, mark)),
+    )
+    .await?;
     // A rolesmapping that names the user would give it more: refused.
     match roles_of(conn, user, password).await {
         Some(roles) if roles == [role] => Ok(()),

@@ -650,18 +650,7 @@ async fn drop_reader(
     if !ownership::owned_by(&found[1].2, mark) {
         return Ok(());
     }
-    let sql = format!(
-        "ALTER ROLE {} WITH NOLOGIN PASSWORD NULL",
-        quote_ident(user)
-    );
-    client.batch_execute(&sql).await.map_err(classify)?;
-    client
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
-            &[&user],
-        )
-        .await
-        .map_err(classify)?;
+    end_logins(&client, user).await?;
     // Its grants in the database go with DROP OWNED (it owns nothing).
     if found[0].2 != Presence::Absent {
         let inside = connect(conn, &conn.username, &conn.password, db).await?;
@@ -693,6 +682,11 @@ async fn revoke(conn: &Connection, username: &str, mark: &Mark) -> Result<(), Ad
     if !ownership::owned_by(&presence, mark) {
         return Ok(());
     }
+    end_logins(&client, user).await
+}
+
+/// `user` can no longer log in, and its open sessions end.
+async fn end_logins(client: &Client, user: &str) -> Result<(), AdminError> {
     let sql = format!(
         "ALTER ROLE {} WITH NOLOGIN PASSWORD NULL",
         quote_ident(user)
