@@ -416,12 +416,6 @@ fn cases() -> Vec<Case> {
             "spec.readers[1]: Duplicate value",
         ),
         create(
-            "a dedicated OpenSearch claim",
-            "o1",
-            json!({ "serviceRef": { "name": "search" }, "engine": "opensearch" }),
-            "opensearch: claims are placed on a registered DatabaseServer",
-        ),
-        create(
             "an OpenSearch reader with tables",
             "o2",
             json!({ "serviceRef": { "name": "search" }, "engine": "opensearch", "server": { "name": "os" }, "readers": [{ "service": "reporting", "tables": ["x"] }] }),
@@ -584,6 +578,10 @@ async fn malformed_objects_are_rejected_by_the_apiserver_with_a_clear_message() 
         claim(
             "ok-dedicated-rotation",
             pg(json!({ "rotation": { "everySeconds": 86400, "gracePeriodSeconds": 600 } })),
+        ),
+        claim(
+            "ok-dedicated-opensearch",
+            json!({ "serviceRef": { "name": "search" }, "engine": "opensearch", "version": "2.19.4" }),
         ),
     ] {
         let o: DynamicObject = serde_json::from_value(object).unwrap();

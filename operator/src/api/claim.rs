@@ -77,7 +77,6 @@ const MAJOR_UPGRADE: &str = concat!(
     validation = Rule::new("!has(self.readers) || size(self.readers) == 0 || self.engine != 'mongodb'").message("readers: read-only grants are made on postgres and influxdb"),
     validation = Rule::new("!has(self.readers) || self.engine != 'postgres' || self.readers.all(r, has(r.tables) && size(r.tables) > 0)").message("readers: on postgres each reader names the tables or views it may read"),
     validation = Rule::new("!has(self.readers) || !(self.engine in ['influxdb', 'opensearch']) || self.readers.all(r, !has(r.tables) || size(r.tables) == 0)").message("readers: InfluxDB and OpenSearch grant read on the whole database; remove tables"),
-    validation = Rule::new("self.engine != 'opensearch' || has(self.server)").message("opensearch: claims are placed on a registered DatabaseServer (spec.server); dedicated OpenSearch instances are not offered yet"),
     validation = Rule::new("!has(self.readers) || self.readers.all(r, has(r.namespace) || r.service != self.serviceRef.name)").message("readers: the owning Service reads its database already"),
     validation = Rule::new("!has(self.profile) || (self.engine == 'postgres' && has(self.server))").message("profile PCI needs a PostgreSQL database on a registered DatabaseServer (spec.server) whose TLS and audit log the platform runs"),
     validation = Rule::new("!has(self.profile) || self.deletionPolicy == 'Retain'").message("profile PCI keeps the data: deletionPolicy must be Retain"),
@@ -93,7 +92,7 @@ pub struct DatabaseClaimSpec {
     pub service_ref: ServiceRef,
 
     /// Database engine: `postgres`, `mongodb`, `influxdb` (1.x API) or
-    /// `opensearch` (shared placement only). Immutable.
+    /// `opensearch`. Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message("engine is immutable"))]
     pub engine: Engine,
 

@@ -4,6 +4,7 @@
 mod network_policy;
 mod rbac;
 mod secrets;
+pub mod tls;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -19,8 +20,8 @@ use crate::api::{CLAIM_LABEL, DatabaseClaim, Engine, SERVICE_LABEL, Service};
 pub use network_policy::network_policy;
 pub use rbac::{binding_reader, binding_reader_role, binding_reader_role_binding};
 pub use secrets::{
-    CLAIM_NAMESPACE_LABEL, Credentials, Endpoint, admin_secret, binding_secret_generation,
-    foreign_reader_secret, reader_secret, secret_value,
+    CLAIM_NAMESPACE_LABEL, Credentials, Endpoint, InstanceFiles, admin_secret,
+    binding_secret_generation, foreign_reader_secret, reader_secret, secret_value,
 };
 pub use workload::{instance_service, statefulset};
 
@@ -241,6 +242,7 @@ pub(crate) mod fixtures {
         Credentials {
             admin_password: "admin-secret-pw".into(),
             app_password: "app-secret-pw".into(),
+            ..Default::default()
         }
     }
 

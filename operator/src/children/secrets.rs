@@ -11,10 +11,22 @@ use crate::engines::{PASSWORD_KEY, USERNAME_KEY};
 
 /// Passwords of an instance: its superuser (dedicated only) and the app user
 /// of the credentials generation in force.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     pub admin_password: String,
     pub app_password: String,
+    /// What a dedicated instance reads besides its superuser's password.
+    pub instance: InstanceFiles,
+}
+
+/// What a dedicated instance reads from its admin Secret besides the
+/// superuser's password: its TLS, when it serves TLS only, and the files of
+/// its first boot (see [`crate::engines::FirstBootFile`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstanceFiles {
+    pub tls: Option<super::tls::InstanceTls>,
+    /// (key in the admin Secret, contents).
+    pub first_boot: Vec<(&'static str, String)>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -34,10 +46,22 @@ pub fn admin_secret(inputs: &Inputs) -> Secret {
             "admin-credentials",
         ),
         type_: Some("Opaque".into()),
-        data: Some(data([
-            (USERNAME_KEY, engine.admin_username().to_string()),
-            (PASSWORD_KEY, inputs.credentials.admin_password.clone()),
-        ])),
+        data: Some({
+            let instance = &inputs.credentials.instance;
+            let mut data = data([
+                (USERNAME_KEY, engine.admin_username().to_string()),
+                (PASSWORD_KEY, inputs.credentials.admin_password.clone()),
+            ]);
+            data.extend(
+                instance
+                    .tls
+                    .iter()
+                    .flat_map(|t| t.entries())
+                    .chain(instance.first_boot.iter().cloned())
+                    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes()))),
+            );
+            data
+        }),
         ..Default::default()
     }
 }

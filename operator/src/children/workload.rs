@@ -8,17 +8,20 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, PersistentVolumeClaim,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, KeyToPath, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SeccompProfile, SecurityContext, Service as KubeService, ServicePort, ServiceSpec, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service as KubeService, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Inputs, names};
+use super::{Inputs, names, tls};
 use crate::engines::InstanceSecrets;
+
+/// Pod template annotation: digest of the certificate the instance serves.
+pub const TLS_ANNOTATION: &str = "dbps.io/tls-certificate";
 
 /// Volume size when the claim names none.
 pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
@@ -57,12 +60,13 @@ pub fn statefulset(inputs: &Inputs) -> StatefulSet {
     let name = inputs.claim_name();
     let admin_secret = names::admin_secret(&name);
     let instance = InstanceSecrets {
+        name: &name,
         admin_secret: &admin_secret,
     };
     let storage = claim.spec.storage.clone().unwrap_or_default();
     let uid = engine.instance().run_as();
 
-    let mounts = vec![
+    let mut mounts = vec![
         VolumeMount {
             name: names::DATA_VOLUME.into(),
             mount_path: engine.instance().data_path().into(),
@@ -74,11 +78,59 @@ pub fn statefulset(inputs: &Inputs) -> StatefulSet {
             ..Default::default()
         },
     ];
-    let volumes = vec![Volume {
+    let mut volumes = vec![Volume {
         name: "run".into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Default::default()
     }];
+    // What the instance reads from its admin Secret besides the password:
+    // its certificate (a directory) and its first-boot files (one by one).
+    let files = &inputs.credentials.instance;
+    let from_admin_secret = |volume: &str, keys: &[&str]| Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(admin_secret.clone()),
+            items: Some(
+                keys.iter()
+                    .map(|k| KeyToPath {
+                        key: k.to_string(),
+                        path: k.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            default_mode: Some(0o440),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut annotations = BTreeMap::new();
+    if let (Some(dir), Some(tls)) = (engine.instance().tls_dir(), files.tls.as_ref()) {
+        volumes.push(from_admin_secret(
+            "tls",
+            &[tls::CA_KEY, tls::CERT_KEY, tls::KEY_KEY],
+        ));
+        mounts.push(VolumeMount {
+            name: "tls".into(),
+            mount_path: dir.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        // The server reads its certificate at start: a new one restarts it.
+        annotations.insert(TLS_ANNOTATION.to_string(), tls.digest());
+    }
+    let first_boot = engine.instance().first_boot_files();
+    if !first_boot.is_empty() {
+        let keys: Vec<&str> = first_boot.iter().map(|f| f.key).collect();
+        volumes.push(from_admin_secret("first-boot", &keys));
+        mounts.extend(first_boot.iter().map(|f| VolumeMount {
+            name: "first-boot".into(),
+            mount_path: f.path.into(),
+            sub_path: Some(f.key.into()),
+            read_only: Some(true),
+            ..Default::default()
+        }));
+    }
     let resources = claim
         .spec
         .resources
@@ -149,6 +201,7 @@ pub fn statefulset(inputs: &Inputs) -> StatefulSet {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(inputs.pod_labels()),
+                    annotations: (!annotations.is_empty()).then_some(annotations),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -281,6 +334,102 @@ spec: { serviceRef: { name: telemetry }, engine: influxdb, version: '1.8' }
                 .get("storageClassName")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn an_opensearch_instance_reads_its_certificate_and_user_database_from_its_admin_secret() {
+        let claim = crate::children::fixtures::claim(
+            "
+apiVersion: dbps.io/v1alpha1
+kind: DatabaseClaim
+metadata: { name: search-db, namespace: shop }
+spec: { serviceRef: { name: search }, engine: opensearch }
+",
+        );
+        let service = crate::children::fixtures::service(ORDERS_SERVICE);
+        let tls = tls::InstanceTls::issue("search-db", "search-db").unwrap();
+        let credentials = crate::children::Credentials {
+            admin_password: "pw".into(),
+            instance: crate::children::InstanceFiles {
+                tls: Some(tls.clone()),
+                first_boot: vec![("internal_users.yml", "admin: {}".into())],
+            },
+            ..Default::default()
+        };
+        let platform = crate::children::Platform::default();
+        let inputs = Inputs {
+            claim: &claim,
+            service: &service,
+            credentials: &credentials,
+            platform: &platform,
+        };
+        let sts = serde_json::to_value(statefulset(&inputs)).unwrap();
+        let pod = &sts["spec"]["template"];
+        assert_eq!(
+            pod["metadata"]["annotations"][TLS_ANNOTATION],
+            tls.digest(),
+            "a new certificate restarts the instance"
+        );
+        let container = &pod["spec"]["containers"][0];
+        assert_eq!(container["image"], "opensearchproject/opensearch:2.19.4");
+        let mounts = container["volumeMounts"].as_array().unwrap();
+        assert!(mounts.contains(&json!({
+            "name": "tls", "mountPath": "/usr/share/opensearch/config/dbps-tls", "readOnly": true
+        })));
+        assert!(mounts.contains(&json!({
+            "name": "first-boot",
+            "mountPath": "/usr/share/opensearch/config/opensearch-security/internal_users.yml",
+            "subPath": "internal_users.yml", "readOnly": true
+        })));
+        let volumes = pod["spec"]["volumes"].as_array().unwrap();
+        let tls_volume = volumes.iter().find(|v| v["name"] == "tls").unwrap();
+        assert_eq!(tls_volume["secret"]["secretName"], "search-db-admin");
+        assert_eq!(tls_volume["secret"]["defaultMode"], 0o440);
+        let keys: Vec<&str> = tls_volume["secret"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"], "not the password");
+        let env: std::collections::BTreeMap<&str, &serde_json::Value> = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap(), e))
+            .collect();
+        assert_eq!(env["DISABLE_INSTALL_DEMO_CONFIG"]["value"], "true");
+        assert_eq!(env["plugins.security.nodes_dn"]["value"], "CN=search-db");
+        assert_eq!(
+            env["plugins.security.ssl.http.pemkey_filepath"]["value"],
+            "dbps-tls/tls.key"
+        );
+        assert_eq!(
+            env["OPENSEARCH_INITIAL_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"],
+            json!({ "name": "search-db-admin", "key": "password" })
+        );
+        // The admin Secret holds what the volumes name.
+        let secret = crate::children::admin_secret(&inputs);
+        let data = secret.data.unwrap();
+        for key in [
+            "username",
+            "password",
+            "ca.crt",
+            "tls.crt",
+            "tls.key",
+            "tls.names",
+            "internal_users.yml",
+        ] {
+            assert!(data.contains_key(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn an_instance_without_tls_mounts_nothing_of_its_admin_secret() {
+        let sts = build_json(ORDERS_CLAIM, ORDERS_SERVICE, statefulset);
+        let pod = &sts["spec"]["template"];
+        assert!(pod["metadata"].get("annotations").is_none());
+        assert_eq!(pod["spec"]["volumes"].as_array().unwrap().len(), 1);
     }
 
     #[test]

@@ -41,10 +41,24 @@ fn module(engine: Engine) -> (&'static dyn Instance, &'static dyn Administration
     }
 }
 
-/// A dedicated instance as the engine needs to know it at first boot: only
-/// the Secret holding its superuser.
+/// A dedicated instance as the engine needs to know it at first boot: its
+/// name and the Secret holding its superuser (and, for an instance that
+/// serves TLS only, its certificate).
 pub struct InstanceSecrets<'a> {
+    pub name: &'a str,
     pub admin_secret: &'a str,
+}
+
+/// A file the instance image reads at first boot, made by the operator
+/// from the superuser's password and kept in the instance's admin Secret
+/// (OpenSearch: the internal user database with the admin's hash).
+pub struct FirstBootFile {
+    /// Key in the admin Secret.
+    pub key: &'static str,
+    /// Where the container reads it.
+    pub path: &'static str,
+    /// Makes the contents from the superuser's password.
+    pub make: fn(&str) -> Result<String, String>,
 }
 
 /// How a dedicated instance of an engine runs. The image contract each
@@ -84,6 +98,15 @@ pub trait Instance: Sync {
     /// lets it be named).
     fn admin_username(&self) -> &'static str {
         "dbps_admin"
+    }
+    /// Where the instance reads `ca.crt`, `tls.crt` and `tls.key` when it
+    /// serves TLS only, from a CA the operator makes for it alone.
+    fn tls_dir(&self) -> Option<&'static str> {
+        None
+    }
+    /// Files its image reads at first boot besides its environment.
+    fn first_boot_files(&self) -> &'static [FirstBootFile] {
+        &[]
     }
 }
 
@@ -196,6 +219,7 @@ mod tests {
     use super::*;
 
     const INSTANCE: InstanceSecrets = InstanceSecrets {
+        name: "orders-db",
         admin_secret: "orders-db-admin",
     };
 

@@ -338,6 +338,7 @@ pub(super) async fn administer(
     let credentials = Credentials {
         admin_password: String::new(),
         app_password,
+        ..Default::default()
     };
     let inputs = Inputs {
         claim,
@@ -715,6 +716,7 @@ async fn grant_readers(
         let credentials = Credentials {
             admin_password: String::new(),
             app_password: password.clone(),
+            ..Default::default()
         };
         let reader_inputs = Inputs {
             credentials: &credentials,

@@ -14,9 +14,12 @@ use super::super::drift;
 use super::administer::{Target, administer};
 use super::status::{Outcome, update_status, update_status_with};
 use crate::api::{ClaimPhase, DatabaseClaim, Endpoint, Reason};
-use crate::children::{Credentials, Dedicated, Inputs, names, secret_value};
-use crate::engines::Connection;
+use crate::children::tls::{self, InstanceTls};
+use crate::children::{
+    Credentials, Dedicated, Inputs, InstanceFiles, instance_service, names, secret_value,
+};
 use crate::engines::PASSWORD_KEY;
+use crate::engines::{Connection, Tls};
 use crate::password;
 
 /// The major version of a version string (`17`, `8.0` → 8, `1.11` → 1).
@@ -167,10 +170,45 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
     };
     let admin_fingerprint = password::fingerprint(&uid, &admin_password);
     issued.admin_fingerprint = Some(admin_fingerprint.clone());
-    let credentials = Credentials {
+    let mut credentials = Credentials {
         admin_password,
-        app_password: String::new(),
+        ..Default::default()
     };
+
+    // The instance's Service first: the certificate of an instance that
+    // serves TLS names its cluster IP, where the operator connects.
+    let service_inputs = Inputs {
+        claim,
+        service: &service,
+        credentials: &credentials,
+        platform: &ctx.config.platform,
+    };
+    let services: Api<KubeService> = ctx.api(&ns);
+    let kube_service = match ssa::ensure(&services, &instance_service(&service_inputs)).await {
+        Ok(kube_service) => kube_service,
+        Err(e) => return Err(visible_failure(claim, ctx, e).await),
+    };
+    let cluster_ip = kube_service
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .filter(|ip| !ip.is_empty() && ip != "None");
+    credentials.instance = match instance_files(
+        claim,
+        ctx,
+        admin.as_ref(),
+        &credentials.admin_password,
+        cluster_ip.as_deref(),
+    )
+    .await
+    {
+        Ok(files) => files,
+        Err(message) => {
+            let outcome = Outcome::waiting(ClaimPhase::Provisioning, Reason::ApplyFailed, message);
+            update_status(claim, ctx, outcome).await?;
+            return Ok(super::look_again_soon(ctx));
+        }
+    };
+    let instance_tls = credentials.instance.tls.as_ref().map(|t| t.ca_pem.clone());
 
     // build
     let inputs = Inputs {
@@ -185,11 +223,9 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
     let applied = async {
         ssa::apply(&secrets, &children.admin_secret, admin).await?;
         ssa::ensure(&ctx.api::<NetworkPolicy>(&ns), &children.network_policy).await?;
-        let kube_service = ssa::ensure(&ctx.api::<KubeService>(&ns), &children.service).await?;
-        let sts = ssa::apply(&statefulsets, &children.statefulset, live_sts).await?;
-        Ok::<_, kube::Error>((kube_service, sts))
+        ssa::apply(&statefulsets, &children.statefulset, live_sts).await
     };
-    let (kube_service, sts) = match applied.await {
+    let sts = match applied.await {
         Ok(applied) => applied,
         Err(e) => return Err(visible_failure(claim, ctx, e).await),
     };
@@ -205,10 +241,6 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0)
         >= 1;
-    let cluster_ip = kube_service
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .filter(|ip| !ip.is_empty() && ip != "None");
     let Some(cluster_ip) = cluster_ip.filter(|_| ready) else {
         let outcome = Outcome {
             phase: ClaimPhase::Provisioning,
@@ -238,7 +270,9 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
             port: engine.instance().port(),
             username: engine.admin_username().to_string(),
             password: credentials.admin_password.clone(),
-            tls: None,
+            tls: instance_tls.clone().map(|ca_pem| Tls {
+                ca_pem: Some(ca_pem),
+            }),
         },
         users: [
             engine.app_username(&database, 0),
@@ -248,7 +282,7 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
         adopt: false,
         shared: false,
         endpoint,
-        tls: None,
+        tls: instance_tls.map(Some),
         admin_fingerprint: Some(admin_fingerprint),
         admin_secret: None,
         allowed_extensions: (
@@ -259,6 +293,52 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
         ready_message: format!("{} {} is ready", engine.as_str(), inputs.version()),
     };
     administer(claim, &service, target, ctx).await
+}
+
+/// What the instance reads from its admin Secret besides the password: the
+/// certificate of an instance that serves TLS (kept while it names what the
+/// instance is reached by, issued anew otherwise) and its first-boot files
+/// (kept once made: the image reads them on an empty volume only).
+async fn instance_files(
+    claim: &DatabaseClaim,
+    ctx: &Context,
+    admin: Option<&Secret>,
+    password: &str,
+    cluster_ip: Option<&str>,
+) -> Result<InstanceFiles, String> {
+    let engine = claim.spec.engine;
+    let instance = names::instance(&claim.name_any());
+    let mut files = InstanceFiles::default();
+    if engine.instance().tls_dir().is_some() {
+        let wanted = tls::names(
+            &instance,
+            &claim.namespace().unwrap_or_default(),
+            &ctx.config.platform.cluster_domain,
+            cluster_ip,
+        );
+        let kept = admin
+            .and_then(InstanceTls::from_secret)
+            .filter(|t| t.names == wanted);
+        files.tls = Some(match kept {
+            Some(kept) => kept,
+            None => InstanceTls::issue(&instance, &wanted)
+                .map_err(|e| format!("issuing the instance's certificate failed: {e}"))?,
+        });
+    }
+    for file in engine.instance().first_boot_files() {
+        let value = match admin.and_then(|s| secret_value(s, file.key)) {
+            Some(kept) => kept,
+            None => {
+                let (make, password) = (file.make, password.to_string());
+                tokio::task::spawn_blocking(move || make(&password))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("making {:?} failed: {e}", file.key))?
+            }
+        };
+        files.first_boot.push((file.key, value));
+    }
+    Ok(files)
 }
 
 /// Makes a failure to read or write the instance's objects visible where the

@@ -1,16 +1,21 @@
 //! OpenSearch with its security plugin (the Elasticsearch API). A claim's
 //! "database" is an index prefix: its user's role reaches the indices
-//! `<database>-*` and nothing else. Placement is on a registered server only
-//! (the CRD refuses a dedicated OpenSearch claim); the image contract below
-//! is the official image's, for when dedicated instances are offered:
-//! `OPENSEARCH_INITIAL_ADMIN_PASSWORD` sets the `admin` user's password on
-//! an empty data directory, the REST API listens on 9200 over TLS.
+//! `<database>-*` and nothing else.
+//!
+//! A dedicated instance keeps the official image's contract with its demo
+//! configuration off (`DISABLE_INSTALL_DEMO_CONFIG`): settings come from
+//! environment variables named like settings, the REST API listens on
+//! 9200. The security plugin needs TLS and a user database before it
+//! starts: the operator issues the instance's certificate from a CA of the
+//! instance's own (mounted at [`TLS_DIR`]) and writes the internal user
+//! database with the admin's bcrypt hash, which the plugin loads into its
+//! index on first boot only.
 
 mod admin;
 
 use k8s_openapi::api::core::v1::{EnvVar, ExecAction, Probe};
 
-use super::{Instance, InstanceSecrets, PASSWORD_KEY, plain_env, secret_env};
+use super::{FirstBootFile, Instance, InstanceSecrets, PASSWORD_KEY, plain_env, secret_env};
 
 /// The engine's module (see [`super::module`]).
 pub struct Opensearch;
@@ -21,6 +26,31 @@ pub struct Opensearch;
 pub fn index_prefix(database: &str) -> String {
     format!("{database}-")
 }
+
+/// Where a dedicated instance reads its certificate: inside the
+/// configuration directory, as the security plugin requires.
+pub const TLS_DIR: &str = "/usr/share/opensearch/config/dbps-tls";
+/// [`TLS_DIR`] as the plugin's settings name it (relative to the config).
+const TLS_SETTING_DIR: &str = "dbps-tls";
+
+/// bcrypt's cost for the admin's hash: the plugin's own hasher uses 12.
+const BCRYPT_COST: u32 = 12;
+
+/// The internal user database of a new instance: the admin alone, in the
+/// `admin` backend role that the plugin's default role mapping gives
+/// `all_access` (the image's demo users are not there).
+fn internal_users(password: &str) -> Result<String, String> {
+    let hash = bcrypt::hash(password, BCRYPT_COST).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "_meta:\n  type: internalusers\n  config_version: 2\nadmin:\n  hash: \"{hash}\"\n  reserved: true\n  backend_roles: [admin]\n  description: the instance's superuser, used by dbps\n"
+    ))
+}
+
+const FIRST_BOOT: &[FirstBootFile] = &[FirstBootFile {
+    key: "internal_users.yml",
+    path: "/usr/share/opensearch/config/opensearch-security/internal_users.yml",
+    make: internal_users,
+}];
 
 impl Instance for Opensearch {
     fn binding_type(&self) -> &'static str {
@@ -48,14 +78,42 @@ impl Instance for Opensearch {
     }
 
     fn env(&self, i: &InstanceSecrets) -> Vec<EnvVar> {
-        vec![
-            plain_env("discovery.type", "single-node"),
+        let pem = |name: &str| format!("{TLS_SETTING_DIR}/{name}");
+        let mut env = vec![
+            plain_env("DISABLE_INSTALL_DEMO_CONFIG", "true"),
+            plain_env("OPENSEARCH_JAVA_OPTS", "-Xms512m -Xmx512m"),
+            // The readiness probe logs in as the admin.
             secret_env(
                 "OPENSEARCH_INITIAL_ADMIN_PASSWORD",
                 i.admin_secret,
                 PASSWORD_KEY,
             ),
-        ]
+            plain_env("discovery.type", "single-node"),
+            plain_env("network.host", "0.0.0.0"),
+            plain_env("plugins.security.ssl.http.enabled", "true"),
+            plain_env("plugins.security.allow_default_init_securityindex", "true"),
+            // The REST API for users and roles, to the admin (all_access) only.
+            plain_env("plugins.security.restapi.roles_enabled", "all_access"),
+            // Transport: the node itself, under the instance's own CA.
+            plain_env("plugins.security.nodes_dn", &format!("CN={}", i.name)),
+            plain_env(
+                "plugins.security.ssl.transport.enforce_hostname_verification",
+                "false",
+            ),
+        ];
+        for layer in ["http", "transport"] {
+            for (setting, file) in [
+                ("pemcert_filepath", "tls.crt"),
+                ("pemkey_filepath", "tls.key"),
+                ("pemtrustedcas_filepath", "ca.crt"),
+            ] {
+                env.push(plain_env(
+                    &format!("plugins.security.ssl.{layer}.{setting}"),
+                    &pem(file),
+                ));
+            }
+        }
+        env
     }
 
     fn readiness(&self) -> Probe {
@@ -63,11 +121,12 @@ impl Instance for Opensearch {
             exec: Some(ExecAction {
                 command: Some(
                     [
-                        "sh",
-                        "-c",
-                        "curl -sfk -u \"admin:$OPENSEARCH_INITIAL_ADMIN_PASSWORD\" https://127.0.0.1:9200/_cluster/health",
+                        "sh".to_string(),
+                        "-c".to_string(),
+                        format!(
+                            "curl -sf --cacert {TLS_DIR}/ca.crt -u \"admin:$OPENSEARCH_INITIAL_ADMIN_PASSWORD\" https://localhost:9200/_cluster/health"
+                        ),
                     ]
-                    .map(String::from)
                     .to_vec(),
                 ),
             }),
@@ -86,5 +145,36 @@ impl Instance for Opensearch {
 
     fn admin_username(&self) -> &'static str {
         "admin"
+    }
+
+    fn tls_dir(&self) -> Option<&'static str> {
+        Some(TLS_DIR)
+    }
+
+    fn first_boot_files(&self) -> &'static [FirstBootFile] {
+        FIRST_BOOT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_internal_user_database_holds_the_admin_alone_with_a_hash_of_its_password() {
+        let file = internal_users("s3cret-pw").unwrap();
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&file).unwrap();
+        let users: Vec<&str> = parsed
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .filter_map(|k| k.as_str())
+            .filter(|k| *k != "_meta")
+            .collect();
+        assert_eq!(users, ["admin"]);
+        let hash = parsed["admin"]["hash"].as_str().unwrap();
+        assert!(bcrypt::verify("s3cret-pw", hash).unwrap());
+        assert!(!bcrypt::verify("another", hash).unwrap());
+        assert!(!file.contains("s3cret-pw"));
     }
 }
