@@ -26,6 +26,8 @@ version=$(grep -m1 '^version = ' Cargo.toml | sed 's/^version = "\(.*\)"/\1/')
 export DBPS_CLUSTER_POSTGRES_VERSION=${DBPS_CLUSTER_POSTGRES_VERSION:-15}
 export DBPS_CLUSTER_INFLUXDB_VERSION=${DBPS_CLUSTER_INFLUXDB_VERSION:-1.8}
 export DBPS_CLUSTER_MONGODB_VERSION=${DBPS_CLUSTER_MONGODB_VERSION:-7.0}
+# shellcheck source=../tools/versions.env
+export DBPS_CLUSTER_OPENSEARCH_VERSION=${DBPS_CLUSTER_OPENSEARCH_VERSION:-$(. e2e/tools/versions.env && echo "$OPENSEARCH_VERSION")}
 export DBPS_CLUSTER_BUSYBOX=${DBPS_CLUSTER_BUSYBOX:-busybox:1.36}
 export DBPS_CLUSTER_STORAGE_CLASS=${DBPS_CLUSTER_STORAGE_CLASS:-standard}
 
@@ -44,6 +46,7 @@ images=(
   "postgres:$DBPS_CLUSTER_POSTGRES_VERSION"
   "influxdb:$DBPS_CLUSTER_INFLUXDB_VERSION"
   "mongo:$DBPS_CLUSTER_MONGODB_VERSION"
+  "opensearchproject/opensearch:$DBPS_CLUSTER_OPENSEARCH_VERSION"
   "$DBPS_CLUSTER_BUSYBOX"
 )
 for image in "${images[@]:2}"; do
@@ -55,4 +58,4 @@ kubeconfig=$(mktemp)
 trap 'rm -f "$kubeconfig"; [[ ${KEEP_CLUSTER:-0} == 1 ]] || kind delete cluster --name "$cluster"' EXIT
 kind get kubeconfig --name "$cluster" >"$kubeconfig"
 DBPS_CLUSTER_KUBECONFIG=$kubeconfig cargo test -p dbps-e2e \
-  --test cluster_dedicated --test cluster_samples -- --test-threads=1 --nocapture
+  --test cluster_dedicated --test cluster_opensearch --test cluster_samples -- --test-threads=1 --nocapture

@@ -24,6 +24,7 @@ pub struct Placement {
     pub postgres: String,
     pub influxdb: String,
     pub mongodb: String,
+    pub opensearch: String,
     pub storage_class: String,
     /// Chart `instanceImages`: engine → repository, where not the official one.
     pub instance_images: Vec<(String, String)>,
@@ -51,6 +52,7 @@ impl Placement {
             postgres: "15".into(),
             influxdb: tag(&influxdb.name),
             mongodb: tag(&ferretdb.name),
+            opensearch: crate::binaries::Versions::pinned().opensearch,
             storage_class: STORAGE_CLASS.into(),
             instance_images: vec![("mongodb".into(), "ferretdb".into())],
         }
@@ -71,6 +73,10 @@ impl Placement {
             postgres: var("DBPS_CLUSTER_POSTGRES_VERSION", "15"),
             influxdb: var("DBPS_CLUSTER_INFLUXDB_VERSION", "1.8"),
             mongodb: var("DBPS_CLUSTER_MONGODB_VERSION", "7.0"),
+            opensearch: var(
+                "DBPS_CLUSTER_OPENSEARCH_VERSION",
+                &crate::binaries::Versions::pinned().opensearch,
+            ),
             storage_class: var("DBPS_CLUSTER_STORAGE_CLASS", "standard"),
             instance_images: vec![],
         }
@@ -82,6 +88,7 @@ impl Placement {
             "postgres" => &self.postgres,
             "influxdb" => &self.influxdb,
             "mongodb" => &self.mongodb,
+            "opensearch" => &self.opensearch,
             other => panic!("no version of engine {other} on this target"),
         }
     }
@@ -185,6 +192,22 @@ impl Cluster {
             node: Some(node),
             sysctls_before,
         })
+    }
+
+    /// Makes the OpenSearch instance image available, which only the suites
+    /// with dedicated OpenSearch claims need (it is the largest): imported
+    /// into the real node here; a cluster named by a kubeconfig already holds
+    /// the official one (`e2e/kind/run.sh` loads it).
+    pub fn import_opensearch(&self) -> Result<(), Error> {
+        match &self.node {
+            Some(node) => {
+                let started = Instant::now();
+                node.import(&crate::images::opensearch()?)?;
+                eprintln!("OpenSearch image imported after {:?}", started.elapsed());
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// The spec of a dedicated claim of `service` on `engine` here, with

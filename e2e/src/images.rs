@@ -511,6 +511,129 @@ pub fn ferretdb() -> Result<Image, Error> {
     })
 }
 
+/// First boot and settings of the official `opensearchproject/opensearch`
+/// image with its demo configuration off, for the image made from the
+/// Maven install: every variable named like a setting (with a dot) becomes
+/// an `-E` option; the configuration directory, with what is mounted into
+/// it (the certificate, the internal user database), is copied where the
+/// server may write (it keeps its keystore there).
+const OPENSEARCH_ENTRYPOINT: &str = r#"#!/bin/bash
+set -euo pipefail
+home=/usr/share/opensearch
+run=/tmp/opensearch
+rm -rf "$run"
+mkdir -p "$run/logs" "$run/tmp"
+cp -rL "$home/config" "$run/config"
+chmod -R go-rwx "$run/config"
+settings=()
+while IFS='=' read -r name value; do
+  if [[ "$name" =~ ^[a-z0-9_]+\.[a-z0-9_.]+$ ]]; then
+    settings+=("-E$name=$value")
+  fi
+done <<<"$(env)"
+export JAVA_HOME=/usr/lib/jvm/java HOME="$run" OPENSEARCH_PATH_CONF="$run/config" OPENSEARCH_TMPDIR="$run/tmp"
+exec "$home/bin/opensearch" -Epath.logs="$run/logs" "${settings[@]}"
+"#;
+
+/// The JDK of this machine's `java` (OpenJDK 17 from Debian), as a Java home.
+fn java_home() -> Result<PathBuf, Error> {
+    let preferred = PathBuf::from("/usr/lib/jvm/java-17-openjdk-amd64");
+    if preferred.join("bin/java").exists() {
+        return Ok(preferred);
+    }
+    let java = std::fs::canonicalize("/usr/bin/java").map_err(|e| Error::io("java", e))?;
+    java.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| Error::Binaries(format!("no Java home above {}", java.display())))
+}
+
+/// `opensearchproject/opensearch:<version>` from the install
+/// `build-opensearch.sh` assembles (the server, its modules and the security
+/// plugin), this machine's Java runtime, bash, curl for the readiness probe,
+/// and the official image's contract ([`OPENSEARCH_ENTRYPOINT`]); user 1000
+/// as in the official image.
+pub fn opensearch() -> Result<Image, Error> {
+    let install = crate::opensearch::install_dir()?;
+    let version = crate::binaries::Versions::pinned().opensearch;
+    let java = java_home()?;
+    let inside_java = "/usr/lib/jvm/java";
+    let mut files: Vec<(String, PathBuf)> = ["bin", "lib", "modules", "plugins", "config"]
+        .iter()
+        .map(|d| (format!("/usr/share/opensearch/{d}"), install.join(d)))
+        .collect();
+    files.push(("/bin/busybox".into(), PathBuf::from("/bin/busybox")));
+    // The runtime only: no sources, no compiler's symbol table, no link
+    // whose target this machine lacks.
+    let mut objects: Vec<PathBuf> = vec![java.join("bin/java")];
+    files.push((format!("{inside_java}/bin/java"), java.join("bin/java")));
+    for top in ["conf", "release"] {
+        files.push((format!("{inside_java}/{top}"), java.join(top)));
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(java.join("lib"))
+        .map_err(|e| Error::io("Java lib", e))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for entry in entries {
+        let name = entry.file_name().unwrap_or_default().to_string_lossy();
+        if !entry.exists() || name == "src.zip" || name == "ct.sym" {
+            continue;
+        }
+        if name.ends_with(".so") {
+            objects.push(entry.clone());
+        }
+        if name == "server" {
+            objects.push(entry.join("libjvm.so"));
+        }
+        files.push((format!("{inside_java}/lib/{name}"), entry));
+    }
+    for program in ["/usr/bin/bash", "/usr/bin/curl"] {
+        files.push((program.into(), PathBuf::from(program)));
+        objects.push(PathBuf::from(program));
+    }
+    let mut libs: Vec<PathBuf> = Vec::new();
+    for object in &objects {
+        for lib in libraries(object) {
+            if !libs.contains(&lib) && !lib.starts_with(&java) {
+                libs.push(lib);
+            }
+        }
+    }
+    files.extend(libs.into_iter().map(|l| (l.display().to_string(), l)));
+    let tools = [
+        "sh", "cp", "rm", "mkdir", "chmod", "env", "dirname", "sed", "mktemp", "cat", "ls",
+    ];
+    let mut links: Vec<(String, String)> = tools
+        .iter()
+        .map(|t| (format!("/bin/{t}"), "busybox".to_string()))
+        .collect();
+    links.push(("/bin/bash".into(), "/usr/bin/bash".into()));
+    links.push(("/usr/bin/env".into(), "/bin/busybox".into()));
+    links.push(("/usr/bin/java".into(), format!("{inside_java}/bin/java")));
+    Ok(Image {
+        name: format!("opensearchproject/opensearch:{version}"),
+        files,
+        texts: vec![
+            (
+                "/usr/local/bin/opensearch-docker-entrypoint.sh".into(),
+                OPENSEARCH_ENTRYPOINT.into(),
+                0o755,
+            ),
+            (
+                "/etc/passwd".into(),
+                "root:x:0:0::/root:/bin/sh\nopensearch:x:1000:1000::/usr/share/opensearch:/bin/bash\n"
+                    .into(),
+                0o644,
+            ),
+        ],
+        links,
+        entrypoint: vec!["/usr/local/bin/opensearch-docker-entrypoint.sh".into()],
+        user: Some(1000),
+    })
+}
+
 /// Image `name`: the sample services binary (and a shell, for a pod's retry
 /// loop), as user 65532.
 pub fn samples(binary: &Path, name: &str) -> Image {

@@ -125,6 +125,45 @@ impl InstanceTls {
         })
     }
 
+    /// Whether the certificate is whole: it chains to the CA, serves every
+    /// name it was issued for and matches the key. An edited Secret fails
+    /// this, and the instance gets a new certificate.
+    pub fn sound(&self) -> bool {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::{
+            CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject,
+        };
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let (Ok(ca), Ok(cert), Ok(key)) = (
+            CertificateDer::from_pem_slice(self.ca_pem.as_bytes()),
+            CertificateDer::from_pem_slice(self.cert_pem.as_bytes()),
+            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()),
+        ) else {
+            return false;
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        if roots.add(ca).is_err() {
+            return false;
+        }
+        let Ok(verifier) = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider.clone(),
+        )
+        .build() else {
+            return false;
+        };
+        let serves_all = self.names.split(',').all(|name| {
+            ServerName::try_from(name.to_string()).is_ok_and(|name| {
+                verifier
+                    .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+                    .is_ok()
+            })
+        });
+        serves_all
+            && rustls::sign::CertifiedKey::from_der(vec![cert], key, &provider)
+                .is_ok_and(|k| k.keys_match().is_ok())
+    }
+
     /// The Secret's entries.
     pub fn entries(&self) -> [(&'static str, String); 4] {
         [
@@ -199,6 +238,38 @@ mod tests {
         assert!(verify(&tls, &other.ca_pem, "search.shop.svc").is_err());
         assert_ne!(tls.digest(), other.digest());
         assert!(!format!("{tls:?}").contains("PRIVATE"));
+        assert!(tls.sound());
+    }
+
+    #[test]
+    fn an_edited_certificate_key_or_ca_is_not_sound() {
+        let names = names("search", "shop", "cluster.local", Some("10.96.0.12"));
+        let tls = InstanceTls::issue("search", &names).unwrap();
+        let other = InstanceTls::issue("search", &names).unwrap();
+        for edited in [
+            InstanceTls {
+                key_pem: other.key_pem.clone(),
+                ..tls.clone()
+            },
+            InstanceTls {
+                cert_pem: other.cert_pem.clone(),
+                ..tls.clone()
+            },
+            InstanceTls {
+                ca_pem: other.ca_pem.clone(),
+                ..tls.clone()
+            },
+            InstanceTls {
+                cert_pem: "garbage".into(),
+                ..tls.clone()
+            },
+            InstanceTls {
+                names: format!("{names},extra.example"),
+                ..tls.clone()
+            },
+        ] {
+            assert!(!edited.sound(), "{edited:?}");
+        }
     }
 
     #[test]

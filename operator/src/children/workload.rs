@@ -131,15 +131,14 @@ pub fn statefulset(inputs: &Inputs) -> StatefulSet {
             ..Default::default()
         }));
     }
-    let resources = claim
-        .spec
-        .resources
-        .clone()
-        .unwrap_or_else(|| ResourceRequirements {
-            requests: Some(quantities([("cpu", "100m"), ("memory", "256Mi")])),
-            limits: Some(quantities([("memory", "1Gi")])),
+    let resources = claim.spec.resources.clone().unwrap_or_else(|| {
+        let (request, limit) = engine.instance().default_memory();
+        ResourceRequirements {
+            requests: Some(quantities([("cpu", "100m"), ("memory", request)])),
+            limits: Some(quantities([("memory", limit)])),
             ..Default::default()
-        });
+        }
+    });
     let pvc_spec = PersistentVolumeClaimSpec {
         access_modes: Some(vec!["ReadWriteOnce".into()]),
         resources: Some(VolumeResourceRequirements {
@@ -399,6 +398,7 @@ spec: { serviceRef: { name: search }, engine: opensearch }
             .map(|e| (e["name"].as_str().unwrap(), e))
             .collect();
         assert_eq!(env["DISABLE_INSTALL_DEMO_CONFIG"]["value"], "true");
+        assert_eq!(container["resources"]["limits"]["memory"], "2Gi");
         assert_eq!(env["plugins.security.nodes_dn"]["value"], "CN=search-db");
         assert_eq!(
             env["plugins.security.ssl.http.pemkey_filepath"]["value"],

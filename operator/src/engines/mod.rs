@@ -99,6 +99,10 @@ pub trait Instance: Sync {
     fn admin_username(&self) -> &'static str {
         "dbps_admin"
     }
+    /// Memory (request, limit) of an instance whose claim names no resources.
+    fn default_memory(&self) -> (&'static str, &'static str) {
+        ("256Mi", "1Gi")
+    }
     /// Where the instance reads `ca.crt`, `tls.crt` and `tls.key` when it
     /// serves TLS only, from a CA the operator makes for it alone.
     fn tls_dir(&self) -> Option<&'static str> {

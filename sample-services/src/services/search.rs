@@ -81,7 +81,16 @@ impl Search {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let answer = request.send().await.map_err(|e| e.to_string())?;
+        let answer = request.send().await.map_err(|e| {
+            // The causes too: a refused or timed-out connection, a certificate.
+            let mut said = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                said.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            said
+        })?;
         let status = answer.status().as_u16();
         Ok((status, answer.json().await.unwrap_or_default()))
     }

@@ -318,7 +318,7 @@ async fn instance_files(
         );
         let kept = admin
             .and_then(InstanceTls::from_secret)
-            .filter(|t| t.names == wanted);
+            .filter(|t| t.names == wanted && t.sound());
         files.tls = Some(match kept {
             Some(kept) => kept,
             None => InstanceTls::issue(&instance, &wanted)

@@ -100,6 +100,7 @@ impl Instance for Opensearch {
                 "plugins.security.ssl.transport.enforce_hostname_verification",
                 "false",
             ),
+            plain_env("plugins.security.audit.type", "noop"),
         ];
         for layer in ["http", "transport"] {
             for (setting, file) in [
@@ -145,6 +146,12 @@ impl Instance for Opensearch {
 
     fn admin_username(&self) -> &'static str {
         "admin"
+    }
+
+    /// The JVM's 512 MiB heap and what it needs besides (metaspace, direct
+    /// buffers, the page cache of its indices).
+    fn default_memory(&self) -> (&'static str, &'static str) {
+        ("1Gi", "2Gi")
     }
 
     fn tls_dir(&self) -> Option<&'static str> {
