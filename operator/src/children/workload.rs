@@ -351,7 +351,11 @@ spec: { serviceRef: { name: search }, engine: opensearch }
             admin_password: "pw".into(),
             instance: crate::children::InstanceFiles {
                 tls: Some(tls.clone()),
-                first_boot: vec![("internal_users.yml", "admin: {}".into())],
+                first_boot: vec![
+                    ("internal_users.yml", "admin: {}".into()),
+                    ("roles_mapping.yml", "{}".into()),
+                    ("config.yml", "{}".into()),
+                ],
             },
             ..Default::default()
         };

@@ -46,11 +46,36 @@ fn internal_users(password: &str) -> Result<String, String> {
     ))
 }
 
-const FIRST_BOOT: &[FirstBootFile] = &[FirstBootFile {
-    key: "internal_users.yml",
-    path: "/usr/share/opensearch/config/opensearch-security/internal_users.yml",
-    make: internal_users,
-}];
+/// The role mapping of a new instance: `all_access` to the admin alone.
+/// The plugin's default also maps `own_index` to every user (`*`), which
+/// would give each claim's user an index named like itself besides its role.
+fn roles_mapping(_: &str) -> Result<String, String> {
+    Ok("_meta:\n  type: rolesmapping\n  config_version: 2\nall_access:\n  reserved: false\n  backend_roles: [admin]\n  users: [admin]\n".into())
+}
+
+/// Authentication of a new instance: HTTP basic against the internal user
+/// database, nothing anonymous, no other domain.
+fn authentication(_: &str) -> Result<String, String> {
+    Ok("_meta:\n  type: config\n  config_version: 2\nconfig:\n  dynamic:\n    http:\n      anonymous_auth_enabled: false\n    authc:\n      basic_internal_auth_domain:\n        http_enabled: true\n        transport_enabled: true\n        order: 0\n        http_authenticator: { type: basic, challenge: true }\n        authentication_backend: { type: intern }\n".into())
+}
+
+const FIRST_BOOT: &[FirstBootFile] = &[
+    FirstBootFile {
+        key: "internal_users.yml",
+        path: "/usr/share/opensearch/config/opensearch-security/internal_users.yml",
+        make: internal_users,
+    },
+    FirstBootFile {
+        key: "roles_mapping.yml",
+        path: "/usr/share/opensearch/config/opensearch-security/roles_mapping.yml",
+        make: roles_mapping,
+    },
+    FirstBootFile {
+        key: "config.yml",
+        path: "/usr/share/opensearch/config/opensearch-security/config.yml",
+        make: authentication,
+    },
+];
 
 impl Instance for Opensearch {
     fn binding_type(&self) -> &'static str {
@@ -183,5 +208,26 @@ mod tests {
         assert!(bcrypt::verify("s3cret-pw", hash).unwrap());
         assert!(!bcrypt::verify("another", hash).unwrap());
         assert!(!file.contains("s3cret-pw"));
+    }
+
+    #[test]
+    fn a_new_instance_maps_all_access_to_the_admin_and_nothing_to_every_user() {
+        let mapping: serde_yaml::Value = serde_yaml::from_str(&roles_mapping("").unwrap()).unwrap();
+        let roles: Vec<&str> = mapping
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .filter_map(|k| k.as_str())
+            .filter(|k| *k != "_meta")
+            .collect();
+        assert_eq!(roles, ["all_access"]);
+        let config: serde_yaml::Value = serde_yaml::from_str(&authentication("").unwrap()).unwrap();
+        let http = &config["config"]["dynamic"]["http"];
+        assert_eq!(http["anonymous_auth_enabled"], false);
+        let files: Vec<&str> = FIRST_BOOT.iter().map(|f| f.key).collect();
+        assert_eq!(
+            files,
+            ["internal_users.yml", "roles_mapping.yml", "config.yml"]
+        );
     }
 }
