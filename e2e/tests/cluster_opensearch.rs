@@ -8,7 +8,8 @@
 //! the admin Secret (which holds the instance's private key), and by the
 //! NetworkPolicy when it holds a copy of the credentials. A certificate
 //! someone edits in the admin Secret is replaced: the instance restarts
-//! with a new one and the binding carries the new CA.
+//! with a new one and the binding carries the new CA. A rotation hands out
+//! the other user.
 
 use std::time::{Duration, Instant};
 
@@ -205,13 +206,53 @@ async fn a_dedicated_opensearch_serves_its_service_over_tls_and_nobody_else() {
         .unwrap();
     assert_ne!(admin["tls.crt"], "edited by hand");
 
+    // A rotation on the instance: the other user, in a new Secret, creates
+    // its index; the first user is revoked after the grace period.
+    dbps_e2e::fixtures::request_rotation(ctx, "search-db", "1").await;
+    let rotated = wait_long(
+        ctx,
+        &claims,
+        "search-db",
+        "rotated",
+        Duration::from_secs(90),
+        |c: Option<&DatabaseClaim>| {
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.binding.as_ref())
+                .is_some_and(|b| b.name == "search-db-binding-1")
+        },
+    )
+    .await;
+    assert!(
+        rotated
+            .status
+            .unwrap()
+            .credentials
+            .unwrap()
+            .previous
+            .is_some()
+    );
+    let issued = dbps_e2e::fixtures::secret(ctx, "search-db-binding-1")
+        .await
+        .unwrap();
+    assert_ne!(issued["username"], binding["username"]);
+    let (ok, said) = run(
+        ctx,
+        check("search-rotated", "search", "search-db-binding-1"),
+    )
+    .await;
+    assert!(ok, "the rotated credentials do not work: {said}");
+
     // Deleting the claim (Delete) takes the instance and its Secrets.
     claims
         .delete("search-db", &DeleteParams::default())
         .await
         .unwrap();
     ctx.wait_gone(&claims, "search-db", "claim deleted").await;
-    for secret in ["search-db-admin", "search-db-binding"] {
+    for secret in [
+        "search-db-admin",
+        "search-db-binding",
+        "search-db-binding-1",
+    ] {
         assert!(
             dbps_e2e::fixtures::secret(ctx, secret).await.is_none(),
             "{secret} left"
