@@ -97,7 +97,8 @@ pub struct DatabaseClaimSpec {
     pub engine: Engine,
 
     /// Engine version of a dedicated instance (its image tag), e.g. `17` for
-    /// postgres. Default per engine: postgres 17, mongodb 8.0, influxdb 1.11.
+    /// postgres. Default per engine: postgres 17, mongodb 8.0, influxdb 1.11,
+    /// opensearch 2.19.4.
     /// Minor versions change in place; the major version cannot change (a
     /// downgrade cannot read newer data, an upgrade needs a migration). Not
     /// for shared claims, which run on their server's version.
