@@ -197,6 +197,11 @@ async fn influxdb_another_service_cannot_take_drop_or_reuse() {
 }
 
 #[tokio::test]
+async fn opensearch_another_service_cannot_take_drop_or_reuse() {
+    another_service_cannot_take_drop_or_reuse(Kind::OpenSearch).await;
+}
+
+#[tokio::test]
 async fn a_database_dbps_did_not_make_is_adopted_only_when_the_platform_allows_it() {
     let (ctx, _operator) = setup("adoption", Duration::from_secs(300)).await;
     let server = LocalServer::start(Kind::Postgres).await.unwrap();
