@@ -50,6 +50,7 @@ lint:
 bench: binaries
 	$(CARGO) build --release -p dbps-operator --bin dbps-operator
 	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) bench -p dbps-e2e
+	KUBEBUILDER_ASSETS=$(BINARIES) DBPS_BENCH_PLACEMENT=dedicated $(CARGO) bench -p dbps-e2e --bench claims
 
 clean-cache:
 	rm -rf $${DBPS_CACHE_DIR:-$$HOME/.cache/dbps}

@@ -19,6 +19,15 @@
 //! The operator runs with its default resync (300 s, longer than a run),
 //! so the requests to Ready are those of provisioning.
 //!
+//! With `DBPS_BENCH_PLACEMENT=dedicated` the claims are dedicated (no
+//! server): on this control plane no pod runs, so a run measures the
+//! operator's Kubernetes side of N instances — from creation until every
+//! claim has its admin Secret, NetworkPolicy, Service and StatefulSet and
+//! waits for a ready replica (phase `Provisioning` with its endpoint) —
+//! against an apiserver floor of six writes per claim (finalizer, admin
+//! Secret, NetworkPolicy, Service, StatefulSet, status). There is no
+//! database floor: no database is made.
+//!
 //! `DBPS_BENCH_CLAIMS` lists the sizes (default `200,1000`),
 //! `DBPS_BENCH_RUNS` the runs of each (default 3); medians are printed last.
 
@@ -173,8 +182,8 @@ async fn postgres_floor(n: usize) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// Five writes per claim, 16 claims at a time.
-async fn apiserver_floor(client: &kube::Client, n: usize) -> f64 {
+/// `writes` writes per claim (a create, then patches), 16 claims at a time.
+async fn apiserver_floor(client: &kube::Client, n: usize, writes: usize) -> f64 {
     let namespace = "bench-floor";
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace =
@@ -196,7 +205,7 @@ async fn apiserver_floor(client: &kube::Client, n: usize) -> f64 {
                 }))
                 .unwrap();
                 secrets.create(&PostParams::default(), &secret).await.unwrap();
-                for step in 0..4 {
+                for step in 1..writes {
                     let patch = json!({ "metadata": { "labels": { format!("step{step}"): "done" } } });
                     secrets
                         .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
@@ -222,6 +231,22 @@ fn engine() -> (Kind, Engine) {
     }
 }
 
+/// Whether the claims are dedicated: `DBPS_BENCH_PLACEMENT=dedicated`.
+fn dedicated() -> bool {
+    std::env::var("DBPS_BENCH_PLACEMENT").as_deref() == Ok("dedicated")
+}
+
+/// What a run waits for: Ready (shared), or every child of the instance
+/// applied and the claim waiting for a ready replica (dedicated).
+fn done(claim: &DatabaseClaim) -> bool {
+    match dedicated() {
+        false => ready(claim),
+        true => claim.status.as_ref().is_some_and(|s| {
+            s.phase == Some(dbps_operator::api::ClaimPhase::Provisioning) && s.endpoint.is_some()
+        }),
+    }
+}
+
 fn ready(claim: &DatabaseClaim) -> bool {
     claim
         .status
@@ -239,21 +264,32 @@ async fn run(n: usize) -> Sample {
     .unwrap();
     let client = plane.client().await.unwrap();
     dbps_e2e::operator::install_crds(&client).await.unwrap();
+    let (kind, engine) = engine();
     let mut sample = Sample {
-        postgres_floor_s: postgres_floor(n).await,
-        apiserver_floor_s: apiserver_floor(&client, n).await,
+        postgres_floor_s: match dedicated() {
+            false => postgres_floor(n).await,
+            true => f64::NAN,
+        },
+        apiserver_floor_s: apiserver_floor(&client, n, if dedicated() { 6 } else { 5 }).await,
         ..Sample::default()
     };
 
-    let (kind, engine) = engine();
-    let server = LocalServer::start(kind).await.unwrap();
-    let yaml = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: {NAMESPACE} }}\n---\napiVersion: dbps.io/v1alpha1\nkind: Service\nmetadata: {{ name: svc, namespace: {NAMESPACE} }}\nspec: {{}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: admin, namespace: {NAMESPACE} }}\nstringData: {{ username: {}, password: {} }}\n---\napiVersion: dbps.io/v1alpha1\nkind: DatabaseServer\nmetadata: {{ name: pg }}\nspec: {{ engine: {}, host: 127.0.0.1, port: {}, adminSecretRef: {{ namespace: {NAMESPACE}, name: admin }} }}\n",
-        server.admin_user,
-        server.admin_password,
-        engine.as_str(),
-        server.port
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: {NAMESPACE} }}\n---\napiVersion: dbps.io/v1alpha1\nkind: Service\nmetadata: {{ name: svc, namespace: {NAMESPACE} }}\nspec: {{}}\n"
     );
+    let server = match dedicated() {
+        true => None,
+        false => Some(LocalServer::start(kind).await.unwrap()),
+    };
+    if let Some(server) = &server {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: admin, namespace: {NAMESPACE} }}\nstringData: {{ username: {}, password: {} }}\n---\napiVersion: dbps.io/v1alpha1\nkind: DatabaseServer\nmetadata: {{ name: pg }}\nspec: {{ engine: {}, host: 127.0.0.1, port: {}, adminSecretRef: {{ namespace: {NAMESPACE}, name: admin }} }}\n",
+            server.admin_user,
+            server.admin_password,
+            engine.as_str(),
+            server.port
+        ));
+    }
     dbps_e2e::manifests::apply_yaml(&client, NAMESPACE, &yaml)
         .await
         .unwrap();
@@ -276,10 +312,15 @@ async fn run(n: usize) -> Sample {
         .map(|i| {
             let claims = claims.clone();
             async move {
+                let mut spec =
+                    json!({ "serviceRef": { "name": "svc" }, "engine": engine.as_str() });
+                if !dedicated() {
+                    spec["server"] = json!({ "name": "pg" });
+                }
                 let claim: DatabaseClaim = serde_json::from_value(json!({
                     "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim",
                     "metadata": { "name": format!("c{i:05}") },
-                    "spec": { "serviceRef": { "name": "svc" }, "engine": engine.as_str(), "server": { "name": "pg" } }
+                    "spec": spec
                 }))
                 .unwrap();
                 claims.create(&PostParams::default(), &claim).await.unwrap();
@@ -299,7 +340,7 @@ async fn run(n: usize) -> Sample {
             .unwrap_or_else(|_| panic!("{} of {n} Ready after {deadline:?}", ready_names.len()))
             .unwrap()
             .expect("the watch goes on");
-        if ready(&claim) {
+        if done(&claim) {
             ready_names.insert(claim.metadata.name.clone().unwrap_or_default());
         }
     }
@@ -340,6 +381,7 @@ async fn run(n: usize) -> Sample {
     sample.steady_writes = writes as f64;
     drop(events);
     drop(again);
+    drop(server);
     sample
 }
 
@@ -380,10 +422,12 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn print(n: usize, label: &str, s: &Sample) {
     println!(
-        "claims/shared-{} n={n} {label}: all_ready={:.1}s database_floor={:.1}s ({:.2}x) apiserver_floor={:.1}s ({:.2}x) \
+        "claims/{}-{} n={n} {label}: all_{}={:.1}s database_floor={:.1}s ({:.2}x) apiserver_floor={:.1}s ({:.2}x) \
          peak_rss={:.0}MiB cpu={:.1}s reconciles/claim={:.1} writes/claim={:.1} reads/claim={:.1} 429s={:.0} \
          steady: writes={:.0} reads/claim={:.1}",
+        if dedicated() { "dedicated" } else { "shared" },
         engine().1.as_str(),
+        if dedicated() { "provisioning" } else { "ready" },
         s.ready_s,
         s.postgres_floor_s,
         s.ready_s / s.postgres_floor_s,

@@ -878,8 +878,15 @@ async fn every_pod_template_is_admitted_under_pod_security_restricted() {
     let credentials = dbps_operator::children::Credentials {
         admin_password: "a".into(),
         app_password: "b".into(),
+        instance: dbps_operator::children::InstanceFiles {
+            tls: Some(
+                dbps_operator::children::tls::InstanceTls::issue("opensearch-db", "opensearch-db")
+                    .unwrap(),
+            ),
+            first_boot: vec![],
+        },
     };
-    for engine in ["postgres", "mongodb", "influxdb"] {
+    for engine in ["postgres", "mongodb", "influxdb", "opensearch"] {
         let mut claim: DatabaseClaim = serde_json::from_value(json!({
             "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim",
             "metadata": { "name": format!("{engine}-db"), "namespace": ctx.namespace, "uid": "0000" },

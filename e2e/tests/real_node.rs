@@ -222,10 +222,7 @@ async fn kubelet_joins_and_a_pod_runs_from_an_image_built_here() {
         ns = ctx.namespace
     ))
     .unwrap();
-    let credentials = dbps_operator::children::Credentials {
-        admin_password: String::new(),
-        app_password: String::new(),
-    };
+    let credentials = dbps_operator::children::Credentials::default();
     let inputs = dbps_operator::children::Inputs {
         claim: &claim,
         service: &service,
