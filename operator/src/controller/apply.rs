@@ -115,15 +115,6 @@ where
     Ok(live)
 }
 
-/// Reads `name` then applies `desired` when it differs.
-pub async fn ensure<K>(api: &Api<K>, desired: &K) -> Result<K, kube::Error>
-where
-    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
-{
-    let current = api.get_opt(&desired.name_any()).await?;
-    apply(api, desired, current).await
-}
-
 /// The statuses this operator wrote lately, by object: the cache may not
 /// show a write for a moment, and a reconcile in that moment compares with
 /// what was written instead of asking the apiserver. An entry goes once the

@@ -1,5 +1,6 @@
 //! One watch per kind, shared: each of `DatabaseClaim`, `Service`,
-//! `DatabaseServer`, and the Roles and RoleBindings the operator made, is
+//! `DatabaseServer`, and the Roles, RoleBindings, StatefulSets, Services and
+//! NetworkPolicies the operator made, is
 //! watched once, cached once, and its events fan out to the controllers
 //! that need them. Reconciles read these caches instead of asking the
 //! apiserver.
@@ -14,7 +15,9 @@ use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service as KubeService};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
 use crate::api::{DatabaseClaim, DatabaseServer, Service};
@@ -33,6 +36,11 @@ pub struct Caches {
     pub role_bindings: Store<RoleBinding>,
     /// The ownership tables (`dbps-bindings`), one per namespace.
     pub tables: Store<ConfigMap>,
+    /// Dedicated instances' StatefulSets, Services and NetworkPolicies the
+    /// operator made (its label).
+    pub statefulsets: Store<StatefulSet>,
+    pub instance_services: Store<KubeService>,
+    pub network_policies: Store<NetworkPolicy>,
 }
 
 impl Caches {
@@ -50,6 +58,9 @@ impl Caches {
                     self.roles.wait_until_ready(),
                     self.role_bindings.wait_until_ready(),
                     self.tables.wait_until_ready(),
+                    self.statefulsets.wait_until_ready(),
+                    self.instance_services.wait_until_ready(),
+                    self.network_policies.wait_until_ready(),
                 )
             };
             if tokio::time::timeout(Duration::from_millis(100), all)
@@ -78,6 +89,27 @@ impl Caches {
         self.role_bindings
             .get(&ObjectRef::new(name).within(ns))
             .map(|r| (*r).clone())
+    }
+
+    /// StatefulSet `name` of namespace `ns` the operator made, as last seen.
+    pub fn statefulset(&self, ns: &str, name: &str) -> Option<StatefulSet> {
+        self.statefulsets
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|s| (*s).clone())
+    }
+
+    /// Service (core) `name` of namespace `ns` the operator made, as last seen.
+    pub fn instance_service(&self, ns: &str, name: &str) -> Option<KubeService> {
+        self.instance_services
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|s| (*s).clone())
+    }
+
+    /// NetworkPolicy `name` of namespace `ns` the operator made, as last seen.
+    pub fn network_policy(&self, ns: &str, name: &str) -> Option<NetworkPolicy> {
+        self.network_policies
+            .get(&ObjectRef::new(name).within(ns))
+            .map(|s| (*s).clone())
     }
 
     /// The ownership table of namespace `ns`, as last seen.

@@ -204,6 +204,22 @@ pub async fn run(
     let (role_store, role_writer) = caches::shared::<Role>();
     let (role_binding_store, role_binding_writer) = caches::shared::<RoleBinding>();
     let (table_store, table_writer) = caches::shared::<ConfigMap>();
+    // The instances' children the operator made (its label): their changes
+    // and deletions bring their claim back, and the claim reads them here.
+    let (statefulset_store, statefulset_writer) = caches::shared::<StatefulSet>();
+    let (instance_service_store, instance_service_writer) = caches::shared::<KubeService>();
+    let (policy_store, policy_writer) = caches::shared::<NetworkPolicy>();
+    let (statefulsets_for_claims, instance_services_for_claims, policies_for_claims) = (
+        subscribe(&statefulset_writer),
+        subscribe(&instance_service_writer),
+        subscribe(&policy_writer),
+    );
+    let mut statefulset_deletions = caches::Deletions::new();
+    let mut instance_service_deletions = caches::Deletions::new();
+    let mut policy_deletions = caches::Deletions::new();
+    let statefulsets_gone_for_claims = statefulset_deletions.listen();
+    let instance_services_gone_for_claims = instance_service_deletions.listen();
+    let policies_gone_for_claims = policy_deletions.listen();
     let tables_for_services = subscribe(&table_writer);
     let mut table_deletions = caches::Deletions::new();
     let tables_gone_for_services = table_deletions.listen();
@@ -268,6 +284,18 @@ pub async fn run(
         )
         .default_backoff()
         .reflect_shared(table_writer);
+        let statefulsets = watcher(api_for::<StatefulSet>(&client, ns), owned.clone())
+            .default_backoff()
+            .modify(caches::slim)
+            .reflect_shared(statefulset_writer);
+        let instance_services = watcher(api_for::<KubeService>(&client, ns), owned.clone())
+            .default_backoff()
+            .modify(caches::slim)
+            .reflect_shared(instance_service_writer);
+        let policies = watcher(api_for::<NetworkPolicy>(&client, ns), owned.clone())
+            .default_backoff()
+            .modify(caches::slim)
+            .reflect_shared(policy_writer);
         let mut stop_watches = stop.subscribe();
         async move {
             tokio::select! {
@@ -279,7 +307,12 @@ pub async fn run(
                         drive(roles, "Role", role_deletions),
                         drive(role_bindings, "RoleBinding", role_binding_deletions),
                     ),
-                    drive(tables, "ConfigMap", table_deletions),
+                    futures::future::join4(
+                        drive(tables, "ConfigMap", table_deletions),
+                        drive(statefulsets, "StatefulSet", statefulset_deletions),
+                        drive(instance_services, "Service (core)", instance_service_deletions),
+                        drive(policies, "NetworkPolicy", policy_deletions),
+                    ),
                 ) => {}
                 _ = stop_watches.recv() => {}
             }
@@ -298,6 +331,9 @@ pub async fn run(
             roles: role_store,
             role_bindings: role_binding_store,
             tables: table_store,
+            statefulsets: statefulset_store,
+            instance_services: instance_service_store,
+            network_policies: policy_store,
         },
         own.clone(),
         turns,
@@ -316,9 +352,20 @@ pub async fn run(
         ),
         claim_store,
     )
-    .owns(api_for::<StatefulSet>(&client, ns), owned.clone())
-    .owns(api_for::<KubeService>(&client, ns), owned.clone())
-    .owns(api_for::<NetworkPolicy>(&client, ns), owned.clone())
+    // An instance's children bring it back when they change (a replica
+    // ready, an edit) or go, not for the claim's own writes.
+    .owns_shared_stream(futures::stream::select(
+        caches::not_own(statefulsets_for_claims, own.clone()),
+        statefulsets_gone_for_claims,
+    ))
+    .owns_shared_stream(futures::stream::select(
+        caches::not_own(instance_services_for_claims, own.clone()),
+        instance_services_gone_for_claims,
+    ))
+    .owns_shared_stream(futures::stream::select(
+        caches::not_own(policies_for_claims, own.clone()),
+        policies_gone_for_claims,
+    ))
     .watches_shared_stream(
         // A Service's spec (selector, account), appearance or deletion
         // re-reconciles its claims; its status does not.
@@ -498,5 +545,14 @@ pub async fn run(
         shutdown.await;
         let _ = stop.send(());
     };
-    tokio::join!(watches, claims, services, servers, counts, trigger);
+    // Each on the heap: together they are too large for a thread's stack
+    // in a debug build.
+    tokio::join!(
+        Box::pin(watches),
+        Box::pin(claims),
+        Box::pin(services),
+        Box::pin(servers),
+        Box::pin(counts),
+        trigger
+    );
 }

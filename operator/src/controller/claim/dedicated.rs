@@ -69,21 +69,30 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
     let name = claim.name_any();
     let read = async {
         let admin = secrets.get_opt(&names::admin_secret(&name)).await?;
-        let binding = secrets.get_opt(&names::binding_secret(&name)).await?;
-        let live_sts = statefulsets.get_opt(&names::instance(&name)).await?;
-        // The volume matters only until this claim's StatefulSet holds it.
+        let instance = names::instance(&name);
+        let live_sts = cached_or_get(
+            &statefulsets,
+            ctx.caches.statefulset(&ns, &instance),
+            &instance,
+        )
+        .await?;
+        // The volume and a binding Secret someone else made matter until
+        // this claim's StatefulSet exists: nothing is made over them. Once it
+        // does, the volume is its, and the binding is checked where it is
+        // written (administer).
         let owns_sts = live_sts.as_ref().is_some_and(|s| {
             s.owner_references()
                 .iter()
                 .any(|o| o.controller == Some(true) && Some(&o.uid) == claim.metadata.uid.as_ref())
         });
-        let volume = match owns_sts {
-            true => None,
-            false => {
+        let (binding, volume) = match owns_sts {
+            true => (None, None),
+            false => (
+                secrets.get_opt(&names::binding_secret(&name)).await?,
                 ctx.api::<PersistentVolumeClaim>(&ns)
                     .get_opt(&names::data_pvc(&name))
-                    .await?
-            }
+                    .await?,
+            ),
         };
         Ok::<_, kube::Error>((admin, binding, live_sts, volume))
     };
@@ -184,7 +193,18 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
         platform: &ctx.config.platform,
     };
     let services: Api<KubeService> = ctx.api(&ns);
-    let kube_service = match ssa::ensure(&services, &instance_service(&service_inputs)).await {
+    let desired_service = instance_service(&service_inputs);
+    let ensured = async {
+        let instance = names::instance(&name);
+        let current = cached_or_get(
+            &services,
+            ctx.caches.instance_service(&ns, &instance),
+            &instance,
+        )
+        .await?;
+        ssa::apply_recorded(&services, &desired_service, current, &ctx.own).await
+    };
+    let kube_service = match ensured.await {
         Ok(kube_service) => kube_service,
         Err(e) => return Err(visible_failure(claim, ctx, e).await),
     };
@@ -222,8 +242,16 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
     // apply: the admin Secret first (the pod reads it), the workload last.
     let applied = async {
         ssa::apply(&secrets, &children.admin_secret, admin).await?;
-        ssa::ensure(&ctx.api::<NetworkPolicy>(&ns), &children.network_policy).await?;
-        ssa::apply(&statefulsets, &children.statefulset, live_sts).await
+        let policies: Api<NetworkPolicy> = ctx.api(&ns);
+        let instance = names::instance(&name);
+        let policy = cached_or_get(
+            &policies,
+            ctx.caches.network_policy(&ns, &instance),
+            &instance,
+        )
+        .await?;
+        ssa::apply_recorded(&policies, &children.network_policy, policy, &ctx.own).await?;
+        ssa::apply_recorded(&statefulsets, &children.statefulset, live_sts, &ctx.own).await
     };
     let sts = match applied.await {
         Ok(applied) => applied,
@@ -293,6 +321,23 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
         ready_message: format!("{} {} is ready", engine.as_str(), inputs.version()),
     };
     administer(claim, &service, target, ctx).await
+}
+
+/// The object as the watch cache holds it (the operator's own children), or
+/// as the apiserver has it when the cache does not: not made yet, or made
+/// by someone else (without the operator's label), which must be seen.
+async fn cached_or_get<K>(
+    api: &Api<K>,
+    cached: Option<K>,
+    name: &str,
+) -> Result<Option<K>, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match cached {
+        Some(found) => Ok(Some(found)),
+        None => api.get_opt(name).await,
+    }
 }
 
 /// What the instance reads from its admin Secret besides the password: the
