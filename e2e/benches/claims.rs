@@ -258,6 +258,9 @@ fn ready(claim: &DatabaseClaim) -> bool {
 async fn run(n: usize) -> Sample {
     let plane = ControlPlane::start_with(Options {
         workloads: false,
+        // A dedicated claim's Service takes a cluster IP: room for 16384
+        // (the default range has 254), still on loopback.
+        service_cidr: "127.96.0.0/18",
         ..Options::default()
     })
     .await
