@@ -165,13 +165,38 @@ async fn a_dedicated_opensearch_serves_its_service_over_tls_and_nobody_else() {
         )
         .await
         .unwrap();
-    wait_long(
+    let renewed = wait_long(
         ctx,
         &statefulsets,
         "search-db",
         "a new certificate in the pod template",
         Duration::from_secs(90),
         move |s: Option<&StatefulSet>| s.is_some_and(|s| digest(s) != before),
+    )
+    .await;
+    // The instance restarts with it: its pod carries the new digest and is Ready.
+    let renewed = digest(&renewed);
+    wait_long(
+        ctx,
+        &ctx.api::<Pod>(),
+        "search-db-0",
+        "the instance restarted with the new certificate",
+        Duration::from_secs(300),
+        move |p: Option<&Pod>| {
+            p.is_some_and(|p| {
+                p.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("dbps.io/tls-certificate"))
+                    == renewed.as_ref()
+                    && p.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .flatten()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+            })
+        },
     )
     .await;
     let old_ca = binding["ca.crt"].clone();
@@ -248,15 +273,15 @@ async fn a_dedicated_opensearch_serves_its_service_over_tls_and_nobody_else() {
         .await
         .unwrap();
     ctx.wait_gone(&claims, "search-db", "claim deleted").await;
+    // The admin Secret goes with its owner (the garbage collector), the
+    // bindings with the cleanup.
     for secret in [
         "search-db-admin",
         "search-db-binding",
         "search-db-binding-1",
     ] {
-        assert!(
-            dbps_e2e::fixtures::secret(ctx, secret).await.is_none(),
-            "{secret} left"
-        );
+        ctx.wait_gone(&secrets, secret, &format!("{secret} deleted"))
+            .await;
     }
     ctx.wait_gone(&pods, "search-db-0", "instance pod gone")
         .await;

@@ -219,6 +219,13 @@ pub fn spec_and_metadata<K: Resource>(obj: &K) -> u64 {
     hasher.finish()
 }
 
+/// Any change of an object, its status included (its resourceVersion).
+pub fn any_change<K: Resource>(obj: &K) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    obj.meta().resource_version.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Writes this operator made, each by object and the resourceVersion the
 /// apiserver gave it: the watch event that brings such a write back is the
 /// operator's own doing, not a change to act on. An entry goes when its

@@ -353,17 +353,27 @@ pub async fn run(
         claim_store,
     )
     // An instance's children bring it back when they change (a replica
-    // ready, an edit) or go, not for the claim's own writes.
+    // ready, an edit) or go; not for the claim's own writes, and not for
+    // the watch's first list at start (each claim is reconciled then anyway).
     .owns_shared_stream(futures::stream::select(
-        caches::not_own(statefulsets_for_claims, own.clone()),
+        caches::not_own(
+            caches::changed_since_start(statefulsets_for_claims, caches::any_change),
+            own.clone(),
+        ),
         statefulsets_gone_for_claims,
     ))
     .owns_shared_stream(futures::stream::select(
-        caches::not_own(instance_services_for_claims, own.clone()),
+        caches::not_own(
+            caches::changed_since_start(instance_services_for_claims, caches::any_change),
+            own.clone(),
+        ),
         instance_services_gone_for_claims,
     ))
     .owns_shared_stream(futures::stream::select(
-        caches::not_own(policies_for_claims, own.clone()),
+        caches::not_own(
+            caches::changed_since_start(policies_for_claims, caches::any_change),
+            own.clone(),
+        ),
         policies_gone_for_claims,
     ))
     .watches_shared_stream(
