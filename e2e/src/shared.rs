@@ -156,8 +156,30 @@ impl TestContext {
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     {
+        self.wait_for_within(
+            api,
+            name,
+            what,
+            std::time::Duration::from_secs(90),
+            condition,
+        )
+        .await
+    }
+
+    /// As [`Self::wait_for`], waiting at most `limit`.
+    pub async fn wait_for_within<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        what: &str,
+        limit: std::time::Duration,
+        condition: impl kube::runtime::wait::Condition<K>,
+    ) -> K
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
         let wait = kube::runtime::wait::await_condition(api.clone(), name, condition);
-        match tokio::time::timeout(std::time::Duration::from_secs(90), wait).await {
+        match tokio::time::timeout(limit, wait).await {
             Ok(Ok(Some(obj))) => obj,
             Ok(Ok(None)) => panic!("{name} does not exist while waiting for {what}"),
             Ok(Err(e)) => panic!("watch failed while waiting for {what}: {e}"),

@@ -13,7 +13,6 @@
 
 use std::time::{Duration, Instant};
 
-use dbps_e2e::TestContext;
 use dbps_e2e::claims::reason_is;
 use dbps_e2e::cluster::Cluster;
 use dbps_e2e::fixtures::{claim, copy_secret, run_pod as run, sample_check_pod, service};
@@ -29,32 +28,6 @@ fn refused_by_the_network(said: &str) -> bool {
     ["Connection refused", "timed out", "timeout", "No route"]
         .iter()
         .any(|s| said.contains(s))
-}
-
-/// Waits (at most `limit`) until `condition` holds for `name`: an instance
-/// of OpenSearch takes longer to start than the suites' 90 s default.
-async fn wait_long<K>(
-    ctx: &TestContext,
-    api: &kube::Api<K>,
-    name: &str,
-    what: &str,
-    limit: Duration,
-    condition: impl kube::runtime::wait::Condition<K>,
-) -> K
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    let wait = kube::runtime::wait::await_condition(api.clone(), name, condition);
-    match tokio::time::timeout(limit, wait).await {
-        Ok(Ok(Some(found))) => found,
-        outcome => {
-            let now = api.get_opt(name).await.ok().flatten();
-            panic!(
-                "waiting for {what}: {outcome:?}; {name} is now {now:#?}\n{}",
-                ctx.recent_events().await
-            )
-        }
-    }
 }
 
 #[tokio::test]
@@ -81,8 +54,7 @@ async fn a_dedicated_opensearch_serves_its_service_over_tls_and_nobody_else() {
     )
     .await;
     let claims = ctx.api::<DatabaseClaim>();
-    wait_long(
-        ctx,
+    ctx.wait_for_within(
         &claims,
         "search-db",
         "OpenSearch claim Ready",
@@ -165,19 +137,18 @@ async fn a_dedicated_opensearch_serves_its_service_over_tls_and_nobody_else() {
         )
         .await
         .unwrap();
-    let renewed = wait_long(
-        ctx,
-        &statefulsets,
-        "search-db",
-        "a new certificate in the pod template",
-        Duration::from_secs(90),
-        move |s: Option<&StatefulSet>| s.is_some_and(|s| digest(s) != before),
-    )
-    .await;
+    let renewed = ctx
+        .wait_for_within(
+            &statefulsets,
+            "search-db",
+            "a new certificate in the pod template",
+            Duration::from_secs(90),
+            move |s: Option<&StatefulSet>| s.is_some_and(|s| digest(s) != before),
+        )
+        .await;
     // The instance restarts with it: its pod carries the new digest and is Ready.
     let renewed = digest(&renewed);
-    wait_long(
-        ctx,
+    ctx.wait_for_within(
         &ctx.api::<Pod>(),
         "search-db-0",
         "the instance restarted with the new certificate",
@@ -201,8 +172,7 @@ async fn a_dedicated_opensearch_serves_its_service_over_tls_and_nobody_else() {
     .await;
     let old_ca = binding["ca.crt"].clone();
     let secrets = ctx.api::<Secret>();
-    wait_long(
-        ctx,
+    ctx.wait_for_within(
         &secrets,
         "search-db-binding",
         "the binding with the new CA",
@@ -213,8 +183,7 @@ async fn a_dedicated_opensearch_serves_its_service_over_tls_and_nobody_else() {
         },
     )
     .await;
-    wait_long(
-        ctx,
+    ctx.wait_for_within(
         &claims,
         "search-db",
         "claim Ready with the new certificate",
@@ -234,19 +203,19 @@ async fn a_dedicated_opensearch_serves_its_service_over_tls_and_nobody_else() {
     // A rotation on the instance: the other user, in a new Secret, creates
     // its index; the first user is revoked after the grace period.
     dbps_e2e::fixtures::request_rotation(ctx, "search-db", "1").await;
-    let rotated = wait_long(
-        ctx,
-        &claims,
-        "search-db",
-        "rotated",
-        Duration::from_secs(90),
-        |c: Option<&DatabaseClaim>| {
-            c.and_then(|c| c.status.as_ref())
-                .and_then(|s| s.binding.as_ref())
-                .is_some_and(|b| b.name == "search-db-binding-1")
-        },
-    )
-    .await;
+    let rotated = ctx
+        .wait_for_within(
+            &claims,
+            "search-db",
+            "rotated",
+            Duration::from_secs(90),
+            |c: Option<&DatabaseClaim>| {
+                c.and_then(|c| c.status.as_ref())
+                    .and_then(|s| s.binding.as_ref())
+                    .is_some_and(|b| b.name == "search-db-binding-1")
+            },
+        )
+        .await;
     assert!(
         rotated
             .status

@@ -192,17 +192,21 @@ impl Instance for Opensearch {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_internal_user_database_holds_the_admin_alone_with_a_hash_of_its_password() {
-        let file = internal_users("s3cret-pw").unwrap();
-        let parsed: serde_yaml::Value = serde_yaml::from_str(&file).unwrap();
-        let users: Vec<&str> = parsed
-            .as_mapping()
+    /// The entries of a security configuration file, `_meta` left out.
+    fn entries(file: &serde_yaml::Value) -> Vec<&str> {
+        file.as_mapping()
             .unwrap()
             .keys()
             .filter_map(|k| k.as_str())
             .filter(|k| *k != "_meta")
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn the_internal_user_database_holds_the_admin_alone_with_a_hash_of_its_password() {
+        let file = internal_users("s3cret-pw").unwrap();
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&file).unwrap();
+        let users = entries(&parsed);
         assert_eq!(users, ["admin"]);
         let hash = parsed["admin"]["hash"].as_str().unwrap();
         assert!(bcrypt::verify("s3cret-pw", hash).unwrap());
@@ -213,13 +217,7 @@ mod tests {
     #[test]
     fn a_new_instance_maps_all_access_to_the_admin_and_nothing_to_every_user() {
         let mapping: serde_yaml::Value = serde_yaml::from_str(&roles_mapping("").unwrap()).unwrap();
-        let roles: Vec<&str> = mapping
-            .as_mapping()
-            .unwrap()
-            .keys()
-            .filter_map(|k| k.as_str())
-            .filter(|k| *k != "_meta")
-            .collect();
+        let roles = entries(&mapping);
         assert_eq!(roles, ["all_access"]);
         let config: serde_yaml::Value = serde_yaml::from_str(&authentication("").unwrap()).unwrap();
         let http = &config["config"]["dynamic"]["http"];
