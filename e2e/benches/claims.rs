@@ -4,7 +4,9 @@
 //!
 //! - the **PostgreSQL floor**: the same administration (database, owner and
 //!   login roles, marks) issued directly at the operator's per-server
-//!   concurrency, on a server of its own;
+//!   concurrency, on a server of its own, once before the operator's run and
+//!   once after it (the ratio is to their mean: this machine's disk and page
+//!   cache make one floor vary up to several times within minutes);
 //! - the **apiserver floor**: five writes per claim (what a claim needs at
 //!   least: finalizer, binding Secret, Role, RoleBinding, status), 16 claims
 //!   at a time;
@@ -58,7 +60,12 @@ const RESYNC: Duration = Duration::from_secs(300);
 #[derive(Clone, Debug, Default)]
 struct Sample {
     ready_s: f64,
+    /// The database floor: the mean of one measured before and one after
+    /// the operator's run (this machine's disk and page cache vary much
+    /// within minutes; the two show how much).
     postgres_floor_s: f64,
+    postgres_floor_before_s: f64,
+    postgres_floor_after_s: f64,
     apiserver_floor_s: f64,
     rss_mib: f64,
     cpu_s: f64,
@@ -231,6 +238,30 @@ fn engine() -> (Kind, Engine) {
     }
 }
 
+/// Claims of one Service: more would make its Role (which names each
+/// binding Secret), status and ownership table larger than Kubernetes
+/// objects are meant to be, and no service has that many databases.
+const CLAIMS_PER_SERVICE: usize = 1000;
+
+/// How many Services the `n` claims of a run belong to.
+fn services(n: usize) -> usize {
+    n.div_ceil(CLAIMS_PER_SERVICE).max(1)
+}
+
+/// The name of Service number `i` of a run (`svc` for the first).
+fn service_name(i: usize) -> String {
+    match i {
+        0 => "svc".into(),
+        i => format!("svc-{i}"),
+    }
+}
+
+/// Whether the floors are measured (`DBPS_BENCH_FLOORS=off` leaves them out,
+/// for sizes where they would take longer than the operator's run).
+fn floors() -> bool {
+    std::env::var("DBPS_BENCH_FLOORS").as_deref() != Ok("off")
+}
+
 /// Whether the claims are dedicated: `DBPS_BENCH_PLACEMENT=dedicated`.
 fn dedicated() -> bool {
     std::env::var("DBPS_BENCH_PLACEMENT").as_deref() == Ok("dedicated")
@@ -269,17 +300,24 @@ async fn run(n: usize) -> Sample {
     dbps_e2e::operator::install_crds(&client).await.unwrap();
     let (kind, engine) = engine();
     let mut sample = Sample {
-        postgres_floor_s: match dedicated() {
+        postgres_floor_before_s: match dedicated() || !floors() {
             false => postgres_floor(n).await,
             true => f64::NAN,
         },
-        apiserver_floor_s: apiserver_floor(&client, n, if dedicated() { 6 } else { 5 }).await,
+        apiserver_floor_s: match floors() {
+            true => apiserver_floor(&client, n, if dedicated() { 6 } else { 5 }).await,
+            false => f64::NAN,
+        },
         ..Sample::default()
     };
 
-    let mut yaml = format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: {NAMESPACE} }}\n---\napiVersion: dbps.io/v1alpha1\nkind: Service\nmetadata: {{ name: svc, namespace: {NAMESPACE} }}\nspec: {{}}\n"
-    );
+    let mut yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{ name: {NAMESPACE} }}\n");
+    for service in 0..services(n) {
+        yaml.push_str(&format!(
+            "---\napiVersion: dbps.io/v1alpha1\nkind: Service\nmetadata: {{ name: {}, namespace: {NAMESPACE} }}\nspec: {{}}\n",
+            service_name(service)
+        ));
+    }
     let server = match dedicated() {
         true => None,
         false => Some(LocalServer::start(kind).await.unwrap()),
@@ -315,8 +353,9 @@ async fn run(n: usize) -> Sample {
         .map(|i| {
             let claims = claims.clone();
             async move {
+                let service = service_name(i / CLAIMS_PER_SERVICE);
                 let mut spec =
-                    json!({ "serviceRef": { "name": "svc" }, "engine": engine.as_str() });
+                    json!({ "serviceRef": { "name": service }, "engine": engine.as_str() });
                 if !dedicated() {
                     spec["server"] = json!({ "name": "pg" });
                 }
@@ -332,7 +371,7 @@ async fn run(n: usize) -> Sample {
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
-    let deadline = Duration::from_secs(1800);
+    let deadline = Duration::from_secs(1800).max(Duration::from_millis(400) * n as u32);
     while ready_names.len() < n {
         let next = tokio::time::timeout(
             deadline.saturating_sub(started.elapsed()),
@@ -385,6 +424,12 @@ async fn run(n: usize) -> Sample {
     drop(events);
     drop(again);
     drop(server);
+    sample.postgres_floor_after_s = match dedicated() || !floors() {
+        false => postgres_floor(n).await,
+        true => f64::NAN,
+    };
+    sample.postgres_floor_s =
+        (sample.postgres_floor_before_s + sample.postgres_floor_after_s) / 2.0;
     sample
 }
 
@@ -425,7 +470,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn print(n: usize, label: &str, s: &Sample) {
     println!(
-        "claims/{}-{} n={n} {label}: all_{}={:.1}s database_floor={:.1}s ({:.2}x) apiserver_floor={:.1}s ({:.2}x) \
+        "claims/{}-{} n={n} {label}: all_{}={:.1}s database_floor={:.1}s ({:.2}x; before {:.1}s, after {:.1}s) apiserver_floor={:.1}s ({:.2}x) \
          peak_rss={:.0}MiB cpu={:.1}s reconciles/claim={:.1} writes/claim={:.1} reads/claim={:.1} 429s={:.0} \
          steady: writes={:.0} reads/claim={:.1}",
         if dedicated() { "dedicated" } else { "shared" },
@@ -434,6 +479,8 @@ fn print(n: usize, label: &str, s: &Sample) {
         s.ready_s,
         s.postgres_floor_s,
         s.ready_s / s.postgres_floor_s,
+        s.postgres_floor_before_s,
+        s.postgres_floor_after_s,
         s.apiserver_floor_s,
         s.ready_s / s.apiserver_floor_s,
         s.rss_mib,
@@ -474,6 +521,8 @@ async fn main() {
         let med = Sample {
             ready_s: m(|s| s.ready_s),
             postgres_floor_s: m(|s| s.postgres_floor_s),
+            postgres_floor_before_s: m(|s| s.postgres_floor_before_s),
+            postgres_floor_after_s: m(|s| s.postgres_floor_after_s),
             apiserver_floor_s: m(|s| s.apiserver_floor_s),
             rss_mib: m(|s| s.rss_mib),
             cpu_s: m(|s| s.cpu_s),

@@ -552,7 +552,33 @@ async fn start_ferretdb(tls: TlsFiles) -> Result<LocalServer, Error> {
             format!("--listen-tls-key-file={}", key.display()),
         ]),
     }
-    let process = spawn("ferretdb", &program, &args, &path, None)?;
+    // FerretDB keeps each database's SQLite file (with its WAL and
+    // shared-memory files) open: ten thousand databases need more
+    // descriptors than a process is given by default. Raised for this
+    // process alone, as far as it may be.
+    let process = Process::spawn("ferretdb", &program, &args, &path, |cmd: &mut Command| {
+        // SAFETY: getrlimit and setrlimit are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                let wanted: libc::rlim_t = 1 << 17;
+                let raised = libc::rlimit {
+                    rlim_cur: wanted,
+                    rlim_max: wanted,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                    let mut current = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) == 0 {
+                        current.rlim_cur = current.rlim_max;
+                        libc::setrlimit(libc::RLIMIT_NOFILE, &current);
+                    }
+                }
+                Ok(())
+            });
+        }
+    })?;
     let server = LocalServer {
         kind: Kind::FerretDb,
         host: "127.0.0.1".into(),

@@ -446,3 +446,92 @@ async fn influxdb_ownership_marks() {
 async fn mongodb_wire_ownership_marks() {
     ownership(Kind::FerretDb, Engine::Mongodb).await;
 }
+
+/// The operator keeps a few admin sessions open between operations; one the
+/// server cut off (a restart, an administrator ending it) or one left in a
+/// failed transaction is never used again, and no more are kept than the
+/// server's connection limit lets run at once.
+#[tokio::test]
+async fn kept_admin_sessions_are_replaced_when_cut_off_and_bounded() {
+    use dbps_e2e::databases::connect_postgres;
+    let mut server = LocalServer::start(Kind::Postgres).await.unwrap();
+    let conn = server.admin_connection(Engine::Postgres);
+    let servers = Servers::default();
+    servers.set_connections(&conn, 3);
+    let owner = |i: usize| claimant("kept", &format!("db{i}"), &format!("uid-{i}"), "svc", false);
+    let ensure_all = async |range: std::ops::Range<usize>| {
+        futures::future::join_all(range.map(|i| {
+            let (servers, conn) = (&servers, &conn);
+            async move {
+                let g = grant(
+                    &format!("kept_db{i}"),
+                    &format!("kept_db{i}_app"),
+                    "Passw0rd",
+                );
+                servers.ensure(conn, &g, &owner(i)).await
+            }
+        }))
+        .await
+    };
+    for done in ensure_all(0..6).await {
+        done.unwrap();
+    }
+    let watcher = connect_postgres(
+        &server,
+        "postgres",
+        &server.admin_user,
+        &server.admin_password,
+    )
+    .await
+    .unwrap();
+    let sessions = async || -> i64 {
+        watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'dbps-operator'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let kept = sessions().await;
+    assert!(
+        (1..=3).contains(&kept),
+        "{kept} admin sessions kept for a limit of 3"
+    );
+
+    // An administrator ends them: the next operations open new ones.
+    watcher
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'dbps-operator'",
+            &[],
+        )
+        .await
+        .unwrap();
+    for done in ensure_all(6..9).await {
+        done.unwrap();
+    }
+
+    // The server restarts: the kept sessions are gone with it. Once it
+    // accepts connections again, operations work at once.
+    server.pause();
+    server.resume().await.unwrap();
+    let accepting = std::time::Instant::now();
+    while connect_postgres(
+        &server,
+        "postgres",
+        &server.admin_user,
+        &server.admin_password,
+    )
+    .await
+    .is_err()
+    {
+        assert!(accepting.elapsed() < std::time::Duration::from_secs(60));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for done in ensure_all(9..12).await {
+        done.unwrap();
+    }
+    let g = grant("kept_db11", "kept_db11_app", "Passw0rd");
+    assert!(servers.can_login(&conn, &g).await);
+}

@@ -125,11 +125,24 @@ impl Servers {
         // Asked before taking a connection slot (info takes one itself).
         let server = self.cached_info(conn).await?;
         let _held = self.hold(conn, &grant.database).await;
-        self.limited(
-            conn,
-            conn.engine.admin().ensure(conn, &server, grant, claimant),
-        )
-        .await
+        let asked = std::time::Instant::now();
+        let mut began = asked;
+        let done = self
+            .limited(conn, async {
+                began = std::time::Instant::now();
+                conn.engine
+                    .admin()
+                    .ensure(conn, &server, grant, claimant)
+                    .await
+            })
+            .await;
+        tracing::debug!(
+            database = %grant.database,
+            waited_ms = (began - asked).as_millis() as u64,
+            took_ms = began.elapsed().as_millis() as u64,
+            "ensured"
+        );
+        done
     }
 
     /// Drops the database and the users (ending their sessions first) that

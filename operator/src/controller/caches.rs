@@ -262,6 +262,16 @@ impl OwnWrites {
         written.insert(own_key(obj), (version, now));
     }
 
+    /// Whether the operator wrote `obj` since the copy given was read: a
+    /// write of it is recorded whose event has not been seen, at another
+    /// version than this copy's (a cache that lags behind that write).
+    pub fn wrote_since<K: Resource<DynamicType = ()>>(&self, obj: &K) -> bool {
+        let written = self.written.lock().unwrap();
+        written.get(&own_key(obj)).is_some_and(|(version, at)| {
+            at.elapsed() < OWN_WRITE_TTL && obj.resource_version().as_deref() != Some(version)
+        })
+    }
+
     /// Whether `obj` is a write this operator recorded (the entry goes
     /// either way: a later event of the object is someone else's).
     pub fn is_own<K: Resource<DynamicType = ()>>(&self, obj: &K) -> bool {

@@ -60,6 +60,13 @@ pub struct Context {
     /// Registered servers' admin credentials, by the Secret holding them,
     /// read at most once per [`ADMIN_SECRET_TTL`] (Secrets are not watched).
     admin_secrets: Mutex<HashMap<SecretRef, RememberedAdmin>>,
+    /// One read at a time of each admin Secret: the reconciles that find
+    /// nothing remembered at once (many, at start) wait for the first read
+    /// instead of each asking the apiserver.
+    admin_reads: Mutex<HashMap<SecretRef, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+    /// Registered servers' CA certificates, by the Secret holding them, read
+    /// at most once per [`ADMIN_SECRET_TTL`].
+    ca_secrets: Mutex<HashMap<SecretRef, (std::time::Instant, String)>>,
     failures: Mutex<HashMap<String, u32>>,
     cluster: tokio::sync::OnceCell<String>,
 }
@@ -88,6 +95,8 @@ impl Context {
             written: Default::default(),
             turns,
             admin_secrets: Mutex::default(),
+            admin_reads: Mutex::default(),
+            ca_secrets: Mutex::default(),
             failures: Mutex::default(),
             cluster: tokio::sync::OnceCell::new(),
         }
@@ -136,10 +145,48 @@ impl Context {
         (at.elapsed() < ADMIN_SECRET_TTL).then(|| (username.clone(), password.clone()))
     }
 
+    /// The right to read admin Secret `ns`/`name`, held by one reconcile at
+    /// a time: who waited for it finds the credentials remembered.
+    pub(super) async fn reading_admin(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut reads = self.admin_reads.lock().unwrap();
+            reads.retain(|_, held| held.strong_count() > 0);
+            let key = (ns.to_string(), name.to_string());
+            match reads.get(&key).and_then(std::sync::Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+                    reads.insert(key, std::sync::Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+
     pub(super) fn remember_admin(&self, ns: &str, name: &str, username: &str, password: &str) {
         self.admin_secrets.lock().unwrap().insert(
             (ns.to_string(), name.to_string()),
             (std::time::Instant::now(), username.into(), password.into()),
+        );
+    }
+
+    /// The CA certificate last read from Secret `ns`/`name`, if read less
+    /// than [`ADMIN_SECRET_TTL`] ago.
+    pub(super) fn remembered_ca(&self, ns: &str, name: &str) -> Option<String> {
+        let cas = self.ca_secrets.lock().unwrap();
+        let (at, pem) = cas.get(&(ns.to_string(), name.to_string()))?;
+        (at.elapsed() < ADMIN_SECRET_TTL).then(|| pem.clone())
+    }
+
+    pub(super) fn remember_ca(&self, ns: &str, name: &str, pem: &str) {
+        self.ca_secrets.lock().unwrap().insert(
+            (ns.to_string(), name.to_string()),
+            (std::time::Instant::now(), pem.into()),
         );
     }
 

@@ -133,6 +133,7 @@ pub(super) async fn administer(
     };
     ctx.servers
         .set_connections(&target.conn, target.connections);
+    let mut steps = Steps::new();
     let secrets: Api<Secret> = ctx.api(&ns);
     let place = target.place.clone();
     let conn = &target.conn;
@@ -183,6 +184,7 @@ pub(super) async fn administer(
         if let Err(e) = authorized {
             return server_failure(e, None).await;
         }
+        steps.done("inspect");
     }
 
     // A compliance profile is checked on the server every time; a claim not
@@ -359,6 +361,7 @@ pub(super) async fn administer(
         current,
     )
     .await?;
+    steps.done("binding");
     let stable_name = names::binding_secret(&name);
     // Who may read these Secrets through the API is the Service's Role (its
     // controller keeps it from its claims' statuses). A per-claim Role of an
@@ -392,6 +395,7 @@ pub(super) async fn administer(
     } else {
         (ctx.servers.ensure(conn, &grant, &claimant).await, true)
     };
+    steps.done(if set_up { "set up" } else { "login" });
     // The repair is told once the server has the new password (or failed to take it).
     if let Some((reason, note)) = notice {
         publish(ctx, claim, EventType::Warning, reason, "Repair", note).await;
@@ -604,7 +608,41 @@ pub(super) async fn administer(
         next = next.min(READERS_WAITING_RECHECK);
     }
     update_status_full(claim, ctx, outcome, Some(creds), Some(database)).await?;
+    steps.done("status");
+    tracing::debug!(claim = %format!("{ns}/{name}"), steps = %steps, "administered");
     Ok(Action::requeue(next))
+}
+
+/// How long each step of a turn took, for the debug log.
+struct Steps {
+    at: std::time::Instant,
+    taken: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Steps {
+    fn new() -> Self {
+        Self {
+            at: std::time::Instant::now(),
+            taken: Vec::new(),
+        }
+    }
+
+    /// Ends step `name`, begun when the previous one ended.
+    fn done(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.taken.push((name, now - self.at));
+        self.at = now;
+    }
+}
+
+impl std::fmt::Display for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, took)) in self.taken.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{name} {} ms", took.as_millis())?;
+        }
+        Ok(())
+    }
 }
 
 /// How soon a grant waiting for tables not made yet looks again.

@@ -52,6 +52,22 @@ async fn with_finalizer(
     if present || claim.metadata.deletion_timestamp.is_some() {
         return Ok(claim);
     }
+    // A cached copy older than a write of this operator (a claim woken for
+    // its turn before the watch brought its finalizer back) would fail the
+    // patch's test: the live claim is read instead.
+    let claim = match ctx.own.wrote_since(claim.as_ref()) {
+        false => claim,
+        true => match claims.get_opt(&claim.name_any()).await? {
+            Some(live) if live.finalizers().iter().any(|f| f == FINALIZER) => {
+                return Ok(Arc::new(live));
+            }
+            Some(live) => Arc::new(live),
+            None => return Ok(claim),
+        },
+    };
+    if claim.metadata.deletion_timestamp.is_some() {
+        return Ok(claim);
+    }
     // As kube's finalizer helper does: the patch fails when the list
     // changed since it was read, and the next event brings the new one.
     let pointer = |p: &str| json_patch::jsonptr::PointerBuf::parse(p).expect("valid pointer");

@@ -60,13 +60,22 @@ impl Unavailable {
 }
 
 /// Admin connection of a server, from the Secret it references (read at
-/// most once per `ADMIN_SECRET_TTL`, and again after the server refused it).
+/// most once per `ADMIN_SECRET_TTL`, and again after the server refused it)
+/// and its CA's Secret (read at most once per `ADMIN_SECRET_TTL`).
 pub async fn admin_connection(
     ctx: &Context,
     server: &DatabaseServer,
 ) -> Result<Result<Connection, Unavailable>, Error> {
     let r = &server.spec.admin_secret_ref;
-    let (username, password) = match ctx.remembered_admin(&r.namespace, &r.name) {
+    let mut reading = None;
+    let remembered = match ctx.remembered_admin(&r.namespace, &r.name) {
+        Some(remembered) => Some(remembered),
+        None => {
+            reading = Some(ctx.reading_admin(&r.namespace, &r.name).await);
+            ctx.remembered_admin(&r.namespace, &r.name)
+        }
+    };
+    let (username, password) = match remembered {
         Some(remembered) => remembered,
         None => {
             let secrets: Api<Secret> = ctx.api(&r.namespace);
@@ -99,6 +108,8 @@ pub async fn admin_connection(
             (username, password)
         }
     };
+    // Released before the CA is read, which may be in the same Secret.
+    drop(reading);
     let tls = match server.spec.tls.as_ref().filter(|t| t.enabled) {
         None => None,
         Some(ServerTls {
@@ -109,11 +120,26 @@ pub async fn admin_connection(
             ca_secret_ref: Some(ca),
             ..
         }) => {
-            let pem = ctx
-                .api::<Secret>(&ca.namespace)
-                .get_opt(&ca.name)
-                .await?
-                .and_then(|s| secret_value(&s, CA_KEY));
+            let pem = match ctx.remembered_ca(&ca.namespace, &ca.name) {
+                Some(pem) => Some(pem),
+                None => {
+                    let _reading = ctx.reading_admin(&ca.namespace, &ca.name).await;
+                    match ctx.remembered_ca(&ca.namespace, &ca.name) {
+                        Some(pem) => Some(pem),
+                        None => {
+                            let pem = ctx
+                                .api::<Secret>(&ca.namespace)
+                                .get_opt(&ca.name)
+                                .await?
+                                .and_then(|s| secret_value(&s, CA_KEY));
+                            if let Some(pem) = &pem {
+                                ctx.remember_ca(&ca.namespace, &ca.name, pem);
+                            }
+                            pem
+                        }
+                    }
+                }
+            };
             match pem {
                 Some(pem) => Some(Tls { ca_pem: Some(pem) }),
                 None => {

@@ -1,6 +1,9 @@
 //! PostgreSQL: a LOGIN role without any special attribute, owner of its own
 //! database, CONNECT and TEMPORARY revoked from PUBLIC on that database.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use tokio_postgres::{Client, NoTls};
 
 use crate::engines::ownership::{self, Claimant, Mark, ObjectKind, Presence, Verdict, authorize};
@@ -70,8 +73,105 @@ async fn connect(
     Ok(client)
 }
 
-async fn admin(conn: &Connection) -> Result<Client, AdminError> {
-    connect(conn, &conn.username, &conn.password, "postgres").await
+/// Admin sessions (database `postgres`) kept open between operations: a
+/// new session costs a process on the server and a SCRAM exchange, tens of
+/// times more than the statements most operations send. A session is taken
+/// back only when it answers a probe (a session left in a failed
+/// transaction, or cut off, does not); idle ones are closed after
+/// [`SESSION_IDLE`], and at most [`SESSIONS_KEPT`] per server and user are
+/// kept (the operator's per-server limit bounds how many are in use).
+struct Sessions {
+    idle: std::sync::Mutex<HashMap<SessionKey, Vec<(Client, Instant)>>>,
+}
+
+/// A server and the credentials its sessions were opened with.
+type SessionKey = (String, u16, String, String, Option<Option<String>>);
+
+/// How long an unused admin session stays open.
+const SESSION_IDLE: Duration = Duration::from_secs(10);
+/// Idle admin sessions kept per server and user.
+const SESSIONS_KEPT: usize = 16;
+/// How long a kept session has to answer before it is given up.
+const SESSION_PROBE: Duration = Duration::from_secs(2);
+
+static SESSIONS: std::sync::LazyLock<Sessions> = std::sync::LazyLock::new(|| Sessions {
+    idle: std::sync::Mutex::default(),
+});
+
+fn session_key(conn: &Connection) -> SessionKey {
+    (
+        conn.host.clone(),
+        conn.port,
+        conn.username.clone(),
+        conn.password.clone(),
+        conn.tls.as_ref().map(|t| t.ca_pem.clone()),
+    )
+}
+
+impl Sessions {
+    /// An idle session of `key` opened less than [`SESSION_IDLE`] ago;
+    /// those idle for longer, of any server, are closed.
+    fn take(&self, key: &SessionKey) -> Option<Client> {
+        let mut idle = self.idle.lock().unwrap();
+        for sessions in idle.values_mut() {
+            sessions.retain(|(client, at)| at.elapsed() < SESSION_IDLE && !client.is_closed());
+        }
+        idle.retain(|_, sessions| !sessions.is_empty());
+        idle.get_mut(key)
+            .and_then(Vec::pop)
+            .map(|(client, _)| client)
+    }
+
+    fn give_back(&self, key: SessionKey, client: Client) {
+        if client.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap();
+        let sessions = idle.entry(key).or_default();
+        if sessions.len() < SESSIONS_KEPT {
+            sessions.push((client, Instant::now()));
+        }
+    }
+}
+
+/// An admin session, given back for reuse when dropped.
+struct Session {
+    client: Option<Client>,
+    key: SessionKey,
+}
+
+impl std::ops::Deref for Session {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            SESSIONS.give_back(std::mem::take(&mut self.key), client);
+        }
+    }
+}
+
+async fn admin(conn: &Connection) -> Result<Session, AdminError> {
+    let key = session_key(conn);
+    while let Some(client) = SESSIONS.take(&key) {
+        let probe = tokio::time::timeout(SESSION_PROBE, client.simple_query("SELECT 1")).await;
+        if matches!(probe, Ok(Ok(_))) {
+            return Ok(Session {
+                client: Some(client),
+                key,
+            });
+        }
+    }
+    let client = connect(conn, &conn.username, &conn.password, "postgres").await?;
+    Ok(Session {
+        client: Some(client),
+        key,
+    })
 }
 
 fn classify(e: tokio_postgres::Error) -> AdminError {
