@@ -214,6 +214,61 @@ where
     Ok(Some(current))
 }
 
+/// `obj` with `finalizer`, added now when missing (unless it is being
+/// deleted), so the reconcile goes on to do its work rather than wait for
+/// the event of its own patch. The patch fails when the list changed since
+/// it was read, as kube's finalizer helper's does; a cached copy older than
+/// a write of this operator (an object brought back before the watch
+/// showed its finalizer) is therefore not patched but read live.
+pub async fn with_finalizer<K>(
+    api: &Api<K>,
+    obj: std::sync::Arc<K>,
+    finalizer: &str,
+    own: &super::caches::OwnWrites,
+) -> Result<std::sync::Arc<K>, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let has = |o: &K| o.meta().finalizers.iter().flatten().any(|f| f == finalizer);
+    if has(&obj) || obj.meta().deletion_timestamp.is_some() {
+        return Ok(obj);
+    }
+    let obj = match own.wrote_since(obj.as_ref()) {
+        false => obj,
+        true => match api.get_opt(&obj.name_any()).await? {
+            Some(live) => std::sync::Arc::new(live),
+            None => return Ok(obj),
+        },
+    };
+    if has(&obj) || obj.meta().deletion_timestamp.is_some() {
+        return Ok(obj);
+    }
+    let pointer = |p: &str| json_patch::jsonptr::PointerBuf::parse(p).expect("valid pointer");
+    let (at, value) = match &obj.meta().finalizers {
+        None => ("/metadata/finalizers", serde_json::json!([finalizer])),
+        Some(_) => ("/metadata/finalizers/-", serde_json::json!(finalizer)),
+    };
+    let patch = json_patch::Patch(vec![
+        json_patch::PatchOperation::Test(json_patch::TestOperation {
+            path: pointer("/metadata/finalizers"),
+            value: serde_json::json!(obj.meta().finalizers),
+        }),
+        json_patch::PatchOperation::Add(json_patch::AddOperation {
+            path: pointer(at),
+            value,
+        }),
+    ]);
+    let patched = api
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await?;
+    own.record(&patched);
+    Ok(std::sync::Arc::new(patched))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,8 @@ pub const SERVICE_FINALIZER: &str = "dbps.io/ownership";
 pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = service.namespace().unwrap_or_default();
     let services: Api<Service> = ctx.api(&ns);
+    let service =
+        super::apply::with_finalizer(&services, service, SERVICE_FINALIZER, &ctx.own).await?;
     finalizer(&services, SERVICE_FINALIZER, service, |event| async {
         match event {
             Finalizer::Apply(service) => apply_service(service, &ctx).await,

@@ -40,62 +40,6 @@ fn look_again_soon(ctx: &Context) -> Action {
     Action::requeue(ctx.config.resync.min(std::time::Duration::from_secs(5)))
 }
 
-/// The claim with the cleanup finalizer, added now when missing (unless it
-/// is being deleted), so the first reconcile goes on to do the work rather
-/// than wait for the event of its own patch (which the controller skips).
-async fn with_finalizer(
-    claims: &Api<DatabaseClaim>,
-    claim: Arc<DatabaseClaim>,
-    ctx: &Context,
-) -> Result<Arc<DatabaseClaim>, Error> {
-    let present = claim.finalizers().iter().any(|f| f == FINALIZER);
-    if present || claim.metadata.deletion_timestamp.is_some() {
-        return Ok(claim);
-    }
-    // A cached copy older than a write of this operator (a claim woken for
-    // its turn before the watch brought its finalizer back) would fail the
-    // patch's test: the live claim is read instead.
-    let claim = match ctx.own.wrote_since(claim.as_ref()) {
-        false => claim,
-        true => match claims.get_opt(&claim.name_any()).await? {
-            Some(live) if live.finalizers().iter().any(|f| f == FINALIZER) => {
-                return Ok(Arc::new(live));
-            }
-            Some(live) => Arc::new(live),
-            None => return Ok(claim),
-        },
-    };
-    if claim.metadata.deletion_timestamp.is_some() {
-        return Ok(claim);
-    }
-    // As kube's finalizer helper does: the patch fails when the list
-    // changed since it was read, and the next event brings the new one.
-    let pointer = |p: &str| json_patch::jsonptr::PointerBuf::parse(p).expect("valid pointer");
-    let (at, value) = match &claim.metadata.finalizers {
-        None => ("/metadata/finalizers", serde_json::json!([FINALIZER])),
-        Some(_) => ("/metadata/finalizers/-", serde_json::json!(FINALIZER)),
-    };
-    let patch = json_patch::Patch(vec![
-        json_patch::PatchOperation::Test(json_patch::TestOperation {
-            path: pointer("/metadata/finalizers"),
-            value: serde_json::json!(claim.metadata.finalizers),
-        }),
-        json_patch::PatchOperation::Add(json_patch::AddOperation {
-            path: pointer(at),
-            value,
-        }),
-    ]);
-    let patched = claims
-        .patch(
-            &claim.name_any(),
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Json::<()>(patch),
-        )
-        .await?;
-    ctx.own.record(&patched);
-    Ok(Arc::new(patched))
-}
-
 pub async fn reconcile(
     guard: Arc<DeserializeGuard<DatabaseClaim>>,
     ctx: Arc<Context>,
@@ -107,7 +51,7 @@ pub async fn reconcile(
     let ns = claim.namespace().unwrap_or_default();
     let key = format!("DatabaseClaim/{ns}/{}", claim.name_any());
     let claims: Api<DatabaseClaim> = ctx.api(&ns);
-    let claim = with_finalizer(&claims, claim, &ctx).await?;
+    let claim = super::apply::with_finalizer(&claims, claim, FINALIZER, &ctx.own).await?;
     let action = finalizer(&claims, FINALIZER, claim, |event| async {
         match event {
             Finalizer::Apply(claim) => match &claim.spec.server {
