@@ -46,9 +46,10 @@ fmt-check:
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## bench: start-up and throughput measurements (DBPS_BENCH_RUNS sets repetitions)
+## bench: start-up, claims at scale on the local plane (shared and dedicated), dedicated claims on the real node
+## (DBPS_BENCH_RUNS sets repetitions)
 bench: binaries
-	$(CARGO) build --release -p dbps-operator --bin dbps-operator
+	$(CARGO) build --release -p dbps-operator --bin dbps-operator -p dbps-samples --bin dbps-sample
 	KUBEBUILDER_ASSETS=$(BINARIES) $(CARGO) bench -p dbps-e2e
 	KUBEBUILDER_ASSETS=$(BINARIES) DBPS_BENCH_PLACEMENT=dedicated $(CARGO) bench -p dbps-e2e --bench claims
 

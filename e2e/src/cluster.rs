@@ -246,6 +246,42 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// The peak resident set (`VmHWM`, MiB) of the process named `comm` in
+    /// pod `uid` on the real node, found through the pod's cgroup; `None` on
+    /// a cluster named by a kubeconfig, or when the process is not there.
+    pub fn pod_process_peak_rss_mib(&self, uid: &str, comm: &str) -> Option<f64> {
+        let node = self.node.as_ref()?;
+        let root =
+            Path::new("/sys/fs/cgroup/memory").join(node.cgroup_root.trim_start_matches('/'));
+        let pod = find_dir(&root, &format!("pod{uid}"), 4)?;
+        let mut dirs = vec![pod];
+        while let Some(dir) = dirs.pop() {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines() {
+                let named = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == comm);
+                if !named {
+                    continue;
+                }
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                return status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                    .map(|kb| kb / 1024.0);
+            }
+            dirs.extend(
+                std::fs::read_dir(&dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir()),
+            );
+        }
+        None
+    }
+
     /// Installs (or upgrades to) the chart in `dbps-system` with the operator
     /// image the target holds, and waits until the operator pod is Ready.
     pub async fn install_operator(&self) -> Result<(), Error> {
@@ -424,3 +460,23 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
 
 /// The namespace the suites install the chart into.
 pub const OPERATOR_NAMESPACE: &str = "dbps-system";
+
+/// The directory named `name` under `root`, at most `depth` levels down.
+fn find_dir(root: &Path, name: &str, depth: usize) -> Option<std::path::PathBuf> {
+    let entries = std::fs::read_dir(root).ok()?;
+    let dirs: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    if let Some(found) = dirs
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == name))
+    {
+        return Some(found.clone());
+    }
+    match depth {
+        0 => None,
+        _ => dirs.iter().find_map(|d| find_dir(d, name, depth - 1)),
+    }
+}
