@@ -13,6 +13,11 @@
 //! - **N shared claims** from creation to all Ready: time, the operator's
 //!   peak RSS (`VmHWM`) and CPU seconds, its reconciles, and its requests
 //!   per claim from the apiserver's audit log (reads, writes, 429s);
+//! - the **CPU per claim** of the database server (all its processes, as in
+//!   the floors), of etcd and the apiserver, and of this bench process, from
+//!   the first claim to all Ready: on a machine they all share, what the
+//!   time to Ready is made of (`cores_busy`: all of it over the time to
+//!   Ready; at the machine's number of cores, the run is bound by its CPU);
 //! - the **steady state**: the operator's requests per claim in one pass
 //!   over the N Ready claims with nothing changed, which is what a resync
 //!   does (measured as the first pass of the operator started again, so
@@ -39,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use dbps_e2e::control_plane::{ControlPlane, Options};
 use dbps_e2e::databases::{Kind, LocalServer};
-use dbps_e2e::process::Process;
+use dbps_e2e::process::{Process, cpu_seconds, tree_cpu_seconds};
 use dbps_operator::api::{DatabaseClaim, Engine, READY};
 use dbps_operator::engines::{DEFAULT_CONNECTIONS_PER_SERVER, Grant};
 use dbps_operator::servers::Servers;
@@ -69,6 +74,16 @@ struct Sample {
     apiserver_floor_s: f64,
     rss_mib: f64,
     cpu_s: f64,
+    /// CPU seconds of the database server (all its processes) from the
+    /// first claim to all Ready, and in the floors (their mean).
+    database_cpu_s: f64,
+    floor_database_cpu_s: f64,
+    /// CPU seconds of etcd and the apiserver, and of this bench process
+    /// (its watch and creates), from the first claim to all Ready; and of
+    /// etcd and the apiserver in the apiserver floor.
+    control_plane_cpu_s: f64,
+    floor_control_plane_cpu_s: f64,
+    bench_cpu_s: f64,
     reconciles_per_claim: f64,
     writes_per_claim: f64,
     reads_per_claim: f64,
@@ -85,22 +100,6 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
-}
-
-/// User plus system CPU seconds of `pid`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // Fields 14 and 15 of stat; `rest` starts at field 3.
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
-        .sum();
-    // SAFETY: plain getter.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// The operator's completed requests after `offset`, by kind: reads
@@ -161,12 +160,14 @@ async fn metric(port: u16, series: &str) -> f64 {
 }
 
 /// The same administration the operator does for `n` claims, issued
-/// directly at its per-server concurrency.
-async fn postgres_floor(n: usize) -> f64 {
+/// directly at its per-server concurrency: its seconds, and the database
+/// server's CPU seconds.
+async fn postgres_floor(n: usize) -> (f64, f64) {
     let (kind, engine) = engine();
     let server = LocalServer::start(kind).await.unwrap();
     let conn = server.admin_connection(engine);
     let servers = Servers::default();
+    let database_cpu = database_cpu_seconds(&server);
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -186,11 +187,29 @@ async fn postgres_floor(n: usize) -> f64 {
         .buffer_unordered(DEFAULT_CONNECTIONS_PER_SERVER)
         .collect::<Vec<_>>()
         .await;
-    started.elapsed().as_secs_f64()
+    let elapsed = started.elapsed().as_secs_f64();
+    (elapsed, database_cpu_seconds(&server) - database_cpu)
 }
 
-/// `writes` writes per claim (a create, then patches), 16 claims at a time.
-async fn apiserver_floor(client: &kube::Client, n: usize, writes: usize) -> f64 {
+/// CPU seconds of the database server's processes so far (PostgreSQL's
+/// sessions are processes of their own, kept ones included).
+fn database_cpu_seconds(server: &LocalServer) -> f64 {
+    server.pid().map_or(0.0, tree_cpu_seconds)
+}
+
+/// CPU seconds of the control plane's processes (etcd, the apiserver) so far.
+fn control_plane_cpu_seconds(plane: &ControlPlane) -> f64 {
+    plane.pids().into_iter().map(tree_cpu_seconds).sum()
+}
+
+/// `writes` writes per claim (a create, then patches), 16 claims at a time:
+/// its seconds, and the control plane's CPU seconds.
+async fn apiserver_floor(
+    plane: &ControlPlane,
+    client: &kube::Client,
+    n: usize,
+    writes: usize,
+) -> (f64, f64) {
     let namespace = "bench-floor";
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace =
@@ -200,6 +219,7 @@ async fn apiserver_floor(client: &kube::Client, n: usize, writes: usize) -> f64 
         .await
         .unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let control_plane_cpu = control_plane_cpu_seconds(plane);
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -224,7 +244,11 @@ async fn apiserver_floor(client: &kube::Client, n: usize, writes: usize) -> f64 
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
-    started.elapsed().as_secs_f64()
+    let elapsed = started.elapsed().as_secs_f64();
+    (
+        elapsed,
+        control_plane_cpu_seconds(plane) - control_plane_cpu,
+    )
 }
 
 /// The engine of the run's server: `DBPS_BENCH_ENGINE` (`postgres`, the
@@ -299,15 +323,19 @@ async fn run(n: usize) -> Sample {
     let client = plane.client().await.unwrap();
     dbps_e2e::operator::install_crds(&client).await.unwrap();
     let (kind, engine) = engine();
+    let (postgres_floor_before_s, floor_cpu_before) = match dedicated() || !floors() {
+        false => postgres_floor(n).await,
+        true => (f64::NAN, f64::NAN),
+    };
+    let writes = if dedicated() { 6 } else { 5 };
+    let (apiserver_floor_s, floor_control_plane_cpu_s) = match floors() {
+        true => apiserver_floor(&plane, &client, n, writes).await,
+        false => (f64::NAN, f64::NAN),
+    };
     let mut sample = Sample {
-        postgres_floor_before_s: match dedicated() || !floors() {
-            false => postgres_floor(n).await,
-            true => f64::NAN,
-        },
-        apiserver_floor_s: match floors() {
-            true => apiserver_floor(&client, n, if dedicated() { 6 } else { 5 }).await,
-            false => f64::NAN,
-        },
+        postgres_floor_before_s,
+        apiserver_floor_s,
+        floor_control_plane_cpu_s,
         ..Sample::default()
     };
 
@@ -348,6 +376,9 @@ async fn run(n: usize) -> Sample {
         .boxed();
     let offset = plane.audit_offset();
     let cpu_before = cpu_seconds(pid);
+    let database_cpu = server.as_ref().map_or(0.0, database_cpu_seconds);
+    let control_plane_cpu = control_plane_cpu_seconds(&plane);
+    let bench_cpu = cpu_seconds(std::process::id());
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -387,6 +418,9 @@ async fn run(n: usize) -> Sample {
         }
     }
     sample.ready_s = started.elapsed().as_secs_f64();
+    sample.database_cpu_s = server.as_ref().map_or(0.0, database_cpu_seconds) - database_cpu;
+    sample.control_plane_cpu_s = control_plane_cpu_seconds(&plane) - control_plane_cpu;
+    sample.bench_cpu_s = cpu_seconds(std::process::id()) - bench_cpu;
     // The Service's and server's last gathered writes (at most 2 s later)
     // belong to the run.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -424,12 +458,14 @@ async fn run(n: usize) -> Sample {
     drop(events);
     drop(again);
     drop(server);
-    sample.postgres_floor_after_s = match dedicated() || !floors() {
+    let floor_cpu_after;
+    (sample.postgres_floor_after_s, floor_cpu_after) = match dedicated() || !floors() {
         false => postgres_floor(n).await,
-        true => f64::NAN,
+        true => (f64::NAN, f64::NAN),
     };
     sample.postgres_floor_s =
         (sample.postgres_floor_before_s + sample.postgres_floor_after_s) / 2.0;
+    sample.floor_database_cpu_s = (floor_cpu_before + floor_cpu_after) / 2.0;
     sample
 }
 
@@ -472,7 +508,9 @@ fn print(n: usize, label: &str, s: &Sample) {
     println!(
         "claims/{}-{} n={n} {label}: all_{}={:.1}s database_floor={:.1}s ({:.2}x; before {:.1}s, after {:.1}s) apiserver_floor={:.1}s ({:.2}x) \
          peak_rss={:.0}MiB cpu={:.1}s reconciles/claim={:.1} writes/claim={:.1} reads/claim={:.1} 429s={:.0} \
-         steady: writes={:.0} reads/claim={:.1}",
+         steady: writes={:.0} reads/claim={:.1} \
+         cpu_ms/claim: operator={:.1} database={:.0} (floor {:.0}) control_plane={:.0} (floor {:.0}) bench={:.0} \
+         cores_busy={:.2}",
         if dedicated() { "dedicated" } else { "shared" },
         engine().1.as_str(),
         if dedicated() { "provisioning" } else { "ready" },
@@ -491,16 +529,19 @@ fn print(n: usize, label: &str, s: &Sample) {
         s.throttled,
         s.steady_writes,
         s.steady_reads_per_claim,
+        s.cpu_s * 1000.0 / n as f64,
+        s.database_cpu_s * 1000.0 / n as f64,
+        s.floor_database_cpu_s * 1000.0 / n as f64,
+        s.control_plane_cpu_s * 1000.0 / n as f64,
+        s.floor_control_plane_cpu_s * 1000.0 / n as f64,
+        s.bench_cpu_s * 1000.0 / n as f64,
+        (s.cpu_s + s.database_cpu_s + s.control_plane_cpu_s + s.bench_cpu_s) / s.ready_s,
     );
 }
 
 #[tokio::main]
 async fn main() {
-    let sizes: Vec<usize> = std::env::var("DBPS_BENCH_CLAIMS")
-        .unwrap_or_else(|_| "200,1000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let sizes = dbps_e2e::sizes("DBPS_BENCH_CLAIMS", "200,1000");
     let runs: usize = std::env::var("DBPS_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -526,6 +567,11 @@ async fn main() {
             apiserver_floor_s: m(|s| s.apiserver_floor_s),
             rss_mib: m(|s| s.rss_mib),
             cpu_s: m(|s| s.cpu_s),
+            database_cpu_s: m(|s| s.database_cpu_s),
+            floor_database_cpu_s: m(|s| s.floor_database_cpu_s),
+            control_plane_cpu_s: m(|s| s.control_plane_cpu_s),
+            floor_control_plane_cpu_s: m(|s| s.floor_control_plane_cpu_s),
+            bench_cpu_s: m(|s| s.bench_cpu_s),
             reconciles_per_claim: m(|s| s.reconciles_per_claim),
             writes_per_claim: m(|s| s.writes_per_claim),
             reads_per_claim: m(|s| s.reads_per_claim),

@@ -94,45 +94,34 @@ async fn run(cluster: &Cluster, n: usize, operator_uid: &str) {
     );
 
     // The size's instances go before the next size's come.
-    for c in claims.list(&ListParams::default()).await.unwrap().items {
-        if c.name_any().starts_with(&prefix) {
-            let _ = claims.delete(&c.name_any(), &DeleteParams::default()).await;
-        }
+    for name in named(&claims, &prefix).await {
+        let _ = claims.delete(&name, &DeleteParams::default()).await;
     }
     let sets: Api<StatefulSet> = ctx.api();
     let gone = Instant::now();
-    loop {
-        let left = sets
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|s| s.name_any().starts_with(&prefix))
-            .count();
-        let claims_left = claims
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|c| c.name_any().starts_with(&prefix))
-            .count();
-        if left == 0 && claims_left == 0 {
-            break;
-        }
+    while !(named(&sets, &prefix).await.is_empty() && named(&claims, &prefix).await.is_empty()) {
         assert!(gone.elapsed() < Duration::from_secs(300), "instances left");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
+/// The names of the objects of `api` that begin with `prefix`.
+async fn named<K>(api: &Api<K>, prefix: &str) -> Vec<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let listed = api.list(&ListParams::default()).await.unwrap();
+    listed
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .filter(|name| name.starts_with(prefix))
+        .collect()
+}
+
 #[tokio::main]
 async fn main() {
-    let sizes: Vec<usize> = std::env::var("DBPS_BENCH_NODE_CLAIMS")
-        .unwrap_or_else(|_| "10".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let sizes = dbps_e2e::sizes("DBPS_BENCH_NODE_CLAIMS", "10");
     let cluster = Cluster::start("bench-node").await.unwrap();
     let installed = Instant::now();
     cluster.install_operator().await.unwrap();

@@ -137,7 +137,17 @@ impl LocalServer {
 
     /// Stops the server, keeping its data and port for [`Self::resume`].
     pub fn pause(&mut self) {
-        self.process.stop();
+        self.stop();
+    }
+
+    /// Stops the server with the signal that ends it with clients still
+    /// connected, cleanly: a PostgreSQL killed after the grace period would
+    /// leave its shared memory segments in `/dev/shm`.
+    fn stop(&mut self) {
+        self.process.stop_with(match self.kind {
+            Kind::Postgres => libc::SIGINT,
+            _ => libc::SIGTERM,
+        });
     }
 
     /// Starts the server again after [`Self::pause`], on the same port and data.
@@ -157,7 +167,7 @@ impl LocalServer {
 
 impl Drop for LocalServer {
     fn drop(&mut self) {
-        self.process.stop();
+        self.stop();
         if let Some(dir) = self.dir.take() {
             let _ = dir.close();
         }

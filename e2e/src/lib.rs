@@ -81,3 +81,13 @@ impl Error {
 pub(crate) fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// The sizes a benchmark runs: the comma-separated numbers in environment
+/// variable `var`, or in `default` when it is not set.
+pub fn sizes(var: &str, default: &str) -> Vec<usize> {
+    std::env::var(var)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}

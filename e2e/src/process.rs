@@ -142,6 +142,12 @@ impl Process {
 
     /// SIGTERM, then SIGKILL after a grace period; waits for the exit.
     pub fn stop(&mut self) {
+        self.stop_with(libc::SIGTERM);
+    }
+
+    /// As [`Self::stop`], asking with `signal` first (PostgreSQL shuts down
+    /// at once on SIGINT, and on SIGTERM only once its clients are gone).
+    pub fn stop_with(&mut self, signal: i32) {
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -149,7 +155,7 @@ impl Process {
             return;
         }
         // SAFETY: signalling our own child, whose pid is not reaped yet.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -167,4 +173,43 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// CPU seconds (user and system) of `pid` and of its children that ended,
+/// from `/proc/<pid>/stat`; 0 when the process is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    stat_fields(pid).map_or(0.0, |fields| {
+        // Fields 14 to 17 of stat (utime, stime, cutime, cstime); the
+        // fields after the command start at field 3.
+        let ticks: f64 = (11..=14)
+            .filter_map(|i| fields.get(i)?.parse::<f64>().ok())
+            .sum();
+        // SAFETY: plain getter.
+        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    })
+}
+
+/// CPU seconds of `pid` and of all its children, running or ended (a
+/// server that forks a process per session, such as PostgreSQL).
+pub fn tree_cpu_seconds(pid: u32) -> f64 {
+    let children: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            stat_fields(*child)
+                .and_then(|f| f.get(1)?.parse::<u32>().ok())
+                .is_some_and(|parent| parent == pid)
+        })
+        .map(cpu_seconds)
+        .sum();
+    cpu_seconds(pid) + children
+}
+
+/// The fields of `/proc/<pid>/stat` after the command (field 3 on).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(String::from).collect())
 }

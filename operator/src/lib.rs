@@ -10,6 +10,7 @@ pub mod controller;
 pub mod endpoints;
 pub mod engines;
 pub mod leader;
+pub mod locks;
 pub mod metrics;
 pub mod password;
 pub mod servers;

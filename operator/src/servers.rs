@@ -5,7 +5,7 @@
 //! [`Administration`](crate::engines::Administration).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedMutexGuard, Semaphore};
 
@@ -15,7 +15,6 @@ use crate::engines::{
     ReadGrant, ServerInfo, TIMEOUT, bounded,
 };
 
-type NameLock = tokio::sync::Mutex<()>;
 /// A server, by where it is reached.
 type ServerKey = (String, u16);
 
@@ -27,26 +26,14 @@ pub struct Servers {
     infos: Mutex<HashMap<(String, u16), ServerInfo>>,
     /// One reconcile at a time per database on a server: two claims naming
     /// the same database never both find it free.
-    names: Mutex<HashMap<(String, u16, String), Weak<NameLock>>>,
+    names: crate::locks::KeyedLocks<(String, u16, String)>,
 }
 
 impl Servers {
     /// Holds the database name `database` on the server of `conn`.
     async fn hold(&self, conn: &Connection, database: &str) -> OwnedMutexGuard<()> {
-        let lock = {
-            let mut names = self.names.lock().unwrap();
-            names.retain(|_, held| held.strong_count() > 0);
-            let key = (conn.host.clone(), conn.port, database.to_string());
-            match names.get(&key).and_then(Weak::upgrade) {
-                Some(lock) => lock,
-                None => {
-                    let lock = Arc::new(tokio::sync::Mutex::new(()));
-                    names.insert(key, Arc::downgrade(&lock));
-                    lock
-                }
-            }
-        };
-        lock.lock_owned().await
+        let key = (conn.host.clone(), conn.port, database.to_string());
+        self.names.lock(key).await
     }
 
     async fn limited<T>(

@@ -63,7 +63,7 @@ pub struct Context {
     /// One read at a time of each admin Secret: the reconciles that find
     /// nothing remembered at once (many, at start) wait for the first read
     /// instead of each asking the apiserver.
-    admin_reads: Mutex<HashMap<SecretRef, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+    admin_reads: crate::locks::KeyedLocks<SecretRef>,
     /// Registered servers' CA certificates, by the Secret holding them, read
     /// at most once per [`ADMIN_SECRET_TTL`].
     ca_secrets: Mutex<HashMap<SecretRef, (std::time::Instant, String)>>,
@@ -95,7 +95,7 @@ impl Context {
             written: Default::default(),
             turns,
             admin_secrets: Mutex::default(),
-            admin_reads: Mutex::default(),
+            admin_reads: Default::default(),
             ca_secrets: Mutex::default(),
             failures: Mutex::default(),
             cluster: tokio::sync::OnceCell::new(),
@@ -152,20 +152,8 @@ impl Context {
         ns: &str,
         name: &str,
     ) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut reads = self.admin_reads.lock().unwrap();
-            reads.retain(|_, held| held.strong_count() > 0);
-            let key = (ns.to_string(), name.to_string());
-            match reads.get(&key).and_then(std::sync::Weak::upgrade) {
-                Some(lock) => lock,
-                None => {
-                    let lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
-                    reads.insert(key, std::sync::Arc::downgrade(&lock));
-                    lock
-                }
-            }
-        };
-        lock.lock_owned().await
+        let key = (ns.to_string(), name.to_string());
+        self.admin_reads.lock(key).await
     }
 
     pub(super) fn remember_admin(&self, ns: &str, name: &str, username: &str, password: &str) {

@@ -59,6 +59,27 @@ impl Unavailable {
     }
 }
 
+/// The CA certificate in Secret `ns`/`name`: remembered, or read by one
+/// reconcile at a time (those that waited find it remembered).
+async fn server_ca(ctx: &Context, ns: &str, name: &str) -> Result<Option<String>, Error> {
+    if let Some(pem) = ctx.remembered_ca(ns, name) {
+        return Ok(Some(pem));
+    }
+    let _reading = ctx.reading_admin(ns, name).await;
+    if let Some(pem) = ctx.remembered_ca(ns, name) {
+        return Ok(Some(pem));
+    }
+    let pem = ctx
+        .api::<Secret>(ns)
+        .get_opt(name)
+        .await?
+        .and_then(|s| secret_value(&s, CA_KEY));
+    if let Some(pem) = &pem {
+        ctx.remember_ca(ns, name, pem);
+    }
+    Ok(pem)
+}
+
 /// Admin connection of a server, from the Secret it references (read at
 /// most once per `ADMIN_SECRET_TTL`, and again after the server refused it)
 /// and its CA's Secret (read at most once per `ADMIN_SECRET_TTL`).
@@ -119,41 +140,19 @@ pub async fn admin_connection(
         Some(ServerTls {
             ca_secret_ref: Some(ca),
             ..
-        }) => {
-            let pem = match ctx.remembered_ca(&ca.namespace, &ca.name) {
-                Some(pem) => Some(pem),
-                None => {
-                    let _reading = ctx.reading_admin(&ca.namespace, &ca.name).await;
-                    match ctx.remembered_ca(&ca.namespace, &ca.name) {
-                        Some(pem) => Some(pem),
-                        None => {
-                            let pem = ctx
-                                .api::<Secret>(&ca.namespace)
-                                .get_opt(&ca.name)
-                                .await?
-                                .and_then(|s| secret_value(&s, CA_KEY));
-                            if let Some(pem) = &pem {
-                                ctx.remember_ca(&ca.namespace, &ca.name, pem);
-                            }
-                            pem
-                        }
-                    }
-                }
-            };
-            match pem {
-                Some(pem) => Some(Tls { ca_pem: Some(pem) }),
-                None => {
-                    return Ok(Err(Unavailable {
-                        phase: ClaimPhase::Pending,
-                        reason: Reason::CaSecretNotFound,
-                        message: format!(
-                            "Secret {}/{} with key {CA_KEY:?} does not exist",
-                            ca.namespace, ca.name
-                        ),
-                    }));
-                }
+        }) => match server_ca(ctx, &ca.namespace, &ca.name).await? {
+            Some(pem) => Some(Tls { ca_pem: Some(pem) }),
+            None => {
+                return Ok(Err(Unavailable {
+                    phase: ClaimPhase::Pending,
+                    reason: Reason::CaSecretNotFound,
+                    message: format!(
+                        "Secret {}/{} with key {CA_KEY:?} does not exist",
+                        ca.namespace, ca.name
+                    ),
+                }));
             }
-        }
+        },
     };
     let engine = server.spec.engine;
     Ok(Ok(Connection {
