@@ -7,9 +7,10 @@
 //!   concurrency, on a server of its own, once before the operator's run and
 //!   once after it (the ratio is to their mean: this machine's disk and page
 //!   cache make one floor vary up to several times within minutes);
-//! - the **apiserver floor**: five writes per claim (what a claim needs at
-//!   least: finalizer, binding Secret, Role, RoleBinding, status), 16 claims
-//!   at a time;
+//! - the **apiserver floor**: the writes a claim needs, of their kinds and
+//!   with the contents the operator wrote, issued directly after its run,
+//!   16 claims at a time: a copy of each claim created (the user's write),
+//!   given the finalizer, its binding Secret applied, its status written;
 //! - **N shared claims** from creation to all Ready: time, the operator's
 //!   peak RSS (`VmHWM`) and CPU seconds, its reconciles, and its requests
 //!   per claim from the apiserver's audit log (reads, writes, 429s);
@@ -46,10 +47,13 @@ use dbps_e2e::control_plane::{ControlPlane, Options};
 use dbps_e2e::databases::{Kind, LocalServer};
 use dbps_e2e::process::{Process, cpu_seconds, tree_cpu_seconds};
 use dbps_operator::api::{DatabaseClaim, Engine, READY};
+use dbps_operator::children::FIELD_MANAGER;
+use dbps_operator::controller::FINALIZER;
 use dbps_operator::engines::{DEFAULT_CONNECTIONS_PER_SERVER, Grant};
 use dbps_operator::servers::Servers;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
@@ -107,7 +111,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
 /// with `DBPS_BENCH_DETAIL` set, each verb and resource's count is printed.
 fn operator_requests(plane: &ControlPlane, offset: u64) -> (usize, usize, usize) {
     let (mut reads, mut writes, mut throttled) = (0, 0, 0);
-    let mut detail: BTreeMap<String, usize> = BTreeMap::new();
+    let mut detail: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     for event in plane.audit_events_since(offset) {
         if event["user"]["username"] != OPERATOR_USER {
             continue;
@@ -125,14 +129,31 @@ fn operator_requests(plane: &ControlPlane, offset: u64) -> (usize, usize, usize)
         let sub = event["objectRef"]["subresource"]
             .as_str()
             .unwrap_or_default();
-        *detail
+        let entry = detail
             .entry(format!("{verb} {resource}/{sub}"))
-            .or_default() += 1;
+            .or_default();
+        entry.0 += 1;
+        entry.1 += latency_ms(&event);
     }
     if std::env::var_os("DBPS_BENCH_DETAIL").is_some() {
-        println!("  requests: {detail:?}");
+        println!("  requests (count, total ms in the apiserver): {detail:?}");
     }
     (reads, writes, throttled)
+}
+
+/// How long the apiserver took over a request: from its receipt to the
+/// audit event's stage (the response, for completed requests).
+fn latency_ms(event: &serde_json::Value) -> u64 {
+    let at = |field: &str| {
+        event[field]
+            .as_str()?
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .ok()
+    };
+    match (at("requestReceivedTimestamp"), at("stageTimestamp")) {
+        (Some(received), Some(stage)) => stage.duration_since(received).as_millis().max(0) as u64,
+        _ => 0,
+    }
 }
 
 /// How many requests the operator made after `offset`.
@@ -251,6 +272,96 @@ async fn apiserver_floor(
     )
 }
 
+/// The apiserver floor of shared claims: the writes a claim needs, of the
+/// kinds and with the contents the operator wrote, issued directly. For
+/// each Ready claim of the run, a copy in namespace `bench-floor` is
+/// created (the user's write), given the finalizer, its binding Secret
+/// applied and its status written; 16 claims at a time. Its seconds, and
+/// the control plane's CPU seconds.
+async fn claim_writes_floor(plane: &ControlPlane, client: &kube::Client) -> (f64, f64) {
+    let namespace = "bench-floor";
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": namespace } })).unwrap();
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let claims: Api<DatabaseClaim> = Api::namespaced(client.clone(), NAMESPACE);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut written = Vec::new();
+    for claim in claims.list(&Default::default()).await.unwrap().items {
+        let binding = claim.status.as_ref().and_then(|s| s.binding.as_ref());
+        let secret = secrets
+            .get(&binding.expect("a Ready claim's binding").name)
+            .await
+            .unwrap();
+        written.push((claim, secret));
+    }
+    let floor_claims: Api<DatabaseClaim> = Api::namespaced(client.clone(), namespace);
+    let floor_secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let control_plane_cpu = control_plane_cpu_seconds(plane);
+    let started = Instant::now();
+    futures::stream::iter(written)
+        .map(|(claim, secret)| {
+            let (claims, secrets) = (floor_claims.clone(), floor_secrets.clone());
+            async move {
+                let name = claim.name_any();
+                let copy: DatabaseClaim = serde_json::from_value(json!({
+                    "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim",
+                    "metadata": { "name": name }, "spec": claim.spec
+                }))
+                .unwrap();
+                let created = claims.create(&PostParams::default(), &copy).await.unwrap();
+                let finalizer = json!({ "metadata": {
+                    "finalizers": [FINALIZER], "resourceVersion": created.resource_version()
+                } });
+                claims
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(finalizer))
+                    .await
+                    .unwrap();
+                let binding = json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": {
+                        "name": secret.name_any(),
+                        "labels": secret.labels(),
+                        "annotations": secret.annotations(),
+                        "ownerReferences": [{
+                            "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim",
+                            "name": name, "uid": created.uid(),
+                            "controller": true, "blockOwnerDeletion": true
+                        }]
+                    },
+                    "type": secret.type_, "data": secret.data
+                });
+                secrets
+                    .patch(
+                        &secret.name_any(),
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(binding),
+                    )
+                    .await
+                    .unwrap();
+                claims
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({ "status": claim.status })),
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    (
+        elapsed,
+        control_plane_cpu_seconds(plane) - control_plane_cpu,
+    )
+}
+
 /// The engine of the run's server: `DBPS_BENCH_ENGINE` (`postgres`, the
 /// default, or `mongodb`: FerretDB, whose databases are schemas of one
 /// PostgreSQL database, so tens of thousands fit on one disk).
@@ -327,9 +438,9 @@ async fn run(n: usize) -> Sample {
         false => postgres_floor(n).await,
         true => (f64::NAN, f64::NAN),
     };
-    let writes = if dedicated() { 6 } else { 5 };
-    let (apiserver_floor_s, floor_control_plane_cpu_s) = match floors() {
-        true => apiserver_floor(&plane, &client, n, writes).await,
+    // Shared claims' apiserver floor copies what the operator wrote, after its run.
+    let (apiserver_floor_s, floor_control_plane_cpu_s) = match floors() && dedicated() {
+        true => apiserver_floor(&plane, &client, n, 6).await,
         false => (f64::NAN, f64::NAN),
     };
     let mut sample = Sample {
@@ -457,6 +568,10 @@ async fn run(n: usize) -> Sample {
     sample.steady_writes = writes as f64;
     drop(events);
     drop(again);
+    if floors() && !dedicated() {
+        (sample.apiserver_floor_s, sample.floor_control_plane_cpu_s) =
+            claim_writes_floor(&plane, &client).await;
+    }
     drop(server);
     let floor_cpu_after;
     (sample.postgres_floor_after_s, floor_cpu_after) = match dedicated() || !floors() {

@@ -703,6 +703,88 @@ async fn mongodb_wire_over_tls() {
     over_tls(Kind::FerretDb, Engine::Mongodb, "tls=true").await;
 }
 
+/// A registration whose CA Secret holds another CA fails its handshakes
+/// (`ServerTlsFailed`), and the right CA put in that Secret is used at the
+/// next check: a CA a handshake failed with is not kept (for the minute a
+/// CA is otherwise remembered). A claim made meanwhile gets Ready.
+async fn ca_fixed(kind: Kind, engine: Engine) {
+    let (ctx, _operator) = setup(&format!("ca-fix-{}", engine.as_str())).await;
+    let server = LocalServer::start_tls(kind).await.unwrap();
+    // A CA that did not sign the server's certificate: the control plane's.
+    let other_ca = std::fs::read_to_string(ctx.plane().ca_file()).unwrap();
+    assert_ne!(Some(&other_ca), server.ca_pem.as_ref());
+    let secrets = ctx.api::<Secret>();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": "server-ca" }, "stringData": { "ca.crt": other_ca }
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let tls = json!({ "tls": { "enabled": true, "caSecretRef": { "namespace": ctx.namespace, "name": "server-ca" } } });
+    let name = register(&ctx, &server, engine, tls).await;
+    let servers: Api<DatabaseServer> = Api::all(ctx.client.clone());
+    let failed = ctx
+        .wait_for(
+            &servers,
+            &name,
+            "ServerTlsFailed",
+            |s: Option<&DatabaseServer>| {
+                s.and_then(|s| s.status.as_ref()).is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == "Reachable"
+                            && c.status == "False"
+                            && c.reason == "ServerTlsFailed"
+                    })
+                })
+            },
+        )
+        .await;
+    let conditions = failed.status.unwrap().conditions;
+    let reachable_condition = conditions.iter().find(|c| c.type_ == "Reachable").unwrap();
+    assert!(
+        reachable_condition.message.contains("certificate"),
+        "{}",
+        reachable_condition.message
+    );
+    service(&ctx, "svc").await;
+    claim(&ctx, "db", "svc", engine, &name, "Delete").await;
+
+    let fix = json!({ "stringData": { "ca.crt": server.ca_pem.clone().unwrap() } });
+    secrets
+        .patch("server-ca", &PatchParams::default(), &Patch::Merge(fix))
+        .await
+        .unwrap();
+    // An unreachable server is checked every 15 s; the failed CA, were it
+    // kept, would be used for 60 s.
+    ctx.wait_for_within(
+        &servers,
+        &name,
+        "Reachable with the CA put right",
+        Duration::from_secs(40),
+        reachable("True"),
+    )
+    .await;
+    let claims = ctx.api::<DatabaseClaim>();
+    ctx.wait_for(&claims, "db", "claim Ready over TLS", reason_is("Ready"))
+        .await;
+    assert_eq!(
+        binding(&ctx, "db").await["ca.crt"],
+        server.ca_pem.clone().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn postgres_ca_put_right_after_a_failed_handshake_is_used() {
+    ca_fixed(Kind::Postgres, Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn influxdb_ca_put_right_after_a_failed_handshake_is_used() {
+    ca_fixed(Kind::InfluxDb, Engine::Influxdb).await;
+}
+
 /// A TCP proxy to `upstream` that holds every connection, unanswered, until
 /// `open` is set: a server that has stalled, then recovers.
 async fn stalling_proxy(upstream: u16) -> (u16, tokio::sync::watch::Sender<bool>) {

@@ -12,6 +12,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::api::Reason;
 use crate::children::MANAGED_BY;
+use crate::engines::AdminError;
 use crate::metrics::Metrics;
 
 /// How the operator runs.
@@ -180,11 +181,33 @@ impl Context {
 
     /// Forgets admin credentials a server refused: the next use reads the
     /// Secret again.
-    pub(super) fn forget_admin(&self, username: &str, password: &str) {
+    fn forget_admin(&self, username: &str, password: &str) {
         self.admin_secrets
             .lock()
             .unwrap()
             .retain(|_, (_, u, p)| !(u == username && p == password));
+    }
+
+    /// Forgets a CA certificate a TLS handshake failed with: the next use
+    /// reads its Secret again (a CA rotated there is taken at once).
+    pub(super) fn forget_ca(&self, pem: &str) {
+        self.ca_secrets.lock().unwrap().retain(|_, (_, p)| p != pem);
+    }
+
+    /// Forgets what a failure says is out of date: admin credentials the
+    /// server refused, or the CA a handshake failed with.
+    pub(super) fn forget_failed(&self, conn: &crate::engines::Connection, e: &AdminError) {
+        match e {
+            AdminError::AuthenticationFailed(_) => {
+                self.forget_admin(&conn.username, &conn.password)
+            }
+            AdminError::Tls(_) => {
+                if let Some(pem) = conn.tls.as_ref().and_then(|t| t.ca_pem.as_deref()) {
+                    self.forget_ca(pem);
+                }
+            }
+            _ => {}
+        }
     }
 
     pub(super) fn succeeded(&self, key: &str) {

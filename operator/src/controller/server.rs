@@ -38,9 +38,7 @@ pub async fn reconcile(server: Arc<DatabaseServer>, ctx: Arc<Context>) -> Result
                 (true, Reason::Reachable, message, Some(info.version))
             }
             Err(e) => {
-                if matches!(e, crate::engines::AdminError::AuthenticationFailed(_)) {
-                    ctx.forget_admin(&conn.username, &conn.password);
-                }
+                ctx.forget_failed(&conn, &e);
                 (false, e.reason(), e.to_string(), None)
             }
         },

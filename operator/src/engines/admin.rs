@@ -164,6 +164,30 @@ impl AdminError {
     }
 }
 
+/// A failed connection: [`AdminError::Tls`] when the TLS handshake failed
+/// (the server's certificate is not of the CA the operator was given, or
+/// not for its name), else [`AdminError::Unreachable`] with `message`.
+pub fn connection_failure(
+    error: &(dyn std::error::Error + 'static),
+    message: String,
+) -> AdminError {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return AdminError::Tls(tls.to_string());
+        }
+        // An I/O error's `source` skips the error it wraps.
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    AdminError::Unreachable(message)
+}
+
 /// What [`Administration::ensure`] found and did beyond the usual.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Provisioned {
@@ -356,4 +380,33 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with a cause, as a client library wraps a connection's.
+    #[derive(Debug, thiserror::Error)]
+    #[error("error sending request")]
+    struct Wrapped(#[source] std::io::Error);
+
+    #[test]
+    fn a_failed_handshake_is_told_from_an_unreachable_server() {
+        let handshake = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let failure = connection_failure(&Wrapped(handshake), "sent".into());
+        assert!(
+            matches!(&failure, AdminError::Tls(m) if m.contains("UnknownIssuer")),
+            "{failure:?}"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let failure = connection_failure(&Wrapped(refused), "connection refused".into());
+        assert!(
+            matches!(&failure, AdminError::Unreachable(m) if m == "connection refused"),
+            "{failure:?}"
+        );
+    }
 }

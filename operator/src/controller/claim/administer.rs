@@ -149,9 +149,7 @@ pub(super) async fn administer(
                 }
                 _ => e.reason(),
             };
-            if matches!(e, AdminError::AuthenticationFailed(_)) {
-                ctx.forget_admin(&target.conn.username, &target.conn.password);
-            }
+            ctx.forget_failed(&target.conn, &e);
             let phase = match e {
                 AdminError::Conflict(_) | AdminError::Extension(_) => ClaimPhase::Failed,
                 _ => ClaimPhase::Provisioning,

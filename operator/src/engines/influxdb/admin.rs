@@ -88,7 +88,7 @@ async fn query(
             if e.is_timeout() {
                 AdminError::Timeout
             } else {
-                AdminError::Unreachable(e.to_string())
+                crate::engines::admin::connection_failure(&e, e.to_string())
             }
         })?;
     let status = response.status();
@@ -118,7 +118,7 @@ async fn info(conn: &Connection) -> Result<ServerInfo, AdminError> {
         .get(format!("{}/ping", base(conn)))
         .send()
         .await
-        .map_err(|e| AdminError::Unreachable(e.to_string()))?;
+        .map_err(|e| crate::engines::admin::connection_failure(&e, e.to_string()))?;
     let version = ping
         .headers()
         .get("X-Influxdb-Version")
@@ -239,7 +239,7 @@ async fn write_mark(conn: &Connection, key: &str, mark: &Mark) -> Result<(), Adm
         .body(line)
         .send()
         .await
-        .map_err(|e| AdminError::Unreachable(e.to_string()))?;
+        .map_err(|e| crate::engines::admin::connection_failure(&e, e.to_string()))?;
     match response.status().as_u16() {
         200..=299 => Ok(()),
         401 | 403 => Err(AdminError::AuthenticationFailed(

@@ -157,7 +157,7 @@ async fn call(
         if e.is_timeout() {
             AdminError::Timeout
         } else {
-            AdminError::Unreachable(e.to_string())
+            crate::engines::admin::connection_failure(&e, e.to_string())
         }
     })?;
     let status = response.status().as_u16();

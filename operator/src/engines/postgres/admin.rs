@@ -184,7 +184,7 @@ fn classify(e: tokio_postgres::Error) -> AdminError {
             AdminError::AuthenticationFailed(db.message().to_string())
         }
         Some(db) => AdminError::Refused(format!("{} ({})", db.message(), db.code().code())),
-        None => AdminError::Unreachable(e.to_string()),
+        None => crate::engines::admin::connection_failure(&e, e.to_string()),
     }
 }
 
