@@ -24,8 +24,9 @@
 //!   does (measured as the first pass of the operator started again, so
 //!   the run needs no wait for the resync period).
 //!
-//! The operator runs with its default resync (300 s, longer than a run),
-//! so the requests to Ready are those of provisioning.
+//! The operator runs with a resync longer than the run may take (its
+//! default, 300 s, or the run's deadline when that is longer), so the
+//! requests to Ready are those of provisioning.
 //!
 //! With `DBPS_BENCH_PLACEMENT=dedicated` the claims are dedicated (no
 //! server): on this control plane no pod runs, so a run measures the
@@ -60,10 +61,18 @@ use serde_json::json;
 
 const NAMESPACE: &str = "bench";
 const OPERATOR_USER: &str = "dbps-bench-operator";
-/// Resync of the operator under test: its default, longer than a run, so
-/// the requests to Ready are those of provisioning. The steady state is
+/// Resync of the operator under test: its default, or the run's deadline
+/// when that is longer, so the requests to Ready are those of provisioning
+/// (a run of 10 000 claims takes longer than 300 s). The steady state is
 /// measured as one pass over the Ready claims (below).
-const RESYNC: Duration = Duration::from_secs(300);
+fn resync(n: usize) -> Duration {
+    Duration::from_secs(300).max(deadline(n))
+}
+
+/// How long N claims may take to be Ready.
+fn deadline(n: usize) -> Duration {
+    Duration::from_secs(1800).max(Duration::from_millis(400) * n as u32)
+}
 
 /// What one run measured.
 #[derive(Clone, Debug, Default)]
@@ -223,6 +232,37 @@ fn control_plane_cpu_seconds(plane: &ControlPlane) -> f64 {
     plane.pids().into_iter().map(tree_cpu_seconds).sum()
 }
 
+/// The namespace the apiserver floors write in (the operator does not watch it).
+async fn floor_namespace(client: &kube::Client) -> &'static str {
+    let namespace = "bench-floor";
+    let ns: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": namespace } })).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    namespace
+}
+
+/// Runs `work` 16 at a time: its seconds, and the control plane's CPU
+/// seconds meanwhile.
+async fn sixteen_at_a_time(
+    plane: &ControlPlane,
+    work: impl Iterator<Item = impl std::future::Future<Output = ()>>,
+) -> (f64, f64) {
+    let control_plane_cpu = control_plane_cpu_seconds(plane);
+    let started = Instant::now();
+    futures::stream::iter(work)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    (
+        elapsed,
+        control_plane_cpu_seconds(plane) - control_plane_cpu,
+    )
+}
+
 /// `writes` writes per claim (a create, then patches), 16 claims at a time:
 /// its seconds, and the control plane's CPU seconds.
 async fn apiserver_floor(
@@ -231,19 +271,11 @@ async fn apiserver_floor(
     n: usize,
     writes: usize,
 ) -> (f64, f64) {
-    let namespace = "bench-floor";
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace =
-        serde_json::from_value(json!({ "metadata": { "name": namespace } })).unwrap();
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    let namespace = floor_namespace(client).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let control_plane_cpu = control_plane_cpu_seconds(plane);
-    let started = Instant::now();
-    futures::stream::iter(0..n)
-        .map(|i| {
+    sixteen_at_a_time(
+        plane,
+        (0..n).map(|i| {
             let secrets = secrets.clone();
             async move {
                 let name = format!("c{i:05}");
@@ -261,15 +293,9 @@ async fn apiserver_floor(
                         .unwrap();
                 }
             }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    let elapsed = started.elapsed().as_secs_f64();
-    (
-        elapsed,
-        control_plane_cpu_seconds(plane) - control_plane_cpu,
+        }),
     )
+    .await
 }
 
 /// The apiserver floor of shared claims: the writes a claim needs, of the
@@ -279,14 +305,7 @@ async fn apiserver_floor(
 /// applied and its status written; 16 claims at a time. Its seconds, and
 /// the control plane's CPU seconds.
 async fn claim_writes_floor(plane: &ControlPlane, client: &kube::Client) -> (f64, f64) {
-    let namespace = "bench-floor";
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace =
-        serde_json::from_value(json!({ "metadata": { "name": namespace } })).unwrap();
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    let namespace = floor_namespace(client).await;
     let claims: Api<DatabaseClaim> = Api::namespaced(client.clone(), NAMESPACE);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
     let mut written = Vec::new();
@@ -300,10 +319,9 @@ async fn claim_writes_floor(plane: &ControlPlane, client: &kube::Client) -> (f64
     }
     let floor_claims: Api<DatabaseClaim> = Api::namespaced(client.clone(), namespace);
     let floor_secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let control_plane_cpu = control_plane_cpu_seconds(plane);
-    let started = Instant::now();
-    futures::stream::iter(written)
-        .map(|(claim, secret)| {
+    sixteen_at_a_time(
+        plane,
+        written.into_iter().map(|(claim, secret)| {
             let (claims, secrets) = (floor_claims.clone(), floor_secrets.clone());
             async move {
                 let name = claim.name_any();
@@ -351,15 +369,9 @@ async fn claim_writes_floor(plane: &ControlPlane, client: &kube::Client) -> (f64
                     .await
                     .unwrap();
             }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    let elapsed = started.elapsed().as_secs_f64();
-    (
-        elapsed,
-        control_plane_cpu_seconds(plane) - control_plane_cpu,
+        }),
     )
+    .await
 }
 
 /// The engine of the run's server: `DBPS_BENCH_ENGINE` (`postgres`, the
@@ -477,7 +489,7 @@ async fn run(n: usize) -> Sample {
     let kubeconfig = plane
         .write_kubeconfig(OPERATOR_USER, &["system:masters"])
         .unwrap();
-    let (operator, port) = start_operator(&plane, &kubeconfig, "dbps-operator").await;
+    let (operator, port) = start_operator(&plane, &kubeconfig, "dbps-operator", resync(n)).await;
     let pid = operator.pid().unwrap();
 
     let claims: Api<DatabaseClaim> = Api::namespaced(client.clone(), NAMESPACE);
@@ -513,7 +525,7 @@ async fn run(n: usize) -> Sample {
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
-    let deadline = Duration::from_secs(1800).max(Duration::from_millis(400) * n as u32);
+    let deadline = deadline(n);
     while ready_names.len() < n {
         let next = tokio::time::timeout(
             deadline.saturating_sub(started.elapsed()),
@@ -551,7 +563,7 @@ async fn run(n: usize) -> Sample {
     // a resync does it; here the first pass of the operator started again
     // (its watches' first lists count too: seven in all).
     let steady = plane.audit_offset();
-    let (again, _) = start_operator(&plane, &kubeconfig, "dbps-operator-again").await;
+    let (again, _) = start_operator(&plane, &kubeconfig, "dbps-operator-again", resync(n)).await;
     // The pass is over when the operator has asked nothing for 3 s.
     let deadline = Instant::now() + Duration::from_secs(600);
     let (mut seen, mut since) = (0, Instant::now());
@@ -585,7 +597,12 @@ async fn run(n: usize) -> Sample {
 }
 
 /// The operator binary as its own process, Ready, and its metrics port.
-async fn start_operator(plane: &ControlPlane, kubeconfig: &Path, name: &str) -> (Process, u16) {
+async fn start_operator(
+    plane: &ControlPlane,
+    kubeconfig: &Path,
+    name: &str,
+    resync: Duration,
+) -> (Process, u16) {
     let port = dbps_e2e::ports::free_port().unwrap();
     let operator = Process::spawn(
         name,
@@ -593,7 +610,7 @@ async fn start_operator(plane: &ControlPlane, kubeconfig: &Path, name: &str) -> 
         &[
             "run".into(),
             format!("--namespace={NAMESPACE}"),
-            format!("--resync-seconds={}", RESYNC.as_secs()),
+            format!("--resync-seconds={}", resync.as_secs()),
             format!("--listen=127.0.0.1:{port}"),
             "--log-format=text".into(),
         ],
