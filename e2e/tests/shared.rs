@@ -79,18 +79,7 @@ async fn lifecycle(kind: Kind, engine: Engine) {
     let name = register(&ctx, &server, engine, json!({})).await;
     let servers: Api<DatabaseServer> = Api::all(ctx.client.clone());
     let registered = ctx
-        .wait_for(
-            &servers,
-            &name,
-            "server Reachable",
-            |s: Option<&DatabaseServer>| {
-                s.and_then(|s| s.status.as_ref()).is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Reachable" && c.status == "True")
-                })
-            },
-        )
+        .wait_for(&servers, &name, "server Reachable", reachable("True"))
         .await;
     assert!(
         registered
@@ -250,13 +239,7 @@ async fn a_claim_made_while_the_server_is_down_becomes_ready_when_it_is_back() {
         &servers,
         &name,
         "server not Reachable",
-        |s: Option<&DatabaseServer>| {
-            s.and_then(|s| s.status.as_ref()).is_some_and(|s| {
-                s.conditions.iter().any(|c| {
-                    c.type_ == "Reachable" && c.status == "False" && c.reason == "ServerUnreachable"
-                })
-            })
-        },
+        unreachable_because("ServerUnreachable"),
     )
     .await;
 
@@ -630,13 +613,20 @@ async fn an_operator_restart_in_the_middle_of_fifty_claims_leaves_no_duplicates_
 }
 
 fn reachable(expected: &'static str) -> impl Fn(Option<&DatabaseServer>) -> bool {
-    move |s| {
-        s.and_then(|s| s.status.as_ref()).is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Reachable" && c.status == expected)
-        })
-    }
+    move |s| reachable_condition(s).is_some_and(|c| c.status == expected)
+}
+
+/// A server not Reachable for `reason`.
+fn unreachable_because(reason: &'static str) -> impl Fn(Option<&DatabaseServer>) -> bool {
+    move |s| reachable_condition(s).is_some_and(|c| c.status == "False" && c.reason == reason)
+}
+
+/// A server's `Reachable` condition, once it has one.
+fn reachable_condition(
+    server: Option<&DatabaseServer>,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    let status = server?.status.as_ref()?;
+    dbps_operator::api::find_condition(&status.conditions, "Reachable")
 }
 
 /// A server that accepts TLS only is reached over TLS, verified against the
@@ -730,24 +720,11 @@ async fn ca_fixed(kind: Kind, engine: Engine) {
             &servers,
             &name,
             "ServerTlsFailed",
-            |s: Option<&DatabaseServer>| {
-                s.and_then(|s| s.status.as_ref()).is_some_and(|s| {
-                    s.conditions.iter().any(|c| {
-                        c.type_ == "Reachable"
-                            && c.status == "False"
-                            && c.reason == "ServerTlsFailed"
-                    })
-                })
-            },
+            unreachable_because("ServerTlsFailed"),
         )
         .await;
-    let conditions = failed.status.unwrap().conditions;
-    let reachable_condition = conditions.iter().find(|c| c.type_ == "Reachable").unwrap();
-    assert!(
-        reachable_condition.message.contains("certificate"),
-        "{}",
-        reachable_condition.message
-    );
+    let message = &reachable_condition(Some(&failed)).unwrap().message;
+    assert!(message.contains("certificate"), "{message}");
     service(&ctx, "svc").await;
     claim(&ctx, "db", "svc", engine, &name, "Delete").await;
 
