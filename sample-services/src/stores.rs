@@ -2,54 +2,93 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 use crate::binding::Binding;
 
 /// A PostgreSQL session as the binding's user; one at a time per service is
-/// plenty for a sample. When the server ends it (a restart, or the previous
-/// credentials revoked at the end of a rotation's grace period), the next
-/// use opens another with the binding read again: the files the kubelet
-/// refreshes from the stable binding Secret carry the credentials in force,
-/// so the service goes on without a restart.
+/// plenty for a sample. Each use reads the binding again (a few small
+/// files): when the credentials changed — a rotation, the kubelet rewrote
+/// the files from the stable binding Secret — a session logged in with the
+/// new ones takes over before the previous user is revoked at the end of the
+/// grace period, so the service goes on without a restart. Credentials the
+/// server refuses are not tried again until the files change once more. A
+/// session the server ended (a restart) is opened again at the next use.
 #[derive(Clone)]
 pub struct Postgres {
-    session: Arc<Mutex<tokio_postgres::Client>>,
+    state: Arc<Mutex<PostgresState>>,
+}
+
+struct PostgresState {
+    session: tokio_postgres::Client,
+    /// The binding the session logged in with.
     binding: Binding,
+    refused: Option<Binding>,
 }
 
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Postgres({:?})", self.binding)
+        match self.state.try_lock() {
+            Ok(state) => write!(f, "Postgres({:?})", state.binding),
+            Err(_) => write!(f, "Postgres(in use)"),
+        }
     }
 }
 
 impl Postgres {
-    /// The session, opened again with the binding as it reads now if the
+    /// The session, as the user the binding names now; opened again if the
     /// server ended the previous one.
-    pub async fn lock(&self) -> MutexGuard<'_, tokio_postgres::Client> {
-        let mut session = self.session.lock().await;
-        if session.is_closed() {
-            let binding = self.binding.reread().unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "binding unreadable; reconnecting with the one read before");
-                self.binding.clone()
-            });
-            match connect(&binding).await {
+    pub async fn lock(&self) -> MappedMutexGuard<'_, tokio_postgres::Client> {
+        let mut state = self.state.lock().await;
+        let fresh = match state.binding.reread() {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::warn!(error = %e, "binding unreadable; going on with the one read before");
+                state.binding.clone()
+            }
+        };
+        // Refused credentials wait for the files to change once more.
+        let fresh = if state.refused.as_ref() == Some(&fresh) {
+            state.binding.clone()
+        } else {
+            fresh
+        };
+        let changed = fresh != state.binding;
+        if changed || state.session.is_closed() {
+            match connect(&fresh).await {
                 Ok(client) => {
-                    tracing::info!(database = ?binding, "database session opened again");
-                    *session = client;
+                    if changed {
+                        tracing::info!(database = ?fresh, "credentials changed; database session opened again");
+                    } else {
+                        tracing::info!(database = ?fresh, "database session opened again");
+                    }
+                    state.session = client;
+                    state.binding = fresh;
+                    state.refused = None;
+                }
+                Err(e) if changed => {
+                    tracing::warn!(error = %e, "the binding's new credentials were refused; going on with the ones before");
+                    state.refused = Some(fresh);
                 }
                 Err(e) => tracing::warn!(error = %e, "database session could not be opened again"),
             }
         }
-        session
+        MutexGuard::map(state, |s| &mut s.session)
+    }
+
+    /// The user the session logged in as.
+    pub async fn username(&self) -> String {
+        self.state.lock().await.binding.username.clone()
     }
 }
 
 pub async fn postgres(b: &Binding) -> Result<Postgres, tokio_postgres::Error> {
     Ok(Postgres {
-        session: Arc::new(Mutex::new(connect(b).await?)),
-        binding: b.clone(),
+        state: Arc::new(Mutex::new(PostgresState {
+            session: connect(b).await?,
+            binding: b.clone(),
+            refused: None,
+        })),
     })
 }
 
