@@ -1,11 +1,11 @@
 //! What the suites make and wait for, once: a registered server, a Service,
-//! a claim, a claim's events, a Secret's values.
+//! a claim, a claim's events, a Secret's values, the ownership tables.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dbps_operator::api::{DatabaseClaim, DatabaseServer, Service};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
@@ -107,6 +107,29 @@ pub async fn secret(ctx: &TestContext, name: &str) -> Option<BTreeMap<String, St
         .await
         .unwrap()
         .map(|s| secret_values(&s))
+}
+
+/// The value of `key` in the ownership tables of `namespace` (every
+/// ConfigMap the admission policy reads there), if one has it. The tables
+/// agree: a key with two values fails the test.
+pub async fn table_entry(client: &kube::Client, namespace: &str, key: &str) -> Option<String> {
+    let tables: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let listed = tables
+        .list(&ListParams::default().labels(dbps_operator::controller::TABLE_SELECTOR))
+        .await
+        .unwrap();
+    let mut values: Vec<(String, String)> = listed
+        .items
+        .into_iter()
+        .filter_map(|t| {
+            let name = t.metadata.name.clone().unwrap_or_default();
+            t.data?.get(key).map(|v| (name, v.clone()))
+        })
+        .collect();
+    values.sort_by(|a, b| a.1.cmp(&b.1));
+    values.dedup_by(|a, b| a.1 == b.1);
+    assert!(values.len() <= 1, "{key} has several owners: {values:?}");
+    values.pop().map(|(_, v)| v)
 }
 
 /// Events about object `name` in the test's namespace: (type, reason, note).

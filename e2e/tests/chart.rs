@@ -421,12 +421,11 @@ spec: { serviceAccountName: payments-api }
     let table = ctx
         .wait_for(
             &tables,
-            "dbps-bindings",
+            "dbps-bindings-orders",
             "ownership table",
             |c: Option<&ConfigMap>| {
-                c.and_then(|c| c.data.as_ref()).is_some_and(|d| {
-                    d.contains_key("account.payments") && d.contains_key("secret.orders-db-binding")
-                })
+                c.and_then(|c| c.data.as_ref())
+                    .is_some_and(|d| d.contains_key("secret.orders-db-binding"))
             },
         )
         .await;
@@ -434,7 +433,18 @@ spec: { serviceAccountName: payments-api }
     assert_eq!(data["secret.orders-db-binding"], "orders");
     assert_eq!(data["secret.orders-db-admin"], "claim:orders-db");
     assert_eq!(data["account.orders"], "orders");
-    assert_eq!(data["account.payments"], "payments-api");
+    let table = ctx
+        .wait_for(
+            &tables,
+            "dbps-bindings-payments",
+            "ownership table",
+            |c: Option<&ConfigMap>| {
+                c.and_then(|c| c.data.as_ref())
+                    .is_some_and(|d| d.contains_key("account.payments"))
+            },
+        )
+        .await;
+    assert_eq!(table.data.unwrap()["account.payments"], "payments-api");
 
     let pods = ctx.api::<Pod>();
     let dry_run = PostParams {
@@ -535,6 +545,62 @@ spec: { serviceAccountName: payments-api }
         .await
         .unwrap();
 
+    // A table forged by someone who may write ConfigMaps here, labelled like
+    // the operator's and putting payments in front of orders' Secret: the
+    // policy reads it beside orders' table and a pod must pass both, so it
+    // refuses more pods (orders' own, once in effect) and lets none through.
+    let forged: ConfigMap = serde_json::from_value(json!({
+        "metadata": {
+            "name": "forged-bindings",
+            "labels": { "app.kubernetes.io/managed-by": "dbps-operator", "app.kubernetes.io/component": "ownership" },
+        },
+        "data": { "secret.orders-db-binding": "payments" },
+    }))
+    .unwrap();
+    tables
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap();
+    let own_pod = || {
+        pod(
+            "p8",
+            Some("orders"),
+            "orders",
+            json!({ "volumes": [{ "name": "b", "secret": { "secretName": "orders-db-binding" } }] }),
+        )
+    };
+    let mut in_effect = false;
+    for _ in 0..100 {
+        if try_create(own_pod()).await.is_err() {
+            in_effect = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(in_effect, "the forged table was never read");
+    let err = try_create(pod(
+        "p9",
+        Some("payments"),
+        "payments-api",
+        json!({ "volumes": [{ "name": "b", "secret": { "secretName": "orders-db-binding" } }] }),
+    ))
+    .await
+    .expect_err("the forged table let payments mount orders' binding");
+    assert!(err.to_string().contains("owned by service orders"), "{err}");
+    tables
+        .delete("forged-bindings", &Default::default())
+        .await
+        .unwrap();
+    let mut admitted = false;
+    for _ in 0..100 {
+        if try_create(own_pod()).await.is_ok() {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "orders' pod refused after the forged table went");
+
     // A deleted Service takes its entries out of the table.
     let services = ctx.api::<dbps_operator::api::Service>();
     services
@@ -543,8 +609,14 @@ spec: { serviceAccountName: payments-api }
         .unwrap();
     ctx.wait_gone(&services, "payments", "Service deleted")
         .await;
-    let table = tables.get("dbps-bindings").await.unwrap().data.unwrap();
-    assert!(!table.contains_key("account.payments"), "{table:?}");
+    ctx.wait_gone(&tables, "dbps-bindings-payments", "its table deleted")
+        .await;
+    let table = tables
+        .get("dbps-bindings-orders")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
     assert_eq!(table["account.orders"], "orders");
 }
 

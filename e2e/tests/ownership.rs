@@ -22,13 +22,9 @@ async fn setup(test: &str, resync: Duration) -> (TestContext, RunningOperator) {
     dbps_e2e::fixtures::with_operator(test, resync).await
 }
 
-/// The ownership table's entry for `key`.
+/// The ownership tables' entry for `key`.
 async fn table_entry(ctx: &TestContext, key: &str) -> Option<String> {
-    ctx.api::<ConfigMap>()
-        .get_opt("dbps-bindings")
-        .await
-        .unwrap()
-        .and_then(|cm| cm.data?.get(key).cloned())
+    dbps_e2e::fixtures::table_entry(&ctx.client, &ctx.namespace, key).await
 }
 
 async fn delete_claim(ctx: &TestContext, name: &str) {
@@ -808,8 +804,25 @@ async fn an_edited_or_deleted_ownership_table_is_written_back_at_once() {
                 .is_some_and(|v| v == owner)
         }
     };
-    ctx.wait_for(&tables, "dbps-bindings", "entry", entry_is("orders"))
+    let fenced = |c: Option<&ConfigMap>| {
+        entry_is("orders")(c)
+            && c.and_then(|c| c.metadata.labels.as_ref()).is_some_and(|l| {
+                l.get("app.kubernetes.io/component").map(String::as_str) == Some("ownership")
+            })
+    };
+    ctx.wait_for(&tables, "dbps-bindings-orders", "entry", fenced)
         .await;
+    assert_eq!(
+        tables
+            .get("dbps-bindings-intruder")
+            .await
+            .unwrap()
+            .data
+            .unwrap_or_default()
+            .get("secret.orders-db-binding"),
+        None,
+        "each Service's table holds its own entries"
+    );
     // Past the Services' last gathered writes: nothing is pending when the
     // table is edited.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -818,7 +831,7 @@ async fn an_edited_or_deleted_ownership_table_is_written_back_at_once() {
     let edit = json!({ "data": { "secret.orders-db-binding": "intruder" } });
     tables
         .patch(
-            "dbps-bindings",
+            "dbps-bindings-orders",
             &PatchParams::default(),
             &Patch::Merge(&edit),
         )
@@ -826,7 +839,7 @@ async fn an_edited_or_deleted_ownership_table_is_written_back_at_once() {
         .unwrap();
     ctx.wait_for(
         &tables,
-        "dbps-bindings",
+        "dbps-bindings-orders",
         "entry written back",
         entry_is("orders"),
     )
@@ -837,20 +850,138 @@ async fn an_edited_or_deleted_ownership_table_is_written_back_at_once() {
         "the other Service's own entries stay"
     );
 
-    // Someone deletes the table.
+    // Someone takes the label off, so the admission policy would no longer
+    // read the table.
+    let unlabel = json!({ "metadata": { "labels": { "app.kubernetes.io/component": null } } });
     tables
-        .delete("dbps-bindings", &DeleteParams::default())
+        .patch(
+            "dbps-bindings-orders",
+            &PatchParams::default(),
+            &Patch::Merge(&unlabel),
+        )
         .await
         .unwrap();
     ctx.wait_for(
         &tables,
-        "dbps-bindings",
+        "dbps-bindings-orders",
+        "label written back",
+        fenced,
+    )
+    .await;
+
+    // Someone deletes the table.
+    tables
+        .delete("dbps-bindings-orders", &DeleteParams::default())
+        .await
+        .unwrap();
+    ctx.wait_for(
+        &tables,
+        "dbps-bindings-orders",
         "table written again",
-        entry_is("orders"),
+        fenced,
     )
     .await;
     assert_eq!(
         table_entry(&ctx, "account.intruder").await.as_deref(),
         Some("intruder")
     );
+
+    // A table the intruder forges, labelled like the operator's, is left
+    // alone: the policy reads it beside the owner's, and a pod must pass
+    // both, so it can refuse pods but never let one through. The owner's
+    // entry stays.
+    let forged: ConfigMap = serde_json::from_value(json!({
+        "metadata": {
+            "name": "dbps-bindings-forged",
+            "labels": { "app.kubernetes.io/managed-by": "dbps-operator", "app.kubernetes.io/component": "ownership" },
+        },
+        "data": { "secret.orders-db-binding": "intruder" },
+    }))
+    .unwrap();
+    tables
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let owners = tables.get("dbps-bindings-orders").await.unwrap();
+    assert!(entry_is("orders")(Some(&owners)));
+    assert!(
+        tables
+            .get_opt("dbps-bindings-forged")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_legacy_ownership_table_gives_up_the_entries_of_each_service() {
+    let (ctx, _operator) = setup("legacy", Duration::from_secs(3600)).await;
+    let tables = ctx.api::<ConfigMap>();
+    // The one table per namespace an earlier release kept: a Service's
+    // entries, and those a deleted claim left for it (deletionPolicy Retain).
+    let legacy = |data: serde_json::Value| {
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": "dbps-bindings",
+                "labels": { "app.kubernetes.io/managed-by": "dbps-operator", "app.kubernetes.io/component": "ownership" },
+            },
+            "data": data,
+        })
+    };
+    for (manager, data) in [
+        (
+            "dbps-operator.service.orders",
+            json!({ "account.orders": "orders", "secret.gone-db-binding": "orders" }),
+        ),
+        (
+            "dbps-operator.retained.kept-db",
+            json!({ "secret.kept-db-binding": "orders" }),
+        ),
+    ] {
+        tables
+            .patch(
+                "dbps-bindings",
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(legacy(data)),
+            )
+            .await
+            .unwrap();
+    }
+
+    service(
+        &ctx,
+        "orders",
+        json!({ "serviceAccountName": "orders-api" }),
+    )
+    .await;
+    ctx.wait_for(
+        &tables,
+        "dbps-bindings",
+        "the Service's entries taken out",
+        |c: Option<&ConfigMap>| {
+            c.and_then(|c| c.data.as_ref())
+                .is_some_and(|d| !d.contains_key("account.orders"))
+        },
+    )
+    .await;
+    let left = tables.get("dbps-bindings").await.unwrap().data.unwrap();
+    assert_eq!(
+        left,
+        [("secret.kept-db-binding".to_string(), "orders".to_string())].into(),
+        "the retained entry stays, still read by the policy"
+    );
+    let own = tables
+        .get("dbps-bindings-orders")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert_eq!(
+        own.get("account.orders").map(String::as_str),
+        Some("orders-api")
+    );
+    assert_eq!(own.get("secret.gone-db-binding"), None);
 }

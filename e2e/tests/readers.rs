@@ -191,10 +191,25 @@ async fn a_reporting_service_reads_what_it_is_granted_and_nothing_else() {
 
     // Only reporting's account may read that Secret, and the ownership table
     // puts reporting, not orders, in front of it.
-    let table = ctx.api::<ConfigMap>().get("dbps-bindings").await.unwrap();
+    let table = ctx
+        .api::<ConfigMap>()
+        .get("dbps-bindings-reporting")
+        .await
+        .unwrap();
     assert_eq!(
         table.data.unwrap()["secret.orders-db-reader-reporting"],
         "reporting"
+    );
+    assert_eq!(
+        fixtures::table_entry(
+            &ctx.client,
+            &ctx.namespace,
+            "secret.orders-db-reader-reporting"
+        )
+        .await
+        .as_deref(),
+        Some("reporting"),
+        "no other table names the reader's Secret"
     );
     let role = ctx
         .api::<Role>()
@@ -345,18 +360,18 @@ async fn a_reporting_service_reads_what_it_is_granted_and_nothing_else() {
     .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let table = ctx.api::<ConfigMap>().get("dbps-bindings").await.unwrap();
+        let entry = fixtures::table_entry(
+            &ctx.client,
+            &ctx.namespace,
+            "secret.orders-db-reader-reporting",
+        )
+        .await;
         let role = ctx
             .api::<Role>()
             .get("dbps-reporting-binding-reader")
             .await
             .unwrap();
-        if !table
-            .data
-            .unwrap_or_default()
-            .contains_key("secret.orders-db-reader-reporting")
-            && role.rules.unwrap_or_default().is_empty()
-        {
+        if entry.is_none() && role.rules.unwrap_or_default().is_empty() {
             break;
         }
         assert!(
@@ -396,15 +411,10 @@ async fn a_reporting_service_reads_what_it_is_granted_and_nothing_else() {
         fixtures::secret(&ctx, &secret_name).await.is_none(),
         "the reader's Secret is in the owner's namespace"
     );
-    let table = Api::<ConfigMap>::namespaced(ctx.client.clone(), &analytics);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let fenced = table
-            .get_opt("dbps-bindings")
-            .await
-            .unwrap()
-            .and_then(|t| t.data)
-            .and_then(|d| d.get(&format!("secret.{secret_name}")).cloned());
+        let fenced =
+            fixtures::table_entry(&ctx.client, &analytics, &format!("secret.{secret_name}")).await;
         if fenced.as_deref() == Some("warehouse") {
             break;
         }

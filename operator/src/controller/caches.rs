@@ -34,7 +34,8 @@ pub struct Caches {
     /// The Roles and RoleBindings the operator made (its label).
     pub roles: Store<Role>,
     pub role_bindings: Store<RoleBinding>,
-    /// The ownership tables (`dbps-bindings`), one per namespace.
+    /// The ownership tables (`dbps-bindings-<service>`, one per Service,
+    /// and the legacy `dbps-bindings`).
     pub tables: Store<ConfigMap>,
     /// Dedicated instances' StatefulSets, Services and NetworkPolicies the
     /// operator made (its label).
@@ -112,10 +113,9 @@ impl Caches {
             .map(|s| (*s).clone())
     }
 
-    /// The ownership table of namespace `ns`, as last seen.
-    pub fn table(&self, ns: &str) -> Option<Arc<ConfigMap>> {
-        self.tables
-            .get(&ObjectRef::new(crate::controller::service::OWNERSHIP_TABLE).within(ns))
+    /// Ownership table `name` of namespace `ns`, as last seen.
+    pub fn table(&self, ns: &str, name: &str) -> Option<Arc<ConfigMap>> {
+        self.tables.get(&ObjectRef::new(name).within(ns))
     }
 
     /// DatabaseServer `name`, as last seen.

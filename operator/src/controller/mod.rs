@@ -29,7 +29,6 @@ use kube::{Api, Client, Resource, ResourceExt};
 use crate::api::{DatabaseClaim, DatabaseServer, Service};
 use crate::children::MANAGED_BY;
 use crate::metrics::Metrics;
-use service::OWNERSHIP_TABLE;
 
 pub use apply::{APPLIED_HASH_ANNOTATION, is_subset, up_to_date};
 pub use caches::Caches;
@@ -40,6 +39,7 @@ pub use claim::{
 };
 pub use context::{Config, Context, Error, backoff_delay};
 pub use drift::{Choice, choose, foreign};
+pub use service::{LEGACY_TABLE, TABLE_SELECTOR, table_name};
 
 fn error_policy<K>(obj: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action
 where
@@ -277,10 +277,11 @@ pub async fn run(
             .default_backoff()
             .modify(caches::slim)
             .reflect_shared(role_binding_writer);
-        // Only the ownership tables, by name: no other ConfigMap is seen.
+        // Only the ownership tables, by their labels: no other ConfigMap is
+        // seen.
         let tables = watcher(
             api_for::<ConfigMap>(&client, ns),
-            watcher::Config::default().fields(&format!("metadata.name={OWNERSHIP_TABLE}")),
+            watcher::Config::default().labels(TABLE_SELECTOR),
         )
         .default_backoff()
         .reflect_shared(table_writer);
@@ -463,17 +464,21 @@ pub async fn run(
     ))
     .watches_shared_stream(
         // An ownership table edited or deleted by someone else is written
-        // back by the Services of its namespace.
+        // back by its Service (the legacy table: by the Services of its
+        // namespace).
         futures::stream::select(
             caches::not_own(tables_for_services, own.clone()),
             tables_gone_for_services,
         ),
         move |table| {
             let ns = table.namespace();
+            let name = table.name_any();
+            let of = service::table_service(&name).map(String::from);
             table_services
                 .state()
                 .into_iter()
                 .filter(|s| s.namespace() == ns)
+                .filter(|s| of.as_ref().is_none_or(|of| *of == s.name_any()))
                 .map(|s| ObjectRef::from_obj(&*s))
                 .collect::<Vec<_>>()
         },

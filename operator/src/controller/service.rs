@@ -37,7 +37,15 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
             Finalizer::Cleanup(service) => {
                 // Its Role and RoleBinding go with it (owner reference).
                 let ns = service.namespace().unwrap_or_default();
-                write_entries(&ctx, &ns, &service_manager(&service), BTreeMap::new()).await?;
+                let name = service.name_any();
+                write_entries(
+                    &ctx,
+                    &ns,
+                    &name,
+                    &service_manager(&service),
+                    BTreeMap::new(),
+                )
+                .await?;
                 Ok(Action::await_change())
             }
         }
@@ -66,7 +74,7 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
         .filter(|(_, owner)| **owner == name)
         .filter_map(|(key, _)| key.strip_prefix("secret.").map(String::from))
         .collect();
-    write_entries(ctx, &ns, &service_manager(&service), entries).await?;
+    write_entries(ctx, &ns, &name, &service_manager(&service), entries).await?;
     let role = binding_reader_role(&service, &readable);
     let cached_role = ctx.caches.role(&ns, &role.name_any());
     apply_recorded(&ctx.api::<Role>(&ns), &role, cached_role, &ctx.own).await?;
@@ -101,8 +109,31 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
     Ok(Action::requeue(ctx.config.resync))
 }
 
-/// Name of the per-namespace ConfigMap the ownership admission policy reads.
-pub const OWNERSHIP_TABLE: &str = "dbps-bindings";
+/// The ConfigMap that held the ownership entries of all the Services of a
+/// namespace before each Service had a table of its own. It carries the
+/// tables' labels, so the admission policy still reads it: a Service's pass
+/// takes its own entries out of it, and it is deleted once empty. Entries a
+/// deleted claim left in it (deletionPolicy Retain) stay there, enforced.
+pub const LEGACY_TABLE: &str = "dbps-bindings";
+
+/// The labels of every ownership table; the admission policy reads all the
+/// ConfigMaps of the pod's namespace that carry them, and a pod must pass
+/// each. A ConfigMap someone else labels so can only refuse more pods, never
+/// let one through.
+pub const TABLE_SELECTOR: &str =
+    "app.kubernetes.io/managed-by=dbps-operator,app.kubernetes.io/component=ownership";
+
+/// The ownership table of Service `service`: its entries and those its
+/// deleted claims left behind. One per Service, so a Service's writes cost in
+/// proportion to its own claims, not to the namespace's.
+pub fn table_name(service: &str) -> String {
+    format!("{LEGACY_TABLE}-{service}")
+}
+
+/// The Service whose ownership table `name` is (`None` for the legacy one).
+pub fn table_service(name: &str) -> Option<&str> {
+    name.strip_prefix(LEGACY_TABLE)?.strip_prefix('-')
+}
 
 /// The entries of the ownership table this Service owns:
 /// `secret.<name>` → the service, for each of its binding Secrets (first,
@@ -192,48 +223,91 @@ fn retained_manager(claim: &str) -> String {
 /// Keeps (or, with `None`, drops) the ownership-table entries of the Secrets
 /// a deleted claim leaves behind (deletionPolicy Retain), so they stay fenced
 /// for their Service after the claim is gone.
+/// They go in the table of the claim's Service (`service`).
 pub async fn retain_entries(
     ctx: &Context,
     namespace: &str,
+    service: &str,
     claim: &str,
     entries: Option<BTreeMap<String, String>>,
 ) -> Result<(), Error> {
     let desired = entries.unwrap_or_default();
-    write_entries(ctx, namespace, &retained_manager(claim), desired).await
+    write_entries(ctx, namespace, service, &retained_manager(claim), desired).await
 }
 
-/// Makes the entries `manager` applied to the ownership table of `namespace`
-/// exactly `desired` (server-side apply drops the ones it no longer lists).
+/// Makes the entries `manager` applied to the ownership table of Service
+/// `service` in `namespace` exactly `desired` (server-side apply drops the
+/// ones it no longer lists), and takes the manager's entries out of the
+/// legacy table. A table left with no entry is deleted.
 async fn write_entries(
     ctx: &Context,
     namespace: &str,
+    service: &str,
     manager: &str,
     desired: BTreeMap<String, String>,
 ) -> Result<(), Error> {
-    let configmaps: Api<ConfigMap> = ctx.api(namespace);
-    // The tables are watched: an edit by someone else brings the Services
-    // of the namespace back here.
-    let live = ctx.caches.table(namespace);
-    let mine = live.map(|cm| entries_of(&cm, manager)).unwrap_or_default();
-    if mine == desired {
-        return Ok(());
+    // The tables are watched: an edit by someone else brings their Service
+    // back here.
+    let name = table_name(service);
+    let live = ctx.caches.table(namespace, &name);
+    let mine = live
+        .as_deref()
+        .map(|cm| entries_of(cm, manager))
+        .unwrap_or_default();
+    if mine != desired {
+        apply_entries(ctx, namespace, &name, manager, &desired).await?;
     }
+    if let Some(legacy) = ctx.caches.table(namespace, LEGACY_TABLE)
+        && !entries_of(&legacy, manager).is_empty()
+    {
+        apply_entries(ctx, namespace, LEGACY_TABLE, manager, &BTreeMap::new()).await?;
+    }
+    Ok(())
+}
+
+/// Applies `manager`'s entries of table `name`; deletes the table when that
+/// leaves it with none (unless someone wrote it meanwhile).
+async fn apply_entries(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    manager: &str,
+    desired: &BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let configmaps: Api<ConfigMap> = ctx.api(namespace);
     let patch = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": OWNERSHIP_TABLE,
+            "name": name,
             "labels": { "app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": "ownership" },
         },
         "data": desired,
     });
     let written = configmaps
         .patch(
-            OWNERSHIP_TABLE,
+            name,
             &PatchParams::apply(manager).force(),
             &Patch::Apply(patch),
         )
         .await?;
+    if written.data.as_ref().is_none_or(|d| d.is_empty()) {
+        let unchanged = kube::api::Preconditions {
+            resource_version: written.resource_version(),
+            uid: written.uid(),
+        };
+        let delete = kube::api::DeleteParams {
+            preconditions: Some(unchanged),
+            ..Default::default()
+        };
+        match configmaps.delete(name, &delete).await {
+            Ok(_) => {}
+            // Gone already, or written again since: nothing to do.
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(());
+    }
     ctx.own.record(&written);
     Ok(())
 }

@@ -66,10 +66,24 @@ pub(super) async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Acti
                     .iter()
                     .map(|s| (format!("secret.{s}"), claim.spec.service_ref.name.clone()))
                     .collect();
-                super::super::service::retain_entries(ctx, &ns, &name, Some(entries)).await?;
+                super::super::service::retain_entries(
+                    ctx,
+                    &ns,
+                    &claim.spec.service_ref.name,
+                    &name,
+                    Some(entries),
+                )
+                .await?;
             }
         } else if vetted(claim) {
-            super::super::service::retain_entries(ctx, &ns, &name, None).await?;
+            super::super::service::retain_entries(
+                ctx,
+                &ns,
+                &claim.spec.service_ref.name,
+                &name,
+                None,
+            )
+            .await?;
         }
         let reason = match claim.spec.deletion_policy {
             DeletionPolicy::Retain => Reason::Retained,
@@ -95,7 +109,14 @@ pub(super) async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Acti
                     format!("secret.{}", names::admin_secret(&name)),
                     format!("claim:{name}"),
                 );
-                super::super::service::retain_entries(ctx, &ns, &name, Some(entries)).await?;
+                super::super::service::retain_entries(
+                    ctx,
+                    &ns,
+                    &claim.spec.service_ref.name,
+                    &name,
+                    Some(entries),
+                )
+                .await?;
             }
             // The volume remembers its Service: it is handed back to a claim
             // of the same name and Service only.
@@ -139,7 +160,14 @@ pub(super) async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Acti
         }
         DeletionPolicy::Delete => {
             if vetted(claim) {
-                super::super::service::retain_entries(ctx, &ns, &name, None).await?;
+                super::super::service::retain_entries(
+                    ctx,
+                    &ns,
+                    &claim.spec.service_ref.name,
+                    &name,
+                    None,
+                )
+                .await?;
             }
             let pvcs: Api<PersistentVolumeClaim> = ctx.api(&ns);
             let volume = names::data_pvc(&name);
