@@ -94,7 +94,20 @@ async fn another_service_cannot_take_drop_or_reuse(kind: Kind) {
         None,
         "nothing written"
     );
-    assert_eq!(table_entry(&ctx, "secret.intruder-db-binding").await, None);
+    // Accepted at first (its binding's name is its own, and no Secret of
+    // that name is another's), refused by the server: its Service's next
+    // pass leaves the name out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while table_entry(&ctx, "secret.intruder-db-binding")
+        .await
+        .is_some()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a claim refused by the server keeps its name in the table"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let admin = server.admin_connection(engine);
     let servers = Servers::default();
     assert!(
@@ -131,14 +144,19 @@ async fn another_service_cannot_take_drop_or_reuse(kind: Kind) {
         Some("orders"),
         "the kept Secret stays fenced for its Service"
     );
+    // The kept Secret is looked at first (before anything on the server):
+    // it is another Service's.
     claim(&ctx, "orders-db", spec("intruder", "Delete")).await;
-    ctx.wait_for(
-        &claims,
-        "orders-db",
-        "reuse refused",
-        reason_is("DatabaseOwnedByAnotherClaim"),
-    )
-    .await;
+    let refused = ctx
+        .wait_for(
+            &claims,
+            "orders-db",
+            "reuse refused",
+            reason_is("ObjectOwnedByAnotherService"),
+        )
+        .await;
+    let message = &refused.status.unwrap().conditions[0].message;
+    assert!(message.contains("kept for Service \"orders\""), "{message}");
     assert_eq!(
         secret(&ctx, "orders-db-binding").await,
         Some(owner.clone()),
@@ -984,4 +1002,176 @@ async fn a_legacy_ownership_table_gives_up_the_entries_of_each_service() {
         Some("orders-api")
     );
     assert_eq!(own.get("secret.gone-db-binding"), None);
+}
+
+/// What a watch of Secrets and of the ownership tables saw, in the order of
+/// the plane's etcd revisions (its resourceVersions).
+#[derive(Default)]
+struct Seen {
+    /// Each Secret dbps made, at the revision it was created.
+    secrets: Vec<(String, u64)>,
+    /// Each version of each table: name, revision, entries.
+    tables: Vec<(String, u64, std::collections::BTreeMap<String, String>)>,
+}
+
+fn revision(meta: &kube::api::ObjectMeta) -> u64 {
+    meta.resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .expect("an etcd revision")
+}
+
+/// Watches the namespace's Secrets that dbps made and its ownership tables
+/// into `seen`; returns once both watches have listed.
+async fn watch_fences(
+    ctx: &TestContext,
+    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let secrets = watcher::watcher(
+        ctx.api::<Secret>(),
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=dbps-operator"),
+    );
+    let tables = watcher::watcher(
+        ctx.api::<ConfigMap>(),
+        watcher::Config::default().labels(dbps_operator::controller::TABLE_SELECTOR),
+    );
+    let (listed_tx, mut listed) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        enum Watched {
+            Secret(Event<Secret>),
+            Table(Event<ConfigMap>),
+        }
+        let mut all = futures::stream::select(
+            secrets
+                .map(|e| Watched::Secret(e.expect("Secret watch")))
+                .boxed(),
+            tables
+                .map(|e| Watched::Table(e.expect("table watch")))
+                .boxed(),
+        );
+        while let Some(event) = all.next().await {
+            let mut seen = seen.lock().unwrap();
+            match event {
+                Watched::Secret(Event::InitDone) | Watched::Table(Event::InitDone) => {
+                    let _ = listed_tx.send(());
+                }
+                Watched::Secret(Event::Apply(s) | Event::InitApply(s)) => {
+                    let name = s.metadata.name.clone().unwrap_or_default();
+                    if !seen.secrets.iter().any(|(n, _)| *n == name) {
+                        let at = revision(&s.metadata);
+                        seen.secrets.push((name, at));
+                    }
+                }
+                Watched::Table(Event::Apply(t) | Event::InitApply(t)) => {
+                    let at = revision(&t.metadata);
+                    let name = t.metadata.name.clone().unwrap_or_default();
+                    seen.tables.push((name, at, t.data.unwrap_or_default()));
+                }
+                _ => {}
+            }
+        }
+    });
+    for _ in 0..2 {
+        listed.recv().await.expect("both watches list");
+    }
+    task
+}
+
+#[tokio::test]
+async fn no_secret_with_credentials_exists_before_its_ownership_table_names_it() {
+    // Every Secret dbps writes with credentials in it (a binding, the one a
+    // rotation issues, a read grant, a dedicated instance's admin Secret) is
+    // created only after the ownership table its owner is fenced by names
+    // it: there is no moment in which another Service's pod referencing it
+    // would be admitted. A resync far away: nothing is put right late.
+    let (ctx, _operator) = setup("fence", Duration::from_secs(3600)).await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+    let watch = watch_fences(&ctx, seen.clone()).await;
+    let server = LocalServer::start(Kind::Postgres).await.unwrap();
+    let name = format!("{}-srv", ctx.namespace);
+    register(&ctx, &name, &server, json!({})).await;
+    for s in ["orders", "reporting", "cache"] {
+        service(&ctx, s, json!({})).await;
+    }
+    claim(
+        &ctx,
+        "orders-db",
+        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres", "server": { "name": name },
+                "readers": [{ "service": "reporting", "tables": ["orders"] }] }),
+    )
+    .await;
+    // A dedicated instance: its admin Secret is written before its
+    // StatefulSet (no pod runs on this plane).
+    claim(
+        &ctx,
+        "cache-db",
+        json!({ "serviceRef": { "name": "cache" }, "engine": "postgres" }),
+    )
+    .await;
+    let claims = ctx.api::<DatabaseClaim>();
+    ctx.wait_for(&claims, "orders-db", "Ready", reason_is("Ready"))
+        .await;
+    ctx.wait_for(
+        &claims,
+        "orders-db",
+        "read grant issued",
+        |c: Option<&DatabaseClaim>| {
+            c.and_then(|c| c.status.as_ref())
+                .is_some_and(|s| !s.readers.is_empty())
+        },
+    )
+    .await;
+    dbps_e2e::fixtures::request_rotation(&ctx, "orders-db", "first").await;
+    let secrets = ctx.api::<Secret>();
+    ctx.wait_for(
+        &secrets,
+        "orders-db-binding-1",
+        "rotated binding",
+        |s: Option<&Secret>| s.is_some(),
+    )
+    .await;
+    ctx.wait_for(
+        &secrets,
+        "cache-db-admin",
+        "instance admin Secret",
+        |s: Option<&Secret>| s.is_some(),
+    )
+    .await;
+    // The watches catch up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    watch.abort();
+
+    let seen = seen.lock().unwrap();
+    let names: Vec<&str> = seen.secrets.iter().map(|(n, _)| n.as_str()).collect();
+    for expected in ["orders-db-binding", "orders-db-binding-1", "cache-db-admin"] {
+        assert!(names.contains(&expected), "{expected} seen among {names:?}");
+    }
+    assert!(
+        names.iter().any(|n| n.contains("reporting")),
+        "the read grant's Secret seen among {names:?}"
+    );
+    for (secret, created) in &seen.secrets {
+        let key = format!("secret.{secret}");
+        // Its owner: what the table that holds it says now.
+        let (table, owner) = seen
+            .tables
+            .iter()
+            .rev()
+            .find_map(|(t, _, entries)| entries.get(&key).map(|o| (t.clone(), o.clone())))
+            .unwrap_or_else(|| panic!("Secret {secret} is in no ownership table"));
+        // What that table said when the Secret was created.
+        let then = seen
+            .tables
+            .iter()
+            .filter(|(t, at, _)| *t == table && at < created)
+            .last()
+            .and_then(|(_, _, entries)| entries.get(&key));
+        assert_eq!(
+            then,
+            Some(&owner),
+            "when Secret {secret} was created (revision {created}), table {table} did not name it for {owner}"
+        );
+    }
 }

@@ -58,6 +58,8 @@ pub struct Context {
     pub written: super::apply::WrittenStatus,
     /// Claims' turns at their servers.
     pub turns: Arc<super::claim::Turns>,
+    /// Claims waiting for their Secrets' ownership-table entries.
+    pub fences: Arc<super::claim::Fences>,
     /// Registered servers' admin credentials, by the Secret holding them,
     /// read at most once per [`ADMIN_SECRET_TTL`] (Secrets are not watched).
     admin_secrets: Mutex<HashMap<SecretRef, RememberedAdmin>>,
@@ -80,6 +82,7 @@ impl Context {
         caches: super::caches::Caches,
         own: super::caches::OwnWrites,
         turns: Arc<super::claim::Turns>,
+        fences: Arc<super::claim::Fences>,
     ) -> Self {
         let reporter = Reporter {
             controller: MANAGED_BY.into(),
@@ -95,6 +98,7 @@ impl Context {
             own,
             written: Default::default(),
             turns,
+            fences,
             admin_secrets: Mutex::default(),
             admin_reads: Default::default(),
             ca_secrets: Mutex::default(),

@@ -221,6 +221,7 @@ pub async fn run(
     let instance_services_gone_for_claims = instance_service_deletions.listen();
     let policies_gone_for_claims = policy_deletions.listen();
     let tables_for_services = subscribe(&table_writer);
+    let tables_for_fences = subscribe(&table_writer);
     let mut table_deletions = caches::Deletions::new();
     let tables_gone_for_services = table_deletions.listen();
     let roles_for_services = subscribe(&role_writer);
@@ -321,6 +322,7 @@ pub async fn run(
     };
     let own = caches::OwnWrites::default();
     let (turns, woken) = claim::Turns::new();
+    let (fences, asked) = claim::Fences::new(turns.waker());
     let ctx = Arc::new(Context::new(
         client.clone(),
         config.clone(),
@@ -338,6 +340,7 @@ pub async fn run(
         },
         own.clone(),
         turns,
+        fences.clone(),
     ));
 
     let service_claims = claim_store.clone();
@@ -483,6 +486,16 @@ pub async fn run(
                 .collect::<Vec<_>>()
         },
     )
+    // A claim whose Secret its table does not name yet asks for a pass.
+    // Gathered like the claims' changes.
+    .reconcile_on(caches::throttled(
+        futures::stream::unfold(asked, |mut asked| async move {
+            asked.recv().await.map(|service| (service, asked))
+        }),
+        |service| Some(service.clone()),
+        GATHER,
+        GATHER_LONGEST,
+    ))
     .graceful_shutdown_on(stopped(&stop))
     .run(
         |o, c| async move { measured(&c.clone(), "service", service::reconcile(o, c)).await },
@@ -533,6 +546,21 @@ pub async fn run(
             }
         });
 
+    // A claim waiting for its Service's table looks again when it changes.
+    let mut fences_stop = stop.subscribe();
+    let fenced = async move {
+        let mut changes = std::pin::pin!(tables_for_fences);
+        loop {
+            tokio::select! {
+                _ = fences_stop.recv() => return,
+                table = changes.next() => match table {
+                    Some(table) => fences.changed(&table),
+                    None => return,
+                },
+            }
+        }
+    };
+
     // Claims by phase, for the metrics.
     let counter_ctx = ctx.clone();
     let mut counter_stop = stop.subscribe();
@@ -568,6 +596,7 @@ pub async fn run(
         Box::pin(services),
         Box::pin(servers),
         Box::pin(counts),
+        Box::pin(fenced),
         trigger
     );
 }

@@ -65,7 +65,7 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
         .iter()
         .filter_map(|c| c.0.as_ref().ok())
         .partition(|c| owns(c));
-    let mut entries = ownership_entries(&service, &owned);
+    let mut entries = ownership_entries(&service, &owned, k8s_openapi::jiff::Timestamp::now());
     entries.extend(reader_entries(&service, &read));
     // Its ServiceAccount may read (`get`) the binding Secrets the table puts
     // it in front of, and no other.
@@ -146,29 +146,33 @@ pub fn table_service(name: &str) -> Option<&str> {
 /// reconciled, or refused because the names it asks for belong to another
 /// Service, adds nothing (a claim must not put its Service in front of
 /// another's Secret by naming it).
-pub fn ownership_entries(service: &Service, claims: &[&DatabaseClaim]) -> BTreeMap<String, String> {
+pub fn ownership_entries(
+    service: &Service,
+    claims: &[&DatabaseClaim],
+    now: k8s_openapi::jiff::Timestamp,
+) -> BTreeMap<String, String> {
     let name = service.name_any();
     let mut entries = BTreeMap::from([(format!("account.{name}"), service.service_account())]);
     for claim in claims {
-        let Some(status) = claim.status.as_ref() else {
+        let Some(status) = claim
+            .status
+            .as_ref()
+            .filter(|_| super::claim::vetted(claim))
+        else {
             continue;
         };
-        let vetted = crate::api::find_condition(&status.conditions, READY)
-            .and_then(|c| Reason::parse(&c.reason))
-            .is_some_and(|r| !r.is_conflict());
-        if !vetted {
-            continue;
-        }
+        // A rotation's new Secret is named before it is written.
         let secrets = [
             Some(names::binding_secret(&claim.name_any())),
             status.binding.as_ref().map(|b| b.name.clone()),
+            status
+                .credentials
+                .as_ref()
+                .and_then(|c| c.previous.as_ref())
+                .map(|p| p.secret.clone()),
+            super::claim::due_binding(claim, now),
         ]
         .into_iter()
-        .chain([status
-            .credentials
-            .as_ref()
-            .and_then(|c| c.previous.as_ref())
-            .map(|p| p.secret.clone())])
         .flatten();
         for secret in secrets {
             entries.insert(format!("secret.{secret}"), name.clone());
@@ -201,18 +205,33 @@ pub fn reads(claim: &DatabaseClaim, namespace: &str, service: &str) -> bool {
 }
 
 /// The entries of the ownership table for the read-only bindings other
-/// Services' claims issued to `service`: `secret.<claim>-reader-<service>`
-/// → the service, for each grant their status shows in force.
+/// Services' claims issue to `service`: `secret.<binding>` → the service,
+/// for each grant their status shows in force and, before its Secret is
+/// written, each grant an accepted claim asks for.
 pub fn reader_entries(service: &Service, claims: &[&DatabaseClaim]) -> BTreeMap<String, String> {
     let name = service.name_any();
     let ns = service.namespace().unwrap_or_default();
-    claims
-        .iter()
-        .filter_map(|c| c.status.as_ref())
-        .flat_map(|s| &s.readers)
-        .filter(|r| r.service == name && r.namespace == ns)
-        .map(|r| (format!("secret.{}", r.binding), name.clone()))
-        .collect()
+    let mut entries = BTreeMap::new();
+    for claim in claims {
+        let issued = claim
+            .status
+            .iter()
+            .flat_map(|s| &s.readers)
+            .filter(|r| r.service == name && r.namespace == ns)
+            .map(|r| r.binding.clone());
+        let claim_ns = claim.namespace().unwrap_or_default();
+        let asked = claim
+            .spec
+            .readers
+            .iter()
+            .filter(|r| r.service == name && r.namespace_or(&claim_ns) == ns)
+            .filter(|_| super::claim::vetted(claim))
+            .map(|_| names::reader_secret(&claim_ns, &claim.name_any(), &ns, &name));
+        for secret in issued.chain(asked).collect::<Vec<_>>() {
+            entries.insert(format!("secret.{secret}"), name.clone());
+        }
+    }
+    entries
 }
 
 /// Field manager of the entries kept for the Secrets of a deleted claim.
@@ -470,7 +489,11 @@ mod tests {
             claim_with_reason("new-db", "intruder", None),
             claim_with_reason("own-db", "intruder", Some(Reason::Provisioning)),
         ];
-        let entries = ownership_entries(&intruder, &claims.iter().collect::<Vec<_>>());
+        let entries = ownership_entries(
+            &intruder,
+            &claims.iter().collect::<Vec<_>>(),
+            k8s_openapi::jiff::Timestamp::now(),
+        );
         assert_eq!(
             entries.keys().collect::<Vec<_>>(),
             [
@@ -479,5 +502,59 @@ mod tests {
                 "secret.own-db-binding"
             ]
         );
+    }
+
+    #[test]
+    fn a_rotations_secret_and_an_asked_grant_are_named_before_they_are_written() {
+        let orders: Service = serde_yaml::from_str(
+            "{apiVersion: dbps.io/v1alpha1, kind: Service, metadata: {name: orders, namespace: shop}, spec: {}}",
+        )
+        .unwrap();
+        let reporting: Service = serde_yaml::from_str(
+            "{apiVersion: dbps.io/v1alpha1, kind: Service, metadata: {name: reporting, namespace: shop}, spec: {}}",
+        )
+        .unwrap();
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let mut claim = claim_with_reason("orders-db", "orders", Some(Reason::Ready));
+        claim.spec.readers = serde_yaml::from_str("[{service: reporting, tables: [t]}]").unwrap();
+        claim.status.as_mut().unwrap().credentials = Some(crate::api::CredentialsStatus {
+            generation: 0,
+            issued_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
+            trigger: None,
+            ..Default::default()
+        });
+        let keys = |e: BTreeMap<String, String>| e.into_keys().collect::<Vec<_>>();
+        assert_eq!(
+            keys(ownership_entries(&orders, &[&claim], now)),
+            [
+                "account.orders",
+                "secret.orders-db-admin",
+                "secret.orders-db-binding"
+            ]
+        );
+        assert_eq!(
+            keys(reader_entries(&reporting, &[&claim])),
+            ["secret.orders-db-reader-reporting"],
+            "the grant an accepted claim asks for"
+        );
+        // A rotation asked for: the next generation's Secret is named now.
+        claim.metadata.annotations = Some(BTreeMap::from([(
+            super::super::claim::ROTATE_ANNOTATION.to_string(),
+            "now".to_string(),
+        )]));
+        assert_eq!(
+            keys(ownership_entries(&orders, &[&claim], now)),
+            [
+                "account.orders",
+                "secret.orders-db-admin",
+                "secret.orders-db-binding",
+                "secret.orders-db-binding-1"
+            ]
+        );
+        // Not accepted: neither.
+        let unvetted = claim_with_reason("orders-db", "orders", None);
+        let mut asking = unvetted.clone();
+        asking.spec.readers = claim.spec.readers.clone();
+        assert!(reader_entries(&reporting, &[&asking]).is_empty());
     }
 }

@@ -15,6 +15,7 @@ use kube::{Api, ResourceExt};
 use super::super::apply::apply;
 use super::super::context::{Context, Error};
 use super::super::drift;
+use super::fences::{Fence, unfenced, vetted};
 use super::rotation::{self, DEFAULT_GRACE_SECONDS, ROTATE_ANNOTATION};
 use super::status::{Outcome, publish, update_status, update_status_full, update_status_with};
 use crate::api::{
@@ -120,6 +121,24 @@ pub(super) async fn administer(
         outcome.binding = claim.status.as_ref().and_then(|s| s.binding.clone());
         update_status(claim, ctx, outcome).await?;
         return Ok(resync);
+    }
+    // Its binding is written only once its Service's ownership table names
+    // it. A claim not accepted yet is first checked for a Secret of that
+    // name that is not its own (which is never put behind its Service).
+    let stable = names::binding_secret(&name);
+    let service_name = service.name_any();
+    let fence = [Fence {
+        secret: stable.clone(),
+        owner: service_name.clone(),
+    }];
+    if let Some(secret) = unfenced(ctx, claim, &ns, &service_name, &fence) {
+        if !vetted(claim) {
+            let current = ctx.api::<Secret>(&ns).get_opt(&stable).await?;
+            if refused_as_foreign(claim, service, current.as_ref(), ctx).await? {
+                return Ok(resync);
+            }
+        }
+        return super::fences::wait(claim, &service_name, &secret, ctx).await;
     }
     // A busy server takes the claim when a turn ends (it is woken then);
     // until then it holds nothing.
@@ -285,6 +304,13 @@ pub(super) async fn administer(
     //    holds. A Secret edited or deleted by hand is not believed: its
     //    credentials are issued anew.
     let secret_name = names::binding_secret_of(&name, generation);
+    let fence = [Fence {
+        secret: secret_name.clone(),
+        owner: service_name.clone(),
+    }];
+    if let Some(secret) = unfenced(ctx, claim, &ns, &service_name, &fence) {
+        return super::fences::wait(claim, &service_name, &secret, ctx).await;
+    }
     let mut current = secrets.get_opt(&secret_name).await?;
     if refused_as_foreign(claim, service, current.as_ref(), ctx).await? {
         return Ok(resync);
@@ -694,6 +720,15 @@ async fn grant_readers(
         }
         let secrets: Api<Secret> = ctx.api(&reader_ns);
         let secret_name = names::reader_secret(&ns, &name, &reader_ns, &reader.service);
+        // Nor until the reader's ownership table names it for the reader;
+        // the claim is woken when that table changes.
+        let fence = [Fence {
+            secret: secret_name.clone(),
+            owner: reader.service.clone(),
+        }];
+        if unfenced(ctx, claim, &reader_ns, &reader.service, &fence).is_some() {
+            continue;
+        }
         let current = secrets.get_opt(&secret_name).await?;
         // A Secret of the grant's name that dbps did not make for it is
         // left alone and the grant is not issued; the claim itself (its own

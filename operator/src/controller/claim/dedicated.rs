@@ -12,6 +12,7 @@ use super::super::apply as ssa;
 use super::super::context::{Context, Error};
 use super::super::drift;
 use super::administer::{Target, administer};
+use super::fences::{Fence, unfenced};
 use super::status::{Outcome, update_status, update_status_with};
 use crate::api::{ClaimPhase, DatabaseClaim, Endpoint, Reason};
 use crate::children::tls::{self, InstanceTls};
@@ -150,6 +151,23 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
         )
         .await?;
         return Ok(resync);
+    }
+
+    // Its admin Secret and binding are written only once its Service's
+    // ownership table names them: the admin Secret for the instance's own
+    // pods, the binding for the Service's.
+    let fences = [
+        Fence {
+            secret: names::admin_secret(&name),
+            owner: format!("claim:{name}"),
+        },
+        Fence {
+            secret: names::binding_secret(&name),
+            owner: service_name.clone(),
+        },
+    ];
+    if let Some(secret) = unfenced(ctx, claim, &ns, service_name, &fences) {
+        return super::fences::wait(claim, service_name, &secret, ctx).await;
     }
 
     // The superuser's password: believed only when it matches what dbps issued.

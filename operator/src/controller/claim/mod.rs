@@ -8,6 +8,7 @@
 mod administer;
 mod cleanup;
 mod dedicated;
+mod fences;
 pub mod profile;
 mod rotation;
 pub(super) mod shared;
@@ -29,7 +30,8 @@ pub const FINALIZER: &str = "dbps.io/cleanup";
 
 pub use cleanup::SKIP_CLEANUP_ANNOTATION;
 pub use dedicated::major;
-pub use rotation::ROTATE_ANNOTATION;
+pub use fences::{Fences, vetted};
+pub use rotation::{ROTATE_ANNOTATION, due_binding};
 pub use shared::{selector_matches, shared_database, slot_username};
 pub use turns::Turns;
 

@@ -71,6 +71,28 @@ pub fn plan(
     }
 }
 
+/// The binding Secret of the generation a rotation due now would issue
+/// (`None` when none is due), so that its Service's ownership table names it
+/// before it is written.
+pub fn due_binding(claim: &crate::api::DatabaseClaim, now: Timestamp) -> Option<String> {
+    let trigger = kube::ResourceExt::annotations(claim)
+        .get(ROTATE_ANNOTATION)
+        .map(String::as_str);
+    let creds = recorded(
+        claim.status.as_ref().and_then(|s| s.credentials.clone()),
+        trigger,
+        now,
+    );
+    let settings = claim.spec.rotation.clone().unwrap_or_default();
+    let plan = plan(&creds, trigger, &settings, now);
+    plan.rotate.then(|| {
+        crate::children::names::binding_secret_of(
+            &kube::ResourceExt::name_any(claim),
+            plan.generation,
+        )
+    })
+}
+
 /// The status once the plan was carried out: the revoked credentials gone;
 /// after a rotation, the previous ones (`previous_secret`, `previous_user`)
 /// working until the grace period ends.

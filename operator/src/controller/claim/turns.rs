@@ -77,6 +77,11 @@ impl Turns {
         None
     }
 
+    /// Where woken claims are sent, for others that wake claims.
+    pub fn waker(&self) -> tokio::sync::mpsc::UnboundedSender<ClaimRef> {
+        self.wake.clone()
+    }
+
     /// Claims waiting in lines, over all servers.
     pub fn waiting(&self) -> usize {
         self.lines
