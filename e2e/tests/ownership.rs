@@ -1165,8 +1165,8 @@ async fn no_secret_with_credentials_exists_before_its_ownership_table_names_it()
         let then = seen
             .tables
             .iter()
-            .filter(|(t, at, _)| *t == table && at < created)
-            .last()
+            .rev()
+            .find(|(t, at, _)| *t == table && at < created)
             .and_then(|(_, _, entries)| entries.get(&key));
         assert_eq!(
             then,
