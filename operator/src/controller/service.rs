@@ -46,6 +46,8 @@ pub async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Actio
                     BTreeMap::new(),
                 )
                 .await?;
+                // Claims that waited for its table are told it is gone.
+                ctx.fences.release(&ns, &name);
                 Ok(Action::await_change())
             }
         }

@@ -83,10 +83,15 @@ impl Fences {
     /// A table changed: the claims waiting for its Service look again.
     pub fn changed(&self, table: &ConfigMap) {
         let name = table.name_any();
-        let Some(service) = super::super::service::table_service(&name) else {
-            return;
-        };
-        let key = (table.namespace().unwrap_or_default(), service.to_string());
+        if let Some(service) = super::super::service::table_service(&name) {
+            self.release(&table.namespace().unwrap_or_default(), service);
+        }
+    }
+
+    /// The claims waiting for the table of Service `namespace`/`service`
+    /// look again (it changed, or the Service is gone).
+    pub fn release(&self, namespace: &str, service: &str) {
+        let key = (namespace.to_string(), service.to_string());
         let woken = self.waiting.lock().unwrap().remove(&key);
         for claim in woken.into_iter().flatten() {
             let _ = self.wake.send(claim);
