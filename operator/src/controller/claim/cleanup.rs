@@ -13,11 +13,11 @@ use serde_json::json;
 use super::super::context::{Context, Error};
 use super::super::drift;
 use super::administer::mark_of;
+use super::fences::vetted;
 use super::shared::{admin_connection, placed_database, shared_database, slot_username};
 use super::status::{Outcome, publish, update_status};
 use crate::api::{
-    CLAIM_LABEL, ClaimPhase, DatabaseClaim, DatabaseServer, DeletionPolicy, READY, Reason,
-    SERVICE_LABEL,
+    CLAIM_LABEL, ClaimPhase, DatabaseClaim, DatabaseServer, DeletionPolicy, Reason, SERVICE_LABEL,
 };
 use crate::children::names;
 
@@ -220,17 +220,6 @@ fn kept_bindings(claim: &DatabaseClaim) -> Vec<String> {
     kept.sort();
     kept.dedup();
     kept
-}
-
-/// Whether the claim was ever accepted as the owner of its names: not
-/// refused for a conflict, and reconciled at least once.
-fn vetted(claim: &DatabaseClaim) -> bool {
-    claim
-        .status
-        .as_ref()
-        .and_then(|s| crate::api::find_condition(&s.conditions, READY))
-        .and_then(|c| Reason::parse(&c.reason))
-        .is_some_and(|r| !r.is_conflict())
 }
 
 /// Removes the claim's owner reference from a Secret so it outlives the claim.
