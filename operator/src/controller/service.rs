@@ -222,14 +222,14 @@ pub fn reader_entries(service: &Service, claims: &[&DatabaseClaim]) -> BTreeMap<
             .filter(|r| r.service == name && r.namespace == ns)
             .map(|r| r.binding.clone());
         let claim_ns = claim.namespace().unwrap_or_default();
+        let accepted = super::claim::vetted(claim);
         let asked = claim
             .spec
             .readers
             .iter()
-            .filter(|r| r.service == name && r.namespace_or(&claim_ns) == ns)
-            .filter(|_| super::claim::vetted(claim))
+            .filter(|r| accepted && r.service == name && r.namespace_or(&claim_ns) == ns)
             .map(|_| names::reader_secret(&claim_ns, &claim.name_any(), &ns, &name));
-        for secret in issued.chain(asked).collect::<Vec<_>>() {
+        for secret in issued.chain(asked) {
             entries.insert(format!("secret.{secret}"), name.clone());
         }
     }

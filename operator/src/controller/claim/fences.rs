@@ -11,10 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
+use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
-
-use kube::runtime::controller::Action;
 
 use super::super::context::{Context, Error};
 use super::super::service::table_name;
