@@ -37,6 +37,11 @@
 //! Secret, NetworkPolicy, Service, StatefulSet, status). There is no
 //! database floor: no database is made.
 //!
+//! With `DBPS_BENCH_SERVERS=k` the shared claims are spread over k servers
+//! of the engine (claim i on server i mod k): what the operator and the
+//! control plane do with N claims when no one server's own cost grows with
+//! N. There is no database floor then (the floor is one server's).
+//!
 //! `DBPS_BENCH_CLAIMS` lists the sizes (default `200,1000`),
 //! `DBPS_BENCH_RUNS` the runs of each (default 3); medians are printed last.
 
@@ -409,6 +414,30 @@ fn floors() -> bool {
     std::env::var("DBPS_BENCH_FLOORS").as_deref() != Ok("off")
 }
 
+/// How many servers the shared claims are spread over: `DBPS_BENCH_SERVERS`
+/// (default 1).
+fn servers() -> usize {
+    std::env::var("DBPS_BENCH_SERVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1usize)
+        .max(1)
+}
+
+/// The `DatabaseServer` of server number `j` (`pg` when there is one).
+fn server_name(j: usize) -> String {
+    match servers() {
+        1 => "pg".into(),
+        _ => format!("pg-{j}"),
+    }
+}
+
+/// Whether the run measures the database floor: shared claims on one
+/// server, floors not switched off.
+fn database_floor() -> bool {
+    floors() && !dedicated() && servers() == 1
+}
+
 /// Whether the claims are dedicated: `DBPS_BENCH_PLACEMENT=dedicated`.
 fn dedicated() -> bool {
     std::env::var("DBPS_BENCH_PLACEMENT").as_deref() == Ok("dedicated")
@@ -446,9 +475,9 @@ async fn run(n: usize) -> Sample {
     let client = plane.client().await.unwrap();
     dbps_e2e::operator::install_crds(&client).await.unwrap();
     let (kind, engine) = engine();
-    let (postgres_floor_before_s, floor_cpu_before) = match dedicated() || !floors() {
-        false => postgres_floor(n).await,
-        true => (f64::NAN, f64::NAN),
+    let (postgres_floor_before_s, floor_cpu_before) = match database_floor() {
+        true => postgres_floor(n).await,
+        false => (f64::NAN, f64::NAN),
     };
     // Shared claims' apiserver floor copies what the operator wrote, after its run.
     let (apiserver_floor_s, floor_control_plane_cpu_s) = match floors() && dedicated() {
@@ -469,19 +498,23 @@ async fn run(n: usize) -> Sample {
             service_name(service)
         ));
     }
-    let server = match dedicated() {
-        true => None,
-        false => Some(LocalServer::start(kind).await.unwrap()),
-    };
-    if let Some(server) = &server {
+    let mut servers_of_run = Vec::new();
+    if !dedicated() {
+        for _ in 0..servers() {
+            servers_of_run.push(LocalServer::start(kind).await.unwrap());
+        }
+    }
+    for (j, server) in servers_of_run.iter().enumerate() {
+        let name = server_name(j);
         yaml.push_str(&format!(
-            "---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: admin, namespace: {NAMESPACE} }}\nstringData: {{ username: {}, password: {} }}\n---\napiVersion: dbps.io/v1alpha1\nkind: DatabaseServer\nmetadata: {{ name: pg }}\nspec: {{ engine: {}, host: 127.0.0.1, port: {}, adminSecretRef: {{ namespace: {NAMESPACE}, name: admin }} }}\n",
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: admin-{name}, namespace: {NAMESPACE} }}\nstringData: {{ username: {}, password: {} }}\n---\napiVersion: dbps.io/v1alpha1\nkind: DatabaseServer\nmetadata: {{ name: {name} }}\nspec: {{ engine: {}, host: 127.0.0.1, port: {}, adminSecretRef: {{ namespace: {NAMESPACE}, name: admin-{name} }} }}\n",
             server.admin_user,
             server.admin_password,
             engine.as_str(),
             server.port
         ));
     }
+    let database_cpu_now = || -> f64 { servers_of_run.iter().map(database_cpu_seconds).sum() };
     dbps_e2e::manifests::apply_yaml(&client, NAMESPACE, &yaml)
         .await
         .unwrap();
@@ -499,7 +532,7 @@ async fn run(n: usize) -> Sample {
         .boxed();
     let offset = plane.audit_offset();
     let cpu_before = cpu_seconds(pid);
-    let database_cpu = server.as_ref().map_or(0.0, database_cpu_seconds);
+    let database_cpu = database_cpu_now();
     let control_plane_cpu = control_plane_cpu_seconds(&plane);
     let bench_cpu = cpu_seconds(std::process::id());
     let started = Instant::now();
@@ -511,7 +544,7 @@ async fn run(n: usize) -> Sample {
                 let mut spec =
                     json!({ "serviceRef": { "name": service }, "engine": engine.as_str() });
                 if !dedicated() {
-                    spec["server"] = json!({ "name": "pg" });
+                    spec["server"] = json!({ "name": server_name(i % servers()) });
                 }
                 let claim: DatabaseClaim = serde_json::from_value(json!({
                     "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim",
@@ -541,7 +574,7 @@ async fn run(n: usize) -> Sample {
         }
     }
     sample.ready_s = started.elapsed().as_secs_f64();
-    sample.database_cpu_s = server.as_ref().map_or(0.0, database_cpu_seconds) - database_cpu;
+    sample.database_cpu_s = database_cpu_now() - database_cpu;
     sample.control_plane_cpu_s = control_plane_cpu_seconds(&plane) - control_plane_cpu;
     sample.bench_cpu_s = cpu_seconds(std::process::id()) - bench_cpu;
     // The Service's and server's last gathered writes (at most 2 s later)
@@ -584,11 +617,11 @@ async fn run(n: usize) -> Sample {
         (sample.apiserver_floor_s, sample.floor_control_plane_cpu_s) =
             claim_writes_floor(&plane, &client).await;
     }
-    drop(server);
+    drop(servers_of_run);
     let floor_cpu_after;
-    (sample.postgres_floor_after_s, floor_cpu_after) = match dedicated() || !floors() {
-        false => postgres_floor(n).await,
-        true => (f64::NAN, f64::NAN),
+    (sample.postgres_floor_after_s, floor_cpu_after) = match database_floor() {
+        true => postgres_floor(n).await,
+        false => (f64::NAN, f64::NAN),
     };
     sample.postgres_floor_s =
         (sample.postgres_floor_before_s + sample.postgres_floor_after_s) / 2.0;
@@ -638,13 +671,17 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn print(n: usize, label: &str, s: &Sample) {
     println!(
-        "claims/{}-{} n={n} {label}: all_{}={:.1}s database_floor={:.1}s ({:.2}x; before {:.1}s, after {:.1}s) apiserver_floor={:.1}s ({:.2}x) \
+        "claims/{}-{}{} n={n} {label}: all_{}={:.1}s database_floor={:.1}s ({:.2}x; before {:.1}s, after {:.1}s) apiserver_floor={:.1}s ({:.2}x) \
          peak_rss={:.0}MiB cpu={:.1}s reconciles/claim={:.1} writes/claim={:.1} reads/claim={:.1} 429s={:.0} \
          steady: writes={:.0} reads/claim={:.1} \
          cpu_ms/claim: operator={:.1} database={:.0} (floor {:.0}) control_plane={:.0} (floor {:.0}) bench={:.0} \
          cores_busy={:.2}",
         if dedicated() { "dedicated" } else { "shared" },
         engine().1.as_str(),
+        match servers() {
+            1 => String::new(),
+            k => format!("x{k}"),
+        },
         if dedicated() { "provisioning" } else { "ready" },
         s.ready_s,
         s.postgres_floor_s,

@@ -743,6 +743,12 @@ async fn the_operator_process_serves_health_and_metrics_logs_json_and_stops_on_s
     operator
         .wait_metric("dbps_claims{phase=\"Ready\"}", 1.0)
         .await;
+    // A Ready claim waits for nothing: neither a turn nor its fence is left.
+    for on in ["server", "ownership_table"] {
+        operator
+            .wait_metric(&format!("dbps_claims_waiting{{on=\"{on}\"}}"), 0.0)
+            .await;
+    }
     let (_, text) = operator.get("/metrics").await.unwrap();
     for series in [
         "dbps_reconciles_total{controller=\"claim\"}",

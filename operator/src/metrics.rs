@@ -22,6 +22,13 @@ pub struct ErrorLabels {
     pub reason: &'static str,
 }
 
+/// What waiting claims wait for: a turn at their server, or their
+/// Service's ownership table to name their Secrets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WaitLabel {
+    pub on: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 pub enum Phase {
     Pending,
@@ -55,6 +62,7 @@ pub struct Metrics {
     duration: Family<ControllerLabel, Histogram>,
     ready_after: Histogram,
     claims: Family<PhaseLabel, Gauge>,
+    waiting: Family<WaitLabel, Gauge>,
     leader: Gauge,
 }
 
@@ -68,6 +76,7 @@ impl Default for Metrics {
         });
         let ready_after = Histogram::new(exponential_buckets(0.5, 2.0, 14));
         let claims = Family::<PhaseLabel, Gauge>::default();
+        let waiting = Family::<WaitLabel, Gauge>::default();
         let leader = Gauge::default();
         registry.register(
             "reconciles",
@@ -91,6 +100,11 @@ impl Default for Metrics {
         );
         registry.register("claims", "Claims by phase", claims.clone());
         registry.register(
+            "claims_waiting",
+            "Claims waiting, on a turn at their server (server) or for their Service's ownership table to name their Secrets (ownership_table)",
+            waiting.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica is the leader (or runs without election)",
             leader.clone(),
@@ -102,6 +116,7 @@ impl Default for Metrics {
             duration,
             ready_after,
             claims,
+            waiting,
             leader,
         }
     }
@@ -142,6 +157,16 @@ impl Metrics {
         }
     }
 
+    /// Claims waiting on a turn at their server, and for their Service's
+    /// ownership table.
+    pub fn set_waiting(&self, on_server: usize, on_table: usize) {
+        for (on, n) in [("server", on_server), ("ownership_table", on_table)] {
+            self.waiting
+                .get_or_create(&WaitLabel { on })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
     }
@@ -152,5 +177,31 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_claims_are_counted_by_what_they_wait_on() {
+        let metrics = Metrics::default();
+        metrics.set_waiting(3, 2);
+        let text = metrics.encode();
+        assert!(
+            text.contains("dbps_claims_waiting{on=\"server\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dbps_claims_waiting{on=\"ownership_table\"} 2"),
+            "{text}"
+        );
+        metrics.set_waiting(0, 0);
+        assert!(
+            metrics
+                .encode()
+                .contains("dbps_claims_waiting{on=\"ownership_table\"} 0")
+        );
     }
 }

@@ -561,7 +561,7 @@ pub async fn run(
         }
     };
 
-    // Claims by phase, for the metrics.
+    // Claims by phase, and those waiting, for the metrics.
     let counter_ctx = ctx.clone();
     let mut counter_stop = stop.subscribe();
     let counts = async move {
@@ -578,6 +578,9 @@ pub async fn run(
                 }
             }
             counter_ctx.metrics.set_claims(counts);
+            counter_ctx
+                .metrics
+                .set_waiting(counter_ctx.turns.waiting(), counter_ctx.fences.waiting());
             tokio::select! {
                 _ = counter_stop.recv() => return,
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}

@@ -6,7 +6,7 @@
 //! waits holding nothing (not a turn at its server), asks that Service for a
 //! pass, and is woken when the Service's table changes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -28,9 +28,13 @@ pub struct Fence {
     pub owner: String,
 }
 
-/// Claims waiting for a Service's table, by the Service's namespace and name.
+/// The table entries a waiting claim needs: `secret.<name>` and its owner.
+type Needs = Vec<(String, String)>;
+
+/// Claims waiting for a Service's table, by the Service's namespace and name,
+/// each with the entries it waits for.
 pub struct Fences {
-    waiting: Mutex<HashMap<(String, String), HashSet<ClaimRef>>>,
+    waiting: Mutex<HashMap<(String, String), HashMap<ClaimRef, Needs>>>,
     wake: UnboundedSender<ClaimRef>,
     ask: UnboundedSender<ObjectRef<Service>>,
 }
@@ -52,8 +56,8 @@ impl Fences {
 
     /// The first of `fences` that `table` (the ownership table of Service
     /// `namespace`/`service`, as the cache shows it) does not name as its
-    /// owner's; when there is one, `claim` waits for that table to change
-    /// and the Service is asked for a pass.
+    /// owner's; when there is one, `claim` waits until that table names all
+    /// of them, and the Service is asked for a pass.
     pub fn missing(
         &self,
         table: impl FnOnce() -> Option<Arc<ConfigMap>>,
@@ -62,29 +66,69 @@ impl Fences {
         fences: &[Fence],
         claim: ClaimRef,
     ) -> Option<String> {
+        let needs: Needs = fences
+            .iter()
+            .map(|f| (format!("secret.{}", f.secret), f.owner.clone()))
+            .collect();
         // Under the lock: a table change that lands between the look and the
         // wait still wakes the claim (the cache is updated before its
         // subscribers hear of it).
         let mut waiting = self.waiting.lock().unwrap();
+        let key = (namespace.to_string(), service.to_string());
         let table = table();
-        let data = table.as_ref().and_then(|t| t.data.as_ref());
-        let missing = fences.iter().find(|f| {
-            data.and_then(|d| d.get(&format!("secret.{}", f.secret))) != Some(&f.owner)
-        })?;
-        waiting
-            .entry((namespace.to_string(), service.to_string()))
-            .or_default()
-            .insert(claim);
+        let Some(missing) = needs.iter().position(|need| !names(table.as_deref(), need)) else {
+            // Nothing to wait for (any more): a wait of its own from before
+            // is over.
+            if let Some(claims) = waiting.get_mut(&key) {
+                claims.remove(&claim);
+                if claims.is_empty() {
+                    waiting.remove(&key);
+                }
+            }
+            return None;
+        };
+        waiting.entry(key).or_default().insert(claim, needs);
         let _ = self.ask.send(ObjectRef::new(service).within(namespace));
-        Some(missing.secret.clone())
+        Some(fences[missing].secret.clone())
     }
 
-    /// A table changed: the claims waiting for its Service look again.
+    /// A table changed: the claims waiting for its Service whose entries it
+    /// now all names look again; the others wait on (a burst of a Service's
+    /// claims is many changes of its table, each naming a few of them).
     pub fn changed(&self, table: &ConfigMap) {
         let name = table.name_any();
-        if let Some(service) = super::super::service::table_service(&name) {
-            self.release(&table.namespace().unwrap_or_default(), service);
+        let Some(service) = super::super::service::table_service(&name) else {
+            return;
+        };
+        let key = (table.namespace().unwrap_or_default(), service.to_string());
+        let mut woken = Vec::new();
+        {
+            let mut waiting = self.waiting.lock().unwrap();
+            let Some(claims) = waiting.get_mut(&key) else {
+                return;
+            };
+            claims.retain(|claim, needs| {
+                let named = needs.iter().all(|need| names(Some(table), need));
+                if named {
+                    woken.push(claim.clone());
+                }
+                !named
+            });
+            if claims.is_empty() {
+                waiting.remove(&key);
+            }
         }
+        for claim in woken {
+            let _ = self.wake.send(claim);
+        }
+    }
+
+    /// `claim` is gone: it waits for no table.
+    pub fn forget(&self, claim: &ClaimRef) {
+        self.waiting.lock().unwrap().retain(|_, claims| {
+            claims.remove(claim);
+            !claims.is_empty()
+        });
     }
 
     /// The claims waiting for the table of Service `namespace`/`service`
@@ -92,7 +136,7 @@ impl Fences {
     pub fn release(&self, namespace: &str, service: &str) {
         let key = (namespace.to_string(), service.to_string());
         let woken = self.waiting.lock().unwrap().remove(&key);
-        for claim in woken.into_iter().flatten() {
+        for claim in woken.into_iter().flat_map(HashMap::into_keys) {
             let _ = self.wake.send(claim);
         }
     }
@@ -103,9 +147,14 @@ impl Fences {
             .lock()
             .unwrap()
             .values()
-            .map(HashSet::len)
+            .map(HashMap::len)
             .sum()
     }
+}
+
+/// Whether `table` has the entry `need` (`secret.<name>` for its owner).
+fn names(table: Option<&ConfigMap>, (key, owner): &(String, String)) -> bool {
+    table.and_then(|t| t.data.as_ref()).and_then(|d| d.get(key)) == Some(owner)
 }
 
 /// The first of `fences` the ownership table of Service `namespace`/`service`
@@ -209,12 +258,27 @@ mod tests {
         assert!(wrong.is_some());
         assert_eq!(fences.waiting(), 1, "waiting once");
 
-        // Another Service's table changing does not wake it; its own does.
-        fences.changed(&table("payments", &[]));
+        // Another Service's table changing does not wake it, even naming the
+        // Secret; nor does its own naming other claims' Secrets, or this one
+        // for another owner. Its own naming it for its Service does, once.
+        fences.changed(&table(
+            "payments",
+            &[("secret.orders-db-binding", "orders")],
+        ));
+        fences.changed(&table(
+            "orders",
+            &[
+                ("secret.orders-cache-binding", "orders"),
+                ("secret.orders-db-binding", "claim:orders-db"),
+            ],
+        ));
         assert!(woken.try_recv().is_err());
+        assert_eq!(fences.waiting(), 1);
         fences.changed(&table("orders", &[("secret.orders-db-binding", "orders")]));
         assert_eq!(woken.recv().await.unwrap(), claim);
         assert_eq!(fences.waiting(), 0);
+        fences.changed(&table("orders", &[("secret.orders-db-binding", "orders")]));
+        assert!(woken.try_recv().is_err(), "woken once");
 
         // Named for its Service: nothing to wait for.
         let named = table("orders", &[("secret.orders-db-binding", "orders")]);
@@ -224,5 +288,58 @@ mod tests {
                 .is_none()
         );
         assert_eq!(fences.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_claim_waiting_for_two_entries_is_woken_when_both_are_named_and_forgotten_when_gone()
+    {
+        let (wake, mut woken) = unbounded_channel();
+        let (fences, _asked) = Fences::new(wake);
+        let claim: ClaimRef = ObjectRef::new("orders-db").within("shop");
+        let want = [
+            fence("orders-db-admin", "claim:orders-db"),
+            fence("orders-db-binding", "orders"),
+        ];
+        assert!(
+            fences
+                .missing(|| None, "shop", "orders", &want, claim.clone())
+                .is_some()
+        );
+        fences.changed(&table(
+            "orders",
+            &[("secret.orders-db-admin", "claim:orders-db")],
+        ));
+        assert!(woken.try_recv().is_err(), "one of two named");
+        fences.changed(&table(
+            "orders",
+            &[
+                ("secret.orders-db-admin", "claim:orders-db"),
+                ("secret.orders-db-binding", "orders"),
+            ],
+        ));
+        assert_eq!(woken.recv().await.unwrap(), claim);
+
+        // A deleted claim waits for nothing; a look that finds all named
+        // ends a wait from before.
+        fences.missing(|| None, "shop", "orders", &want, claim.clone());
+        fences.missing(|| None, "shop", "payments", &want, claim.clone());
+        assert_eq!(fences.waiting(), 2);
+        fences.forget(&claim);
+        assert_eq!(fences.waiting(), 0);
+        fences.missing(|| None, "shop", "orders", &want, claim.clone());
+        let named = table(
+            "orders",
+            &[
+                ("secret.orders-db-admin", "claim:orders-db"),
+                ("secret.orders-db-binding", "orders"),
+            ],
+        );
+        assert!(
+            fences
+                .missing(|| Some(named), "shop", "orders", &want, claim)
+                .is_none()
+        );
+        assert_eq!(fences.waiting(), 0);
+        assert!(woken.try_recv().is_err());
     }
 }
