@@ -135,6 +135,9 @@ pub(super) async fn administer(
         if !vetted(claim) {
             let current = ctx.api::<Secret>(&ns).get_opt(&stable).await?;
             if refused_as_foreign(claim, service, current.as_ref(), ctx).await? {
+                // Refused, it is never named: it waits for no table.
+                ctx.fences
+                    .forget(&super::turns::ClaimRef::new(&name).within(&ns));
                 return Ok(resync);
             }
         }
