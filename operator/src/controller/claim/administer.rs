@@ -724,7 +724,7 @@ async fn grant_readers(
         let secrets: Api<Secret> = ctx.api(&reader_ns);
         let secret_name = names::reader_secret(&ns, &name, &reader_ns, &reader.service);
         // Nor until the reader's ownership table names it for the reader;
-        // the claim is woken when that table changes.
+        // the claim is woken when that table names it.
         let fence = [Fence {
             secret: secret_name.clone(),
             owner: reader.service.clone(),

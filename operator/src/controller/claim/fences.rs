@@ -4,7 +4,7 @@
 //! moment it exists, the admission policy refuses every other Service's pod
 //! that references it. A claim whose Secret the table does not name yet
 //! waits holding nothing (not a turn at its server), asks that Service for a
-//! pass, and is woken when the Service's table changes.
+//! pass, and is woken when the Service's table names its Secrets.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -158,8 +158,8 @@ fn names(table: Option<&ConfigMap>, (key, owner): &(String, String)) -> bool {
 }
 
 /// The first of `fences` the ownership table of Service `namespace`/`service`
-/// does not name yet, as the cache shows it; `claim` then waits for that
-/// table to change.
+/// does not name yet, as the cache shows it; `claim` then waits until that
+/// table names them all.
 pub(super) fn unfenced(
     ctx: &Context,
     claim: &DatabaseClaim,
