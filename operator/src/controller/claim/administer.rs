@@ -136,8 +136,7 @@ pub(super) async fn administer(
             let current = ctx.api::<Secret>(&ns).get_opt(&stable).await?;
             if refused_as_foreign(claim, service, current.as_ref(), ctx).await? {
                 // Refused, it is never named: it waits for no table.
-                ctx.fences
-                    .forget(&super::turns::ClaimRef::new(&name).within(&ns));
+                ctx.fences.forget(&super::turns::line_of(claim));
                 return Ok(resync);
             }
         }
@@ -145,7 +144,7 @@ pub(super) async fn administer(
     }
     // A busy server takes the claim when a turn ends (it is woken then);
     // until then it holds nothing.
-    let line = super::turns::ClaimRef::new(&name).within(&ns);
+    let line = super::turns::line_of(claim);
     let capacity = 2 * target.connections;
     let Some(_turn) = ctx
         .turns

@@ -34,8 +34,7 @@ pub(super) async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Acti
     let name = claim.name_any();
     let uid = claim.uid().unwrap_or_default();
     let secrets: Api<Secret> = ctx.api(&ns);
-    ctx.fences
-        .forget(&super::turns::ClaimRef::new(&name).within(&ns));
+    ctx.fences.forget(&super::turns::line_of(claim));
     // The read access the claim granted ends with it, whatever its policy:
     // the readers' Secrets go (they have no owner reference, as they may
     // live in other namespaces); a shared server's reader users are

@@ -18,18 +18,19 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use super::super::context::{Context, Error};
 use super::super::service::table_name;
 use super::status::{Outcome, update_status};
-use super::turns::ClaimRef;
+use super::turns::{ClaimRef, line_of};
 use crate::api::{ClaimPhase, DatabaseClaim, READY, Reason, Service};
 
 /// A Secret and the owner its table entry must name: a Service, or
 /// `claim:<claim>` for a dedicated instance's admin Secret.
+#[derive(Clone)]
 pub struct Fence {
     pub secret: String,
     pub owner: String,
 }
 
-/// The table entries a waiting claim needs: `secret.<name>` and its owner.
-type Needs = Vec<(String, String)>;
+/// The table entries a waiting claim needs.
+type Needs = Vec<Fence>;
 
 /// Claims waiting for a Service's table, by the Service's namespace and name,
 /// each with the entries it waits for.
@@ -66,17 +67,13 @@ impl Fences {
         fences: &[Fence],
         claim: ClaimRef,
     ) -> Option<String> {
-        let needs: Needs = fences
-            .iter()
-            .map(|f| (format!("secret.{}", f.secret), f.owner.clone()))
-            .collect();
         // Under the lock: a table change that lands between the look and the
         // wait still wakes the claim (the cache is updated before its
         // subscribers hear of it).
         let mut waiting = self.waiting.lock().unwrap();
         let key = (namespace.to_string(), service.to_string());
         let table = table();
-        let Some(missing) = needs.iter().position(|need| !names(table.as_deref(), need)) else {
+        let Some(missing) = fences.iter().find(|f| !names(table.as_deref(), f)) else {
             // Nothing to wait for (any more): a wait of its own from before
             // is over.
             if let Some(claims) = waiting.get_mut(&key) {
@@ -87,9 +84,12 @@ impl Fences {
             }
             return None;
         };
-        waiting.entry(key).or_default().insert(claim, needs);
+        waiting
+            .entry(key)
+            .or_default()
+            .insert(claim, fences.to_vec());
         let _ = self.ask.send(ObjectRef::new(service).within(namespace));
-        Some(fences[missing].secret.clone())
+        Some(missing.secret.clone())
     }
 
     /// A table changed: the claims waiting for its Service whose entries it
@@ -152,9 +152,12 @@ impl Fences {
     }
 }
 
-/// Whether `table` has the entry `need` (`secret.<name>` for its owner).
-fn names(table: Option<&ConfigMap>, (key, owner): &(String, String)) -> bool {
-    table.and_then(|t| t.data.as_ref()).and_then(|d| d.get(key)) == Some(owner)
+/// Whether `table` names `fence`'s Secret (`secret.<name>`) for its owner.
+fn names(table: Option<&ConfigMap>, fence: &Fence) -> bool {
+    table
+        .and_then(|t| t.data.as_ref())
+        .and_then(|d| d.get(&format!("secret.{}", fence.secret)))
+        == Some(&fence.owner)
 }
 
 /// The first of `fences` the ownership table of Service `namespace`/`service`
@@ -167,13 +170,12 @@ pub(super) fn unfenced(
     service: &str,
     fences: &[Fence],
 ) -> Option<String> {
-    let line = ClaimRef::new(&claim.name_any()).within(&claim.namespace().unwrap_or_default());
     ctx.fences.missing(
         || ctx.caches.table(namespace, &table_name(service)),
         namespace,
         service,
         fences,
-        line,
+        line_of(claim),
     )
 }
 

@@ -15,6 +15,12 @@ use crate::api::DatabaseClaim;
 /// A claim as the controller schedules it.
 pub type ClaimRef = ObjectRef<DeserializeGuard<DatabaseClaim>>;
 
+/// `claim` as the controller schedules it.
+pub fn line_of(claim: &DatabaseClaim) -> ClaimRef {
+    use kube::ResourceExt;
+    ClaimRef::new(&claim.name_any()).within(&claim.namespace().unwrap_or_default())
+}
+
 /// A server, by where the operator reaches it.
 type ServerKey = (String, u16);
 
