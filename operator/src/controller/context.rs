@@ -56,6 +56,8 @@ pub struct Context {
     pub own: super::caches::OwnWrites,
     /// Statuses written lately, until the caches show them.
     pub written: super::apply::WrittenStatus,
+    /// When each Service's status was last written.
+    pub status_pace: super::service::StatusPace,
     /// Claims' turns at their servers.
     pub turns: Arc<super::claim::Turns>,
     /// Claims waiting for their Secrets' ownership-table entries.
@@ -97,6 +99,7 @@ impl Context {
             caches,
             own,
             written: Default::default(),
+            status_pace: Default::default(),
             turns,
             fences,
             admin_secrets: Mutex::default(),

@@ -99,16 +99,118 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
         .collect();
     databases.sort_by(|a, b| a.claim.cmp(&b.claim));
 
-    patch_status_if_changed(
+    // Only its claims' phases changed since its last write, a moment ago:
+    // the write waits (`StatusPace`).
+    let held = std::sync::Mutex::new(None);
+    let paced = ctx.status_pace.left(&ns, &name, databases.len());
+    let written = patch_status_if_changed(
         &ctx.api::<Service>(&ns),
         &service,
         &ctx.written,
         |s| s.status.clone(),
-        |current| Some(compute(&service, current.as_ref(), databases.clone())),
+        |current| {
+            let next = compute(&service, current.as_ref(), databases.clone());
+            match (current, paced) {
+                (Some(current), Some(left))
+                    if *current != next && only_phases_differ(current, &next) =>
+                {
+                    *held.lock().unwrap() = Some(left);
+                    Some(current.clone())
+                }
+                _ => Some(next),
+            }
+        },
     )
     .await?;
+    if written.is_some() {
+        ctx.status_pace.wrote(&ns, &name);
+    }
     ctx.succeeded(&format!("Service/{ns}/{name}"));
-    Ok(Action::requeue(ctx.config.resync))
+    Ok(Action::requeue(
+        held.into_inner()
+            .unwrap()
+            .map_or(ctx.config.resync, |left| left.min(ctx.config.resync)),
+    ))
+}
+
+/// How often a Service's status is written while only its claims' phases
+/// change: its status lists every claim with its phase, so during a burst
+/// (hundreds of claims on their way to Ready) each write costs in
+/// proportion to the Service's claims, and its claims change all the
+/// while. The writes of a large Service are spread so that their cost per
+/// second stays bounded: [`STATUS_PACE_PER_CLAIM`] of interval per claim,
+/// at most [`STATUS_PACE_LONGEST`]. What a person or `kubectl wait` acts on
+/// goes out at once: its Ready condition turning, a claim added or gone,
+/// a new generation.
+#[derive(Default)]
+pub struct StatusPace {
+    written: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+}
+
+/// Interval between two writes of a Service's status, per claim it lists
+/// (1000 claims: 10 s).
+pub const STATUS_PACE_PER_CLAIM: std::time::Duration = std::time::Duration::from_millis(10);
+/// The longest interval, whatever the number of claims.
+pub const STATUS_PACE_LONGEST: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl StatusPace {
+    /// The interval between two phase-only writes of a status listing
+    /// `claims` claims.
+    pub fn interval(claims: usize) -> std::time::Duration {
+        STATUS_PACE_PER_CLAIM
+            .saturating_mul(u32::try_from(claims).unwrap_or(u32::MAX))
+            .min(STATUS_PACE_LONGEST)
+    }
+
+    /// How long a phase-only write of Service `ns/name`'s status (listing
+    /// `claims` claims) must still wait; `None` when it may go now.
+    pub fn left(&self, ns: &str, name: &str, claims: usize) -> Option<std::time::Duration> {
+        let written = self.written.lock().unwrap();
+        let at = written.get(&(ns.to_string(), name.to_string()))?;
+        Self::interval(claims)
+            .checked_sub(at.elapsed())
+            .filter(|left| !left.is_zero())
+    }
+
+    /// Service `ns/name`'s status was written now. Entries older than the
+    /// longest interval hold nothing back and go.
+    pub fn wrote(&self, ns: &str, name: &str) {
+        let mut written = self.written.lock().unwrap();
+        written.retain(|_, at| at.elapsed() < STATUS_PACE_LONGEST);
+        written.insert(
+            (ns.to_string(), name.to_string()),
+            std::time::Instant::now(),
+        );
+    }
+}
+
+/// Whether `next` differs from `current` only in its claims' phases (and
+/// the Ready condition's message, which names the claims not Ready).
+fn only_phases_differ(current: &ServiceStatus, next: &ServiceStatus) -> bool {
+    let conditions = |s: &ServiceStatus| {
+        s.conditions
+            .iter()
+            .map(|c| {
+                (
+                    c.type_.clone(),
+                    c.status.clone(),
+                    c.reason.clone(),
+                    c.observed_generation,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let claims = |s: &ServiceStatus| {
+        s.databases
+            .iter()
+            .map(|d| (d.claim.clone(), d.engine))
+            .collect::<Vec<_>>()
+    };
+    current.observed_generation == next.observed_generation
+        && current.service_account_name == next.service_account_name
+        && current.database_count == next.database_count
+        && conditions(current) == conditions(next)
+        && claims(current) == claims(next)
 }
 
 /// The ConfigMap that held the ownership entries of all the Services of a
@@ -367,6 +469,9 @@ fn entries_of(cm: &ConfigMap, manager: &str) -> BTreeMap<String, String> {
 }
 
 /// The status a Service with these databases should have.
+/// How many of the claims not Ready the Ready condition's message names.
+const NAMED_NOT_READY: usize = 10;
+
 pub fn compute(
     service: &Service,
     current: Option<&ServiceStatus>,
@@ -391,7 +496,14 @@ pub fn compute(
             generation,
         );
     } else {
-        let message = format!("not ready: {}", waiting.join(", "));
+        // A person reads the first few; the count tells the rest.
+        let message = match waiting.len().checked_sub(NAMED_NOT_READY) {
+            Some(more) if more > 0 => format!(
+                "not ready: {} and {more} more",
+                waiting[..NAMED_NOT_READY].join(", ")
+            ),
+            _ => format!("not ready: {}", waiting.join(", ")),
+        };
         set_condition(
             &mut conditions,
             READY,
@@ -449,6 +561,100 @@ mod tests {
 
         let status = compute(&service, None, vec![db("a", Some(ClaimPhase::Ready))]);
         assert_eq!(status.conditions[0].status, "True");
+    }
+
+    #[test]
+    fn only_a_few_claims_not_ready_are_named() {
+        let service: Service = serde_yaml::from_str(
+            "{apiVersion: dbps.io/v1alpha1, kind: Service, metadata: {name: orders, namespace: shop}, spec: {}}",
+        )
+        .unwrap();
+        let databases = (0..25)
+            .map(|i| db(&format!("db-{i:02}"), Some(ClaimPhase::Provisioning)))
+            .collect();
+        let status = compute(&service, None, databases);
+        assert_eq!(
+            status.conditions[0].message,
+            "not ready: db-00, db-01, db-02, db-03, db-04, db-05, db-06, db-07, db-08, db-09 and 15 more"
+        );
+    }
+
+    #[test]
+    fn a_status_whose_claims_only_changed_phase_waits_for_its_pace() {
+        let service: Service = serde_yaml::from_str(
+            "{apiVersion: dbps.io/v1alpha1, kind: Service, metadata: {name: orders, namespace: shop, generation: 1}, spec: {}}",
+        )
+        .unwrap();
+        let provisioning = Some(ClaimPhase::Provisioning);
+        let ready = Some(ClaimPhase::Ready);
+        let before = compute(
+            &service,
+            None,
+            vec![db("a", provisioning), db("b", provisioning), db("c", None)],
+        );
+        // Phases moved, still not all Ready: held back.
+        let moved = compute(
+            &service,
+            Some(&before),
+            vec![db("a", ready), db("b", provisioning), db("c", provisioning)],
+        );
+        assert!(only_phases_differ(&before, &moved));
+        // All Ready: the condition turns, it goes out.
+        let all = compute(
+            &service,
+            Some(&before),
+            vec![db("a", ready), db("b", ready), db("c", ready)],
+        );
+        assert!(!only_phases_differ(&before, &all));
+        // A claim added or gone, a new generation: out at once.
+        let added = compute(
+            &service,
+            Some(&before),
+            vec![
+                db("a", provisioning),
+                db("b", provisioning),
+                db("c", None),
+                db("d", None),
+            ],
+        );
+        assert!(!only_phases_differ(&before, &added));
+        let gone = compute(
+            &service,
+            Some(&before),
+            vec![db("a", provisioning), db("c", None)],
+        );
+        assert!(!only_phases_differ(&before, &gone));
+        let mut edited = service.clone();
+        edited.metadata.generation = Some(2);
+        let regenerated = compute(
+            &edited,
+            Some(&before),
+            vec![db("a", provisioning), db("b", provisioning), db("c", None)],
+        );
+        assert!(!only_phases_differ(&before, &regenerated));
+
+        // The pace: in proportion to the claims listed, bounded.
+        assert_eq!(
+            StatusPace::interval(3),
+            std::time::Duration::from_millis(30)
+        );
+        assert_eq!(
+            StatusPace::interval(1000),
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(StatusPace::interval(100_000), STATUS_PACE_LONGEST);
+        let pace = StatusPace::default();
+        assert_eq!(pace.left("shop", "orders", 1000), None, "never written");
+        pace.wrote("shop", "orders");
+        let left = pace.left("shop", "orders", 1000).expect("written just now");
+        assert!(left > std::time::Duration::from_secs(9), "{left:?}");
+        assert_eq!(pace.left("shop", "payments", 1000), None, "another Service");
+        assert_eq!(
+            pace.left("other", "orders", 1000),
+            None,
+            "another namespace"
+        );
+        assert_eq!(pace.left("shop", "orders", 0), None, "nothing listed");
     }
 
     fn claim_with_reason(name: &str, service: &str, reason: Option<Reason>) -> DatabaseClaim {
