@@ -20,6 +20,13 @@ async fn client(
     password: &str,
     source: &str,
 ) -> Result<mongodb::Client, AdminError> {
+    // Held until the client is built, which reads it.
+    let ca = conn
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.ca_pem.as_deref())
+        .map(CaFile::write)
+        .transpose()?;
     let options = ClientOptions::builder()
         .hosts(vec![ServerAddress::Tcp {
             host: conn.host.clone(),
@@ -39,9 +46,9 @@ async fn client(
         .direct_connection(true)
         .tls(match &conn.tls {
             None => mongodb::options::Tls::Disabled,
-            Some(tls) => mongodb::options::Tls::Enabled(
+            Some(_) => mongodb::options::Tls::Enabled(
                 mongodb::options::TlsOptions::builder()
-                    .ca_file_path(tls.ca_pem.as_deref().map(ca_file).transpose()?)
+                    .ca_file_path(ca.as_ref().map(|ca| ca.0.clone()))
                     .build(),
             ),
         })
@@ -49,17 +56,37 @@ async fn client(
     mongodb::Client::with_options(options).map_err(classify)
 }
 
-/// The driver reads a CA from a file: one file per CA, named by its hash.
-fn ca_file(pem: &str) -> Result<std::path::PathBuf, AdminError> {
-    let path = std::env::temp_dir().join(format!(
-        "dbps-ca-{:016x}.pem",
-        crate::engines::admin::fnv1a(pem.as_bytes())
-    ));
-    if !path.exists() {
-        std::fs::write(&path, pem)
-            .map_err(|e| AdminError::Tls(format!("writing the CA file: {e}")))?;
+/// A server's CA, for the driver, which takes it only as a file and reads it
+/// once, while the client is built. The file is this process's own: created
+/// new under a random name (never one someone else put there first), readable
+/// by its owner alone, and removed when this is dropped.
+struct CaFile(std::path::PathBuf);
+
+impl CaFile {
+    fn write(pem: &str) -> Result<Self, AdminError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let failed = |e: std::io::Error| AdminError::Tls(format!("writing the CA file: {e}"));
+        let mut random = [0u8; 12];
+        getrandom::fill(&mut random).expect("the OS random source is available");
+        let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let path = std::env::temp_dir().join(format!("dbps-ca-{name}.pem"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(failed)?;
+        let written = Self(path);
+        file.write_all(pem.as_bytes()).map_err(failed)?;
+        Ok(written)
     }
-    Ok(path)
+}
+
+impl Drop for CaFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 async fn admin(conn: &Connection) -> Result<mongodb::Client, AdminError> {
@@ -373,5 +400,71 @@ impl Administration for super::Mongodb {
 
     fn can_login<'a>(&'a self, conn: &'a Connection, grant: &'a Grant) -> BoxFuture<'a, bool> {
         Box::pin(can_login(conn, grant))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two tests below look at the same directory.
+    static TEMP_DIR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn ca_files() -> std::collections::BTreeSet<std::ffi::OsString> {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().starts_with("dbps-ca-"))
+            .collect()
+    }
+
+    #[test]
+    fn a_ca_file_is_the_operators_own_and_goes_when_dropped() {
+        use std::os::unix::fs::PermissionsExt;
+        let _dir = TEMP_DIR.lock().unwrap();
+        let ca = CaFile::write("-----BEGIN CERTIFICATE-----\n").unwrap();
+        let meta = std::fs::symlink_metadata(&ca.0).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&ca.0).unwrap(),
+            "-----BEGIN CERTIFICATE-----\n"
+        );
+        let other = CaFile::write("-----BEGIN CERTIFICATE-----\n").unwrap();
+        assert_ne!(ca.0, other.0, "never a name already there");
+        let path = ca.0.clone();
+        drop(ca);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_client_holds_its_ca_without_leaving_a_file() {
+        let tls = crate::children::tls::InstanceTls::issue("orders-db", "orders-db").unwrap();
+        let _dir = TEMP_DIR.lock().unwrap();
+        let before = ca_files();
+        let conn = Connection {
+            engine: crate::api::Engine::Mongodb,
+            host: "127.0.0.1".into(),
+            port: 1,
+            username: "admin".into(),
+            password: "secret".into(),
+            tls: Some(crate::engines::admin::Tls {
+                ca_pem: Some(tls.ca_pem.clone()),
+            }),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(client(&conn, "admin", "secret", "admin"))
+            .unwrap();
+        let after = ca_files();
+        assert!(
+            after.is_subset(&before),
+            "left: {:?}",
+            after.difference(&before)
+        );
     }
 }
