@@ -463,10 +463,10 @@ fn entries_of(cm: &ConfigMap, manager: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The status a Service with these databases should have.
 /// How many of the claims not Ready the Ready condition's message names.
 const NAMED_NOT_READY: usize = 10;
 
+/// The status a Service with these databases should have.
 pub fn compute(
     service: &Service,
     current: Option<&ServiceStatus>,
