@@ -305,6 +305,77 @@ async fn influxdb_claim_lifecycle() {
     lifecycle("influxdb", "influxdb", 8086).await;
 }
 
+/// An instance whose pod cannot be scheduled says so, in the scheduler's
+/// words, and holds up no other claim; put right, it goes on.
+#[tokio::test]
+async fn an_instance_that_cannot_be_scheduled_says_why_and_goes_on_once_put_right() {
+    let (ctx, _operator) = setup("unschedulable").await;
+    dbps_e2e::fixtures::service(&ctx, "svc", json!({})).await;
+    let huge = json!({ "requests": { "memory": "100Ti" }, "limits": { "memory": "100Ti" } });
+    dbps_e2e::fixtures::claim(
+        &ctx,
+        "huge-db",
+        json!({ "serviceRef": { "name": "svc" }, "engine": "postgres", "resources": huge }),
+    )
+    .await;
+    dbps_e2e::fixtures::claim(
+        &ctx,
+        "small-db",
+        json!({ "serviceRef": { "name": "svc" }, "engine": "postgres" }),
+    )
+    .await;
+    let claims = ctx.api::<DatabaseClaim>();
+    // The scheduler's words as they are now (first, perhaps, that the
+    // volume is not bound yet; then the memory).
+    let claim = ctx
+        .wait_for(
+            &claims,
+            "huge-db",
+            "InstanceNotStarting: Insufficient memory",
+            |c: Option<&DatabaseClaim>| {
+                reason_is("InstanceNotStarting")(c)
+                    && c.and_then(|c| c.status.as_ref()).is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.message.contains("Insufficient memory"))
+                    })
+            },
+        )
+        .await;
+    let status = claim.status.unwrap();
+    assert_eq!(status.phase, Some(ClaimPhase::Provisioning));
+    let message = &status.conditions[0].message;
+    assert!(
+        message.starts_with("pod \"huge-db-0\": cannot be scheduled: "),
+        "{message}"
+    );
+    // The other claim of the same Service is not held up.
+    ctx.wait_for(
+        &claims,
+        "small-db",
+        "instance unreachable",
+        reason_is(UNREACHABLE),
+    )
+    .await;
+
+    // Put right: the instance is scheduled and goes on.
+    claims
+        .patch(
+            "huge-db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "resources": { "requests": { "memory": "256Mi" }, "limits": { "memory": "256Mi" } } } })),
+        )
+        .await
+        .unwrap();
+    ctx.wait_for(
+        &claims,
+        "huge-db",
+        "instance unreachable",
+        reason_is(UNREACHABLE),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn claim_waits_for_its_service_then_is_provisioned() {
     let (ctx, _operator) = setup("no-service").await;

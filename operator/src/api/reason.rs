@@ -56,6 +56,11 @@ reasons! {
     /// The operator cannot reach the claim's dedicated instance (its pod is
     /// not running, or the network does not let the operator's connection in).
     InstanceUnreachable,
+    /// The claim's dedicated instance does not start: its pod cannot be
+    /// scheduled, or a container is stuck (its image cannot be pulled, it
+    /// cannot be made, or it keeps exiting). The message quotes the
+    /// scheduler or the kubelet.
+    InstanceNotStarting,
     /// The server refused the admin credentials.
     ServerAuthenticationFailed,
     /// The server refused a statement.

@@ -23,7 +23,7 @@ pub use secrets::{
     CLAIM_NAMESPACE_LABEL, Credentials, Endpoint, InstanceFiles, admin_secret,
     binding_secret_generation, foreign_reader_secret, reader_secret, secret_value,
 };
-pub use workload::{instance_service, statefulset};
+pub use workload::{POD_MANAGEMENT_POLICY, instance_service, statefulset};
 
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "dbps-operator";

@@ -26,6 +26,10 @@ pub const TLS_ANNOTATION: &str = "dbps.io/tls-certificate";
 /// Volume size when the claim names none.
 pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
 
+/// How an instance's StatefulSet manages its pod. The field cannot change:
+/// an instance made with another policy keeps it.
+pub const POD_MANAGEMENT_POLICY: &str = "Parallel";
+
 pub fn instance_service(inputs: &Inputs) -> KubeService {
     let port = inputs.claim.spec.engine.instance().port();
     KubeService {
@@ -186,7 +190,11 @@ pub fn statefulset(inputs: &Inputs) -> StatefulSet {
                 match_labels: Some(inputs.instance_selector()),
                 ..Default::default()
             },
-            pod_management_policy: Some("OrderedReady".into()),
+            // With its one replica there is no order to keep; `Parallel`
+            // lets the StatefulSet replace a pod that never became ready
+            // (it cannot be scheduled, its image cannot be pulled) once the
+            // claim is put right, where `OrderedReady` waits for it forever.
+            pod_management_policy: Some(POD_MANAGEMENT_POLICY.into()),
             update_strategy: Some(StatefulSetUpdateStrategy {
                 type_: Some("RollingUpdate".into()),
                 ..Default::default()

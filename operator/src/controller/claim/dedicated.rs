@@ -3,7 +3,7 @@
 //! → build (pure) → apply (skipped when unchanged) → administer over the wire.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service as KubeService};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service as KubeService};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
@@ -41,6 +41,101 @@ fn running_version(sts: &StatefulSet) -> Option<String> {
         .image
         .clone()?;
     image.rsplit_once(':').map(|(_, tag)| tag.to_string())
+}
+
+/// How soon a claim whose instance has no ready replica looks at its pod
+/// again.
+const INSTANCE_LOOK_AGAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The container waiting reasons that will not pass by themselves: the
+/// image cannot be pulled, the container cannot be made, or it keeps exiting.
+const STUCK: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+    "CrashLoopBackOff",
+];
+
+/// Why an instance's pod does not start, in the words of the scheduler or
+/// the kubelet: it cannot be scheduled (e.g. `0/3 nodes are available: 3
+/// Insufficient memory.`), or a container is stuck (its image, its
+/// configuration, or exits: with the last exit's reason and code). `None`
+/// while it is on its way.
+fn pod_trouble(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let unschedulable = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    });
+    if let Some(condition) = unschedulable {
+        return Some(bounded(format!(
+            "cannot be scheduled: {}",
+            condition.message.as_deref().unwrap_or("no reason given")
+        )));
+    }
+    let containers = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten());
+    for container in containers {
+        let Some(waiting) = container.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+            continue;
+        };
+        let Some(reason) = waiting.reason.as_deref().filter(|r| STUCK.contains(r)) else {
+            continue;
+        };
+        let mut why = format!("container {:?}: {reason}", container.name);
+        if let Some(message) = waiting.message.as_deref().filter(|m| !m.is_empty()) {
+            why.push_str(&format!(": {message}"));
+        }
+        if let Some(exit) = container
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+        {
+            why.push_str(&format!(
+                " (last exit: {}, code {})",
+                exit.reason.as_deref().unwrap_or("unknown"),
+                exit.exit_code
+            ));
+        }
+        return Some(bounded(why));
+    }
+    None
+}
+
+/// An instance made with another pod management policy keeps it: the field
+/// cannot change (`OrderedReady`, the policy before `Parallel`, the
+/// apiserver's default, does not replace a pod that never became ready).
+fn keep_pod_management_policy(desired: &mut StatefulSet, live: Option<&StatefulSet>) {
+    if let Some(live) = live.and_then(|s| s.spec.as_ref())
+        && let Some(desired) = desired.spec.as_mut()
+    {
+        desired.pod_management_policy = Some(
+            live.pod_management_policy
+                .clone()
+                .unwrap_or_else(|| "OrderedReady".into()),
+        );
+    }
+}
+
+/// At most 512 bytes of `text` (a status message stays readable).
+fn bounded(mut text: String) -> String {
+    const MOST: usize = 512;
+    if text.len() > MOST {
+        let mut cut = MOST;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 /// A claim of its own instance: the instance's children (superuser Secret,
@@ -255,7 +350,8 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
         credentials: &credentials,
         platform: &ctx.config.platform,
     };
-    let children = Dedicated::build(&inputs);
+    let mut children = Dedicated::build(&inputs);
+    keep_pod_management_policy(&mut children.statefulset, live_sts.as_ref());
 
     // apply: the admin Secret first (the pod reads it), the workload last.
     let applied = async {
@@ -288,14 +384,33 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
         .unwrap_or(0)
         >= 1;
     let Some(cluster_ip) = cluster_ip.filter(|_| ready) else {
+        // Why its pod is not ready, when the pod says: nothing about the pod
+        // brings the claim back (its StatefulSet's status changes when the
+        // pod is made or turns ready, not when it cannot be scheduled or its
+        // container cannot start), so the claim looks again a while later.
+        let pod = format!("{}-0", sts.name_any());
+        let trouble = match ctx.api::<Pod>(&ns).get_opt(&pod).await {
+            Ok(pod) => pod.as_ref().and_then(pod_trouble),
+            Err(error) => {
+                tracing::debug!(%error, pod = %pod, "reading an instance's pod");
+                None
+            }
+        };
+        let (reason, message) = match trouble {
+            Some(why) => (Reason::InstanceNotStarting, format!("pod {pod:?}: {why}")),
+            None => (
+                Reason::Provisioning,
+                format!(
+                    "waiting for StatefulSet {:?} to have a ready replica",
+                    sts.name_any()
+                ),
+            ),
+        };
         let outcome = Outcome {
             phase: ClaimPhase::Provisioning,
             ready: false,
-            reason: Reason::Provisioning,
-            message: format!(
-                "waiting for StatefulSet {:?} to have a ready replica",
-                sts.name_any()
-            ),
+            reason,
+            message,
             binding: None,
             endpoint: Some(endpoint),
             extensions: None,
@@ -303,7 +418,7 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
             readers: None,
         };
         update_status_with(claim, ctx, outcome, Some(issued)).await?;
-        return Ok(resync);
+        return Ok(Action::requeue(INSTANCE_LOOK_AGAIN.min(ctx.config.resync)));
     };
 
     // administer: the app's users and database, as on a shared server.
@@ -415,5 +530,115 @@ async fn visible_failure(claim: &DatabaseClaim, ctx: &Context, e: kube::Error) -
     match update_status(claim, ctx, outcome).await {
         Ok(()) => e.into(),
         Err(status) => status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "orders-db-0" },
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_instance_keeps_the_pod_management_policy_it_was_made_with() {
+        let sts = |policy: Option<&str>| -> StatefulSet {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": { "name": "orders-db" },
+                "spec": {
+                    "podManagementPolicy": policy,
+                    "selector": {}, "serviceName": "orders-db", "template": {},
+                },
+            }))
+            .unwrap()
+        };
+        let policy = |s: &StatefulSet| s.spec.as_ref().unwrap().pod_management_policy.clone();
+        let mut desired = sts(Some(crate::children::POD_MANAGEMENT_POLICY));
+        keep_pod_management_policy(&mut desired, None);
+        assert_eq!(
+            policy(&desired).as_deref(),
+            Some("Parallel"),
+            "a new instance"
+        );
+        keep_pod_management_policy(&mut desired, Some(&sts(Some("Parallel"))));
+        assert_eq!(policy(&desired).as_deref(), Some("Parallel"));
+        keep_pod_management_policy(&mut desired, Some(&sts(Some("OrderedReady"))));
+        assert_eq!(
+            policy(&desired).as_deref(),
+            Some("OrderedReady"),
+            "made before"
+        );
+        let mut desired = sts(Some("Parallel"));
+        keep_pod_management_policy(&mut desired, Some(&sts(None)));
+        assert_eq!(
+            policy(&desired).as_deref(),
+            Some("OrderedReady"),
+            "the default"
+        );
+    }
+
+    #[test]
+    fn a_pod_that_does_not_start_says_why_and_one_on_its_way_does_not() {
+        let unschedulable = pod(serde_json::json!({ "phase": "Pending", "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 3 Insufficient memory.",
+        }]}));
+        assert_eq!(
+            pod_trouble(&unschedulable).as_deref(),
+            Some("cannot be scheduled: 0/3 nodes are available: 3 Insufficient memory.")
+        );
+        let pulling = pod(
+            serde_json::json!({ "phase": "Pending", "containerStatuses": [{
+                "name": "postgres", "image": "postgres:17", "imageID": "", "ready": false, "restartCount": 0,
+                "state": { "waiting": { "reason": "ImagePullBackOff", "message": "Back-off pulling image \"postgres:17\"" } },
+            }]}),
+        );
+        assert_eq!(
+            pod_trouble(&pulling).as_deref(),
+            Some(
+                "container \"postgres\": ImagePullBackOff: Back-off pulling image \"postgres:17\""
+            )
+        );
+        let crashing = pod(
+            serde_json::json!({ "phase": "Running", "containerStatuses": [{
+                "name": "postgres", "image": "postgres:17", "imageID": "", "ready": false, "restartCount": 4,
+                "state": { "waiting": { "reason": "CrashLoopBackOff" } },
+                "lastState": { "terminated": { "reason": "OOMKilled", "exitCode": 137 } },
+            }]}),
+        );
+        assert_eq!(
+            pod_trouble(&crashing).as_deref(),
+            Some("container \"postgres\": CrashLoopBackOff (last exit: OOMKilled, code 137)")
+        );
+        // On its way: being scheduled, its image pulled, its container made.
+        let creating = pod(serde_json::json!({ "phase": "Pending", "conditions": [
+            { "type": "PodScheduled", "status": "True" },
+        ], "containerStatuses": [{
+            "name": "postgres", "image": "postgres:17", "imageID": "", "ready": false, "restartCount": 0,
+            "state": { "waiting": { "reason": "ContainerCreating" } },
+        }]}));
+        assert_eq!(pod_trouble(&creating), None);
+        assert_eq!(
+            pod_trouble(&pod(serde_json::json!({ "phase": "Pending" }))),
+            None
+        );
+        // A long message is cut.
+        let long = pod(serde_json::json!({ "conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "é".repeat(600),
+        }]}));
+        let why = pod_trouble(&long).unwrap();
+        assert!(
+            why.len() <= 512 + '…'.len_utf8() && why.ends_with('…'),
+            "{}",
+            why.len()
+        );
     }
 }
