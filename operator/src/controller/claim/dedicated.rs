@@ -63,8 +63,16 @@ const STUCK: &[&str] = &[
 /// the kubelet: it cannot be scheduled (e.g. `0/3 nodes are available: 3
 /// Insufficient memory.`), or a container is stuck (its image, its
 /// configuration, or exits: with the last exit's reason and code). `None`
-/// while it is on its way.
-fn pod_trouble(pod: &Pod) -> Option<String> {
+/// while it is on its way, and for a pod of that name that is not the
+/// StatefulSet's (someone else's words are not quoted).
+fn pod_trouble(pod: &Pod, sts: &StatefulSet) -> Option<String> {
+    let owned = pod
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && sts.uid().is_some_and(|uid| o.uid == uid));
+    if !owned {
+        return None;
+    }
     let status = pod.status.as_ref()?;
     let unschedulable = status.conditions.iter().flatten().find(|c| {
         c.type_ == "PodScheduled"
@@ -390,7 +398,7 @@ pub(super) async fn apply(claim: &DatabaseClaim, ctx: &Context) -> Result<Action
         // container cannot start), so the claim looks again a while later.
         let pod = format!("{}-0", sts.name_any());
         let trouble = match ctx.api::<Pod>(&ns).get_opt(&pod).await {
-            Ok(pod) => pod.as_ref().and_then(pod_trouble),
+            Ok(pod) => pod.as_ref().and_then(|pod| pod_trouble(pod, &sts)),
             Err(error) => {
                 tracing::debug!(%error, pod = %pod, "reading an instance's pod");
                 None
@@ -540,8 +548,19 @@ mod tests {
     fn pod(status: serde_json::Value) -> Pod {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": { "name": "orders-db-0" },
+            "metadata": { "name": "orders-db-0", "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "orders-db",
+                "uid": "sts-uid", "controller": true,
+            }]},
             "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn owner() -> StatefulSet {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": { "name": "orders-db", "uid": "sts-uid" },
         }))
         .unwrap()
     }
@@ -591,7 +610,7 @@ mod tests {
             "message": "0/3 nodes are available: 3 Insufficient memory.",
         }]}));
         assert_eq!(
-            pod_trouble(&unschedulable).as_deref(),
+            pod_trouble(&unschedulable, &owner()).as_deref(),
             Some("cannot be scheduled: 0/3 nodes are available: 3 Insufficient memory.")
         );
         let pulling = pod(
@@ -601,7 +620,7 @@ mod tests {
             }]}),
         );
         assert_eq!(
-            pod_trouble(&pulling).as_deref(),
+            pod_trouble(&pulling, &owner()).as_deref(),
             Some(
                 "container \"postgres\": ImagePullBackOff: Back-off pulling image \"postgres:17\""
             )
@@ -614,7 +633,7 @@ mod tests {
             }]}),
         );
         assert_eq!(
-            pod_trouble(&crashing).as_deref(),
+            pod_trouble(&crashing, &owner()).as_deref(),
             Some("container \"postgres\": CrashLoopBackOff (last exit: OOMKilled, code 137)")
         );
         // On its way: being scheduled, its image pulled, its container made.
@@ -624,9 +643,9 @@ mod tests {
             "name": "postgres", "image": "postgres:17", "imageID": "", "ready": false, "restartCount": 0,
             "state": { "waiting": { "reason": "ContainerCreating" } },
         }]}));
-        assert_eq!(pod_trouble(&creating), None);
+        assert_eq!(pod_trouble(&creating, &owner()), None);
         assert_eq!(
-            pod_trouble(&pod(serde_json::json!({ "phase": "Pending" }))),
+            pod_trouble(&pod(serde_json::json!({ "phase": "Pending" })), &owner()),
             None
         );
         // A long message is cut.
@@ -634,11 +653,18 @@ mod tests {
             "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
             "message": "é".repeat(600),
         }]}));
-        let why = pod_trouble(&long).unwrap();
+        let why = pod_trouble(&long, &owner()).unwrap();
         assert!(
             why.len() <= 512 + '…'.len_utf8() && why.ends_with('…'),
             "{}",
             why.len()
         );
+        // A pod of that name the StatefulSet does not control: not quoted.
+        let mut foreign = unschedulable.clone();
+        foreign.metadata.owner_references = None;
+        assert_eq!(pod_trouble(&foreign, &owner()), None);
+        let mut other = owner();
+        other.metadata.uid = Some("another-uid".into());
+        assert_eq!(pod_trouble(&unschedulable, &other), None);
     }
 }
