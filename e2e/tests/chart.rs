@@ -113,6 +113,15 @@ async fn chart_lints_renders_and_rejects_bad_values() {
         );
     }
     assert!(!defaults.contains("kind: ServiceMonitor"));
+    // A read-only root filesystem, and a small writable /tmp in memory (the
+    // MongoDB driver reads a server's CA from a file).
+    for line in [
+        "readOnlyRootFilesystem: true",
+        "- name: tmp\n          mountPath: /tmp\n",
+        "- name: tmp\n        emptyDir:\n          medium: Memory\n",
+    ] {
+        assert!(defaults.contains(line), "{line:?} missing:\n{defaults}");
+    }
 
     let values = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
