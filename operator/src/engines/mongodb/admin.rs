@@ -67,9 +67,7 @@ impl CaFile {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let failed = |e: std::io::Error| AdminError::Tls(format!("writing the CA file: {e}"));
-        let mut random = [0u8; 12];
-        getrandom::fill(&mut random).expect("the OS random source is available");
-        let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let name = crate::password::generate();
         let path = std::env::temp_dir().join(format!("dbps-ca-{name}.pem"));
         let mut file = std::fs::OpenOptions::new()
             .write(true)
