@@ -40,7 +40,8 @@
 //! With `DBPS_BENCH_SERVERS=k` the shared claims are spread over k servers
 //! of the engine (claim i on server i mod k): what the operator and the
 //! control plane do with N claims when no one server's own cost grows with
-//! N. There is no database floor then (the floor is one server's).
+//! N. The database floor then runs on k fresh servers the same way, each at
+//! the per-server concurrency.
 //!
 //! `DBPS_BENCH_CLAIMS` lists the sizes (default `200,1000`),
 //! `DBPS_BENCH_RUNS` the runs of each (default 3); medians are printed last.
@@ -198,35 +199,43 @@ async fn metric(port: u16, series: &str) -> f64 {
 }
 
 /// The same administration the operator does for `n` claims, issued
-/// directly at its per-server concurrency: its seconds, and the database
-/// server's CPU seconds.
+/// directly at its per-server concurrency on as many fresh servers as the
+/// run has (claim i on server i mod k, each server at that concurrency):
+/// its seconds, and the database servers' CPU seconds.
 async fn postgres_floor(n: usize) -> (f64, f64) {
     let (kind, engine) = engine();
-    let server = LocalServer::start(kind).await.unwrap();
-    let conn = server.admin_connection(engine);
-    let servers = Servers::default();
-    let database_cpu = database_cpu_seconds(&server);
+    let mut servers_of_floor = Vec::new();
+    for _ in 0..servers() {
+        servers_of_floor.push(LocalServer::start(kind).await.unwrap());
+    }
+    let k = servers_of_floor.len();
+    let admin = Servers::default();
+    let database_cpu = || -> f64 { servers_of_floor.iter().map(database_cpu_seconds).sum() };
+    let cpu_before = database_cpu();
     let started = Instant::now();
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let (servers, conn) = (&servers, &conn);
-            async move {
-                let database = format!("{NAMESPACE}_c{i:05}");
-                let grant = Grant {
-                    username: format!("{database}_app"),
-                    password: dbps_operator::password::generate(),
-                    database: database.clone(),
-                };
-                let claimant =
-                    dbps_e2e::claims::claimant(NAMESPACE, &database, &database, "svc", false);
-                servers.ensure(conn, &grant, &claimant).await.unwrap();
-            }
-        })
-        .buffer_unordered(DEFAULT_CONNECTIONS_PER_SERVER)
-        .collect::<Vec<_>>()
-        .await;
+    futures::future::join_all(servers_of_floor.iter().enumerate().map(|(j, server)| {
+        let (admin, conn) = (&admin, server.admin_connection(engine));
+        futures::stream::iter((j..n).step_by(k))
+            .map(move |i| {
+                let conn = conn.clone();
+                async move {
+                    let database = format!("{NAMESPACE}_c{i:05}");
+                    let grant = Grant {
+                        username: format!("{database}_app"),
+                        password: dbps_operator::password::generate(),
+                        database: database.clone(),
+                    };
+                    let claimant =
+                        dbps_e2e::claims::claimant(NAMESPACE, &database, &database, "svc", false);
+                    admin.ensure(&conn, &grant, &claimant).await.unwrap();
+                }
+            })
+            .buffer_unordered(DEFAULT_CONNECTIONS_PER_SERVER)
+            .collect::<Vec<_>>()
+    }))
+    .await;
     let elapsed = started.elapsed().as_secs_f64();
-    (elapsed, database_cpu_seconds(&server) - database_cpu)
+    (elapsed, database_cpu() - cpu_before)
 }
 
 /// CPU seconds of the database server's processes so far (PostgreSQL's
@@ -435,10 +444,10 @@ fn server_name(j: usize) -> String {
     }
 }
 
-/// Whether the run measures the database floor: shared claims on one
-/// server, floors not switched off.
+/// Whether the run measures the database floor: shared claims, floors not
+/// switched off.
 fn database_floor() -> bool {
-    floors() && !dedicated() && servers() == 1
+    floors() && !dedicated()
 }
 
 /// Whether the claims are dedicated: `DBPS_BENCH_PLACEMENT=dedicated`.

@@ -140,6 +140,18 @@ impl LocalServer {
         self.stop();
     }
 
+    /// Freezes the server (`SIGSTOP`): it accepts connections and answers
+    /// nothing until [`Self::thaw`]. For a server of one process (InfluxDB,
+    /// FerretDB): PostgreSQL's sessions are processes of their own.
+    pub fn freeze(&self) {
+        self.process.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a frozen server go on (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.process.signal(libc::SIGCONT);
+    }
+
     /// Stops the server with the signal that ends it with clients still
     /// connected, cleanly: a PostgreSQL killed after the grace period would
     /// leave its shared memory segments in `/dev/shm`.

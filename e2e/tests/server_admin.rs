@@ -17,7 +17,7 @@ fn grant(database: &str, username: &str, password: &str) -> Grant {
 }
 
 async fn administers(kind: Kind, engine: Engine) {
-    let server = LocalServer::start(kind).await.unwrap();
+    let mut server = LocalServer::start(kind).await.unwrap();
     let conn = server.admin_connection(engine);
     let servers = Servers::default();
 
@@ -144,6 +144,25 @@ async fn administers(kind: Kind, engine: Engine) {
         Reason::ServerUnreachable,
         "{engine:?}: {err:?}"
     );
+
+    // A recent answer stands for the credentials it was given to only, and
+    // not once they failed: a server's status asks again.
+    let within = std::time::Duration::from_secs(30);
+    let err = servers.recent_info(&bad, within).await.unwrap_err();
+    assert!(
+        matches!(err, AdminError::AuthenticationFailed(_)),
+        "{engine:?}: a wrong password rode on an answer to the right one: {err:?}"
+    );
+    servers.forget_answer(&conn);
+    assert_eq!(servers.recent_info(&conn, within).await.unwrap(), info);
+    // Given, it is taken within its time (the server, stopped, answers
+    // nothing), and not after.
+    server.pause();
+    let recent = servers.recent_info(&conn, within).await;
+    let stale = servers.recent_info(&conn, std::time::Duration::ZERO).await;
+    server.resume().await.unwrap();
+    assert_eq!(recent.unwrap(), info, "{engine:?}");
+    assert!(stale.is_err(), "{engine:?}: {stale:?}");
 }
 
 #[tokio::test]

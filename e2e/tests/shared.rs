@@ -208,6 +208,50 @@ async fn influxdb_shared_claims() {
     lifecycle(Kind::InfluxDb, Engine::Influxdb).await;
 }
 
+/// A server's status takes its last answer for a moment (a burst of claims
+/// passes it every few seconds); a claim that cannot reach it has it asked
+/// again at once, not at the resync (300 s here).
+#[tokio::test]
+async fn a_server_that_stops_answering_is_reported_once_a_claim_cannot_reach_it() {
+    let (ctx, _operator) = setup("server-frozen").await;
+    let server = LocalServer::start(Kind::InfluxDb).await.unwrap();
+    let name = register(&ctx, &server, Engine::Influxdb, json!({})).await;
+    let servers: Api<DatabaseServer> = Api::all(ctx.client.clone());
+    ctx.wait_for(&servers, &name, "server Reachable", reachable("True"))
+        .await;
+    server.freeze();
+    service(&ctx, "orders").await;
+    claim(
+        &ctx,
+        "orders-db",
+        "orders",
+        Engine::Influxdb,
+        &name,
+        "Delete",
+    )
+    .await;
+    let claims = ctx.api::<DatabaseClaim>();
+    ctx.wait_for(
+        &claims,
+        "orders-db",
+        "ServerUnreachable",
+        reason_is("ServerUnreachable"),
+    )
+    .await;
+    ctx.wait_for(
+        &servers,
+        &name,
+        "server not Reachable",
+        unreachable_because("ServerUnreachable"),
+    )
+    .await;
+    server.thaw();
+    ctx.wait_for(&claims, "orders-db", "claim Ready", reason_is("Ready"))
+        .await;
+    ctx.wait_for(&servers, &name, "server Reachable again", reachable("True"))
+        .await;
+}
+
 #[tokio::test]
 async fn a_claim_made_while_the_server_is_down_becomes_ready_when_it_is_back() {
     let (ctx, _operator) = setup("server-down").await;

@@ -18,12 +18,31 @@ use crate::engines::{
 /// A server, by where it is reached.
 type ServerKey = (String, u16);
 
+/// A digest of what `conn` logs in with, to tell whether an answer was
+/// given to the same credentials (kept in memory only).
+fn credentials(conn: &Connection) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        conn.engine.as_str(),
+        &conn.username,
+        &conn.password,
+        conn.tls.as_ref().map(|t| &t.ca_pem),
+    )
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Entry point, shared by all reconciles: bounds connections per server.
 #[derive(Default)]
 pub struct Servers {
     /// Connections each server takes at once, and their permits.
     limits: Mutex<HashMap<ServerKey, (usize, Arc<Semaphore>)>>,
     infos: Mutex<HashMap<(String, u16), ServerInfo>>,
+    /// When each server last answered [`Self::info`], and to which
+    /// credentials (a digest): a pass that asks again soon after, with the
+    /// same ones, takes that answer. A failed probe forgets it.
+    probed: Mutex<HashMap<ServerKey, (std::time::Instant, u64)>>,
     /// One reconcile at a time per database on a server: two claims naming
     /// the same database never both find it free.
     names: crate::locks::KeyedLocks<(String, u16, String)>,
@@ -74,14 +93,47 @@ impl Servers {
 
     /// Version and capabilities of the server, asked now.
     pub async fn info(&self, conn: &Connection) -> Result<ServerInfo, AdminError> {
+        let key = (conn.host.clone(), conn.port);
         let info = self
             .limited(conn, async { conn.engine.admin().info(conn).await })
-            .await?;
-        self.infos
+            .await
+            .inspect_err(|_| self.forget_answer(conn))?;
+        self.probed
             .lock()
             .unwrap()
-            .insert((conn.host.clone(), conn.port), info.clone());
+            .insert(key.clone(), (std::time::Instant::now(), credentials(conn)));
+        self.infos.lock().unwrap().insert(key, info.clone());
         Ok(info)
+    }
+
+    /// The server of `conn` failed an operation: its last answer to
+    /// [`Self::info`] is not taken by [`Self::recent_info`] any more.
+    pub fn forget_answer(&self, conn: &Connection) {
+        self.probed
+            .lock()
+            .unwrap()
+            .remove(&(conn.host.clone(), conn.port));
+    }
+
+    /// As [`Self::info`], from its last answer when the server gave it less
+    /// than `within` ago to the same credentials and nothing failed since.
+    pub async fn recent_info(
+        &self,
+        conn: &Connection,
+        within: std::time::Duration,
+    ) -> Result<ServerInfo, AdminError> {
+        let key = (conn.host.clone(), conn.port);
+        let fresh = self
+            .probed
+            .lock()
+            .unwrap()
+            .get(&key)
+            .is_some_and(|(at, digest)| at.elapsed() < within && *digest == credentials(conn));
+        let known = self.infos.lock().unwrap().get(&key).cloned();
+        match known.filter(|_| fresh) {
+            Some(info) => Ok(info),
+            None => self.info(conn).await,
+        }
     }
 
     /// As [`Self::info`], from the last answer when there is one.

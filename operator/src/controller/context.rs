@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 
-use crate::api::Reason;
+use crate::api::{DatabaseServer, Reason};
 use crate::children::MANAGED_BY;
 use crate::engines::AdminError;
 use crate::metrics::Metrics;
@@ -58,10 +59,14 @@ pub struct Context {
     pub written: super::apply::WrittenStatus,
     /// When each Service's status was last written.
     pub status_pace: super::service::StatusPace,
+    /// When each DatabaseServer's count of claims was last written.
+    pub server_pace: super::service::StatusPace,
     /// Claims' turns at their servers.
     pub turns: Arc<super::claim::Turns>,
     /// Claims waiting for their Secrets' ownership-table entries.
     pub fences: Arc<super::claim::Fences>,
+    /// DatabaseServers to look at again now (a claim could not reach one).
+    server_checks: tokio::sync::mpsc::UnboundedSender<ObjectRef<DatabaseServer>>,
     /// Registered servers' admin credentials, by the Secret holding them,
     /// read at most once per [`ADMIN_SECRET_TTL`] (Secrets are not watched).
     admin_secrets: Mutex<HashMap<SecretRef, RememberedAdmin>>,
@@ -77,6 +82,8 @@ pub struct Context {
 }
 
 impl Context {
+    /// The context, and the stream of DatabaseServers its reconciles ask to
+    /// be looked at again ([`Context::server_failed`]).
     pub fn new(
         client: Client,
         config: Config,
@@ -85,12 +92,16 @@ impl Context {
         own: super::caches::OwnWrites,
         turns: Arc<super::claim::Turns>,
         fences: Arc<super::claim::Fences>,
-    ) -> Self {
+    ) -> (
+        Self,
+        tokio::sync::mpsc::UnboundedReceiver<ObjectRef<DatabaseServer>>,
+    ) {
+        let (server_checks, checked) = tokio::sync::mpsc::unbounded_channel();
         let reporter = Reporter {
             controller: MANAGED_BY.into(),
             instance: config.instance.clone(),
         };
-        Self {
+        let ctx = Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             config,
@@ -100,14 +111,17 @@ impl Context {
             own,
             written: Default::default(),
             status_pace: Default::default(),
+            server_pace: Default::default(),
             turns,
             fences,
+            server_checks,
             admin_secrets: Mutex::default(),
             admin_reads: Default::default(),
             ca_secrets: Mutex::default(),
             failures: Mutex::default(),
             cluster: tokio::sync::OnceCell::new(),
-        }
+        };
+        (ctx, checked)
     }
 
     /// The identity of this cluster in ownership marks: the UID of its
@@ -214,6 +228,27 @@ impl Context {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A claim could not reach DatabaseServer `name` (`e`): the server's
+    /// last answer is not taken for its status any more, and its pass runs
+    /// now rather than at its resync.
+    pub(super) fn server_failed(
+        &self,
+        name: &str,
+        conn: &crate::engines::Connection,
+        e: &AdminError,
+    ) {
+        if matches!(
+            e,
+            AdminError::Unreachable(_)
+                | AdminError::Timeout
+                | AdminError::AuthenticationFailed(_)
+                | AdminError::Tls(_)
+        ) {
+            self.servers.forget_answer(conn);
+            let _ = self.server_checks.send(ObjectRef::new(name));
         }
     }
 

@@ -323,7 +323,7 @@ pub async fn run(
     let own = caches::OwnWrites::default();
     let (turns, woken) = claim::Turns::new();
     let (fences, asked) = claim::Fences::new(turns.waker());
-    let ctx = Arc::new(Context::new(
+    let (ctx, checked) = Context::new(
         client.clone(),
         config.clone(),
         metrics,
@@ -341,7 +341,8 @@ pub async fn run(
         own.clone(),
         turns,
         fences.clone(),
-    ));
+    );
+    let ctx = Arc::new(ctx);
 
     let service_claims = claim_store.clone();
     let server_claims = claim_store.clone();
@@ -534,6 +535,16 @@ pub async fn run(
             ),
             |claim| server_of(&claim),
         )
+        // A claim that could not reach its server has it looked at again
+        // (gathered: a server down fails all its claims at once).
+        .reconcile_on(caches::throttled(
+            futures::stream::unfold(checked, |mut checked| async move {
+                checked.recv().await.map(|server| (server, checked))
+            }),
+            |server| Some(server.clone()),
+            GATHER,
+            GATHER_LONGEST,
+        ))
         .graceful_shutdown_on(stopped(&stop))
         .run(
             |o, c| async move { measured(&c.clone(), "server", server::reconcile(o, c)).await },

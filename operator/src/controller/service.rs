@@ -165,9 +165,21 @@ impl StatusPace {
     /// How long a list-only write of Service `ns/name`'s status (listing
     /// `claims` claims) must still wait; `None` when it may go now.
     pub fn left(&self, ns: &str, name: &str, claims: usize) -> Option<std::time::Duration> {
+        self.left_of(ns, name, Self::interval(claims))
+    }
+
+    /// How long a write of object `ns/name`'s status must still wait to be
+    /// `interval` after the last; `None` when it may go now.
+    pub fn left_of(
+        &self,
+        ns: &str,
+        name: &str,
+        interval: std::time::Duration,
+    ) -> Option<std::time::Duration> {
         let written = self.written.lock().unwrap();
         let at = written.get(&(ns.to_string(), name.to_string()))?;
-        Self::interval(claims)
+        interval
+            .min(STATUS_PACE_LONGEST)
             .checked_sub(at.elapsed())
             .filter(|left| !left.is_zero())
     }

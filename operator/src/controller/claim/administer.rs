@@ -171,6 +171,9 @@ pub(super) async fn administer(
                 _ => e.reason(),
             };
             ctx.forget_failed(&target.conn, &e);
+            if let Some(server) = claim.spec.server.as_ref().filter(|_| target.shared) {
+                ctx.server_failed(&server.name, &target.conn, &e);
+            }
             let phase = match e {
                 AdminError::Conflict(_) | AdminError::Extension(_) => ClaimPhase::Failed,
                 _ => ClaimPhase::Provisioning,
