@@ -165,17 +165,27 @@ fn line_string(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// The names the server holds, from `SHOW DATABASES` or `SHOW USERS`.
-async fn names(conn: &Connection, q: &str) -> Result<Vec<String>, AdminError> {
-    let answer = admin(conn, q).await?;
-    Ok(answer["results"][0]["series"][0]["values"]
-        .as_array()
-        .map(|rows| {
-            rows.iter()
-                .filter_map(|r| r[0].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default())
+/// Whether database `database` exists. `SHOW DATABASES` lists them all, so
+/// each claim would cost in proportion to the server's databases: `SHOW
+/// RETENTION POLICIES ON` answers for that one alone.
+async fn database_exists(conn: &Connection, database: &str) -> Result<bool, AdminError> {
+    let q = format!("SHOW RETENTION POLICIES ON {}", quote_ident(database));
+    match admin(conn, &q).await {
+        Ok(_) => Ok(true),
+        Err(AdminError::Refused(e)) if e == format!("database not found: {database}") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether user `username` exists, asked of that user alone (`SHOW USERS`
+/// lists them all).
+async fn user_exists(conn: &Connection, username: &str) -> Result<bool, AdminError> {
+    let q = format!("SHOW GRANTS FOR {}", quote_ident(username));
+    match admin(conn, &q).await {
+        Ok(_) => Ok(true),
+        Err(AdminError::Refused(e)) if e == "user not found" => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The catalog's marks for `keys`. The catalog is made on first use.
@@ -278,9 +288,7 @@ async fn presences(
     let mut keys = vec![database_key(database)];
     keys.extend(usernames.iter().map(|u| user_key(u)));
     let marks = read_marks(conn, &keys).await?;
-    let databases = names(conn, "SHOW DATABASES").await?;
-    let users = names(conn, "SHOW USERS").await?;
-    let db_exists = databases.iter().any(|d| d == database);
+    let db_exists = database_exists(conn, database).await?;
     let mut found = vec![(
         ObjectKind::Database,
         database.to_string(),
@@ -288,7 +296,7 @@ async fn presences(
     )];
     let mut exists = vec![db_exists];
     for (user, key) in usernames.iter().zip(&keys[1..]) {
-        let there = users.iter().any(|u| u == user);
+        let there = user_exists(conn, user).await?;
         found.push((
             ObjectKind::User,
             user.clone(),
@@ -402,10 +410,7 @@ async fn drop_user_if_owned(
 ) -> Result<bool, AdminError> {
     let key = user_key(username);
     let marks = read_marks(conn, std::slice::from_ref(&key)).await?;
-    let exists = names(conn, "SHOW USERS")
-        .await?
-        .iter()
-        .any(|u| u == username);
+    let exists = user_exists(conn, username).await?;
     let presence = Presence::of(exists, marks.get(&key).map(String::as_str));
     if !ownership::owned_by(&presence, mark) {
         return Ok(false);
