@@ -148,6 +148,17 @@ fn server_of(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Option<ObjectRef<D
     ))
 }
 
+/// Where a claim is placed, as [`caches::changed`] compares it: a server's
+/// count of claims changes when a claim comes, goes or moves, not with its
+/// finalizers or annotations.
+fn placement(claim: &DeserializeGuard<DatabaseClaim>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let server = claim.0.as_ref().ok().and_then(|c| c.spec.server.as_ref());
+    server.map(|s| &s.name).hash(&mut hasher);
+    hasher.finish()
+}
+
 /// A subscriber of a shared store's events.
 fn subscribe<K>(
     writer: &kube::runtime::reflector::store::Writer<K>,
@@ -510,8 +521,9 @@ pub async fn run(
     });
 
     // A server's status counts its claims: it changes when one is placed
-    // on it or leaves it, not with each claim's status. With a selector,
-    // only the selected servers are watched for it.
+    // on it or leaves it, not with each claim's status, finalizers or
+    // annotations. With a selector, only the selected servers are watched
+    // for it.
     let servers = match (&config.server_selector, servers_for_servers) {
         (None, Some(all)) => Controller::for_shared_stream(
             caches::changed(all, caches::spec_and_metadata),
@@ -526,7 +538,7 @@ pub async fn run(
         .watches_shared_stream(
             caches::throttled(
                 futures::stream::select(
-                    caches::changed(claims_for_servers, caches::spec_and_metadata),
+                    caches::changed(claims_for_servers, placement),
                     claims_gone_for_servers,
                 ),
                 server_of,
