@@ -159,6 +159,13 @@ fn placement(claim: &DeserializeGuard<DatabaseClaim>) -> u64 {
     hasher.finish()
 }
 
+/// What is sent on `rx`, as a stream.
+fn received<T: Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+}
+
 /// A subscriber of a shared store's events.
 fn subscribe<K>(
     writer: &kube::runtime::reflector::store::Writer<K>,
@@ -433,9 +440,7 @@ pub async fn run(
         },
     )
     // A claim whose server was busy comes back when its turn comes.
-    .reconcile_on(futures::stream::unfold(woken, |mut woken| async move {
-        woken.recv().await.map(|claim| (claim, woken))
-    }))
+    .reconcile_on(received(woken))
     .with_config(kube::runtime::controller::Config::default().concurrency(CLAIM_CONCURRENCY))
     .graceful_shutdown_on(stopped(&stop))
     .run(
@@ -501,9 +506,7 @@ pub async fn run(
     // A claim whose Secret its table does not name yet asks for a pass.
     // Gathered like the claims' changes.
     .reconcile_on(caches::throttled(
-        futures::stream::unfold(asked, |mut asked| async move {
-            asked.recv().await.map(|service| (service, asked))
-        }),
+        received(asked),
         |service| Some(service.clone()),
         GATHER,
         GATHER_LONGEST,
@@ -550,9 +553,7 @@ pub async fn run(
         // A claim that could not reach its server has it looked at again
         // (gathered: a server down fails all its claims at once).
         .reconcile_on(caches::throttled(
-            futures::stream::unfold(checked, |mut checked| async move {
-                checked.recv().await.map(|server| (server, checked))
-            }),
+            received(checked),
             |server| Some(server.clone()),
             GATHER,
             GATHER_LONGEST,
