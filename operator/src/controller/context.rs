@@ -59,6 +59,8 @@ pub struct Context {
     pub written: super::apply::WrittenStatus,
     /// When each Service's status was last written.
     pub status_pace: super::service::StatusPace,
+    /// When each Service's ownership table was last written.
+    pub table_pace: super::service::StatusPace,
     /// When each DatabaseServer's count of claims was last written.
     pub server_pace: super::service::StatusPace,
     /// Claims' turns at their servers.
@@ -111,6 +113,7 @@ impl Context {
             own,
             written: Default::default(),
             status_pace: Default::default(),
+            table_pace: Default::default(),
             server_pace: Default::default(),
             turns,
             fences,
