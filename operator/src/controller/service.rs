@@ -78,18 +78,16 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
         .as_deref()
         .map(|cm| entries_of(cm, &manager))
         .unwrap_or_default();
-    let on_their_way = owned.iter().filter(|c| on_its_way(c, &written)).count();
-    let held_table = match only_adds(&written, &entries) && on_their_way > 0 {
-        true => ctx
-            .table_pace
-            .left_of(&ns, &name, table_interval(written.len())),
-        false => None,
-    };
+    let held_table = ctx
+        .table_pace
+        .left_of(&ns, &name, table_interval(written.len()))
+        .filter(|_| only_adds(&written, &entries))
+        .filter(|_| owned.iter().any(|c| on_its_way(c, &written)));
+    let table_changes = held_table.is_none() && entries != written;
     let entries = match held_table {
-        Some(_) => written.clone(),
+        Some(_) => written,
         None => entries,
     };
-    let table_changes = entries != written;
     // Its ServiceAccount may read (`get`) the binding Secrets the table puts
     // it in front of, and no other.
     let readable: Vec<String> = entries
