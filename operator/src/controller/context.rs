@@ -60,7 +60,7 @@ pub struct Context {
     /// When each Service's status was last written.
     pub status_pace: super::service::StatusPace,
     /// When each Service's ownership table was last written.
-    pub table_pace: super::service::StatusPace,
+    pub table_pace: super::service::TablePace,
     /// When each DatabaseServer's count of claims was last written.
     pub server_pace: super::service::StatusPace,
     /// Claims' turns at their servers.

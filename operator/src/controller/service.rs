@@ -72,18 +72,19 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
     // Entries only added while claims it names are still on their way: the
     // write may wait its pace (`TABLE_PACE_PER_ENTRY`), and its Role with it.
     let manager = service_manager(&service);
-    let written: BTreeMap<String, String> = ctx
-        .caches
-        .table(&ns, &table_name(&name))
+    // Only a table as this pass last wrote it waits: one someone else
+    // edited (an entry taken out) is written back at once.
+    let table = ctx.caches.table(&ns, &table_name(&name));
+    let written: BTreeMap<String, String> = table
         .as_deref()
         .map(|cm| entries_of(cm, &manager))
         .unwrap_or_default();
+    let version = table.as_deref().and_then(|cm| cm.resource_version());
     let held_table = ctx
         .table_pace
-        .left_of(&ns, &name, table_interval(written.len()))
+        .left(&ns, &name, written.len(), version.as_deref())
         .filter(|_| only_adds(&written, &entries))
         .filter(|_| owned.iter().any(|c| on_its_way(c, &written)));
-    let table_changes = held_table.is_none() && entries != written;
     let entries = match held_table {
         Some(_) => written,
         None => entries,
@@ -95,9 +96,8 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
         .filter(|(_, owner)| **owner == name)
         .filter_map(|(key, _)| key.strip_prefix("secret.").map(String::from))
         .collect();
-    write_entries(ctx, &ns, &name, &manager, entries).await?;
-    if table_changes {
-        ctx.table_pace.wrote(&ns, &name);
+    if let Some(version) = write_entries(ctx, &ns, &name, &manager, entries).await? {
+        ctx.table_pace.wrote(&ns, &name, version);
     }
     let role = binding_reader_role(&service, &readable);
     let cached_role = ctx.caches.role(&ns, &role.name_any());
@@ -172,6 +172,49 @@ pub fn table_interval(entries: usize) -> std::time::Duration {
     TABLE_PACE_PER_ENTRY
         .saturating_mul(u32::try_from(entries).unwrap_or(u32::MAX))
         .min(STATUS_PACE_LONGEST)
+}
+
+/// When each Service's pass last wrote its ownership table, and the version
+/// that write made.
+#[derive(Default)]
+pub struct TablePace {
+    written:
+        std::sync::Mutex<std::collections::HashMap<(String, String), (std::time::Instant, String)>>,
+}
+
+impl TablePace {
+    /// How long a write that only adds entries to Service `ns/name`'s table
+    /// (of `entries` entries, at `version` in the cache) must still wait;
+    /// `None` when it may go now: its interval has passed, or the table is
+    /// not at the version the pass wrote (someone else wrote it since, or
+    /// the cache does not show that write yet).
+    pub fn left(
+        &self,
+        ns: &str,
+        name: &str,
+        entries: usize,
+        version: Option<&str>,
+    ) -> Option<std::time::Duration> {
+        let written = self.written.lock().unwrap();
+        let (at, wrote) = written.get(&(ns.to_string(), name.to_string()))?;
+        if Some(wrote.as_str()) != version {
+            return None;
+        }
+        table_interval(entries)
+            .checked_sub(at.elapsed())
+            .filter(|left| !left.is_zero())
+    }
+
+    /// The pass of Service `ns/name` wrote its table now, making `version`.
+    /// Entries older than the longest interval hold nothing back and go.
+    pub fn wrote(&self, ns: &str, name: &str, version: String) {
+        let mut written = self.written.lock().unwrap();
+        written.retain(|_, (at, _)| at.elapsed() < STATUS_PACE_LONGEST);
+        written.insert(
+            (ns.to_string(), name.to_string()),
+            (std::time::Instant::now(), version),
+        );
+    }
 }
 
 /// Whether `desired` holds every entry of `written`, unchanged, and more.
@@ -426,20 +469,22 @@ pub async fn retain_entries(
     entries: Option<BTreeMap<String, String>>,
 ) -> Result<(), Error> {
     let desired = entries.unwrap_or_default();
-    write_entries(ctx, namespace, service, &retained_manager(claim), desired).await
+    write_entries(ctx, namespace, service, &retained_manager(claim), desired).await?;
+    Ok(())
 }
 
 /// Makes the entries `manager` applied to the ownership table of Service
 /// `service` in `namespace` exactly `desired` (server-side apply drops the
 /// ones it no longer lists), and takes the manager's entries out of the
-/// legacy table. A table left with no entry is deleted.
+/// legacy table. A table left with no entry is deleted. The version of the
+/// Service's table when this wrote it (and it stays).
 async fn write_entries(
     ctx: &Context,
     namespace: &str,
     service: &str,
     manager: &str,
     desired: BTreeMap<String, String>,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     // The tables are watched: an edit by someone else brings their Service
     // back here.
     let name = table_name(service);
@@ -448,26 +493,28 @@ async fn write_entries(
         .as_deref()
         .map(|cm| entries_of(cm, manager))
         .unwrap_or_default();
+    let mut version = None;
     if mine != desired {
-        apply_entries(ctx, namespace, &name, manager, &desired).await?;
+        version = apply_entries(ctx, namespace, &name, manager, &desired).await?;
     }
     if let Some(legacy) = ctx.caches.table(namespace, LEGACY_TABLE)
         && !entries_of(&legacy, manager).is_empty()
     {
         apply_entries(ctx, namespace, LEGACY_TABLE, manager, &BTreeMap::new()).await?;
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Applies `manager`'s entries of table `name`; deletes the table when that
-/// leaves it with none (unless someone wrote it meanwhile).
+/// leaves it with none (unless someone wrote it meanwhile). The version
+/// written, when the table stays.
 async fn apply_entries(
     ctx: &Context,
     namespace: &str,
     name: &str,
     manager: &str,
     desired: &BTreeMap<String, String>,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let configmaps: Api<ConfigMap> = ctx.api(namespace);
     let patch = json!({
         "apiVersion": "v1",
@@ -500,10 +547,10 @@ async fn apply_entries(
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
-        return Ok(());
+        return Ok(None);
     }
     ctx.own.record(&written);
-    Ok(())
+    Ok(written.resource_version())
 }
 
 /// The field manager of a Service's entries in the ownership table: each
@@ -787,6 +834,31 @@ mod tests {
         assert!(
             !on_its_way(&with_phase("c", Some(ClaimPhase::Provisioning)), &written),
             "not named yet"
+        );
+
+        // Only a table at the version its pass wrote waits.
+        let pace = TablePace::default();
+        assert_eq!(
+            pace.left("shop", "orders", 1000, Some("7")),
+            None,
+            "never written"
+        );
+        pace.wrote("shop", "orders", "7".into());
+        let left = pace
+            .left("shop", "orders", 1000, Some("7"))
+            .expect("just written");
+        assert!(left > std::time::Duration::from_secs(29), "{left:?}");
+        assert_eq!(
+            pace.left("shop", "orders", 1000, Some("8")),
+            None,
+            "written by someone else since"
+        );
+        assert_eq!(pace.left("shop", "orders", 1000, None), None, "deleted");
+        assert_eq!(pace.left("shop", "payments", 1000, Some("7")), None);
+        assert_eq!(
+            pace.left("shop", "orders", 0, Some("7")),
+            None,
+            "no interval"
         );
 
         // The interval: in proportion to the entries, bounded.
