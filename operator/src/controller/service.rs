@@ -86,8 +86,8 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
         .filter(|_| only_adds(&written, &entries))
         .filter(|_| owned.iter().any(|c| on_its_way(c, &written)));
     let entries = match held_table {
-        Some(_) => written,
-        None => entries,
+        Some(_) => &written,
+        None => &entries,
     };
     // Its ServiceAccount may read (`get`) the binding Secrets the table puts
     // it in front of, and no other.
@@ -96,7 +96,7 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
         .filter(|(_, owner)| **owner == name)
         .filter_map(|(key, _)| key.strip_prefix("secret.").map(String::from))
         .collect();
-    if let Some(version) = write_entries(ctx, &ns, &name, &manager, entries).await? {
+    if let Some(version) = write_entries_over(ctx, &ns, &name, &manager, &written, entries).await? {
         ctx.table_pace.wrote(&ns, &name, version);
     }
     let role = binding_reader_role(&service, &readable);
@@ -487,15 +487,29 @@ async fn write_entries(
 ) -> Result<Option<String>, Error> {
     // The tables are watched: an edit by someone else brings their Service
     // back here.
-    let name = table_name(service);
-    let live = ctx.caches.table(namespace, &name);
-    let mine = live
+    let mine = ctx
+        .caches
+        .table(namespace, &table_name(service))
         .as_deref()
         .map(|cm| entries_of(cm, manager))
         .unwrap_or_default();
+    write_entries_over(ctx, namespace, service, manager, &mine, &desired).await
+}
+
+/// As [`write_entries`], with `mine`: the entries `manager` has in the
+/// table as the cache shows it.
+async fn write_entries_over(
+    ctx: &Context,
+    namespace: &str,
+    service: &str,
+    manager: &str,
+    mine: &BTreeMap<String, String>,
+    desired: &BTreeMap<String, String>,
+) -> Result<Option<String>, Error> {
     let mut version = None;
     if mine != desired {
-        version = apply_entries(ctx, namespace, &name, manager, &desired).await?;
+        let name = table_name(service);
+        version = apply_entries(ctx, namespace, &name, manager, desired).await?;
     }
     if let Some(legacy) = ctx.caches.table(namespace, LEGACY_TABLE)
         && !entries_of(&legacy, manager).is_empty()
