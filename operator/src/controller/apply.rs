@@ -50,13 +50,22 @@ pub const APPLIED_HASH_ANNOTATION: &str = "dbps.io/applied-hash";
 /// Hash of a desired object, Secret values left out (only their keys count:
 /// the values are compared by [`is_subset`]).
 pub fn desired_hash(desired: &Value) -> String {
-    let mut shape = desired.clone();
-    for field in ["data", "stringData"] {
-        if let Some(Value::Object(entries)) = shape.get_mut(field) {
-            entries.values_mut().for_each(|v| *v = Value::Null);
+    let fields = ["data", "stringData"];
+    let text = if fields
+        .iter()
+        .any(|f| desired.get(f).is_some_and(Value::is_object))
+    {
+        let mut shape = desired.clone();
+        for field in fields {
+            if let Some(Value::Object(entries)) = shape.get_mut(field) {
+                entries.values_mut().for_each(|v| *v = Value::Null);
+            }
         }
+        serde_json::to_string(&shape)
+    } else {
+        serde_json::to_string(desired)
     }
-    let text = serde_json::to_string(&shape).expect("serializable");
+    .expect("serializable");
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
     digest.as_ref()[..12]
         .iter()
@@ -67,8 +76,12 @@ pub fn desired_hash(desired: &Value) -> String {
 /// Whether `current` needs no write to become `desired`: it holds every
 /// desired value and was applied from the same desired object.
 pub fn up_to_date(desired: &Value, current: &Value) -> bool {
-    let hash = desired_hash(desired);
-    current["metadata"]["annotations"][APPLIED_HASH_ANNOTATION].as_str() == Some(hash.as_str())
+    applied_from(desired, &desired_hash(desired), current)
+}
+
+/// [`up_to_date`], with `hash` the [`desired_hash`] of `desired`.
+fn applied_from(desired: &Value, hash: &str, current: &Value) -> bool {
+    current["metadata"]["annotations"][APPLIED_HASH_ANNOTATION].as_str() == Some(hash)
         && is_subset(desired, current)
 }
 
@@ -81,7 +94,7 @@ where
     let hash = desired_hash(&want);
     if let Some(current) = current {
         let have = serde_json::to_value(&current).expect("serializable");
-        if up_to_date(&want, &have) {
+        if applied_from(&want, &hash, &have) {
             return Ok(current);
         }
     }
@@ -172,20 +185,21 @@ impl WrittenStatus {
 }
 
 /// Writes the status `desired` computes from an object's current status
-/// when it differs from it. The current status is the cached one, or the one
-/// this operator wrote lately when the cache does not show it yet (nothing is
-/// read from the apiserver). Server-side applied by `dbps-operator`. Returns
-/// the status it replaced, or `None` when nothing was written.
+/// when it differs from it (`desired` answers `None` to leave it as it is).
+/// The current status is the cached one, or the one this operator wrote
+/// lately when the cache does not show it yet (nothing is read from the
+/// apiserver). Server-side applied by `dbps-operator`. Returns the status it
+/// replaced, or `None` when nothing was written.
 pub async fn patch_status_if_changed<K, S>(
     api: &Api<K>,
     cached: &K,
     written: &WrittenStatus,
-    status_of: impl Fn(&K) -> S,
-    desired: impl Fn(&S) -> S,
+    status_of: impl for<'a> FnOnce(&'a K) -> std::borrow::Cow<'a, S>,
+    desired: impl FnOnce(&S) -> Option<S>,
 ) -> Result<Option<S>, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-    S: PartialEq + Serialize + DeserializeOwned,
+    S: PartialEq + Serialize + DeserializeOwned + Clone,
 {
     let name = cached.name_any();
     let key = (
@@ -194,11 +208,11 @@ where
         name.clone(),
     );
     let seen = status_of(cached);
-    let current = written.recall(&key, &seen).unwrap_or(seen);
-    let status = desired(&current);
-    if status == current {
+    let recalled = written.recall(&key, seen.as_ref());
+    let current = recalled.as_ref().unwrap_or(seen.as_ref());
+    let Some(status) = desired(current).filter(|status| status != current) else {
         return Ok(None);
-    }
+    };
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
@@ -211,7 +225,7 @@ where
     )
     .await?;
     written.remember(key, &status);
-    Ok(Some(current))
+    Ok(Some(recalled.unwrap_or_else(|| seen.into_owned())))
 }
 
 /// `obj` with `finalizer`, added now when missing (unless it is being

@@ -42,6 +42,9 @@ pub struct Caches {
     pub statefulsets: Store<StatefulSet>,
     pub instance_services: Store<KubeService>,
     pub network_policies: Store<NetworkPolicy>,
+    /// The claims by the Services they concern, so that a Service's pass
+    /// looks at its own claims, not at every claim cached.
+    pub claims_by_service: ClaimIndex,
 }
 
 impl Caches {
@@ -123,15 +126,19 @@ impl Caches {
         self.servers.get(&ObjectRef::new(name))
     }
 
-    /// The claims (that deserialize) for which `keep` holds, as cached
-    /// (shared, not copied).
-    pub fn claims_where(
+    /// The claims (that deserialize) that Service `ns`/`name` concerns
+    /// (see [`ClaimIndex`]) and for which `keep` holds, as cached (shared,
+    /// not copied).
+    pub fn claims_of_service(
         &self,
+        ns: &str,
+        name: &str,
         keep: impl Fn(&DatabaseClaim) -> bool,
     ) -> Vec<Arc<DeserializeGuard<DatabaseClaim>>> {
-        self.claims
-            .state()
-            .into_iter()
+        self.claims_by_service
+            .claims(ns, name)
+            .iter()
+            .filter_map(|claim| self.claims.get(claim))
             .filter(|c| c.0.as_ref().is_ok_and(&keep))
             .collect()
     }
@@ -144,6 +151,129 @@ impl Caches {
             .filter_map(|c| c.0.as_ref().ok())
             .filter(|c| keep(c))
             .count()
+    }
+}
+
+/// The Services a claim concerns: its own, and those it grants read access
+/// (asked for in its spec, or in force in its status), by namespace and name.
+pub fn services_of(claim: &DatabaseClaim) -> Vec<(String, String)> {
+    let Some(ns) = claim.metadata.namespace.as_deref() else {
+        return Vec::new();
+    };
+    let mut services = vec![(ns.to_string(), claim.spec.service_ref.name.clone())];
+    services.extend(
+        claim
+            .spec
+            .readers
+            .iter()
+            .map(|r| (r.namespace_or(ns).to_string(), r.service.clone())),
+    );
+    services.extend(
+        claim
+            .status
+            .iter()
+            .flat_map(|s| &s.readers)
+            .map(|r| (r.namespace.clone(), r.service.clone())),
+    );
+    services.sort();
+    services.dedup();
+    services
+}
+
+type ClaimKey = ObjectRef<DeserializeGuard<DatabaseClaim>>;
+
+/// The claims of the watch by the Services they concern ([`services_of`]).
+/// It is fed the watch's events before the cache is ([`ClaimIndex::saw`]),
+/// so it names every claim the cache holds (and, for a moment, one the
+/// cache has yet to show or has just dropped): whoever reads it takes the
+/// claims from the cache and checks them there. A Service's pass costs in
+/// proportion to its own claims, not to all of the namespace's.
+#[derive(Clone, Default)]
+pub struct ClaimIndex {
+    inner: Arc<std::sync::Mutex<Indexed>>,
+}
+
+#[derive(Default)]
+struct Indexed {
+    by_service: HashMap<(String, String), std::collections::HashSet<ClaimKey>>,
+    of_claim: HashMap<ClaimKey, Vec<(String, String)>>,
+    /// The claims of a list under way, which replaces the index when done.
+    relisted: Option<HashMap<ClaimKey, Vec<(String, String)>>>,
+}
+
+impl Indexed {
+    fn set(&mut self, claim: ClaimKey, services: Vec<(String, String)>) {
+        self.unset(&claim);
+        self.add(claim, services);
+    }
+
+    /// `claim` concerns `services` too.
+    fn add(&mut self, claim: ClaimKey, services: Vec<(String, String)>) {
+        for service in &services {
+            self.by_service
+                .entry(service.clone())
+                .or_default()
+                .insert(claim.clone());
+        }
+        let known = self.of_claim.entry(claim).or_default();
+        known.extend(services);
+        known.sort();
+        known.dedup();
+    }
+
+    fn unset(&mut self, claim: &ClaimKey) {
+        for service in self.of_claim.remove(claim).into_iter().flatten() {
+            if let Some(claims) = self.by_service.get_mut(&service) {
+                claims.remove(claim);
+                if claims.is_empty() {
+                    self.by_service.remove(&service);
+                }
+            }
+        }
+    }
+}
+
+impl ClaimIndex {
+    /// Takes in one event of the claim watch.
+    pub fn saw(&self, event: &kube::runtime::watcher::Event<DeserializeGuard<DatabaseClaim>>) {
+        use kube::runtime::watcher::Event;
+        let services =
+            |c: &DeserializeGuard<DatabaseClaim>| c.0.as_ref().map(services_of).unwrap_or_default();
+        let mut index = self.inner.lock().unwrap();
+        match event {
+            Event::Apply(claim) => index.set(ObjectRef::from_obj(claim), services(claim)),
+            Event::Delete(claim) => index.unset(&ObjectRef::from_obj(claim)),
+            Event::Init => index.relisted = Some(HashMap::new()),
+            Event::InitApply(claim) => {
+                // Until the list is done, what it shows is added to what is
+                // known: the cache still holds the claims as before it.
+                let key = ObjectRef::from_obj(claim);
+                let services = services(claim);
+                index
+                    .relisted
+                    .get_or_insert_default()
+                    .insert(key.clone(), services.clone());
+                index.add(key, services);
+            }
+            Event::InitDone => {
+                let listed = index.relisted.take().unwrap_or_default();
+                index.by_service.clear();
+                index.of_claim.clear();
+                for (claim, services) in listed {
+                    index.set(claim, services);
+                }
+            }
+        }
+    }
+
+    /// The claims Service `ns`/`name` concerns.
+    pub fn claims(&self, ns: &str, name: &str) -> Vec<ClaimKey> {
+        let index = self.inner.lock().unwrap();
+        index
+            .by_service
+            .get(&(ns.to_string(), name.to_string()))
+            .map(|claims| claims.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -454,6 +584,77 @@ mod tests {
             ..Default::default()
         });
         Arc::new(claim)
+    }
+
+    fn guarded(name: &str, service: &str, readers: &[&str]) -> DeserializeGuard<DatabaseClaim> {
+        let readers: Vec<_> = readers
+            .iter()
+            .map(|r| serde_json::json!({ "service": r, "namespace": "shop" }))
+            .collect();
+        DeserializeGuard(Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim",
+            "metadata": { "name": name, "namespace": "shop" },
+            "spec": { "serviceRef": { "name": service }, "engine": "influxdb", "readers": readers }
+        }))
+        .unwrap()))
+    }
+
+    fn names(index: &ClaimIndex, service: &str) -> Vec<String> {
+        let mut names: Vec<String> = index
+            .claims("shop", service)
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_index_follows_the_claims_a_service_owns_and_reads() {
+        use kube::runtime::watcher::Event;
+        let index = ClaimIndex::default();
+        index.saw(&Event::Apply(guarded("a", "orders", &[])));
+        index.saw(&Event::Apply(guarded("b", "orders", &["billing"])));
+        index.saw(&Event::Apply(guarded("c", "billing", &[])));
+        assert_eq!(names(&index, "orders"), ["a", "b"]);
+        assert_eq!(names(&index, "billing"), ["b", "c"]);
+        // A grant taken back: the reader no longer sees the claim.
+        index.saw(&Event::Apply(guarded("b", "orders", &[])));
+        assert_eq!(names(&index, "billing"), ["c"]);
+        index.saw(&Event::Delete(guarded("a", "orders", &[])));
+        assert_eq!(names(&index, "orders"), ["b"]);
+        // Another namespace's Service of the same name is another Service.
+        assert!(index.claims("other", "orders").is_empty());
+        // A claim that does not deserialize concerns no Service.
+        let broken: DeserializeGuard<DatabaseClaim> =
+            DeserializeGuard(Err(kube::core::error_boundary::InvalidObject {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("b".into()),
+                    namespace: Some("shop".into()),
+                    ..Default::default()
+                },
+                error: "bad".into(),
+            }));
+        index.saw(&Event::Apply(broken));
+        assert!(names(&index, "orders").is_empty());
+    }
+
+    #[test]
+    fn a_list_adds_what_it_shows_and_when_done_drops_what_it_did_not() {
+        use kube::runtime::watcher::Event;
+        let index = ClaimIndex::default();
+        index.saw(&Event::Apply(guarded("gone", "orders", &[])));
+        index.saw(&Event::Apply(guarded("moved", "orders", &["billing"])));
+        index.saw(&Event::Init);
+        index.saw(&Event::InitApply(guarded("moved", "orders", &[])));
+        index.saw(&Event::InitApply(guarded("new", "orders", &[])));
+        // While the list goes on, the cache still holds the claims as they
+        // were: the index names them as before, and the listed ones too.
+        assert_eq!(names(&index, "orders"), ["gone", "moved", "new"]);
+        assert_eq!(names(&index, "billing"), ["moved"]);
+        index.saw(&Event::InitDone);
+        assert_eq!(names(&index, "orders"), ["moved", "new"]);
+        assert!(names(&index, "billing").is_empty());
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ mod service;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service as KubeService};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -110,27 +110,7 @@ fn services_of(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Vec<ObjectRef<Se
     let Ok(claim) = claim.0.as_ref() else {
         return Vec::new();
     };
-    let Some(ns) = claim.namespace() else {
-        return Vec::new();
-    };
-    let mut services = vec![(ns.clone(), claim.spec.service_ref.name.clone())];
-    services.extend(
-        claim
-            .spec
-            .readers
-            .iter()
-            .map(|r| (r.namespace_or(&ns).to_string(), r.service.clone())),
-    );
-    services.extend(
-        claim
-            .status
-            .iter()
-            .flat_map(|s| &s.readers)
-            .map(|r| (r.namespace.clone(), r.service.clone())),
-    );
-    services.sort();
-    services.dedup();
-    services
+    caches::services_of(claim)
         .into_iter()
         .map(|(ns, n)| ObjectRef::new(&n).within(&ns))
         .collect()
@@ -269,13 +249,17 @@ pub async fn run(
     let mut role_binding_deletions = caches::Deletions::new();
     let roles_gone_for_services = role_deletions.listen();
     let role_bindings_gone_for_services = role_binding_deletions.listen();
+    let claims_by_service = caches::ClaimIndex::default();
     let watches = {
+        let index = claims_by_service.clone();
         let claims = watcher(
             api_for::<DeserializeGuard<DatabaseClaim>>(&client, ns),
             watcher::Config::default(),
         )
         .default_backoff()
         .modify(caches::slim)
+        // Indexed before cached: the index names every claim the cache holds.
+        .inspect_ok(move |event| index.saw(event))
         .reflect_shared(claim_writer);
         let services = watcher(api_for::<Service>(&client, ns), watcher::Config::default())
             .default_backoff()
@@ -355,6 +339,7 @@ pub async fn run(
             statefulsets: statefulset_store,
             instance_services: instance_service_store,
             network_policies: policy_store,
+            claims_by_service,
         },
         own.clone(),
         turns,

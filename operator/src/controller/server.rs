@@ -86,13 +86,16 @@ pub async fn reconcile(server: Arc<DatabaseServer>, ctx: Arc<Context>) -> Result
             _ => next,
         }
     };
-    let status_of = |s: &DatabaseServer| s.status.clone().unwrap_or_default();
     let written = patch_status_if_changed(
         &Api::<DatabaseServer>::all(ctx.client.clone()),
         &server,
         &ctx.written,
-        status_of,
-        desired,
+        |s| {
+            s.status
+                .as_ref()
+                .map_or_else(Default::default, std::borrow::Cow::Borrowed)
+        },
+        |current| Some(desired(current)),
     )
     .await?;
     if written.is_some() {

@@ -60,9 +60,11 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
     let ns = service.namespace().unwrap_or_default();
     let name = service.name_any();
     let owns = |c: &DatabaseClaim| {
-        c.namespace().as_deref() == Some(ns.as_str()) && c.spec.service_ref.name == name
+        c.metadata.namespace.as_deref() == Some(ns.as_str()) && c.spec.service_ref.name == name
     };
-    let cached = ctx.caches.claims_where(|c| owns(c) || reads(c, &ns, &name));
+    let cached = ctx
+        .caches
+        .claims_of_service(&ns, &name, |c| owns(c) || reads(c, &ns, &name));
     let (owned, read): (Vec<&DatabaseClaim>, Vec<&DatabaseClaim>) = cached
         .iter()
         .filter_map(|c| c.0.as_ref().ok())
@@ -123,23 +125,23 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
 
     // Only its list of claims changed since its last write, a moment ago:
     // the write waits (`StatusPace`).
-    let held = std::sync::Mutex::new(None);
+    let mut held = None;
     let paced = ctx.status_pace.left(&ns, &name, databases.len());
     let written = patch_status_if_changed(
         &ctx.api::<Service>(&ns),
         &service,
         &ctx.written,
-        |s| s.status.clone(),
+        |s| std::borrow::Cow::Borrowed(&s.status),
         |current| {
-            let next = compute(&service, current.as_ref(), databases.clone());
+            let next = compute(&service, current.as_ref(), databases);
             match (current, paced) {
                 (Some(current), Some(left))
                     if *current != next && only_the_list_differs(current, &next) =>
                 {
-                    *held.lock().unwrap() = Some(left);
-                    Some(current.clone())
+                    held = Some(left);
+                    None
                 }
-                _ => Some(next),
+                _ => Some(Some(next)),
             }
         },
     )
@@ -148,7 +150,7 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
         ctx.status_pace.wrote(&ns, &name);
     }
     ctx.succeeded(&format!("Service/{ns}/{name}"));
-    let again = [held.into_inner().unwrap(), held_table]
+    let again = [held, held_table]
         .into_iter()
         .flatten()
         .fold(ctx.config.resync, std::cmp::min);
@@ -380,20 +382,23 @@ pub fn ownership_entries(
             continue;
         };
         // A rotation's new Secret is named before it is written.
+        let first = names::binding_secret(claim.metadata.name.as_deref().unwrap_or_default());
+        let due = super::claim::due_binding(claim, now);
         let secrets = [
-            Some(names::binding_secret(&claim.name_any())),
-            status.binding.as_ref().map(|b| b.name.clone()),
+            status.binding.as_ref().map(|b| b.name.as_str()),
             status
                 .credentials
                 .as_ref()
                 .and_then(|c| c.previous.as_ref())
-                .map(|p| p.secret.clone()),
-            super::claim::due_binding(claim, now),
+                .map(|p| p.secret.as_str()),
+            due.as_deref(),
         ]
         .into_iter()
-        .flatten();
-        for secret in secrets {
-            entries.insert(format!("secret.{secret}"), name.clone());
+        .flatten()
+        // Most often its binding is still its first Secret: one entry.
+        .filter(|secret| *secret != first);
+        for secret in std::iter::once(first.as_str()).chain(secrets) {
+            entries.insert(["secret.", secret].concat(), name.clone());
         }
         if claim.spec.server.is_none() {
             let claim_name = claim.name_any();
@@ -409,12 +414,12 @@ pub fn ownership_entries(
 /// Whether `claim` grants Service `namespace/service` read access (issued,
 /// or asked for).
 pub fn reads(claim: &DatabaseClaim, namespace: &str, service: &str) -> bool {
-    let claim_ns = claim.namespace().unwrap_or_default();
+    let claim_ns = claim.metadata.namespace.as_deref().unwrap_or_default();
     claim
         .spec
         .readers
         .iter()
-        .any(|r| r.service == service && r.namespace_or(&claim_ns) == namespace)
+        .any(|r| r.service == service && r.namespace_or(claim_ns) == namespace)
         || claim
             .status
             .iter()
@@ -576,7 +581,9 @@ fn service_manager(service: &Service) -> String {
 
 /// The data entries of `cm` that `manager` applied (from its managed fields).
 fn entries_of(cm: &ConfigMap, manager: &str) -> BTreeMap<String, String> {
-    let data = cm.data.clone().unwrap_or_default();
+    let Some(data) = cm.data.as_ref() else {
+        return BTreeMap::new();
+    };
     cm.metadata
         .managed_fields
         .iter()
@@ -588,15 +595,11 @@ fn entries_of(cm: &ConfigMap, manager: &str) -> BTreeMap<String, String> {
         .flat_map(|f| {
             f.0.get("f:data")
                 .and_then(|d| d.as_object())
-                .map(|d| {
-                    d.keys()
-                        .filter_map(|k| k.strip_prefix("f:"))
-                        .map(String::from)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|d| d.keys().filter_map(|k| k.strip_prefix("f:")))
         })
-        .filter_map(|k| data.get(&k).map(|v| (k, v.clone())))
+        .filter_map(|k| data.get_key_value(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
@@ -609,8 +612,8 @@ pub fn compute(
     current: Option<&ServiceStatus>,
     databases: Vec<ServiceDatabase>,
 ) -> ServiceStatus {
-    let current = current.cloned().unwrap_or_default();
-    let mut conditions = current.conditions;
+    // Only its conditions carry over (not its list, which can be long).
+    let mut conditions = current.map(|c| c.conditions.clone()).unwrap_or_default();
     let waiting: Vec<&str> = databases
         .iter()
         .filter(|d| d.phase != Some(ClaimPhase::Ready))

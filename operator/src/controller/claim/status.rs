@@ -116,13 +116,16 @@ pub(super) async fn update_status_full(
         }
     };
     let ns = claim.namespace().unwrap_or_default();
-    let status_of = |c: &DatabaseClaim| c.status.clone().unwrap_or_default();
     let replaced = patch_status_if_changed(
         &ctx.api::<DatabaseClaim>(&ns),
         claim,
         &ctx.written,
-        status_of,
-        desired,
+        |c| {
+            c.status
+                .as_ref()
+                .map_or_else(Default::default, std::borrow::Cow::Borrowed)
+        },
+        |current| Some(desired(current)),
     )
     .await?;
     let Some(current) = replaced else {
