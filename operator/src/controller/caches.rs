@@ -184,10 +184,11 @@ type ClaimKey = ObjectRef<DeserializeGuard<DatabaseClaim>>;
 
 /// The claims of the watch by the Services they concern ([`services_of`]).
 /// It is fed the watch's events before the cache is ([`ClaimIndex::saw`]),
-/// so it names every claim the cache holds (and, for a moment, one the
-/// cache has yet to show or has just dropped): whoever reads it takes the
-/// claims from the cache and checks them there. A Service's pass costs in
-/// proportion to its own claims, not to all of the namespace's.
+/// so it is never behind the cache: a claim new or changed there is in it
+/// already (a claim the apiserver reports deleted leaves it a moment before
+/// it leaves the cache). Whoever reads it takes the claims from the cache
+/// and checks them there. A Service's pass costs in proportion to its own
+/// claims, not to all of the namespace's.
 #[derive(Clone, Default)]
 pub struct ClaimIndex {
     inner: Arc<std::sync::Mutex<Indexed>>,
