@@ -184,6 +184,14 @@ impl WrittenStatus {
     }
 }
 
+/// A cached object's status, `S::default()` when it has none (for
+/// [`patch_status_if_changed`]'s `status_of`): borrowed, not copied.
+pub fn status_or_default<S: Clone + Default>(status: &Option<S>) -> std::borrow::Cow<'_, S> {
+    status
+        .as_ref()
+        .map_or_else(Default::default, std::borrow::Cow::Borrowed)
+}
+
 /// Writes the status `desired` computes from an object's current status
 /// when it differs from it (`desired` answers `None` to leave it as it is).
 /// The current status is the cached one, or the one this operator wrote

@@ -261,7 +261,7 @@ impl ClaimIndex {
                 index.by_service.clear();
                 index.of_claim.clear();
                 for (claim, services) in listed {
-                    index.set(claim, services);
+                    index.add(claim, services);
                 }
             }
         }

@@ -258,7 +258,7 @@ pub async fn run(
         )
         .default_backoff()
         .modify(caches::slim)
-        // Indexed before cached: the index names every claim the cache holds.
+        // Indexed before cached: the index is never behind the cache.
         .inspect_ok(move |event| index.saw(event))
         .reflect_shared(claim_writer);
         let services = watcher(api_for::<Service>(&client, ns), watcher::Config::default())

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
 
-use super::apply::patch_status_if_changed;
+use super::apply::{patch_status_if_changed, status_or_default};
 use super::claim::shared::admin_connection;
 use super::context::{Context, Error};
 use crate::api::{DatabaseServer, DatabaseServerStatus, Reason, set_condition};
@@ -90,11 +90,7 @@ pub async fn reconcile(server: Arc<DatabaseServer>, ctx: Arc<Context>) -> Result
         &Api::<DatabaseServer>::all(ctx.client.clone()),
         &server,
         &ctx.written,
-        |s| {
-            s.status
-                .as_ref()
-                .map_or_else(Default::default, std::borrow::Cow::Borrowed)
-        },
+        |s| status_or_default(&s.status),
         |current| Some(desired(current)),
     )
     .await?;

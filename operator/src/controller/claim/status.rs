@@ -6,7 +6,7 @@ use kube::Resource;
 use kube::ResourceExt;
 use kube::runtime::events::{Event, EventType};
 
-use super::super::apply::patch_status_if_changed;
+use super::super::apply::{patch_status_if_changed, status_or_default};
 use super::super::context::{Context, Error};
 use crate::api::{
     Binding, ClaimPhase, CredentialsStatus, DatabaseClaim, DatabaseClaimStatus, Endpoint,
@@ -120,11 +120,7 @@ pub(super) async fn update_status_full(
         &ctx.api::<DatabaseClaim>(&ns),
         claim,
         &ctx.written,
-        |c| {
-            c.status
-                .as_ref()
-                .map_or_else(Default::default, std::borrow::Cow::Borrowed)
-        },
+        |c| status_or_default(&c.status),
         |current| Some(desired(current)),
     )
     .await?;
