@@ -135,12 +135,15 @@ impl Caches {
         name: &str,
         keep: impl Fn(&DatabaseClaim) -> bool,
     ) -> Vec<Arc<DeserializeGuard<DatabaseClaim>>> {
-        self.claims_by_service
-            .claims(ns, name)
-            .iter()
-            .filter_map(|claim| self.claims.get(claim))
-            .filter(|c| c.0.as_ref().is_ok_and(&keep))
-            .collect()
+        let mut claims = Vec::new();
+        self.claims_by_service.each_claim(ns, name, |claim| {
+            if let Some(c) = self.claims.get(claim)
+                && c.0.as_ref().is_ok_and(&keep)
+            {
+                claims.push(c);
+            }
+        });
+        claims
     }
 
     /// How many claims (that deserialize) `keep` holds for.
@@ -181,6 +184,18 @@ pub fn services_of(claim: &DatabaseClaim) -> Vec<(String, String)> {
 }
 
 type ClaimKey = ObjectRef<DeserializeGuard<DatabaseClaim>>;
+
+/// A claim's key in the index: its namespace and name (not the version and
+/// uid a reference from the object carries, which the cache's lookup
+/// ignores).
+fn key_of(claim: &DeserializeGuard<DatabaseClaim>) -> ClaimKey {
+    let meta = claim.meta();
+    let key = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
+    match meta.namespace.as_deref() {
+        Some(ns) => key.within(ns),
+        None => key,
+    }
+}
 
 /// The claims of the watch by the Services they concern ([`services_of`]).
 /// It is fed the watch's events before the cache is ([`ClaimIndex::saw`]),
@@ -242,13 +257,13 @@ impl ClaimIndex {
             |c: &DeserializeGuard<DatabaseClaim>| c.0.as_ref().map(services_of).unwrap_or_default();
         let mut index = self.inner.lock().unwrap();
         match event {
-            Event::Apply(claim) => index.set(ObjectRef::from_obj(claim), services(claim)),
-            Event::Delete(claim) => index.unset(&ObjectRef::from_obj(claim)),
+            Event::Apply(claim) => index.set(key_of(claim), services(claim)),
+            Event::Delete(claim) => index.unset(&key_of(claim)),
             Event::Init => index.relisted = Some(HashMap::new()),
             Event::InitApply(claim) => {
                 // Until the list is done, what it shows is added to what is
                 // known: the cache still holds the claims as before it.
-                let key = ObjectRef::from_obj(claim);
+                let key = key_of(claim);
                 let services = services(claim);
                 index
                     .relisted
@@ -267,14 +282,13 @@ impl ClaimIndex {
         }
     }
 
-    /// The claims Service `ns`/`name` concerns.
-    pub fn claims(&self, ns: &str, name: &str) -> Vec<ClaimKey> {
+    /// Calls `each` with each claim Service `ns`/`name` concerns, under the
+    /// index's lock (not copied out: a large Service's pass is frequent).
+    pub fn each_claim(&self, ns: &str, name: &str, each: impl FnMut(&ClaimKey)) {
         let index = self.inner.lock().unwrap();
-        index
-            .by_service
-            .get(&(ns.to_string(), name.to_string()))
-            .map(|claims| claims.iter().cloned().collect())
-            .unwrap_or_default()
+        if let Some(claims) = index.by_service.get(&(ns.to_string(), name.to_string())) {
+            claims.iter().for_each(each);
+        }
     }
 }
 
@@ -601,11 +615,8 @@ mod tests {
     }
 
     fn names(index: &ClaimIndex, service: &str) -> Vec<String> {
-        let mut names: Vec<String> = index
-            .claims("shop", service)
-            .into_iter()
-            .map(|c| c.name)
-            .collect();
+        let mut names = Vec::new();
+        index.each_claim("shop", service, |c| names.push(c.name.clone()));
         names.sort();
         names
     }
@@ -625,7 +636,9 @@ mod tests {
         index.saw(&Event::Delete(guarded("a", "orders", &[])));
         assert_eq!(names(&index, "orders"), ["b"]);
         // Another namespace's Service of the same name is another Service.
-        assert!(index.claims("other", "orders").is_empty());
+        let mut elsewhere = 0;
+        index.each_claim("other", "orders", |_| elsewhere += 1);
+        assert_eq!(elsewhere, 0);
         // A claim that does not deserialize concerns no Service.
         let broken: DeserializeGuard<DatabaseClaim> =
             DeserializeGuard(Err(kube::core::error_boundary::InvalidObject {

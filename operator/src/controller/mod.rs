@@ -116,11 +116,6 @@ fn services_of(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Vec<ObjectRef<Se
         .collect()
 }
 
-/// [`services_of`] as the key claims are gathered by.
-fn services_key(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Option<Vec<ObjectRef<Service>>> {
-    Some(services_of(claim)).filter(|s| !s.is_empty())
-}
-
 /// The server a claim is placed on.
 fn server_of(claim: &Arc<DeserializeGuard<DatabaseClaim>>) -> Option<ObjectRef<DatabaseServer>> {
     Some(ObjectRef::new(
@@ -446,17 +441,20 @@ pub async fn run(
         caches::changed(services_for_services, caches::spec_and_metadata),
         service_store,
     )
-    .watches_shared_stream(
-        caches::throttled(
-            futures::stream::select(claims_for_services, claims_gone_for_services),
-            // Gathered by the Services a claim concerns, so a claim that
-            // grants read access is never folded into one that does not.
-            services_key,
-            GATHER,
-            GATHER_LONGEST,
+    // A change of a claim, for each Service it concerns, and a claim whose
+    // Secret its table does not name yet asking for a pass, are gathered
+    // together, by Service: one window per Service, not one for each kind
+    // of reason (each pass of a large Service goes over all its claims).
+    .reconcile_on(caches::throttled(
+        futures::stream::select(
+            futures::stream::select(claims_for_services, claims_gone_for_services)
+                .flat_map(|claim| futures::stream::iter(services_of(&claim))),
+            received(asked),
         ),
-        |claim| services_of(&claim),
-    )
+        |service| Some(service.clone()),
+        GATHER,
+        GATHER_LONGEST,
+    ))
     // Its Role and RoleBinding, edited or deleted by someone else, are
     // written back.
     .owns_shared_stream(futures::stream::select(
@@ -488,14 +486,6 @@ pub async fn run(
                 .collect::<Vec<_>>()
         },
     )
-    // A claim whose Secret its table does not name yet asks for a pass.
-    // Gathered like the claims' changes.
-    .reconcile_on(caches::throttled(
-        received(asked),
-        |service| Some(service.clone()),
-        GATHER,
-        GATHER_LONGEST,
-    ))
     .graceful_shutdown_on(stopped(&stop))
     .run(
         |o, c| async move { measured(&c.clone(), "service", service::reconcile(o, c)).await },

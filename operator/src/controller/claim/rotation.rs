@@ -78,6 +78,16 @@ pub fn due_binding(claim: &crate::api::DatabaseClaim, now: Timestamp) -> Option<
     let trigger = kube::ResourceExt::annotations(claim)
         .get(ROTATE_ANNOTATION)
         .map(String::as_str);
+    let scheduled = claim
+        .spec
+        .rotation
+        .as_ref()
+        .is_some_and(|r| r.every_seconds.is_some());
+    if trigger.is_none() && !scheduled {
+        // Neither asked for nor on a schedule: none is due (most claims, and
+        // a Service's pass asks this of each of its claims).
+        return None;
+    }
     let creds = recorded(
         claim.status.as_ref().and_then(|s| s.credentials.clone()),
         trigger,
