@@ -90,8 +90,23 @@ pub async fn apply<K>(api: &Api<K>, desired: &K, current: Option<K>) -> Result<K
 where
     K: Resource + Clone + Serialize + DeserializeOwned + Debug,
 {
-    let mut want = serde_json::to_value(desired).expect("serializable");
+    let want = serde_json::to_value(desired).expect("serializable");
     let hash = desired_hash(&want);
+    apply_value(api, &desired.name_any(), want, hash, current).await
+}
+
+/// [`apply`] of `want`, the desired object as a value, whose
+/// [`desired_hash`] is `hash`.
+async fn apply_value<K>(
+    api: &Api<K>,
+    name: &str,
+    mut want: Value,
+    hash: String,
+    current: Option<K>,
+) -> Result<K, kube::Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
     if let Some(current) = current {
         let have = serde_json::to_value(&current).expect("serializable");
         if applied_from(&want, &hash, &have) {
@@ -99,10 +114,9 @@ where
         }
     }
     want["metadata"]["annotations"][APPLIED_HASH_ANNOTATION] = Value::String(hash);
-    let name = desired.name_any();
     tracing::debug!(%name, "apply");
     api.patch(
-        &name,
+        name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(want),
     )
@@ -110,7 +124,11 @@ where
 }
 
 /// As [`apply`], for an object whose watch brings a reconcile back: a write
-/// is recorded in `own` so that its event does not.
+/// is recorded in `own` so that its event does not. A cached copy older than
+/// this operator's last write of the object, when that write was applied
+/// from the same desired object, needs no write either: the cache has not
+/// caught up with it yet (a change someone makes after that write comes as
+/// an event of its own, after the write's, and brings the reconcile back).
 pub async fn apply_recorded<K>(
     api: &Api<K>,
     desired: &K,
@@ -120,10 +138,15 @@ pub async fn apply_recorded<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
+    let want = serde_json::to_value(desired).expect("serializable");
+    let hash = desired_hash(&want);
+    if let Some(cached) = cached.as_ref().filter(|c| own.applied_since(*c, &hash)) {
+        return Ok(cached.clone());
+    }
     let before = cached.as_ref().and_then(|c| c.resource_version());
-    let live = apply(api, desired, cached).await?;
+    let live = apply_value(api, &desired.name_any(), want, hash.clone(), cached).await?;
     if live.resource_version() != before {
-        own.record(&live);
+        own.record_applied(&live, hash);
     }
     Ok(live)
 }

@@ -378,7 +378,15 @@ pub fn any_change<K: Resource>(obj: &K) -> u64 {
 /// (its event came before the answer to the write: it was acted on).
 #[derive(Clone, Default)]
 pub struct OwnWrites {
-    written: Arc<std::sync::Mutex<HashMap<ObjectKey, (String, Instant)>>>,
+    written: Arc<std::sync::Mutex<HashMap<ObjectKey, OwnWrite>>>,
+}
+
+/// One recorded write: the version the apiserver gave it, when, and the
+/// [`desired_hash`](super::apply::desired_hash) of the object it applied.
+struct OwnWrite {
+    version: String,
+    at: Instant,
+    applied: Option<String>,
 }
 
 /// An object by kind, namespace and name.
@@ -398,23 +406,53 @@ fn own_key<K: Resource<DynamicType = ()>>(obj: &K) -> (String, String, String) {
 impl OwnWrites {
     /// Records `obj`, as the apiserver answered a write of it.
     pub fn record<K: Resource<DynamicType = ()>>(&self, obj: &K) {
+        self.insert(obj, None);
+    }
+
+    /// [`record`](Self::record) of a write applied from a desired object
+    /// whose hash is `hash`.
+    pub fn record_applied<K: Resource<DynamicType = ()>>(&self, obj: &K, hash: String) {
+        self.insert(obj, Some(hash));
+    }
+
+    fn insert<K: Resource<DynamicType = ()>>(&self, obj: &K, applied: Option<String>) {
         let Some(version) = obj.resource_version() else {
             return;
         };
         let now = Instant::now();
         let mut written = self.written.lock().unwrap();
-        written.retain(|_, (_, at)| now.duration_since(*at) < OWN_WRITE_TTL);
-        written.insert(own_key(obj), (version, now));
+        written.retain(|_, w| now.duration_since(w.at) < OWN_WRITE_TTL);
+        let write = OwnWrite {
+            version,
+            at: now,
+            applied,
+        };
+        written.insert(own_key(obj), write);
     }
 
     /// Whether the operator wrote `obj` since the copy given was read: a
     /// write of it is recorded whose event has not been seen, at another
     /// version than this copy's (a cache that lags behind that write).
     pub fn wrote_since<K: Resource<DynamicType = ()>>(&self, obj: &K) -> bool {
+        self.since(obj).is_some()
+    }
+
+    /// Whether the operator applied `obj`, from a desired object whose hash
+    /// is `hash`, since the copy given was read (as [`wrote_since`](Self::wrote_since)).
+    pub fn applied_since<K: Resource<DynamicType = ()>>(&self, obj: &K, hash: &str) -> bool {
+        self.since(obj)
+            .flatten()
+            .is_some_and(|applied| applied == hash)
+    }
+
+    /// The hash a write of `obj` newer than this copy was applied from
+    /// (`Some(None)`: a write not applied from a desired object).
+    fn since<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Option<Option<String>> {
         let written = self.written.lock().unwrap();
-        written.get(&own_key(obj)).is_some_and(|(version, at)| {
-            at.elapsed() < OWN_WRITE_TTL && obj.resource_version().as_deref() != Some(version)
-        })
+        let write = written.get(&own_key(obj))?;
+        (write.at.elapsed() < OWN_WRITE_TTL
+            && obj.resource_version().as_deref() != Some(write.version.as_str()))
+        .then(|| write.applied.clone())
     }
 
     /// Whether `obj` is a write this operator recorded (the entry goes
@@ -423,7 +461,7 @@ impl OwnWrites {
         let mut written = self.written.lock().unwrap();
         let key = own_key(obj);
         match written.remove(&key) {
-            Some((version, _)) => obj.resource_version().as_deref() == Some(version.as_str()),
+            Some(write) => obj.resource_version().as_deref() == Some(write.version.as_str()),
             None => false,
         }
     }
@@ -778,5 +816,34 @@ mod gathering {
         // It was sent at 120 × 50 ms + 5 s.
         assert_eq!(after.len(), 1);
         assert_eq!(after[0].1, 11_000 + 200, "{out:?}");
+    }
+
+    #[test]
+    fn a_cache_behind_an_own_apply_of_the_same_desired_object_needs_no_write() {
+        let role = |version: &str| {
+            let mut role = Role::default();
+            role.metadata.name = Some("dbps-orders-bindings".into());
+            role.metadata.namespace = Some("shop".into());
+            role.metadata.resource_version = Some(version.into());
+            role
+        };
+        let own = OwnWrites::default();
+        own.record_applied(&role("11"), "hash-a".into());
+        // The cache shows the version before the write: that write stands.
+        assert!(own.wrote_since(&role("10")));
+        assert!(own.applied_since(&role("10"), "hash-a"));
+        // Another desired object is written all the same.
+        assert!(!own.applied_since(&role("10"), "hash-b"));
+        // The cache shows the write itself: compared as it is.
+        assert!(!own.applied_since(&role("11"), "hash-a"));
+        // The write's event is seen, then someone else's edit: that edit is
+        // compared as it is, not taken for the write.
+        assert!(own.is_own(&role("11")));
+        assert!(!own.applied_since(&role("12"), "hash-a"));
+        assert!(!own.is_own(&role("12")));
+        // A write not applied from a desired object says nothing of one.
+        own.record(&role("13"));
+        assert!(own.wrote_since(&role("12")));
+        assert!(!own.applied_since(&role("12"), "hash-a"));
     }
 }
