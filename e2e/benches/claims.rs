@@ -9,8 +9,9 @@
 //!   cache make one floor vary up to several times within minutes);
 //! - the **apiserver floor**: the writes a claim needs, of their kinds and
 //!   with the contents the operator wrote, issued directly after its run,
-//!   16 claims at a time: a copy of each claim created (the user's write),
-//!   given the finalizer, its binding Secret applied, its status written;
+//!   16 claims at a time: a copy of each claim created (the user's write,
+//!   which the chart's policy gives the finalizer; without it, a write of
+//!   its own), its binding Secret applied, its status written;
 //! - **N shared claims** from creation to all Ready: time, the operator's
 //!   peak RSS (`VmHWM`) and CPU seconds, its reconciles, and its requests
 //!   per claim from the apiserver's audit log (reads, writes, 429s);
@@ -33,8 +34,9 @@
 //! operator's Kubernetes side of N instances — from creation until every
 //! claim has its admin Secret, NetworkPolicy, Service and StatefulSet and
 //! waits for a ready replica (phase `Provisioning` with its endpoint) —
-//! against an apiserver floor of six writes per claim (finalizer, admin
-//! Secret, NetworkPolicy, Service, StatefulSet, status). There is no
+//! against an apiserver floor of five writes per claim (admin Secret,
+//! NetworkPolicy, Service, StatefulSet, status; six with the finalizer when
+//! no policy gives it). There is no
 //! database floor: no database is made.
 //!
 //! With `DBPS_BENCH_SERVERS=k` the shared claims are spread over k servers
@@ -42,6 +44,11 @@
 //! control plane do with N claims when no one server's own cost grows with
 //! N. The database floor then runs on k fresh servers the same way, each at
 //! the per-server concurrency.
+//!
+//! The chart's policy that gives each new claim the operator's finalizer is
+//! installed, as `helm install` does; `DBPS_BENCH_FINALIZER_POLICY=off`
+//! leaves it out (the operator then adds the finalizer with a write of its
+//! own, and so does the apiserver floor).
 //!
 //! `DBPS_BENCH_CLAIMS` lists the sizes (default `200,1000`),
 //! `DBPS_BENCH_RUNS` the runs of each (default 3); medians are printed last.
@@ -318,8 +325,9 @@ async fn apiserver_floor(
 /// The apiserver floor of shared claims: the writes a claim needs, of the
 /// kinds and with the contents the operator wrote, issued directly. For
 /// each Ready claim of the run, a copy in namespace `bench-floor` is
-/// created (the user's write), given the finalizer, its binding Secret
-/// applied and its status written; 16 claims at a time. Its seconds, and
+/// created (the user's write; the finalizer policy gives it the finalizer,
+/// or a write of its own does), its binding Secret applied and its status
+/// written; 16 claims at a time. Its seconds, and
 /// the control plane's CPU seconds.
 async fn claim_writes_floor(plane: &ControlPlane, client: &kube::Client) -> (f64, f64) {
     let namespace = floor_namespace(client).await;
@@ -348,13 +356,15 @@ async fn claim_writes_floor(plane: &ControlPlane, client: &kube::Client) -> (f64
                 }))
                 .unwrap();
                 let created = claims.create(&PostParams::default(), &copy).await.unwrap();
-                let finalizer = json!({ "metadata": {
-                    "finalizers": [FINALIZER], "resourceVersion": created.resource_version()
-                } });
-                claims
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(finalizer))
-                    .await
-                    .unwrap();
+                if !created.finalizers().iter().any(|f| f == FINALIZER) {
+                    let finalizer = json!({ "metadata": {
+                        "finalizers": [FINALIZER], "resourceVersion": created.resource_version()
+                    } });
+                    claims
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(finalizer))
+                        .await
+                        .unwrap();
+                }
                 let binding = json!({
                     "apiVersion": "v1", "kind": "Secret",
                     "metadata": {
@@ -418,6 +428,12 @@ fn service_name(i: usize) -> String {
         0 => "svc".into(),
         i => format!("svc-{i}"),
     }
+}
+
+/// Whether the chart's claim finalizer policy is installed
+/// (`DBPS_BENCH_FINALIZER_POLICY=off` leaves it out).
+fn finalizer_policy() -> bool {
+    std::env::var("DBPS_BENCH_FINALIZER_POLICY").as_deref() != Ok("off")
 }
 
 /// Whether the floors are measured (`DBPS_BENCH_FLOORS=off` leaves them out,
@@ -493,7 +509,7 @@ async fn run(n: usize) -> Sample {
     };
     // Shared claims' apiserver floor copies what the operator wrote, after its run.
     let (apiserver_floor_s, floor_control_plane_cpu_s) = match floors() && dedicated() {
-        true => apiserver_floor(&plane, &client, n, 6).await,
+        true => apiserver_floor(&plane, &client, n, 6 - usize::from(finalizer_policy())).await,
         false => (f64::NAN, f64::NAN),
     };
     let mut sample = Sample {
@@ -530,6 +546,11 @@ async fn run(n: usize) -> Sample {
     dbps_e2e::manifests::apply_yaml(&client, NAMESPACE, &yaml)
         .await
         .unwrap();
+    if finalizer_policy() {
+        dbps_e2e::operator::install_claim_finalizer_policy(&plane, &client, NAMESPACE)
+            .await
+            .unwrap();
+    }
 
     let kubeconfig = plane
         .write_kubeconfig(OPERATOR_USER, &["system:masters"])

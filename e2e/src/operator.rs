@@ -33,6 +33,76 @@ pub async fn install_crds(client: &Client) -> Result<(), Error> {
     Ok(())
 }
 
+/// The chart's directory.
+pub fn chart_dir() -> std::path::PathBuf {
+    std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/dbps-operator"
+    ))
+    .into()
+}
+
+/// Installs the chart's policy that gives each new `DatabaseClaim` the
+/// operator's finalizer, as `helm install` (default values) makes it, and
+/// waits until the apiserver applies it: a claim created in `namespace`
+/// (dry run) comes back with the finalizer.
+pub async fn install_claim_finalizer_policy(
+    plane: &crate::control_plane::ControlPlane,
+    client: &Client,
+    namespace: &str,
+) -> Result<(), Error> {
+    use dbps_operator::api::DatabaseClaim;
+    let chart = chart_dir();
+    let out = plane.tool(
+        "helm",
+        &[
+            "template",
+            "dbps",
+            &chart.display().to_string(),
+            "--show-only",
+            "templates/claim-finalizer-policy.yaml",
+            // As `helm install` finds it on this apiserver (1.36).
+            "--api-versions",
+            "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
+        ],
+    )?;
+    if !out.status.success() {
+        return Err(Error::Wait(format!(
+            "helm template: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    crate::manifests::apply_yaml(client, namespace, &String::from_utf8_lossy(&out.stdout)).await?;
+    let claims: Api<DatabaseClaim> = Api::namespaced(client.clone(), namespace);
+    let probe: DatabaseClaim = serde_json::from_value(serde_json::json!({
+        "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim",
+        "metadata": { "name": "finalizer-policy-probe" },
+        "spec": { "serviceRef": { "name": "probe" }, "engine": "postgres" }
+    }))
+    .expect("a valid claim");
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let created = claims.create(&dry_run, &probe).await?;
+        if created
+            .finalizers()
+            .iter()
+            .any(|f| f == controller::FINALIZER)
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Error::Wait(
+                "the claim finalizer policy not applied in 30s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Label of the `DatabaseServer`s a test registers: its namespace.
 pub const TEST_LABEL: &str = "dbps-e2e/test";
 

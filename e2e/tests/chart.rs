@@ -15,6 +15,7 @@ use dbps_operator::api::{ClaimPhase, DatabaseClaim};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::rbac::v1::ClusterRole;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::OnceCell;
@@ -22,6 +23,9 @@ use tokio::sync::OnceCell;
 const RELEASE: &str = "dbps-operator";
 const RELEASE_NAMESPACE: &str = "dbps-system";
 /// The identity of the chart's ServiceAccount.
+/// The API of the claim finalizer policy, which the chart installs where the
+/// cluster serves it.
+const MUTATING_POLICY_API: &str = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy";
 const OPERATOR_USER: &str = "system:serviceaccount:dbps-system:dbps-operator";
 const OPERATOR_GROUPS: [&str; 3] = [
     "system:serviceaccounts",
@@ -97,6 +101,8 @@ async fn chart_lints_renders_and_rejects_bad_values() {
             &chart(),
             "--namespace",
             RELEASE_NAMESPACE,
+            "--api-versions",
+            MUTATING_POLICY_API,
         ],
     );
     assert!(ok, "{defaults}");
@@ -105,6 +111,8 @@ async fn chart_lints_renders_and_rejects_bad_values() {
         "Deployment",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
+        "MutatingAdmissionPolicy",
+        "MutatingAdmissionPolicyBinding",
         "Role",
     ] {
         assert!(
@@ -122,6 +130,26 @@ async fn chart_lints_renders_and_rejects_bad_values() {
     ] {
         assert!(defaults.contains(line), "{line:?} missing:\n{defaults}");
     }
+    // The finalizer policy binds in every namespace the operator watches:
+    // all of them by default.
+    let binding = |rendered: &str| -> String {
+        rendered
+            .split("\n---\n")
+            .find(|d| d.contains("kind: MutatingAdmissionPolicyBinding\n"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(!binding(&defaults).is_empty(), "{defaults}");
+    assert!(!binding(&defaults).contains("matchResources"), "{defaults}");
+    // A cluster that does not serve the API (before Kubernetes 1.36) gets
+    // everything else, and the operator adds the finalizer itself.
+    let (ok, older) = run(&ctx, "helm", &["template", RELEASE, &chart()]);
+    assert!(ok, "{older}");
+    assert!(!older.contains("kind: MutatingAdmissionPolicy"), "{older}");
+    assert!(
+        older.contains("kind: ValidatingAdmissionPolicy\n"),
+        "{older}"
+    );
 
     let values = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
@@ -132,7 +160,22 @@ async fn chart_lints_renders_and_rejects_bad_values() {
     )
     .unwrap();
     let path = values.path().display().to_string();
-    let (ok, custom) = run(&ctx, "helm", &["template", RELEASE, &chart(), "-f", &path]);
+    let template = |path: &str| {
+        run(
+            &ctx,
+            "helm",
+            &[
+                "template",
+                RELEASE,
+                &chart(),
+                "-f",
+                path,
+                "--api-versions",
+                MUTATING_POLICY_API,
+            ],
+        )
+    };
+    let (ok, custom) = template(&path);
     assert!(ok, "{custom}");
     assert!(custom.contains("kind: ServiceMonitor"));
     assert!(custom.contains("- --namespace=shop"));
@@ -140,6 +183,20 @@ async fn chart_lints_renders_and_rejects_bad_values() {
     assert!(!custom.contains("--leader-election"));
     assert!(!custom.contains("kind: ValidatingAdmissionPolicy"));
     assert!(!custom.contains("name: dbps-operator-leader-election"));
+    // Watching one namespace, new claims of that namespace only get the
+    // finalizer: one of another namespace would keep a finalizer no
+    // operator removes.
+    assert!(
+        binding(&custom).contains(
+            "  matchResources:\n    namespaceSelector:\n      matchLabels:\n        kubernetes.io/metadata.name: shop"
+        ),
+        "{custom}"
+    );
+    std::fs::write(values.path(), "claimFinalizerPolicy: { enabled: false }\n").unwrap();
+    let (ok, without) = template(&path);
+    assert!(ok, "{without}");
+    assert!(!without.contains("kind: MutatingAdmissionPolicy"));
+    assert!(without.contains("kind: ValidatingAdmissionPolicy\n"));
 
     for (bad, expect) in [
         ("replicaCount: 0\n", "replicaCount"),
@@ -150,6 +207,10 @@ async fn chart_lints_renders_and_rejects_bad_values() {
             "validationActions",
         ),
         ("unknownSetting: true\n", "unknownSetting"),
+        (
+            "claimFinalizerPolicy: { enabled: maybe }\n",
+            "claimFinalizerPolicy",
+        ),
     ] {
         std::fs::write(values.path(), bad).unwrap();
         let (ok, out) = run(&ctx, "helm", &["template", RELEASE, &chart(), "-f", &path]);
@@ -236,6 +297,7 @@ spec: {{ serviceRef: {{ name: shop }}, engine: postgres, server: {{ name: {ns}-p
         password = postgres.admin_password,
         port = postgres.port,
     );
+    let offset = ctx.plane().audit_offset();
     dbps_e2e::manifests::apply_yaml(&ctx.client, ns, &manifests)
         .await
         .unwrap();
@@ -258,6 +320,22 @@ spec: {{ serviceRef: {{ name: shop }}, engine: postgres, server: {{ name: {ns}-p
         phase_is(ClaimPhase::Ready),
     )
     .await;
+    // The chart's policy gave each claim the finalizer as it was created:
+    // the operator wrote none of them but for their status.
+    for claim in claims.list(&Default::default()).await.unwrap().items {
+        assert_eq!(claim.finalizers(), [dbps_operator::controller::FINALIZER]);
+    }
+    let claim_writes: Vec<String> = ctx
+        .plane()
+        .audit_events_since(offset)
+        .into_iter()
+        .filter(|e| e["user"]["username"] == OPERATOR_USER)
+        .filter(|e| e["objectRef"]["resource"] == "databaseclaims")
+        .filter(|e| e["objectRef"]["subresource"].is_null())
+        .filter(|e| !matches!(e["verb"].as_str(), Some("get" | "list" | "watch")))
+        .map(|e| format!("{} {}", e["verb"], e["requestURI"]))
+        .collect();
+    assert!(claim_writes.is_empty(), "{claim_writes:#?}");
     // Rotation (writes the stable binding again; the second one deletes the
     // first rotation's Secret once its grace period is over) and deletion
     // (drops a volume) work too.
@@ -354,6 +432,49 @@ spec: {{ serviceRef: {{ name: shop }}, engine: postgres, server: {{ name: {ns}-p
         reason_is("InstanceUnreachable"),
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_claim_carries_the_finalizer_from_its_creation_and_once() {
+    let ctx = TestContext::new("chart-finalizer").await.unwrap();
+    installed(&ctx).await;
+    // No operator runs here: what the claims carry is the policy's doing.
+    let claims = ctx.api::<DatabaseClaim>();
+    let finalizer = dbps_operator::controller::FINALIZER;
+    let claim = |name: &str, finalizers: &[&str]| -> DatabaseClaim {
+        serde_json::from_value(json!({
+            "apiVersion": "dbps.io/v1alpha1", "kind": "DatabaseClaim",
+            "metadata": { "name": name, "finalizers": finalizers },
+            "spec": { "serviceRef": { "name": "shop" }, "engine": "postgres" }
+        }))
+        .unwrap()
+    };
+    for (name, asked, carried) in [
+        ("plain", &[][..], &[finalizer][..]),
+        ("listed", &[finalizer][..], &[finalizer][..]),
+        (
+            "other",
+            &["example.com/keep"][..],
+            &["example.com/keep", finalizer][..],
+        ),
+    ] {
+        let created = claims
+            .create(&PostParams::default(), &claim(name, asked))
+            .await
+            .unwrap();
+        assert_eq!(created.finalizers(), carried, "{name}");
+    }
+    // Only a creation is changed: a user who takes the finalizer off later
+    // (the operator puts it back, or removes it on deletion) is not
+    // overruled by the policy.
+    let off = json!({ "metadata": { "finalizers": null } });
+    for name in ["plain", "listed", "other"] {
+        let patched = claims
+            .patch(name, &PatchParams::default(), &Patch::Merge(&off))
+            .await
+            .unwrap();
+        assert!(patched.finalizers().is_empty(), "{name}");
+    }
 }
 
 fn pod(name: &str, service: Option<&str>, account: &str, spec: serde_json::Value) -> Pod {
