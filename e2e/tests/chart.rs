@@ -475,6 +475,22 @@ async fn a_claim_carries_the_finalizer_from_its_creation_and_once() {
             .unwrap();
         assert!(patched.finalizers().is_empty(), "{name}");
     }
+    // The operator puts it back, once (their Service does not even exist).
+    let operator = RunningOperator::start(&ctx, Duration::from_secs(300))
+        .await
+        .unwrap();
+    for name in ["plain", "listed", "other"] {
+        ctx.wait_for(
+            &claims,
+            name,
+            "the finalizer taken off by hand is put back",
+            move |c: Option<&DatabaseClaim>| {
+                c.is_some_and(|c| c.finalizers().iter().filter(|f| *f == finalizer).count() == 1)
+            },
+        )
+        .await;
+    }
+    operator.stop().await;
 }
 
 fn pod(name: &str, service: Option<&str>, account: &str, spec: serde_json::Value) -> Pod {
