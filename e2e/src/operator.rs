@@ -33,6 +33,10 @@ pub async fn install_crds(client: &Client) -> Result<(), Error> {
     Ok(())
 }
 
+/// The API of the chart's claim finalizer policy, which the chart installs
+/// where the cluster serves it (as `helm template --api-versions` names it).
+pub const MUTATING_POLICY_API: &str = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy";
+
 /// The chart's directory.
 pub fn chart_dir() -> std::path::PathBuf {
     std::path::Path::new(concat!(
@@ -63,7 +67,7 @@ pub async fn install_claim_finalizer_policy(
             "templates/claim-finalizer-policy.yaml",
             // As `helm install` finds it on this apiserver (1.36).
             "--api-versions",
-            "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy",
+            MUTATING_POLICY_API,
         ],
     )?;
     if !out.status.success() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dbps_e2e::claims::{phase_is, reason_is};
 use dbps_e2e::databases::{Kind, LocalServer};
-use dbps_e2e::operator::TEST_LABEL;
+use dbps_e2e::operator::{MUTATING_POLICY_API, TEST_LABEL, chart_dir};
 use dbps_e2e::process::Process;
 use dbps_e2e::{RunningOperator, TestContext};
 use dbps_operator::api::{ClaimPhase, DatabaseClaim};
@@ -23,9 +23,6 @@ use tokio::sync::OnceCell;
 const RELEASE: &str = "dbps-operator";
 const RELEASE_NAMESPACE: &str = "dbps-system";
 /// The identity of the chart's ServiceAccount.
-/// The API of the claim finalizer policy, which the chart installs where the
-/// cluster serves it.
-const MUTATING_POLICY_API: &str = "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy";
 const OPERATOR_USER: &str = "system:serviceaccount:dbps-system:dbps-operator";
 const OPERATOR_GROUPS: [&str; 3] = [
     "system:serviceaccounts",
@@ -34,8 +31,7 @@ const OPERATOR_GROUPS: [&str; 3] = [
 ];
 
 fn chart() -> String {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/dbps-operator");
-    dir.canonicalize().unwrap().display().to_string()
+    chart_dir().canonicalize().unwrap().display().to_string()
 }
 
 fn run(ctx: &TestContext, tool: &str, args: &[&str]) -> (bool, String) {
