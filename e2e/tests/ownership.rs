@@ -15,6 +15,7 @@ use dbps_operator::engines::Grant;
 use dbps_operator::servers::Servers;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -930,6 +931,159 @@ async fn an_edited_or_deleted_ownership_table_is_written_back_at_once() {
             .unwrap()
             .is_some()
     );
+}
+
+#[tokio::test]
+async fn an_edited_or_deleted_reader_role_or_binding_is_written_back_at_once() {
+    // A resync far away: only the Roles' and RoleBindings' own watches can
+    // bring them back.
+    let (ctx, _operator) = setup("reader-role", Duration::from_secs(3600)).await;
+    let server = LocalServer::start(Kind::Postgres).await.unwrap();
+    let name = format!("{}-srv", ctx.namespace);
+    register(&ctx, &name, &server, json!({})).await;
+    service(&ctx, "orders", json!({})).await;
+    service(&ctx, "intruder", json!({})).await;
+    claim(
+        &ctx,
+        "orders-db",
+        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres", "server": { "name": name } }),
+    )
+    .await;
+    let claims = ctx.api::<DatabaseClaim>();
+    ctx.wait_for(&claims, "orders-db", "owner Ready", reason_is("Ready"))
+        .await;
+    let roles = ctx.api::<Role>();
+    let bindings = ctx.api::<RoleBinding>();
+    let names_of = |r: Option<&Role>| -> Option<Vec<Option<Vec<String>>>> {
+        Some(
+            r?.rules
+                .iter()
+                .flatten()
+                .map(|rule| rule.resource_names.clone())
+                .collect(),
+        )
+    };
+    let grants_orders = move |r: Option<&Role>| {
+        names_of(r) == Some(vec![Some(vec!["orders-db-binding".to_string()])])
+    };
+    let grants_nothing = move |r: Option<&Role>| names_of(r) == Some(vec![]);
+    ctx.wait_for(
+        &roles,
+        "dbps-orders-binding-reader",
+        "owner's Role",
+        grants_orders,
+    )
+    .await;
+    ctx.wait_for(
+        &roles,
+        "dbps-intruder-binding-reader",
+        "intruder's Role",
+        grants_nothing,
+    )
+    .await;
+    let subjects = bindings
+        .get("dbps-orders-binding-reader")
+        .await
+        .unwrap()
+        .subjects;
+    // Past the Services' last gathered writes: nothing is pending when they
+    // are edited.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // The intruder's Role is given the owner's binding Secret.
+    let grant = json!({ "rules": [{
+        "apiGroups": [""], "resources": ["secrets"],
+        "resourceNames": ["orders-db-binding"], "verbs": ["get"]
+    }] });
+    roles
+        .patch(
+            "dbps-intruder-binding-reader",
+            &PatchParams::default(),
+            &Patch::Merge(&grant),
+        )
+        .await
+        .unwrap();
+    ctx.wait_for(
+        &roles,
+        "dbps-intruder-binding-reader",
+        "the intruder's Role written back to nothing",
+        grants_nothing,
+    )
+    .await;
+
+    // The owner's RoleBinding is given the intruder's account too.
+    let mut widened = subjects.clone().unwrap_or_default();
+    widened.push(k8s_openapi::api::rbac::v1::Subject {
+        kind: "ServiceAccount".into(),
+        name: "intruder".into(),
+        namespace: Some(ctx.namespace.clone()),
+        ..Default::default()
+    });
+    bindings
+        .patch(
+            "dbps-orders-binding-reader",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "subjects": widened })),
+        )
+        .await
+        .unwrap();
+    let expected = subjects.clone();
+    ctx.wait_for(
+        &bindings,
+        "dbps-orders-binding-reader",
+        "the owner's RoleBinding written back to its account",
+        move |b: Option<&RoleBinding>| b.is_some_and(|b| b.subjects == expected),
+    )
+    .await;
+
+    // The owner's Role loses its resourceNames: it would grant every
+    // Secret of the namespace.
+    let every =
+        json!({ "rules": [{ "apiGroups": [""], "resources": ["secrets"], "verbs": ["get"] }] });
+    roles
+        .patch(
+            "dbps-orders-binding-reader",
+            &PatchParams::default(),
+            &Patch::Merge(&every),
+        )
+        .await
+        .unwrap();
+    ctx.wait_for(
+        &roles,
+        "dbps-orders-binding-reader",
+        "the owner's Role written back to its Secret",
+        grants_orders,
+    )
+    .await;
+
+    // The owner's Role is deleted, then edited again at once, while the
+    // operator's cache may still show the Role it wrote before.
+    roles
+        .delete("dbps-orders-binding-reader", &DeleteParams::default())
+        .await
+        .unwrap();
+    ctx.wait_for(
+        &roles,
+        "dbps-orders-binding-reader",
+        "the owner's Role written again",
+        grants_orders,
+    )
+    .await;
+    roles
+        .patch(
+            "dbps-orders-binding-reader",
+            &PatchParams::default(),
+            &Patch::Merge(&every),
+        )
+        .await
+        .unwrap();
+    ctx.wait_for(
+        &roles,
+        "dbps-orders-binding-reader",
+        "the owner's Role written back once more",
+        grants_orders,
+    )
+    .await;
 }
 
 #[tokio::test]
