@@ -797,17 +797,16 @@ async fn minor_versions_roll_and_a_major_change_is_refused() {
     assert_eq!(image(Some(&live)).as_deref(), Some("postgres:15"));
 }
 
-#[tokio::test]
-async fn an_edited_or_deleted_ownership_table_is_written_back_at_once() {
-    // A resync far away: only the table's own watch can bring it back.
-    let (ctx, _operator) = setup("table", Duration::from_secs(3600)).await;
+/// Services `orders` and `intruder`, and claim `orders-db` of `orders`
+/// Ready on a PostgreSQL server (returned: it runs while held).
+async fn orders_ready_beside_an_intruder(ctx: &TestContext) -> LocalServer {
     let server = LocalServer::start(Kind::Postgres).await.unwrap();
     let name = format!("{}-srv", ctx.namespace);
-    register(&ctx, &name, &server, json!({})).await;
-    service(&ctx, "orders", json!({})).await;
-    service(&ctx, "intruder", json!({})).await;
+    register(ctx, &name, &server, json!({})).await;
+    service(ctx, "orders", json!({})).await;
+    service(ctx, "intruder", json!({})).await;
     claim(
-        &ctx,
+        ctx,
         "orders-db",
         json!({ "serviceRef": { "name": "orders" }, "engine": "postgres", "server": { "name": name } }),
     )
@@ -815,6 +814,14 @@ async fn an_edited_or_deleted_ownership_table_is_written_back_at_once() {
     let claims = ctx.api::<DatabaseClaim>();
     ctx.wait_for(&claims, "orders-db", "owner Ready", reason_is("Ready"))
         .await;
+    server
+}
+
+#[tokio::test]
+async fn an_edited_or_deleted_ownership_table_is_written_back_at_once() {
+    // A resync far away: only the table's own watch can bring it back.
+    let (ctx, _operator) = setup("table", Duration::from_secs(3600)).await;
+    let _server = orders_ready_beside_an_intruder(&ctx).await;
     let tables = ctx.api::<ConfigMap>();
     let entry_is = |owner: &'static str| {
         move |c: Option<&ConfigMap>| {
@@ -938,20 +945,7 @@ async fn an_edited_or_deleted_reader_role_or_binding_is_written_back_at_once() {
     // A resync far away: only the Roles' and RoleBindings' own watches can
     // bring them back.
     let (ctx, _operator) = setup("reader-role", Duration::from_secs(3600)).await;
-    let server = LocalServer::start(Kind::Postgres).await.unwrap();
-    let name = format!("{}-srv", ctx.namespace);
-    register(&ctx, &name, &server, json!({})).await;
-    service(&ctx, "orders", json!({})).await;
-    service(&ctx, "intruder", json!({})).await;
-    claim(
-        &ctx,
-        "orders-db",
-        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres", "server": { "name": name } }),
-    )
-    .await;
-    let claims = ctx.api::<DatabaseClaim>();
-    ctx.wait_for(&claims, "orders-db", "owner Ready", reason_is("Ready"))
-        .await;
+    let _server = orders_ready_beside_an_intruder(&ctx).await;
     let roles = ctx.api::<Role>();
     let bindings = ctx.api::<RoleBinding>();
     let names_of = |r: Option<&Role>| -> Option<Vec<Option<Vec<String>>>> {
