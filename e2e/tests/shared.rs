@@ -806,6 +806,11 @@ async fn influxdb_ca_put_right_after_a_failed_handshake_is_used() {
     ca_fixed(Kind::InfluxDb, Engine::Influxdb).await;
 }
 
+#[tokio::test]
+async fn mongodb_wire_ca_put_right_after_a_failed_handshake_is_used() {
+    ca_fixed(Kind::FerretDb, Engine::Mongodb).await;
+}
+
 /// A TCP proxy to `upstream` that holds every connection, unanswered, until
 /// `open` is set: a server that has stalled, then recovers.
 async fn stalling_proxy(upstream: u16) -> (u16, tokio::sync::watch::Sender<bool>) {

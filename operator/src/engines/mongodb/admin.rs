@@ -3,7 +3,11 @@
 //! is created without any, and the server is reported as not enforcing
 //! per-database roles.
 
+use std::sync::{Arc, Mutex};
+
 use mongodb::bson::{Bson, Document, doc};
+use mongodb::event::EventHandler;
+use mongodb::event::sdam::SdamEvent;
 use mongodb::options::{ClientOptions, Credential, ServerAddress};
 
 use crate::engines::ownership::{self, Claimant, Mark, ObjectKind, Presence, Verdict, authorize};
@@ -14,12 +18,53 @@ use crate::engines::admin::{
     TIMEOUT,
 };
 
+/// A client of one server, and the last failure of the driver's checks of
+/// that server. An operation on a server that cannot be reached fails its
+/// server selection with the driver's picture of the whole topology, which
+/// says more or less from one try to the next (a check under way, a check
+/// failed); the check's own failure says what went wrong, the same way each
+/// time, and tells a failed TLS handshake from a refused connection.
+struct Client {
+    inner: mongodb::Client,
+    failed_check: Arc<Mutex<Option<mongodb::error::Error>>>,
+}
+
+impl Client {
+    fn database(&self, name: &str) -> mongodb::Database {
+        self.inner.database(name)
+    }
+
+    fn classify(&self, e: mongodb::error::Error) -> AdminError {
+        use mongodb::error::ErrorKind;
+        match *e.kind {
+            ErrorKind::ServerSelection { .. } => {
+                match self.failed_check.lock().unwrap().clone() {
+                    Some(check) => failed_check(check),
+                    // No check has failed, none has answered in time either.
+                    None => AdminError::Timeout,
+                }
+            }
+            _ => classify(e),
+        }
+    }
+}
+
+/// Why a check of the server failed: its connection's error.
+fn failed_check(e: mongodb::error::Error) -> AdminError {
+    use mongodb::error::ErrorKind;
+    match &*e.kind {
+        ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => AdminError::Timeout,
+        ErrorKind::Io(io) => crate::engines::admin::connection_failure(&**io, io.to_string()),
+        _ => classify(e),
+    }
+}
+
 async fn client(
     conn: &Connection,
     user: &str,
     password: &str,
     source: &str,
-) -> Result<mongodb::Client, AdminError> {
+) -> Result<Client, AdminError> {
     // Held until the client is built, which reads it.
     let ca = conn
         .tls
@@ -27,6 +72,13 @@ async fn client(
         .and_then(|tls| tls.ca_pem.as_deref())
         .map(CaFile::write)
         .transpose()?;
+    let failed = Arc::new(Mutex::new(None));
+    let record = failed.clone();
+    let checks = EventHandler::callback(move |event: SdamEvent| match event {
+        SdamEvent::ServerHeartbeatFailed(check) => *record.lock().unwrap() = Some(check.failure),
+        SdamEvent::ServerHeartbeatSucceeded(_) => *record.lock().unwrap() = None,
+        _ => {}
+    });
     let options = ClientOptions::builder()
         .hosts(vec![ServerAddress::Tcp {
             host: conn.host.clone(),
@@ -52,8 +104,12 @@ async fn client(
                     .build(),
             ),
         })
+        .sdam_event_handler(checks)
         .build();
-    mongodb::Client::with_options(options).map_err(classify)
+    Ok(Client {
+        inner: mongodb::Client::with_options(options).map_err(classify)?,
+        failed_check: failed,
+    })
 }
 
 /// A server's CA, for the driver, which takes it only as a file and reads it
@@ -87,7 +143,7 @@ impl Drop for CaFile {
     }
 }
 
-async fn admin(conn: &Connection) -> Result<mongodb::Client, AdminError> {
+async fn admin(conn: &Connection) -> Result<Client, AdminError> {
     client(conn, &conn.username, &conn.password, "admin").await
 }
 
@@ -102,16 +158,12 @@ fn classify(e: mongodb::error::Error) -> AdminError {
     }
 }
 
-async fn run(
-    client: &mongodb::Client,
-    db: &str,
-    command: Document,
-) -> Result<Document, AdminError> {
+async fn run(client: &Client, db: &str, command: Document) -> Result<Document, AdminError> {
     client
         .database(db)
         .run_command(command)
         .await
-        .map_err(classify)
+        .map_err(|e| client.classify(e))
 }
 
 async fn info(conn: &Connection) -> Result<ServerInfo, AdminError> {
@@ -148,16 +200,12 @@ async fn can_login(conn: &Connection, grant: &Grant) -> bool {
     .is_ok()
 }
 
-async fn user_exists(
-    client: &mongodb::Client,
-    database: &str,
-    username: &str,
-) -> Result<bool, AdminError> {
+async fn user_exists(client: &Client, database: &str, username: &str) -> Result<bool, AdminError> {
     let info = run(client, database, doc! { "usersInfo": username }).await?;
     Ok(matches!(info.get("users"), Some(Bson::Array(users)) if !users.is_empty()))
 }
 
-async fn database_exists(client: &mongodb::Client, database: &str) -> Result<bool, AdminError> {
+async fn database_exists(client: &Client, database: &str) -> Result<bool, AdminError> {
     let listed = run(
         client,
         "admin",
@@ -176,21 +224,21 @@ fn user_key(database: &str, username: &str) -> String {
     format!("user:{database}.{username}")
 }
 
-fn catalog(client: &mongodb::Client) -> mongodb::Collection<Document> {
+fn catalog(client: &Client) -> mongodb::Collection<Document> {
     client
         .database(crate::engines::admin::CATALOG)
         .collection("owners")
 }
 
-async fn read_mark(client: &mongodb::Client, key: &str) -> Result<Option<String>, AdminError> {
+async fn read_mark(client: &Client, key: &str) -> Result<Option<String>, AdminError> {
     let found = catalog(client)
         .find_one(doc! { "_id": key })
         .await
-        .map_err(classify)?;
+        .map_err(|e| client.classify(e))?;
     Ok(found.and_then(|d| d.get_str("mark").ok().map(String::from)))
 }
 
-async fn write_mark(client: &mongodb::Client, key: &str, mark: &Mark) -> Result<(), AdminError> {
+async fn write_mark(client: &Client, key: &str, mark: &Mark) -> Result<(), AdminError> {
     catalog(client)
         .replace_one(
             doc! { "_id": key },
@@ -198,22 +246,22 @@ async fn write_mark(client: &mongodb::Client, key: &str, mark: &Mark) -> Result<
         )
         .upsert(true)
         .await
-        .map_err(classify)?;
+        .map_err(|e| client.classify(e))?;
     Ok(())
 }
 
-async fn erase_mark(client: &mongodb::Client, key: &str) -> Result<(), AdminError> {
+async fn erase_mark(client: &Client, key: &str) -> Result<(), AdminError> {
     catalog(client)
         .delete_one(doc! { "_id": key })
         .await
-        .map_err(classify)?;
+        .map_err(|e| client.classify(e))?;
     Ok(())
 }
 
 /// The database and users under these names with their marks, and for
 /// each whether it exists (a mark may stand for an object not made yet).
 async fn presences(
-    client: &mongodb::Client,
+    client: &Client,
     database: &str,
     usernames: &[String],
 ) -> Result<(Inventory, Vec<bool>), AdminError> {
@@ -464,5 +512,31 @@ mod tests {
             "left: {:?}",
             after.difference(&before)
         );
+    }
+
+    /// A server nobody listens on: the driver gives up on finding it after
+    /// its selection timeout, and the failure reads the same each time.
+    #[tokio::test]
+    async fn a_server_that_refuses_connections_fails_the_same_way_each_time() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conn = Connection {
+            engine: crate::api::Engine::Mongodb,
+            host: "127.0.0.1".into(),
+            port,
+            username: "admin".into(),
+            password: "secret".into(),
+            tls: None,
+        };
+        let (first, second) = tokio::join!(info(&conn), info(&conn));
+        let (first, second) = (first.unwrap_err(), second.unwrap_err());
+        assert!(
+            matches!(&first, AdminError::Unreachable(m) if m.contains("refused")),
+            "{first}"
+        );
+        assert_eq!(first.to_string(), second.to_string());
     }
 }
