@@ -866,6 +866,87 @@ async fn claim_ready(ctx: &TestContext, server: &str, name: &str) {
         .await;
 }
 
+/// The value of `series` once it has not changed for 3 s.
+async fn settled(operator: &OperatorProcess, series: &str) -> Option<f64> {
+    let mut last = operator.metric(series).await;
+    let mut since = std::time::Instant::now();
+    while since.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = operator.metric(series).await;
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        }
+    }
+    last
+}
+
+/// A ConfigMap someone gives the ownership tables' labels under a name of
+/// its own wakes no Service however often it changes (it is not the table
+/// of any), while an edit of a Service's table is written back.
+#[tokio::test]
+async fn a_configmap_labelled_as_a_table_under_another_name_wakes_no_service() {
+    let ctx = TestContext::new("chart-labelled").await.unwrap();
+    installed(&ctx).await;
+    let operator = OperatorProcess::start(&ctx, "solo", &[]);
+    operator.wait_ready().await;
+    let server = LocalServer::start(Kind::Postgres).await.unwrap();
+    let registered = format!("{}-pg", ctx.namespace);
+    dbps_e2e::fixtures::register(&ctx, &registered, &server, json!({})).await;
+    claim_ready(&ctx, &registered, "db").await;
+    let series = "dbps_reconciles_total{controller=\"service\"}";
+    let before = settled(&operator, series).await;
+    assert!(before.is_some_and(|n| n > 0.0));
+
+    let tables = ctx.api::<ConfigMap>();
+    let labelled: ConfigMap = serde_json::from_value(json!({
+        "metadata": {
+            "name": "not-a-table",
+            "labels": { "app.kubernetes.io/managed-by": "dbps-operator", "app.kubernetes.io/component": "ownership" },
+        },
+        "data": { "filler": "x".repeat(100_000) },
+    }))
+    .unwrap();
+    tables
+        .create(&PostParams::default(), &labelled)
+        .await
+        .unwrap();
+    for round in 0..10 {
+        let change = json!({ "data": { "round": round.to_string() } });
+        tables
+            .patch(
+                "not-a-table",
+                &PatchParams::default(),
+                &Patch::Merge(change),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(settled(&operator, series).await, before);
+
+    // The Service's own table, edited, brings its Service back.
+    let forged = json!({ "data": { "account.svc": "intruder" } });
+    tables
+        .patch(
+            "dbps-bindings-svc",
+            &PatchParams::default(),
+            &Patch::Merge(forged),
+        )
+        .await
+        .unwrap();
+    ctx.wait_for(
+        &tables,
+        "dbps-bindings-svc",
+        "table written back",
+        |t: Option<&ConfigMap>| {
+            t.and_then(|t| t.data.as_ref())
+                .is_some_and(|d| d.get("account.svc").map(String::as_str) == Some("svc"))
+        },
+    )
+    .await;
+    assert!(settled(&operator, series).await > before);
+}
+
 #[tokio::test]
 async fn the_operator_process_serves_health_and_metrics_logs_json_and_stops_on_sigterm() {
     let ctx = TestContext::new("chart-process").await.unwrap();

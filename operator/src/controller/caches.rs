@@ -304,6 +304,21 @@ pub fn slim<K: Resource>(obj: &mut K) {
     }
 }
 
+/// A ConfigMap of the tables' labels that is not an ownership table by its
+/// name (anyone who may make ConfigMaps can label one so): nothing reads
+/// what it holds, so the cache keeps its name and not its contents.
+pub fn slim_table(cm: &mut ConfigMap) {
+    if super::service::is_table(&cm.name_any()) {
+        return;
+    }
+    cm.data = None;
+    cm.binary_data = None;
+    let meta = &mut cm.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+}
+
 /// A shared store and the writer that fills it from a watch.
 pub fn shared<K>() -> (Store<K>, reflector::store::Writer<K>)
 where
@@ -624,6 +639,40 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_configmap_labelled_as_a_table_under_another_name_is_kept_as_its_name_alone() {
+        let labelled = |name: &str| -> ConfigMap {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": name, "namespace": "shop",
+                    "labels": { "app.kubernetes.io/component": "ownership" },
+                    "annotations": { "note": "x".repeat(1000) },
+                    "managedFields": [{ "manager": "dbps-operator", "operation": "Apply" }],
+                },
+                "data": { "secret.orders-db-binding": "x".repeat(100_000) },
+                "binaryData": { "blob": "AAAA" },
+            }))
+            .unwrap()
+        };
+        for name in ["dbps-bindings-orders", "dbps-bindings"] {
+            let mut table = labelled(name);
+            slim_table(&mut table);
+            assert_eq!(table, labelled(name), "{name} is a table: kept whole");
+        }
+        for name in ["junk", "dbps-bindingsorders", "orders-dbps-bindings"] {
+            let mut other = labelled(name);
+            slim_table(&mut other);
+            assert_eq!(other.name_any(), name);
+            assert_eq!(other.namespace().as_deref(), Some("shop"));
+            assert!(
+                other.data.is_none() && other.binary_data.is_none(),
+                "{name}"
+            );
+            assert!(other.metadata.labels.is_none() && other.metadata.annotations.is_none());
+            assert!(other.metadata.managed_fields.is_none());
+        }
+    }
 
     fn claim(generation: i64, phase: Option<crate::api::ClaimPhase>) -> Arc<DatabaseClaim> {
         let mut claim: DatabaseClaim = serde_json::from_value(serde_json::json!({

@@ -276,12 +276,13 @@ pub async fn run(
             .modify(caches::slim)
             .reflect_shared(role_binding_writer);
         // Only the ownership tables, by their labels: no other ConfigMap is
-        // seen.
+        // seen, and of one labelled so under another name only its name is kept.
         let tables = watcher(
             api_for::<ConfigMap>(&client, ns),
             watcher::Config::default().labels(TABLE_SELECTOR),
         )
         .default_backoff()
+        .modify(caches::slim_table)
         .reflect_shared(table_writer);
         let statefulsets = watcher(api_for::<StatefulSet>(&client, ns), owned.clone())
             .default_backoff()
@@ -476,6 +477,9 @@ pub async fn run(
         move |table| {
             let ns = table.namespace();
             let name = table.name_any();
+            if !service::is_table(&name) {
+                return Vec::new();
+            }
             let of = service::table_service(&name).map(String::from);
             table_services
                 .state()

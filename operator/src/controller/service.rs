@@ -355,6 +355,13 @@ pub fn table_service(name: &str) -> Option<&str> {
     name.strip_prefix(LEGACY_TABLE)?.strip_prefix('-')
 }
 
+/// Whether ConfigMap `name` is an ownership table, a Service's or the legacy
+/// one. Anyone who may make ConfigMaps can give one the tables' labels: one
+/// of another name concerns no Service.
+pub fn is_table(name: &str) -> bool {
+    name == LEGACY_TABLE || table_service(name).is_some()
+}
+
 /// The entries of the ownership table this Service owns:
 /// `secret.<name>` → the service, for each of its binding Secrets (first,
 /// current, and previous during a rotation); `secret.<claim>-admin` →
