@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 use dbps_e2e::control_plane::{ControlPlane, Options};
 use dbps_e2e::databases::{Kind, LocalServer};
 use dbps_e2e::process::{Process, cpu_seconds, tree_cpu_seconds};
-use dbps_operator::api::{DatabaseClaim, Engine, READY};
+use dbps_operator::api::{DatabaseClaim, DatabaseServer, Engine, READY};
 use dbps_operator::children::FIELD_MANAGER;
 use dbps_operator::controller::FINALIZER;
 use dbps_operator::engines::{DEFAULT_CONNECTIONS_PER_SERVER, Grant};
@@ -610,9 +610,13 @@ async fn run(n: usize) -> Sample {
     sample.database_cpu_s = database_cpu_now() - database_cpu;
     sample.control_plane_cpu_s = control_plane_cpu_seconds(&plane) - control_plane_cpu;
     sample.bench_cpu_s = cpu_seconds(std::process::id()) - bench_cpu;
-    // The Service's and server's last gathered writes (at most 2 s later)
-    // belong to the run.
+    // The Service's last gathered writes (at most 2 s later) belong to the
+    // run, and so does each server's last count of its claims (written at
+    // most every 10 s while only the count changes).
     tokio::time::sleep(Duration::from_secs(3)).await;
+    if !dedicated() {
+        counted(&client, n).await;
+    }
     sample.cpu_s = cpu_seconds(pid) - cpu_before;
     let (reads, writes, throttled) = operator_requests(&plane, offset);
     let per = |x: usize| x as f64 / n as f64;
@@ -663,6 +667,26 @@ async fn run(n: usize) -> Sample {
         (sample.postgres_floor_before_s + sample.postgres_floor_after_s) / 2.0;
     sample.floor_database_cpu_s = (floor_cpu_before + floor_cpu_after) / 2.0;
     sample
+}
+
+/// Waits (up to 15 s) until each server's status counts its claims of the
+/// run (claim i is on server i mod k).
+async fn counted(client: &kube::Client, n: usize) {
+    let api: Api<DatabaseServer> = Api::all(client.clone());
+    let k = servers();
+    for _ in 0..60 {
+        let mut all = true;
+        for j in 0..k {
+            let want = (0..n).filter(|i| i % k == j).count();
+            let status = api.get_status(&server_name(j)).await.unwrap().status;
+            all &= status.is_some_and(|s| usize::try_from(s.claims) == Ok(want));
+        }
+        if all {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("the servers' statuses do not count the run's claims");
 }
 
 /// The operator binary as its own process, Ready, and its metrics port.
