@@ -147,13 +147,14 @@ async fn admin(conn: &Connection) -> Result<Client, AdminError> {
     client(conn, &conn.username, &conn.password, "admin").await
 }
 
+/// What the driver's error `e` means; a failed server selection is told by
+/// [`Client::classify`], from the server's last check.
 fn classify(e: mongodb::error::Error) -> AdminError {
     use mongodb::error::ErrorKind;
     match *e.kind {
         ErrorKind::Authentication { message, .. } => AdminError::AuthenticationFailed(message),
         ErrorKind::Command(c) if c.code == 18 => AdminError::AuthenticationFailed(c.message),
         ErrorKind::Command(c) => AdminError::Refused(format!("{} ({})", c.message, c.code_name)),
-        ErrorKind::ServerSelection { message, .. } => AdminError::Unreachable(message),
         other => AdminError::Unreachable(other.to_string()),
     }
 }
