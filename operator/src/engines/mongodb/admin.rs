@@ -3,7 +3,9 @@
 //! is created without any, and the server is reported as not enforcing
 //! per-database roles.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::event::EventHandler;
@@ -24,6 +26,7 @@ use crate::engines::admin::{
 /// says more or less from one try to the next (a check under way, a check
 /// failed); the check's own failure says what went wrong, the same way each
 /// time, and tells a failed TLS handshake from a refused connection.
+#[derive(Clone)]
 struct Client {
     inner: mongodb::Client,
     failed_check: Arc<Mutex<Option<mongodb::error::Error>>>,
@@ -143,8 +146,80 @@ impl Drop for CaFile {
     }
 }
 
+/// Admin clients kept between operations, one per server and credentials.
+/// A driver client is a pool of authenticated connections and a monitor of
+/// its server: building one per operation costs a connection, a SCRAM
+/// exchange and, when it goes, an `endSessions`, several times what most
+/// operations send. A client unused for [`CLIENT_IDLE`] is let go (its
+/// connections close); a new password or CA is a new key, so a client is
+/// never used with credentials other than its own. Logins of users
+/// ([`can_login`]) build their own client each time: they check a password.
+#[derive(Default)]
+struct Kept {
+    clients: HashMap<ClientKey, (Client, Instant)>,
+    /// Whether a task lets idle clients go; one runs while any is kept.
+    reaping: bool,
+}
+
+/// A server and the credentials (and CA) its admin client authenticates with.
+type ClientKey = Connection;
+
+/// How long an unused admin client stays open.
+const CLIENT_IDLE: Duration = Duration::from_secs(10);
+
+static KEPT: std::sync::LazyLock<Mutex<Kept>> = std::sync::LazyLock::new(Mutex::default);
+
+impl Kept {
+    /// Lets go of the clients unused since `now - CLIENT_IDLE`.
+    fn prune(&mut self, now: Instant) {
+        self.clients
+            .retain(|_, (_, used)| now.saturating_duration_since(*used) < CLIENT_IDLE);
+    }
+
+    /// The kept client of `key`, marked as used `now`.
+    fn take(&mut self, key: &ClientKey, now: Instant) -> Option<Client> {
+        self.prune(now);
+        let (client, used) = self.clients.get_mut(key)?;
+        *used = now;
+        Some(client.clone())
+    }
+
+    /// Keeps `client` for `key`, unless one was kept meanwhile (then that one
+    /// is used, and `client` goes); whether a reaper has to be started.
+    fn keep(&mut self, key: ClientKey, client: Client, now: Instant) -> (Client, bool) {
+        let (kept, used) = self.clients.entry(key).or_insert((client, now));
+        *used = now;
+        let start = !std::mem::replace(&mut self.reaping, true);
+        (kept.clone(), start)
+    }
+}
+
+/// Lets idle admin clients go, every [`CLIENT_IDLE`], until none is kept.
+async fn reap() {
+    loop {
+        tokio::time::sleep(CLIENT_IDLE).await;
+        let mut kept = KEPT.lock().unwrap();
+        kept.prune(Instant::now());
+        kept.reaping = !kept.clients.is_empty();
+        if !kept.reaping {
+            return;
+        }
+    }
+}
+
 async fn admin(conn: &Connection) -> Result<Client, AdminError> {
-    client(conn, &conn.username, &conn.password, "admin").await
+    if let Some(client) = KEPT.lock().unwrap().take(conn, Instant::now()) {
+        return Ok(client);
+    }
+    let built = client(conn, &conn.username, &conn.password, "admin").await?;
+    let (client, start) = KEPT
+        .lock()
+        .unwrap()
+        .keep(conn.clone(), built, Instant::now());
+    if start {
+        tokio::spawn(reap());
+    }
+    Ok(client)
 }
 
 /// What the driver's error `e` means; a failed server selection is told by
@@ -539,5 +614,38 @@ mod tests {
             "{first}"
         );
         assert_eq!(first.to_string(), second.to_string());
+    }
+
+    /// Two operations on a server share its admin client; another password
+    /// is another client; an unused client is let go.
+    #[tokio::test]
+    async fn an_admin_client_is_kept_per_server_and_credentials_until_idle() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conn = Connection {
+            engine: crate::api::Engine::Mongodb,
+            host: "127.0.0.1".into(),
+            port,
+            username: "admin".into(),
+            password: "secret".into(),
+            tls: None,
+        };
+        let first = admin(&conn).await.unwrap();
+        let again = admin(&conn).await.unwrap();
+        assert!(Arc::ptr_eq(&first.failed_check, &again.failed_check));
+        let rotated = Connection {
+            password: "rotated".into(),
+            ..conn.clone()
+        };
+        let other = admin(&rotated).await.unwrap();
+        assert!(!Arc::ptr_eq(&first.failed_check, &other.failed_check));
+        let mut kept = KEPT.lock().unwrap();
+        assert_eq!(kept.clients.keys().filter(|k| k.port == port).count(), 2);
+        assert!(kept.reaping);
+        kept.prune(Instant::now() + CLIENT_IDLE);
+        assert_eq!(kept.clients.keys().filter(|k| k.port == port).count(), 0);
     }
 }
