@@ -12,6 +12,11 @@
 //!   16 claims at a time: a copy of each claim created (the user's write,
 //!   which the chart's policy gives the finalizer; without it, a write of
 //!   its own), its binding Secret applied, its status written;
+//! - the **joint floor**: both floors at once (fresh servers, another
+//!   namespace), after the run: what the database and the control plane
+//!   need for the claims when they share this machine's cores, as in the
+//!   operator's run; over the database floor, the ratio even an operator
+//!   that cost nothing would reach here;
 //! - **N shared claims** from creation to all Ready: time, the operator's
 //!   peak RSS (`VmHWM`) and CPU seconds, its reconciles, and its requests
 //!   per claim from the apiserver's audit log (reads, writes, 429s);
@@ -98,6 +103,11 @@ struct Sample {
     postgres_floor_before_s: f64,
     postgres_floor_after_s: f64,
     apiserver_floor_s: f64,
+    /// The database floor and the apiserver floor run at the same time: the
+    /// least any operator could take on this machine, where the database
+    /// shares its cores with the control plane (its time is the work's, not
+    /// a sum of the two).
+    joint_floor_s: f64,
     rss_mib: f64,
     cpu_s: f64,
     /// CPU seconds of the database server (all its processes) from the
@@ -210,11 +220,22 @@ async fn metric(port: u16, series: &str) -> f64 {
 /// run has (claim i on server i mod k, each server at that concurrency):
 /// its seconds, and the database servers' CPU seconds.
 async fn postgres_floor(n: usize) -> (f64, f64) {
-    let (kind, engine) = engine();
+    administer_directly(&floor_servers().await, n).await
+}
+
+/// Fresh servers of the run's engine, as many as the run has.
+async fn floor_servers() -> Vec<LocalServer> {
     let mut servers_of_floor = Vec::new();
     for _ in 0..servers() {
-        servers_of_floor.push(LocalServer::start(kind).await.unwrap());
+        servers_of_floor.push(LocalServer::start(engine().0).await.unwrap());
     }
+    servers_of_floor
+}
+
+/// The database floor's work on `servers_of_floor`: its seconds, and the
+/// servers' CPU seconds.
+async fn administer_directly(servers_of_floor: &[LocalServer], n: usize) -> (f64, f64) {
+    let engine = engine().1;
     let k = servers_of_floor.len();
     let admin = Servers::default();
     let database_cpu = || -> f64 { servers_of_floor.iter().map(database_cpu_seconds).sum() };
@@ -256,9 +277,8 @@ fn control_plane_cpu_seconds(plane: &ControlPlane) -> f64 {
     plane.pids().into_iter().map(tree_cpu_seconds).sum()
 }
 
-/// The namespace the apiserver floors write in (the operator does not watch it).
-async fn floor_namespace(client: &kube::Client) -> &'static str {
-    let namespace = "bench-floor";
+/// A namespace the apiserver floors write in (the operator does not watch it).
+async fn floor_namespace(client: &kube::Client, namespace: &'static str) -> &'static str {
     let ns: Namespace =
         serde_json::from_value(json!({ "metadata": { "name": namespace } })).unwrap();
     Api::<Namespace>::all(client.clone())
@@ -295,7 +315,7 @@ async fn apiserver_floor(
     n: usize,
     writes: usize,
 ) -> (f64, f64) {
-    let namespace = floor_namespace(client).await;
+    let namespace = floor_namespace(client, "bench-floor").await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     sixteen_at_a_time(
         plane,
@@ -327,21 +347,15 @@ async fn apiserver_floor(
 /// each Ready claim of the run, a copy in namespace `bench-floor` is
 /// created (the user's write; the finalizer policy gives it the finalizer,
 /// or a write of its own does), its binding Secret applied and its status
-/// written; 16 claims at a time. Its seconds, and
-/// the control plane's CPU seconds.
-async fn claim_writes_floor(plane: &ControlPlane, client: &kube::Client) -> (f64, f64) {
-    let namespace = floor_namespace(client).await;
-    let claims: Api<DatabaseClaim> = Api::namespaced(client.clone(), NAMESPACE);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
-    let mut written = Vec::new();
-    for claim in claims.list(&Default::default()).await.unwrap().items {
-        let binding = claim.status.as_ref().and_then(|s| s.binding.as_ref());
-        let secret = secrets
-            .get(&binding.expect("a Ready claim's binding").name)
-            .await
-            .unwrap();
-        written.push((claim, secret));
-    }
+/// written; 16 claims at a time, in `namespace`. Its seconds, and the
+/// control plane's CPU seconds.
+async fn claim_writes_floor(
+    plane: &ControlPlane,
+    client: &kube::Client,
+    namespace: &'static str,
+    written: Vec<(DatabaseClaim, Secret)>,
+) -> (f64, f64) {
+    let namespace = floor_namespace(client, namespace).await;
     let floor_claims: Api<DatabaseClaim> = Api::namespaced(client.clone(), namespace);
     let floor_secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     sixteen_at_a_time(
@@ -399,6 +413,22 @@ async fn claim_writes_floor(plane: &ControlPlane, client: &kube::Client) -> (f64
         }),
     )
     .await
+}
+
+/// The run's claims with their binding Secrets, as the operator wrote them.
+async fn written(client: &kube::Client) -> Vec<(DatabaseClaim, Secret)> {
+    let claims: Api<DatabaseClaim> = Api::namespaced(client.clone(), NAMESPACE);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut written = Vec::new();
+    for claim in claims.list(&Default::default()).await.unwrap().items {
+        let binding = claim.status.as_ref().and_then(|s| s.binding.as_ref());
+        let secret = secrets
+            .get(&binding.expect("a Ready claim's binding").name)
+            .await
+            .unwrap();
+        written.push((claim, secret));
+    }
+    written
 }
 
 /// The engine of the run's server: `DBPS_BENCH_ENGINE` (`postgres`, the
@@ -654,8 +684,9 @@ async fn run(n: usize) -> Sample {
     drop(events);
     drop(again);
     if floors() && !dedicated() {
+        let copies = written(&client).await;
         (sample.apiserver_floor_s, sample.floor_control_plane_cpu_s) =
-            claim_writes_floor(&plane, &client).await;
+            claim_writes_floor(&plane, &client, "bench-floor", copies).await;
     }
     drop(servers_of_run);
     let floor_cpu_after;
@@ -663,6 +694,19 @@ async fn run(n: usize) -> Sample {
         true => postgres_floor(n).await,
         false => (f64::NAN, f64::NAN),
     };
+    // Both floors at once, on fresh servers and in a namespace of their own:
+    // what the database and the control plane need for the claims when they
+    // share this machine, as they do in the operator's run.
+    sample.joint_floor_s = f64::NAN;
+    if database_floor() {
+        let (servers_of_floor, copies) = (floor_servers().await, written(&client).await);
+        let started = Instant::now();
+        futures::join!(
+            administer_directly(&servers_of_floor, n),
+            claim_writes_floor(&plane, &client, "bench-floor-joint", copies)
+        );
+        sample.joint_floor_s = started.elapsed().as_secs_f64();
+    }
     sample.postgres_floor_s =
         (sample.postgres_floor_before_s + sample.postgres_floor_after_s) / 2.0;
     sample.floor_database_cpu_s = (floor_cpu_before + floor_cpu_after) / 2.0;
@@ -732,6 +776,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn print(n: usize, label: &str, s: &Sample) {
     println!(
         "claims/{}-{}{} n={n} {label}: all_{}={:.1}s database_floor={:.1}s ({:.2}x; before {:.1}s, after {:.1}s) apiserver_floor={:.1}s ({:.2}x) \
+         joint_floor={:.1}s ({:.2}x; {:.2}x the database floor) \
          peak_rss={:.0}MiB cpu={:.1}s reconciles/claim={:.1} writes/claim={:.1} reads/claim={:.1} 429s={:.0} \
          steady: writes={:.0} reads/claim={:.1} pass={:.1}s \
          cpu_ms/claim: operator={:.1} database={:.0} (floor {:.0}) control_plane={:.0} (floor {:.0}) bench={:.0} \
@@ -750,6 +795,9 @@ fn print(n: usize, label: &str, s: &Sample) {
         s.postgres_floor_after_s,
         s.apiserver_floor_s,
         s.ready_s / s.apiserver_floor_s,
+        s.joint_floor_s,
+        s.ready_s / s.joint_floor_s,
+        s.joint_floor_s / s.postgres_floor_s,
         s.rss_mib,
         s.cpu_s,
         s.reconciles_per_claim,
@@ -808,6 +856,7 @@ async fn main() {
             postgres_floor_before_s: m(|s| s.postgres_floor_before_s),
             postgres_floor_after_s: m(|s| s.postgres_floor_after_s),
             apiserver_floor_s: m(|s| s.apiserver_floor_s),
+            joint_floor_s: m(|s| s.joint_floor_s),
             rss_mib: m(|s| s.rss_mib),
             cpu_s: m(|s| s.cpu_s),
             database_cpu_s: m(|s| s.database_cpu_s),
