@@ -590,49 +590,49 @@ mod tests {
         );
     }
 
-    /// A server nobody listens on: the driver gives up on finding it after
-    /// its selection timeout, and the failure reads the same each time.
-    #[tokio::test]
-    async fn a_server_that_refuses_connections_fails_the_same_way_each_time() {
+    /// A loopback port nobody listens on.
+    fn nobody_listens() -> Connection {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let conn = Connection {
+        Connection {
             engine: crate::api::Engine::Mongodb,
             host: "127.0.0.1".into(),
             port,
             username: "admin".into(),
             password: "secret".into(),
             tls: None,
+        }
+    }
+
+    /// A server nobody listens on: the driver gives up on finding it after
+    /// its selection timeout, and the failure reads the same each time, from
+    /// the kept admin client as from a client of its own.
+    #[tokio::test]
+    async fn a_server_that_refuses_connections_fails_the_same_way_each_time() {
+        let conn = nobody_listens();
+        let own = async {
+            let client = client(&conn, "admin", "secret", "admin").await.unwrap();
+            run(&client, "admin", doc! { "buildInfo": 1 }).await
         };
-        let (first, second) = tokio::join!(info(&conn), info(&conn));
-        let (first, second) = (first.unwrap_err(), second.unwrap_err());
+        let (first, second, third) = tokio::join!(info(&conn), info(&conn), own);
+        let (first, second, third) = (first.unwrap_err(), second.unwrap_err(), third.unwrap_err());
         assert!(
             matches!(&first, AdminError::Unreachable(m) if m.contains("refused")),
             "{first}"
         );
         assert_eq!(first.to_string(), second.to_string());
+        assert_eq!(first.to_string(), third.to_string());
     }
 
     /// Two operations on a server share its admin client; another password
     /// is another client; an unused client is let go.
     #[tokio::test]
     async fn an_admin_client_is_kept_per_server_and_credentials_until_idle() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conn = Connection {
-            engine: crate::api::Engine::Mongodb,
-            host: "127.0.0.1".into(),
-            port,
-            username: "admin".into(),
-            password: "secret".into(),
-            tls: None,
-        };
+        let conn = nobody_listens();
+        let port = conn.port;
         let first = admin(&conn).await.unwrap();
         let again = admin(&conn).await.unwrap();
         assert!(Arc::ptr_eq(&first.failed_check, &again.failed_check));
