@@ -129,6 +129,22 @@ struct Sample {
     /// How long the steady-state pass took: from the operator's start to its
     /// last request of the pass.
     steady_s: f64,
+    /// [`Ratios`] of the run; of the medians, each the median of the runs'.
+    ratios: Ratios,
+}
+
+/// All Ready over the database, apiserver and joint floors; the joint floor
+/// and `cpu_bound` over the database floor.
+type Ratios = [f64; 5];
+
+fn ratios(s: &Sample) -> Ratios {
+    [
+        s.ready_s / s.postgres_floor_s,
+        s.ready_s / s.apiserver_floor_s,
+        s.ready_s / s.joint_floor_s,
+        s.joint_floor_s / s.postgres_floor_s,
+        cpu_bound(s) / s.postgres_floor_s,
+    ]
 }
 
 /// `VmHWM` (peak resident set) of `pid`, in MiB.
@@ -710,6 +726,7 @@ async fn run(n: usize) -> Sample {
     sample.postgres_floor_s =
         (sample.postgres_floor_before_s + sample.postgres_floor_after_s) / 2.0;
     sample.floor_database_cpu_s = (floor_cpu_before + floor_cpu_after) / 2.0;
+    sample.ratios = ratios(&sample);
     sample
 }
 
@@ -790,14 +807,14 @@ fn print(n: usize, label: &str, s: &Sample) {
         if dedicated() { "provisioning" } else { "ready" },
         s.ready_s,
         s.postgres_floor_s,
-        s.ready_s / s.postgres_floor_s,
+        s.ratios[0],
         s.postgres_floor_before_s,
         s.postgres_floor_after_s,
         s.apiserver_floor_s,
-        s.ready_s / s.apiserver_floor_s,
+        s.ratios[1],
         s.joint_floor_s,
-        s.ready_s / s.joint_floor_s,
-        s.joint_floor_s / s.postgres_floor_s,
+        s.ratios[2],
+        s.ratios[3],
         s.rss_mib,
         s.cpu_s,
         s.reconciles_per_claim,
@@ -815,7 +832,7 @@ fn print(n: usize, label: &str, s: &Sample) {
         s.bench_cpu_s * 1000.0 / n as f64,
         (s.cpu_s + s.database_cpu_s + s.control_plane_cpu_s + s.bench_cpu_s) / s.ready_s,
         cpu_bound(s),
-        cpu_bound(s) / s.postgres_floor_s,
+        s.ratios[4],
     );
 }
 
@@ -871,6 +888,7 @@ async fn main() {
             steady_writes: m(|s| s.steady_writes),
             steady_reads_per_claim: m(|s| s.steady_reads_per_claim),
             steady_s: m(|s| s.steady_s),
+            ratios: std::array::from_fn(|i| median(samples.iter().map(|s| s.ratios[i]).collect())),
         };
         medians.insert(n, med);
     }
