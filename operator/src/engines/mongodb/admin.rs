@@ -148,9 +148,9 @@ impl Drop for CaFile {
 
 /// Admin clients kept between operations, one per server and credentials.
 /// A driver client is a pool of authenticated connections and a monitor of
-/// its server: building one per operation costs a connection, a SCRAM
-/// exchange and, when it goes, an `endSessions`, several times what most
-/// operations send. A client unused for [`CLIENT_IDLE`] is let go (its
+/// its server, made to be built once: one per operation would open a
+/// connection and run a SCRAM exchange (and, when it goes, an
+/// `endSessions`) for each operation. A client unused for [`CLIENT_IDLE`] is let go (its
 /// connections close); a new password or CA is a new key, so a client is
 /// never used with credentials other than its own. Logins of users
 /// ([`can_login`]) build their own client each time: they check a password.
