@@ -554,3 +554,28 @@ async fn kept_admin_sessions_are_replaced_when_cut_off_and_bounded() {
     let g = grant("kept_db11", "kept_db11_app", "Passw0rd");
     assert!(servers.can_login(&conn, &g).await);
 }
+
+/// The operator keeps one MongoDB admin client per server; the server
+/// restarts, its connections are gone with it: once it accepts connections
+/// again, operations work at once.
+#[tokio::test]
+async fn a_kept_mongodb_admin_client_works_at_once_after_the_server_restarts() {
+    let mut server = LocalServer::start(Kind::FerretDb).await.unwrap();
+    let conn = server.admin_connection(Engine::Mongodb);
+    let servers = Servers::default();
+    let owner = |i: usize| claimant("kept", &format!("db{i}"), &format!("uid-{i}"), "svc", false);
+    let kept = |i: usize| {
+        grant(
+            &format!("kept_db{i}"),
+            &format!("kept_db{i}_app"),
+            "Passw0rd",
+        )
+    };
+    servers.ensure(&conn, &kept(0), &owner(0)).await.unwrap();
+    server.pause();
+    server.resume().await.unwrap();
+    servers.ensure(&conn, &kept(1), &owner(1)).await.unwrap();
+    assert!(servers.can_login(&conn, &kept(1)).await);
+    // And again, on the connections opened since.
+    servers.ensure(&conn, &kept(0), &owner(0)).await.unwrap();
+}

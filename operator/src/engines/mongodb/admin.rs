@@ -37,6 +37,11 @@ impl Client {
         self.inner.database(name)
     }
 
+    async fn probe(&self) -> Result<(), mongodb::error::Error> {
+        let admin = self.database("admin");
+        admin.run_command(doc! { "ping": 1 }).await.map(drop)
+    }
+
     fn classify(&self, e: mongodb::error::Error) -> AdminError {
         use mongodb::error::ErrorKind;
         match *e.kind {
@@ -50,6 +55,16 @@ impl Client {
             _ => classify(e),
         }
     }
+}
+
+/// Whether `e` is a connection that ended under an operation (the driver
+/// then drops all the pool's connections to that server).
+fn lost_connection(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    matches!(
+        &*e.kind,
+        ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. }
+    )
 }
 
 /// Why a check of the server failed: its connection's error.
@@ -151,8 +166,9 @@ impl Drop for CaFile {
 /// its server, made to be built once: one per operation would open a
 /// connection and run a SCRAM exchange (and, when it goes, an
 /// `endSessions`) for each operation. A client unused for [`CLIENT_IDLE`] is let go (its
-/// connections close); a new password or CA is a new key, so a client is
-/// never used with credentials other than its own. Logins of users
+/// connections close), and a kept one is used only once it answers a ping;
+/// a new password or CA is a new key, so a client is never used with
+/// credentials other than its own. Logins of users
 /// ([`can_login`]) build their own client each time: they check a password.
 #[derive(Default)]
 struct Kept {
@@ -208,8 +224,19 @@ async fn reap() {
 }
 
 async fn admin(conn: &Connection) -> Result<Client, AdminError> {
-    if let Some(client) = KEPT.lock().unwrap().take(conn, Instant::now()) {
-        return Ok(client);
+    let kept = KEPT.lock().unwrap().take(conn, Instant::now());
+    if let Some(client) = kept {
+        // A kept client's connections may have ended with the server (a
+        // restart). The driver lets go of all of them at the first that
+        // fails; so a probe that fails so is sent once more, on a new one.
+        let mut probe = client.probe().await;
+        if matches!(&probe, Err(e) if lost_connection(e)) {
+            probe = client.probe().await;
+        }
+        return match probe {
+            Ok(()) => Ok(client),
+            Err(e) => Err(client.classify(e)),
+        };
     }
     let built = client(conn, &conn.username, &conn.password, "admin").await?;
     let (client, start) = KEPT
@@ -627,25 +654,36 @@ mod tests {
         assert_eq!(first.to_string(), third.to_string());
     }
 
-    /// Two operations on a server share its admin client; another password
-    /// is another client; an unused client is let go.
+    /// Operations on a server share its admin client; another password is
+    /// another client; an unused client is let go; one reaper is started.
     #[tokio::test]
     async fn an_admin_client_is_kept_per_server_and_credentials_until_idle() {
         let conn = nobody_listens();
-        let port = conn.port;
-        let first = admin(&conn).await.unwrap();
-        let again = admin(&conn).await.unwrap();
-        assert!(Arc::ptr_eq(&first.failed_check, &again.failed_check));
         let rotated = Connection {
             password: "rotated".into(),
             ..conn.clone()
         };
-        let other = admin(&rotated).await.unwrap();
-        assert!(!Arc::ptr_eq(&first.failed_check, &other.failed_check));
-        let mut kept = KEPT.lock().unwrap();
-        assert_eq!(kept.clients.keys().filter(|k| k.port == port).count(), 2);
-        assert!(kept.reaping);
-        kept.prune(Instant::now() + CLIENT_IDLE);
-        assert_eq!(kept.clients.keys().filter(|k| k.port == port).count(), 0);
+        let built = async |conn: &Connection| {
+            client(conn, &conn.username, &conn.password, "admin")
+                .await
+                .unwrap()
+        };
+        let same = |a: &Client, b: &Client| Arc::ptr_eq(&a.failed_check, &b.failed_check);
+        let mut kept = Kept::default();
+        let now = Instant::now();
+        assert!(kept.take(&conn, now).is_none());
+        let (first, start) = kept.keep(conn.clone(), built(&conn).await, now);
+        assert!(start, "the first client kept starts the reaper");
+        // Two built at once: the one kept first is used.
+        let (again, start) = kept.keep(conn.clone(), built(&conn).await, now);
+        assert!(same(&first, &again) && !start);
+        let later = now + CLIENT_IDLE / 2;
+        assert!(same(&first, &kept.take(&conn, later).unwrap()));
+        assert!(kept.take(&rotated, later).is_none());
+        let (other, _) = kept.keep(rotated.clone(), built(&rotated).await, later);
+        assert!(!same(&first, &other));
+        // Unused for CLIENT_IDLE since its last use: let go.
+        assert!(kept.take(&conn, later + CLIENT_IDLE).is_none());
+        assert!(kept.clients.is_empty());
     }
 }
