@@ -165,11 +165,11 @@ impl Drop for CaFile {
 /// A driver client is a pool of authenticated connections and a monitor of
 /// its server, made to be built once: one per operation would open a
 /// connection and run a SCRAM exchange (and, when it goes, an
-/// `endSessions`) for each operation. A client unused for [`CLIENT_IDLE`] is let go (its
-/// connections close), and a kept one is used only once it answers a ping;
-/// a new password or CA is a new key, so a client is never used with
-/// credentials other than its own. Logins of users
-/// ([`can_login`]) build their own client each time: they check a password.
+/// `endSessions`) for each operation. A client unused for [`CLIENT_IDLE`]
+/// is let go (its connections close), and a kept one is used only once it
+/// answers a ping; a new password or CA is a new key, so a client is never
+/// used with credentials other than its own. Logins of users ([`can_login`])
+/// build their own client each time: they check a password.
 #[derive(Default)]
 struct Kept {
     clients: HashMap<ClientKey, (Client, Instant)>,
