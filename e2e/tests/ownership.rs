@@ -1323,3 +1323,94 @@ async fn no_secret_with_credentials_exists_before_its_ownership_table_names_it()
         );
     }
 }
+
+/// A claim is accepted for its Service without a status write of its own:
+/// its Service's table is the record. The entry the table has for a claim
+/// whose status says nothing yet stays when the operator crashes and another
+/// starts (a Secret written before the crash is never left outside its
+/// table, where any other Service's pod could use it), and the claim is
+/// Ready once its server answers.
+#[tokio::test]
+async fn an_accepted_claims_table_entry_outlives_a_restart_before_its_status_says_anything() {
+    let ctx = TestContext::new("accepted-restart").await.unwrap();
+    let first = RunningOperator::start(&ctx, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let server = LocalServer::start(Kind::InfluxDb).await.unwrap();
+    let name = format!("{}-srv", ctx.namespace);
+    register(&ctx, &name, &server, json!({})).await;
+    let servers: Api<DatabaseServer> = Api::all(ctx.client.clone());
+    ctx.wait_for(
+        &servers,
+        &name,
+        "server Reachable",
+        |s: Option<&DatabaseServer>| {
+            s.and_then(|s| s.status.as_ref())
+                .and_then(|s| dbps_operator::api::find_condition(&s.conditions, "Reachable"))
+                .is_some_and(|c| c.status == "True")
+        },
+    )
+    .await;
+    service(&ctx, "orders", json!({})).await;
+    // The claim is named by its table, then waits for a server that answers
+    // nothing (its checks give up after 10 s).
+    server.freeze();
+    claim(
+        &ctx,
+        "orders-db",
+        json!({ "serviceRef": { "name": "orders" }, "engine": "influxdb",
+                "server": { "name": name } }),
+    )
+    .await;
+    let key = "secret.orders-db-binding";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while table_entry(&ctx, key).await.as_deref() != Some("orders") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the table never named the claim's binding"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let claims = ctx.api::<DatabaseClaim>();
+    let says = |c: &DatabaseClaim| {
+        c.status
+            .as_ref()
+            .and_then(|s| dbps_operator::api::find_condition(&s.conditions, "Ready"))
+            .map(|r| r.reason.clone())
+    };
+    let accepted = claims.get("orders-db").await.unwrap();
+    assert_eq!(says(&accepted), None, "accepted without a status write");
+
+    drop(first);
+    let _second = RunningOperator::start(&ctx, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    // Until the claim says why it is not Ready (its server does not answer),
+    // the table names its binding at every look: the second operator's
+    // Service pass, which runs at its start, keeps the entry.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut looks = 0;
+    loop {
+        let said = says(&claims.get("orders-db").await.unwrap());
+        assert_eq!(
+            table_entry(&ctx, key).await.as_deref(),
+            Some("orders"),
+            "the entry went after the restart (the claim said {said:?})"
+        );
+        looks += 1;
+        if said.is_some() {
+            assert_eq!(said.as_deref(), Some("ServerUnreachable"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the claim never said why"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(looks > 20, "only {looks} looks before the claim said why");
+    server.thaw();
+    ctx.wait_for(&claims, "orders-db", "claim Ready", reason_is("Ready"))
+        .await;
+    assert_eq!(table_entry(&ctx, key).await.as_deref(), Some("orders"));
+}

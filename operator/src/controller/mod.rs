@@ -571,10 +571,13 @@ pub async fn run(
         loop {
             let mut counts: Vec<(crate::api::ClaimPhase, i64)> = Vec::new();
             let phases = phase_store.state();
-            for phase in phases
-                .iter()
-                .filter_map(|c| c.0.as_ref().ok()?.status.as_ref()?.phase)
-            {
+            // A claim whose status says nothing yet (it is written with
+            // the claim's outcome) is on its way: Pending.
+            for phase in phases.iter().filter_map(|c| {
+                let claim = c.0.as_ref().ok()?;
+                let phase = claim.status.as_ref().and_then(|s| s.phase);
+                Some(phase.unwrap_or(crate::api::ClaimPhase::Pending))
+            }) {
                 match counts.iter_mut().find(|(p, _)| *p == phase) {
                     Some(entry) => entry.1 += 1,
                     None => counts.push((phase, 1)),

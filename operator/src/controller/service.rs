@@ -69,8 +69,10 @@ async fn apply_service(service: Arc<Service>, ctx: &Context) -> Result<Action, E
         .iter()
         .filter_map(|c| c.0.as_ref().ok())
         .partition(|c| owns(c));
-    let mut entries = ownership_entries(&service, &owned, k8s_openapi::jiff::Timestamp::now());
-    entries.extend(reader_entries(&service, &read));
+    let accepted = |c: &DatabaseClaim| super::claim::accepted(c, ctx);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut entries = ownership_entries(&service, &owned, accepted, now);
+    entries.extend(reader_entries(&service, &read, accepted));
     // Entries only added while claims it names are still on their way: the
     // write may wait its pace (`TABLE_PACE_PER_ENTRY`), and its Role with it.
     let manager = service_manager(&service);
@@ -369,33 +371,29 @@ pub fn is_table(name: &str) -> bool {
 /// instance's pods, labelled `dbps.io/claim: <claim>`, may use it); and
 /// `account.<service>` → its ServiceAccount.
 ///
-/// A claim counts once the claim controller has vetted it: a claim not yet
-/// reconciled, or refused because the names it asks for belong to another
-/// Service, adds nothing (a claim must not put its Service in front of
-/// another's Secret by naming it).
+/// A claim counts once it is `accepted` ([`super::claim::accepted`]): a
+/// claim not yet checked by the claim controller, or refused because the
+/// names it asks for belong to another Service, adds nothing (a claim must
+/// not put its Service in front of another's Secret by naming it).
 pub fn ownership_entries(
     service: &Service,
     claims: &[&DatabaseClaim],
+    accepted: impl Fn(&DatabaseClaim) -> bool,
     now: k8s_openapi::jiff::Timestamp,
 ) -> BTreeMap<String, String> {
     let name = service.name_any();
     let mut entries = BTreeMap::from([(format!("account.{name}"), service.service_account())]);
-    for claim in claims {
-        let Some(status) = claim
-            .status
-            .as_ref()
-            .filter(|_| super::claim::vetted(claim))
-        else {
-            continue;
-        };
+    for claim in claims.iter().filter(|c| accepted(c)) {
+        let status = claim.status.as_ref();
         // A rotation's new Secret is named before it is written.
         let first = names::binding_secret(claim.metadata.name.as_deref().unwrap_or_default());
         let due = super::claim::due_binding(claim, now);
         let secrets = [
-            status.binding.as_ref().map(|b| b.name.as_str()),
             status
-                .credentials
-                .as_ref()
+                .and_then(|s| s.binding.as_ref())
+                .map(|b| b.name.as_str()),
+            status
+                .and_then(|s| s.credentials.as_ref())
                 .and_then(|c| c.previous.as_ref())
                 .map(|p| p.secret.as_str()),
             due.as_deref(),
@@ -437,8 +435,12 @@ pub fn reads(claim: &DatabaseClaim, namespace: &str, service: &str) -> bool {
 /// The entries of the ownership table for the read-only bindings other
 /// Services' claims issue to `service`: `secret.<binding>` → the service,
 /// for each grant their status shows in force and, before its Secret is
-/// written, each grant an accepted claim asks for.
-pub fn reader_entries(service: &Service, claims: &[&DatabaseClaim]) -> BTreeMap<String, String> {
+/// written, each grant an `accepted` claim asks for.
+pub fn reader_entries(
+    service: &Service,
+    claims: &[&DatabaseClaim],
+    accepted: impl Fn(&DatabaseClaim) -> bool,
+) -> BTreeMap<String, String> {
     let name = service.name_any();
     let ns = service.namespace().unwrap_or_default();
     let mut entries = BTreeMap::new();
@@ -450,7 +452,7 @@ pub fn reader_entries(service: &Service, claims: &[&DatabaseClaim]) -> BTreeMap<
             .filter(|r| r.service == name && r.namespace == ns)
             .map(|r| r.binding.clone());
         let claim_ns = claim.namespace().unwrap_or_default();
-        let accepted = super::claim::vetted(claim);
+        let accepted = accepted(claim);
         let asked = claim
             .spec
             .readers
@@ -668,6 +670,7 @@ pub fn compute(
 mod tests {
     use super::*;
     use crate::api::Engine;
+    use crate::controller::claim::vetted;
 
     fn db(claim: &str, phase: Option<ClaimPhase>) -> ServiceDatabase {
         ServiceDatabase {
@@ -934,6 +937,7 @@ mod tests {
         let entries = ownership_entries(
             &intruder,
             &claims.iter().collect::<Vec<_>>(),
+            vetted,
             k8s_openapi::jiff::Timestamp::now(),
         );
         assert_eq!(
@@ -967,7 +971,7 @@ mod tests {
         });
         let keys = |e: BTreeMap<String, String>| e.into_keys().collect::<Vec<_>>();
         assert_eq!(
-            keys(ownership_entries(&orders, &[&claim], now)),
+            keys(ownership_entries(&orders, &[&claim], vetted, now)),
             [
                 "account.orders",
                 "secret.orders-db-admin",
@@ -975,7 +979,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            keys(reader_entries(&reporting, &[&claim])),
+            keys(reader_entries(&reporting, &[&claim], vetted)),
             ["secret.orders-db-reader-reporting"],
             "the grant an accepted claim asks for"
         );
@@ -985,7 +989,7 @@ mod tests {
             "now".to_string(),
         )]));
         assert_eq!(
-            keys(ownership_entries(&orders, &[&claim], now)),
+            keys(ownership_entries(&orders, &[&claim], vetted, now)),
             [
                 "account.orders",
                 "secret.orders-db-admin",
@@ -997,6 +1001,6 @@ mod tests {
         let unvetted = claim_with_reason("orders-db", "orders", None);
         let mut asking = unvetted.clone();
         asking.spec.readers = claim.spec.readers.clone();
-        assert!(reader_entries(&reporting, &[&asking]).is_empty());
+        assert!(reader_entries(&reporting, &[&asking], vetted).is_empty());
     }
 }

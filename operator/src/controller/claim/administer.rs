@@ -15,7 +15,7 @@ use kube::{Api, ResourceExt};
 use super::super::apply::apply;
 use super::super::context::{Context, Error};
 use super::super::drift;
-use super::fences::{Fence, unfenced, vetted};
+use super::fences::{Fence, checked, unfenced};
 use super::rotation::{self, DEFAULT_GRACE_SECONDS, ROTATE_ANNOTATION};
 use super::status::{Outcome, publish, update_status, update_status_full, update_status_with};
 use crate::api::{
@@ -132,11 +132,9 @@ pub(super) async fn administer(
         owner: service_name.clone(),
     }];
     if let Some(secret) = unfenced(ctx, claim, &ns, &service_name, &fence) {
-        if !vetted(claim) {
+        if !checked(claim, ctx) {
             let current = ctx.api::<Secret>(&ns).get_opt(&stable).await?;
             if refused_as_foreign(claim, service, current.as_ref(), ctx).await? {
-                // Refused, it is never named: it waits for no table.
-                ctx.fences.forget(&super::turns::line_of(claim));
                 return Ok(resync);
             }
         }
@@ -150,6 +148,18 @@ pub(super) async fn administer(
         .turns
         .take(&target.conn.host, target.conn.port, capacity, line)
     else {
+        // One whose status says nothing yet says so once it is old enough.
+        if let Some(left) = super::fences::untold(claim) {
+            return Ok(Action::requeue(left));
+        }
+        if claim.status.as_ref().and_then(|s| s.phase).is_none() {
+            let message = format!(
+                "waiting for a turn at {}, which sets up {capacity} claims at a time",
+                target.place
+            );
+            let outcome = Outcome::waiting(ClaimPhase::Provisioning, Reason::Provisioning, message);
+            update_status(claim, ctx, outcome).await?;
+        }
         return Ok(resync);
     };
     ctx.servers

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::super::context::{Context, Error};
 use super::super::drift;
 use super::administer::mark_of;
-use super::fences::vetted;
+use super::fences::accepted;
 use super::shared::{admin_connection, placed_database, shared_database, slot_username};
 use super::status::{Outcome, publish, update_status};
 use crate::api::{
@@ -62,7 +62,7 @@ pub(super) async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Acti
             for secret in &kept {
                 release(&secrets, secret, &uid).await?;
             }
-            if vetted(claim) {
+            if accepted(claim, ctx) {
                 let entries = kept
                     .iter()
                     .map(|s| (format!("secret.{s}"), claim.spec.service_ref.name.clone()))
@@ -76,7 +76,7 @@ pub(super) async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Acti
                 )
                 .await?;
             }
-        } else if vetted(claim) {
+        } else if accepted(claim, ctx) {
             super::super::service::retain_entries(
                 ctx,
                 &ns,
@@ -101,7 +101,7 @@ pub(super) async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Acti
                 release(&secrets, secret, &uid).await?;
             }
             // The kept Secrets stay fenced for their Service in the ownership table.
-            if vetted(claim) {
+            if accepted(claim, ctx) {
                 let mut entries: std::collections::BTreeMap<_, _> = bindings
                     .iter()
                     .map(|s| (format!("secret.{s}"), claim.spec.service_ref.name.clone()))
@@ -160,7 +160,7 @@ pub(super) async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Acti
             .await;
         }
         DeletionPolicy::Delete => {
-            if vetted(claim) {
+            if accepted(claim, ctx) {
                 super::super::service::retain_entries(
                     ctx,
                     &ns,

@@ -5,11 +5,20 @@
 //! that references it. A claim whose Secret the table does not name yet
 //! waits holding nothing (not a turn at its server), asks that Service for a
 //! pass, and is woken when the Service's table names its Secrets.
+//!
+//! A new claim is accepted for its Service (its entries may enter the
+//! table) once the claim controller has checked that the Secrets it would
+//! write are not another's. The acceptance is kept in memory, and the table
+//! itself is its record: an entry the table has for a claim not yet Ready
+//! stays after a restart. Its status is written only when the claim is
+//! Ready, fails, or has waited for its table for [`TELL_AFTER`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -32,10 +41,17 @@ pub struct Fence {
 /// The table entries a waiting claim needs.
 type Needs = Vec<Fence>;
 
+/// How old a claim may be before its status says what it waits for (its
+/// Service's table, or a turn at its server): one Ready (or failed) by
+/// then, the usual case, writes no status before its outcome.
+pub const TELL_AFTER: Duration = Duration::from_secs(30);
+
 /// Claims waiting for a Service's table, by the Service's namespace and name,
-/// each with the entries it waits for.
+/// each with the entries it waits for; and the claims accepted since this
+/// operator started, with their UIDs.
 pub struct Fences {
     waiting: Mutex<HashMap<(String, String), HashMap<ClaimRef, Needs>>>,
+    accepted: Mutex<HashMap<ClaimRef, String>>,
     wake: UnboundedSender<ClaimRef>,
     ask: UnboundedSender<ObjectRef<Service>>,
 }
@@ -49,6 +65,7 @@ impl Fences {
         let (ask, asked) = unbounded_channel();
         let fences = Arc::new(Self {
             waiting: Mutex::default(),
+            accepted: Mutex::default(),
             wake,
             ask,
         });
@@ -58,7 +75,7 @@ impl Fences {
     /// The first of `fences` that `table` (the ownership table of Service
     /// `namespace`/`service`, as the cache shows it) does not name as its
     /// owner's; when there is one, `claim` waits until that table names all
-    /// of them, and the Service is asked for a pass.
+    /// of them ([`Fences::ask`] asks the Service for a pass).
     pub fn missing(
         &self,
         table: impl FnOnce() -> Option<Arc<ConfigMap>>,
@@ -88,8 +105,26 @@ impl Fences {
             .entry(key)
             .or_default()
             .insert(claim, fences.to_vec());
-        let _ = self.ask.send(ObjectRef::new(service).within(namespace));
         Some(missing.secret.clone())
+    }
+
+    /// Service `namespace`/`service` is asked for a pass.
+    pub fn ask(&self, namespace: &str, service: &str) {
+        let _ = self.ask.send(ObjectRef::new(service).within(namespace));
+    }
+
+    /// The claim controller found that `claim`'s Secrets are not another's:
+    /// its Service's table may name them.
+    pub fn accept(&self, claim: &DatabaseClaim) {
+        let uid = claim.uid().unwrap_or_default();
+        self.accepted.lock().unwrap().insert(line_of(claim), uid);
+    }
+
+    /// Whether `claim` (this very object: its UID) was accepted since this
+    /// operator started.
+    pub fn was_accepted(&self, claim: &DatabaseClaim) -> bool {
+        let uid = claim.uid().unwrap_or_default();
+        self.accepted.lock().unwrap().get(&line_of(claim)) == Some(&uid)
     }
 
     /// A table changed: the claims waiting for its Service whose entries it
@@ -123,12 +158,14 @@ impl Fences {
         }
     }
 
-    /// `claim` is gone: it waits for no table.
+    /// `claim` is gone, or refused: it waits for no table and is not
+    /// accepted.
     pub fn forget(&self, claim: &ClaimRef) {
         self.waiting.lock().unwrap().retain(|_, claims| {
             claims.remove(claim);
             !claims.is_empty()
         });
+        self.accepted.lock().unwrap().remove(claim);
     }
 
     /// The claims waiting for the table of Service `namespace`/`service`
@@ -179,34 +216,105 @@ pub(super) fn unfenced(
     )
 }
 
-/// What a claim waiting for the table of its own Service says: a claim not
-/// accepted yet is accepted by it (its Secrets then enter the table).
+/// A claim the caller has checked (the Secrets it would write are not
+/// another's) waits for the table of its own Service: it is accepted, and
+/// the Service is asked for a pass. Its status says so once the claim is
+/// [`TELL_AFTER`] old (the table's change, which wakes it, comes first as a
+/// rule), or at once when it says why the claim was not Ready before.
 pub(super) async fn wait(
     claim: &DatabaseClaim,
     service: &str,
     secret: &str,
     ctx: &Context,
 ) -> Result<Action, Error> {
-    if !vetted(claim) {
-        let message = format!(
-            "waiting for the ownership table of Service {service:?} to name Secret {secret:?}, which is written once no other Service's pod can use it"
-        );
-        let outcome = Outcome::waiting(ClaimPhase::Provisioning, Reason::Provisioning, message);
-        update_status(claim, ctx, outcome).await?;
+    let ns = claim.namespace().unwrap_or_default();
+    let said = vetted(claim);
+    if !said {
+        ctx.fences.accept(claim);
     }
+    ctx.fences.ask(&ns, service);
+    if said {
+        return Ok(Action::requeue(ctx.config.resync));
+    }
+    if let Some(left) = untold(claim) {
+        return Ok(Action::requeue(left));
+    }
+    let message = format!(
+        "waiting for the ownership table of Service {service:?} to name Secret {secret:?}, which is written once no other Service's pod can use it"
+    );
+    let outcome = Outcome::waiting(ClaimPhase::Provisioning, Reason::Provisioning, message);
+    update_status(claim, ctx, outcome).await?;
     Ok(Action::requeue(ctx.config.resync))
 }
 
-/// Whether the claim controller accepted `claim` for its Service: its status
-/// says Ready or why not, and that is not another owner's object or database
-/// in its way. Only an accepted claim's Secrets enter the ownership table.
-pub fn vetted(claim: &DatabaseClaim) -> bool {
+/// How long a waiting claim whose status says nothing yet may go on saying
+/// nothing: until it is [`TELL_AFTER`] old. `None` when its status says
+/// something (why it was not Ready: that is replaced at once) or it is older.
+pub(super) fn untold(claim: &DatabaseClaim) -> Option<Duration> {
+    if ready_condition(claim).is_some() {
+        return None;
+    }
+    let created = claim.metadata.creation_timestamp.as_ref()?.0;
+    let age = k8s_openapi::jiff::Timestamp::now().duration_since(created);
+    let age = Duration::try_from(age).unwrap_or_default();
+    TELL_AFTER.checked_sub(age).filter(|left| !left.is_zero())
+}
+
+/// The `Ready` condition of `claim`'s status, when it has one.
+fn ready_condition(claim: &DatabaseClaim) -> Option<&Condition> {
     claim
         .status
         .as_ref()
         .and_then(|s| crate::api::find_condition(&s.conditions, READY))
+}
+
+/// Whether `claim`'s status accepts it for its Service: it says Ready or
+/// why not, and that is not another owner's object or database in its way.
+pub fn vetted(claim: &DatabaseClaim) -> bool {
+    ready_condition(claim)
         .and_then(|c| Reason::parse(&c.reason))
         .is_some_and(|r| !r.is_conflict())
+}
+
+/// Whether the claim controller checked `claim`: its status says so
+/// ([`vetted`]), or, when it says nothing yet, this operator accepted it.
+pub fn checked(claim: &DatabaseClaim, ctx: &Context) -> bool {
+    match ready_condition(claim) {
+        Some(_) => vetted(claim),
+        None => ctx.fences.was_accepted(claim),
+    }
+}
+
+/// Whether `claim` is accepted for its Service: only an accepted claim's
+/// Secrets enter the ownership tables. A claim whose status says why it is
+/// or is not Ready is as [`vetted`] says; one whose status says nothing yet
+/// is accepted when this operator accepted it, or when its Service's table
+/// (as the cache shows it) already names its binding for that Service, as
+/// it does after a restart for a claim accepted before.
+pub fn accepted(claim: &DatabaseClaim, ctx: &Context) -> bool {
+    let ns = claim.namespace().unwrap_or_default();
+    let table = || {
+        ctx.caches
+            .table(&ns, &table_name(&claim.spec.service_ref.name))
+    };
+    accepted_by(claim, ctx.fences.was_accepted(claim), table)
+}
+
+/// [`accepted`], with `here` whether this operator accepted `claim` and
+/// `table` its Service's table.
+fn accepted_by(
+    claim: &DatabaseClaim,
+    here: bool,
+    table: impl FnOnce() -> Option<Arc<ConfigMap>>,
+) -> bool {
+    if ready_condition(claim).is_some() {
+        return vetted(claim);
+    }
+    let binding = Fence {
+        secret: crate::children::names::binding_secret(&claim.name_any()),
+        owner: claim.spec.service_ref.name.clone(),
+    };
+    here || names(table().as_deref(), &binding)
 }
 
 #[cfg(test)]
@@ -245,6 +353,7 @@ mod tests {
         // and the Service is asked for a pass.
         let none = fences.missing(|| None, "shop", "orders", &want, claim.clone());
         assert_eq!(none.as_deref(), Some("orders-db-binding"));
+        fences.ask("shop", "orders");
         assert_eq!(
             asked.recv().await.unwrap(),
             ObjectRef::new("orders").within("shop")
@@ -343,5 +452,93 @@ mod tests {
         );
         assert_eq!(fences.waiting(), 0);
         assert!(woken.try_recv().is_err());
+    }
+
+    fn claim(name: &str, uid: &str, service: &str, reason: Option<Reason>) -> DatabaseClaim {
+        let mut claim: DatabaseClaim = serde_yaml::from_str(&format!(
+            "{{apiVersion: dbps.io/v1alpha1, kind: DatabaseClaim, metadata: {{name: {name}, namespace: shop, uid: {uid}}}, spec: {{serviceRef: {{name: {service}}}, engine: postgres}}}}"
+        ))
+        .unwrap();
+        if let Some(reason) = reason {
+            let mut status = crate::api::DatabaseClaimStatus::default();
+            crate::api::set_condition(
+                &mut status.conditions,
+                READY,
+                false,
+                reason.as_str(),
+                "",
+                None,
+            );
+            claim.status = Some(status);
+        }
+        claim
+    }
+
+    #[test]
+    fn a_claim_is_accepted_by_its_status_by_this_operator_or_by_its_table() {
+        let (wake, _woken) = unbounded_channel();
+        let (fences, _asked) = Fences::new(wake);
+        let new = claim("orders-db", "u1", "orders", None);
+        let named = || Some(table("orders", &[("secret.orders-db-binding", "orders")]));
+        let for_another = || Some(table("orders", &[("secret.orders-db-binding", "payments")]));
+
+        // A claim whose status says nothing: not accepted until this operator
+        // accepts it, or its Service's table names its binding for that
+        // Service (accepted before a restart).
+        assert!(!accepted_by(&new, fences.was_accepted(&new), || None));
+        assert!(!accepted_by(&new, false, for_another));
+        assert!(accepted_by(&new, false, named));
+        fences.accept(&new);
+        assert!(accepted_by(&new, fences.was_accepted(&new), || None));
+
+        // Another claim of the same name (another UID) is not the one accepted.
+        let again = claim("orders-db", "u2", "orders", None);
+        assert!(!fences.was_accepted(&again));
+
+        // A status decides when it says why: a conflict refuses, whatever
+        // was accepted or named before; Provisioning or a fault accepts.
+        for reason in [
+            Reason::ObjectOwnedByAnotherService,
+            Reason::DatabaseOwnedByAnotherClaim,
+        ] {
+            let refused = claim("orders-db", "u1", "orders", Some(reason));
+            assert!(!accepted_by(&refused, true, named), "{reason:?}");
+        }
+        for reason in [
+            Reason::Provisioning,
+            Reason::ServerUnreachable,
+            Reason::Ready,
+        ] {
+            let told = claim("orders-db", "u1", "orders", Some(reason));
+            assert!(accepted_by(&told, false, || None), "{reason:?}");
+        }
+
+        // A refused or deleted claim is forgotten.
+        fences.forget(&line_of(&new));
+        assert!(!fences.was_accepted(&new));
+    }
+
+    #[test]
+    fn a_waiting_claim_says_nothing_until_it_is_old_enough_or_has_said_why_before() {
+        let ago = |secs: i64| {
+            let at = k8s_openapi::jiff::Timestamp::now()
+                - k8s_openapi::jiff::SignedDuration::from_secs(secs);
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at))
+        };
+        let mut young = claim("orders-db", "u1", "orders", None);
+        young.metadata.creation_timestamp = ago(1);
+        let left = untold(&young).expect("a young claim says nothing yet");
+        assert!(left <= TELL_AFTER - Duration::from_secs(1) && left > TELL_AFTER / 2);
+        let mut old = young.clone();
+        old.metadata.creation_timestamp = ago(TELL_AFTER.as_secs() as i64 + 1);
+        assert_eq!(untold(&old), None);
+        let mut refused = claim(
+            "orders-db",
+            "u1",
+            "orders",
+            Some(Reason::ObjectOwnedByAnotherService),
+        );
+        refused.metadata.creation_timestamp = ago(1);
+        assert_eq!(untold(&refused), None, "a refusal gone is replaced at once");
     }
 }

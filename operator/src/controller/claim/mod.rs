@@ -30,7 +30,9 @@ pub const FINALIZER: &str = "dbps.io/cleanup";
 
 pub use cleanup::SKIP_CLEANUP_ANNOTATION;
 pub use dedicated::major;
-pub use fences::{Fences, vetted};
+#[cfg(test)]
+pub use fences::vetted;
+pub use fences::{Fences, accepted};
 pub use rotation::{ROTATE_ANNOTATION, due_binding};
 pub use shared::{selector_matches, shared_database, slot_username};
 pub use turns::Turns;

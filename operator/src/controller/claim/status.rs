@@ -76,6 +76,12 @@ pub(super) async fn update_status_full(
     credentials: Option<CredentialsStatus>,
     database: Option<String>,
 ) -> Result<(), Error> {
+    // Refused (another owner's object or database in its way), a claim is
+    // not accepted for its Service, whatever was checked before: it waits
+    // for no table, and the status written now keeps its entries out.
+    if outcome.reason.is_conflict() {
+        ctx.fences.forget(&super::turns::line_of(claim));
+    }
     let desired = |current: &DatabaseClaimStatus| {
         let mut conditions = current.conditions.clone();
         let generation = claim.metadata.generation;
