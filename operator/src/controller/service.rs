@@ -667,7 +667,7 @@ pub fn compute(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::Engine;
     use crate::controller::claim::vetted;
@@ -894,7 +894,13 @@ mod tests {
         assert_eq!(table_interval(100_000), STATUS_PACE_LONGEST);
     }
 
-    fn claim_with_reason(name: &str, service: &str, reason: Option<Reason>) -> DatabaseClaim {
+    /// A claim of Service `service` in namespace `shop`, its status saying
+    /// `reason` (nothing without one).
+    pub(crate) fn claim_with_reason(
+        name: &str,
+        service: &str,
+        reason: Option<Reason>,
+    ) -> DatabaseClaim {
         let mut claim: DatabaseClaim = serde_yaml::from_str(&format!(
             "{{apiVersion: dbps.io/v1alpha1, kind: DatabaseClaim, metadata: {{name: {name}, namespace: shop}}, spec: {{serviceRef: {{name: {service}}}, engine: postgres}}}}"
         ))

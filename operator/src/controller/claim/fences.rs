@@ -455,22 +455,9 @@ mod tests {
     }
 
     fn claim(name: &str, uid: &str, service: &str, reason: Option<Reason>) -> DatabaseClaim {
-        let mut claim: DatabaseClaim = serde_yaml::from_str(&format!(
-            "{{apiVersion: dbps.io/v1alpha1, kind: DatabaseClaim, metadata: {{name: {name}, namespace: shop, uid: {uid}}}, spec: {{serviceRef: {{name: {service}}}, engine: postgres}}}}"
-        ))
-        .unwrap();
-        if let Some(reason) = reason {
-            let mut status = crate::api::DatabaseClaimStatus::default();
-            crate::api::set_condition(
-                &mut status.conditions,
-                READY,
-                false,
-                reason.as_str(),
-                "",
-                None,
-            );
-            claim.status = Some(status);
-        }
+        let mut claim =
+            super::super::super::service::tests::claim_with_reason(name, service, reason);
+        claim.metadata.uid = Some(uid.into());
         claim
     }
 
