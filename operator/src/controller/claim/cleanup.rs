@@ -34,6 +34,8 @@ pub(super) async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Acti
     let name = claim.name_any();
     let uid = claim.uid().unwrap_or_default();
     let secrets: Api<Secret> = ctx.api(&ns);
+    // Whether its entries were its Service's to keep, before it is forgotten.
+    let accepted = accepted(claim, ctx);
     ctx.fences.forget(&super::turns::line_of(claim));
     // The read access the claim granted ends with it, whatever its policy:
     // the readers' Secrets go (they have no owner reference, as they may
@@ -62,7 +64,7 @@ pub(super) async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Acti
             for secret in &kept {
                 release(&secrets, secret, &uid).await?;
             }
-            if accepted(claim, ctx) {
+            if accepted {
                 let entries = kept
                     .iter()
                     .map(|s| (format!("secret.{s}"), claim.spec.service_ref.name.clone()))
@@ -76,7 +78,7 @@ pub(super) async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Acti
                 )
                 .await?;
             }
-        } else if accepted(claim, ctx) {
+        } else if accepted {
             super::super::service::retain_entries(
                 ctx,
                 &ns,
@@ -101,7 +103,7 @@ pub(super) async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Acti
                 release(&secrets, secret, &uid).await?;
             }
             // The kept Secrets stay fenced for their Service in the ownership table.
-            if accepted(claim, ctx) {
+            if accepted {
                 let mut entries: std::collections::BTreeMap<_, _> = bindings
                     .iter()
                     .map(|s| (format!("secret.{s}"), claim.spec.service_ref.name.clone()))
@@ -160,7 +162,7 @@ pub(super) async fn cleanup(claim: &DatabaseClaim, ctx: &Context) -> Result<Acti
             .await;
         }
         DeletionPolicy::Delete => {
-            if accepted(claim, ctx) {
+            if accepted {
                 super::super::service::retain_entries(
                     ctx,
                     &ns,
