@@ -55,6 +55,17 @@
 //! leaves it out (the operator then adds the finalizer with a write of its
 //! own, and so does the apiserver floor).
 //!
+//! The database servers run on cores of their own: half of this process's
+//! CPUs (the upper half) for them, the other half for the control plane,
+//! the operator and this bench, as in a cluster, where a database server
+//! does not share its node's cores with the apiserver, etcd or the
+//! operator's pod. The floors run the same way, so the ratio to the
+//! database floor says whether the operator keeps the database as busy as
+//! the database alone would be. `DBPS_BENCH_CORES=shared` lets every
+//! process run on every core instead (the run is then bound by the CPU all
+//! of them need, which the joint floor shows); a machine of one core always
+//! shares it.
+//!
 //! `DBPS_BENCH_CLAIMS` lists the sizes (default `200,1000`),
 //! `DBPS_BENCH_RUNS` the runs of each (default 3); medians are printed last.
 
@@ -64,7 +75,7 @@ use std::time::{Duration, Instant};
 
 use dbps_e2e::control_plane::{ControlPlane, Options};
 use dbps_e2e::databases::{Kind, LocalServer};
-use dbps_e2e::process::{Process, cpu_seconds, tree_cpu_seconds};
+use dbps_e2e::process::{Process, allowed_cpus, cpu_seconds, pin_tree, tree_cpu_seconds};
 use dbps_operator::api::{DatabaseClaim, DatabaseServer, Engine, READY};
 use dbps_operator::children::FIELD_MANAGER;
 use dbps_operator::controller::FINALIZER;
@@ -243,9 +254,36 @@ async fn postgres_floor(n: usize) -> (f64, f64) {
 async fn floor_servers() -> Vec<LocalServer> {
     let mut servers_of_floor = Vec::new();
     for _ in 0..servers() {
-        servers_of_floor.push(LocalServer::start(engine().0).await.unwrap());
+        servers_of_floor.push(database_server().await);
     }
     servers_of_floor
+}
+
+/// A fresh server of the run's engine, on the database's cores.
+async fn database_server() -> LocalServer {
+    let server = LocalServer::start(engine().0).await.unwrap();
+    if let (Some((_, database)), Some(pid)) = (cores(), server.pid()) {
+        pin_tree(pid, database).unwrap();
+    }
+    server
+}
+
+/// The CPUs of the control plane, the operator and this bench, and those of
+/// the database servers; `None` when all share all (`DBPS_BENCH_CORES=shared`,
+/// or a single CPU).
+fn cores() -> Option<&'static (Vec<usize>, Vec<usize>)> {
+    static CORES: std::sync::OnceLock<Option<(Vec<usize>, Vec<usize>)>> =
+        std::sync::OnceLock::new();
+    CORES
+        .get_or_init(|| {
+            let cpus = allowed_cpus();
+            if std::env::var("DBPS_BENCH_CORES").as_deref() == Ok("shared") || cpus.len() < 2 {
+                return None;
+            }
+            let (control, database) = cpus.split_at(cpus.len() / 2);
+            Some((control.to_vec(), database.to_vec()))
+        })
+        .as_ref()
 }
 
 /// The database floor's work on `servers_of_floor`: its seconds, and the
@@ -548,7 +586,7 @@ async fn run(n: usize) -> Sample {
     .unwrap();
     let client = plane.client().await.unwrap();
     dbps_e2e::operator::install_crds(&client).await.unwrap();
-    let (kind, engine) = engine();
+    let engine = engine().1;
     let (postgres_floor_before_s, floor_cpu_before) = match database_floor() {
         true => postgres_floor(n).await,
         false => (f64::NAN, f64::NAN),
@@ -575,7 +613,7 @@ async fn run(n: usize) -> Sample {
     let mut servers_of_run = Vec::new();
     if !dedicated() {
         for _ in 0..servers() {
-            servers_of_run.push(LocalServer::start(kind).await.unwrap());
+            servers_of_run.push(database_server().await);
         }
     }
     for (j, server) in servers_of_run.iter().enumerate() {
@@ -843,12 +881,17 @@ fn print(n: usize, label: &str, s: &Sample) {
 /// The least time any operator could bring the claims to Ready in on this
 /// machine: the CPU of the database floor and of the apiserver floor (what
 /// the database and the control plane must do for the claims, whoever asks)
-/// spread over all its cores. Over the database floor, it is the ratio that
-/// even an operator costing nothing and writing only what a claim needs
-/// would reach where the database shares its cores with the control plane.
+/// spread over the cores each may use (over all of them when they share
+/// them). Over the database floor, it is the ratio that even an operator
+/// costing nothing and writing only what a claim needs would reach.
 fn cpu_bound(s: &Sample) -> f64 {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    (s.floor_database_cpu_s + s.floor_control_plane_cpu_s) / cores
+    match cores() {
+        Some((control, database)) => (s.floor_database_cpu_s / database.len() as f64)
+            .max(s.floor_control_plane_cpu_s / control.len() as f64),
+        None => {
+            (s.floor_database_cpu_s + s.floor_control_plane_cpu_s) / allowed_cpus().len() as f64
+        }
+    }
 }
 
 #[tokio::main]
@@ -862,6 +905,17 @@ async fn main() {
         Path::new(&dbps_e2e::operator::binary()).exists(),
         "build the operator first: cargo build -p dbps-operator --bin dbps-operator"
     );
+    match cores() {
+        Some((control, database)) => {
+            // This process's threads, and so the control plane and the
+            // operator it starts, on the control plane's cores.
+            pin_tree(std::process::id(), control).unwrap();
+            println!(
+                "cores: database servers on {database:?}, control plane, operator and bench on {control:?}"
+            );
+        }
+        None => println!("cores: all processes share {:?}", allowed_cpus()),
+    }
     let mut medians = BTreeMap::new();
     for n in sizes {
         let mut samples = Vec::new();

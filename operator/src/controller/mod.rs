@@ -99,9 +99,9 @@ const GATHER: Duration = Duration::from_millis(200);
 const GATHER_LONGEST: Duration = Duration::from_secs(2);
 
 /// Claim reconciles in flight at once, which bounds the memory a burst of
-/// claims takes. A server takes twice its `maxConnections` of them at a
-/// time; its other claims wait in its line (`claim::Turns`) without holding
-/// a slot, so this leaves room for eight busy servers at the default.
+/// claims takes. A server takes four times its `maxConnections` of them
+/// at a time; its other claims wait in its line (`claim::Turns`) without
+/// holding a slot, so this leaves room for four busy servers at the default.
 const CLAIM_CONCURRENCY: u16 = 64;
 
 /// The Services a claim concerns: its owner, and those it grants read

@@ -142,8 +142,12 @@ pub(super) async fn administer(
     }
     // A busy server takes the claim when a turn ends (it is woken then);
     // until then it holds nothing.
+    // A turn holds the claim's requests to the apiserver too (its binding,
+    // its status): four claims per connection keep the server's sessions
+    // busy while some of them wait on the apiserver (development.md,
+    // Benchmarks).
     let line = super::turns::line_of(claim);
-    let capacity = 2 * target.connections;
+    let capacity = 4 * target.connections;
     let Some(_turn) = ctx
         .turns
         .take(&target.conn.host, target.conn.port, capacity, line)

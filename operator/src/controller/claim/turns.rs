@@ -1,5 +1,6 @@
-//! Turns at a server. A server takes a few of its claims at a time (twice
-//! its `maxConnections`, so the next statement is always ready); the others
+//! Turns at a server. A server takes a few of its claims at a time (four
+//! times its `maxConnections`: a claim's turn also holds its apiserver
+//! requests, and the server's sessions should not wait for those); the others
 //! wait in the server's line without holding one of the operator's
 //! reconcile slots, and are woken one by one as turns end. Claims on
 //! different servers never wait for each other.
