@@ -238,7 +238,8 @@ fn binding_env(binding: &str, password_var: &str) -> Value {
 
 /// A pod of `service` that runs `sql` with psql (from `image`) against
 /// `host`, with the credentials of the binding Secret `binding` (empty:
-/// guessed ones).
+/// guessed ones), over TLS as the binding says (its `sslmode`, verified
+/// with its `ca.crt`).
 pub fn psql_pod(
     image: &str,
     name: &str,
@@ -247,18 +248,55 @@ pub fn psql_pod(
     host: &str,
     sql: &str,
 ) -> Pod {
+    psql_pod_sslmode(image, name, service, binding, host, sql, None)
+}
+
+/// [`psql_pod`] with the `sslmode` given (`disable`: in clear text) in
+/// place of the binding's.
+pub fn psql_pod_sslmode(
+    image: &str,
+    name: &str,
+    service: &str,
+    binding: &str,
+    host: &str,
+    sql: &str,
+    sslmode: Option<&str>,
+) -> Pod {
+    let tls = match sslmode {
+        Some(mode) => format!("export PGSSLMODE={mode}; "),
+        None if binding.is_empty() => String::new(),
+        None => "if [ -r /binding/sslmode ]; then read -r PGSSLMODE < /binding/sslmode || true; \
+                 export PGSSLMODE PGSSLROOTCERT=/binding/ca.crt; fi; "
+            .into(),
+    };
     let command = format!(
         "PGCONNECT_TIMEOUT=3 psql -v ON_ERROR_STOP=1 -tA -h {host} -U \"$DB_USER\" -d \"$DB_NAME\" -c \"{sql}\""
     );
-    client_pod(
+    let mut pod = client_pod(
         name,
         service,
         image,
         999,
-        command,
+        format!("{tls}{command}"),
         binding_env(binding, "PGPASSWORD"),
         10,
-    )
+    );
+    if !binding.is_empty() {
+        let spec = pod.spec.as_mut().expect("spec");
+        spec.volumes = Some(vec![
+            serde_json::from_value(
+                json!({ "name": "binding", "secret": { "secretName": binding } }),
+            )
+            .unwrap(),
+        ]);
+        spec.containers[0].volume_mounts = Some(vec![
+            serde_json::from_value(
+                json!({ "name": "binding", "mountPath": "/binding", "readOnly": true }),
+            )
+            .unwrap(),
+        ]);
+    }
+    pod
 }
 
 /// A pod of `service` that runs the `influx` client (from `image`) against

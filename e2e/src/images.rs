@@ -268,9 +268,15 @@ fn libraries(binary: &Path) -> Vec<PathBuf> {
 /// made from this machine's PostgreSQL: on an empty `$PGDATA`, `initdb` with
 /// `$POSTGRES_USER`/`$POSTGRES_PASSWORD`, the scripts of
 /// `/docker-entrypoint-initdb.d` against a server reachable only through its
-/// socket, then the server on every address with password authentication.
+/// socket, then the server on every address with password authentication;
+/// arguments `postgres -c name=value …` (or `-c …` alone) start the server
+/// with those settings, any other command runs as it is.
 const POSTGRES_ENTRYPOINT: &str = r#"#!/bin/sh
 set -eu
+[ "$#" -gt 0 ] || set -- postgres
+case "$1" in -*) set -- postgres "$@" ;; esac
+[ "$1" = postgres ] || exec "$@"
+shift
 : "${PGDATA:=/var/lib/postgresql/data}"
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   mkdir -p "$PGDATA"
@@ -292,7 +298,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
   unset PGPASSWORD PGHOST
 fi
-exec postgres -D "$PGDATA"
+exec postgres -D "$PGDATA" "$@"
 "#;
 
 /// `postgres:<major>` from this machine's PostgreSQL (Debian's packages):

@@ -1184,7 +1184,7 @@ async fn every_pod_template_is_admitted_under_pod_security_restricted() {
                 dbps_operator::children::tls::InstanceTls::issue("opensearch-db", "opensearch-db")
                     .unwrap(),
             ),
-            first_boot: vec![],
+            files: vec![],
         },
     };
     for engine in ["postgres", "mongodb", "influxdb", "opensearch"] {

@@ -5,8 +5,9 @@
 //! superuser only at first boot) and the operator pod makes the app's user
 //! and database over the wire, through the NetworkPolicy rule that admits
 //! the chart's operator pods. A pod of the owning Service reaches its
-//! database by the Service name with the binding dbps issued; PostgreSQL's
-//! data survives a restart of its pod and, with `Retain`, the claim's
+//! database by the Service name with the binding dbps issued (PostgreSQL:
+//! over TLS verified under the instance's own CA; in clear text the
+//! instance refuses it); PostgreSQL's data survives a restart of its pod and, with `Retain`, the claim's
 //! deletion; a rotation hands out the other user and revokes the first
 //! after the grace period. Another Service of the same namespace is kept
 //! off twice: the admission policy refuses its pod when it references the
@@ -18,7 +19,8 @@ use std::time::Instant;
 use dbps_e2e::claims::reason_is;
 use dbps_e2e::cluster::{Cluster, OPERATOR_NAMESPACE};
 use dbps_e2e::fixtures::{
-    claim, copy_secret, influx_pod, psql_pod, run_pod as run, sample_check_pod, service,
+    claim, copy_secret, influx_pod, psql_pod, psql_pod_sslmode, run_pod as run, sample_check_pod,
+    service,
 };
 use dbps_e2e::node::NODE_NAME;
 use dbps_operator::api::DatabaseClaim;
@@ -115,6 +117,29 @@ async fn dedicated_claims_of_every_engine_run_for_real_and_only_their_service_ge
     .await;
     assert!(ok, "the owner could not write: {said}");
     eprintln!("first PostgreSQL login after {:?}", claimed.elapsed());
+    // That was over TLS, verified to the instance's name under the
+    // instance's own CA (the binding's `sslmode` and `ca.crt`); in clear
+    // text the instance refuses the same credentials from the same pod.
+    let admin = dbps_e2e::fixtures::secret(ctx, "orders-db-admin")
+        .await
+        .unwrap();
+    assert_eq!(binding["sslmode"], "verify-full");
+    assert_eq!(binding["ca.crt"], admin["ca.crt"]);
+    let (ok, said) = run(
+        ctx,
+        psql_pod_sslmode(
+            &images.psql,
+            "orders-cleartext",
+            "orders",
+            "orders-db-binding",
+            &host,
+            "SELECT 1",
+            Some("disable"),
+        ),
+    )
+    .await;
+    assert!(!ok, "the instance took a login in clear text: {said}");
+    assert!(said.contains("no encryption"), "{said}");
 
     // Another service's pod referencing the binding is refused at admission ...
     let refused = pods

@@ -35,6 +35,24 @@ async fn setup(test: &str) -> (TestContext, RunningOperator) {
     (ctx, operator)
 }
 
+/// The dedicated PostgreSQL claim `orders-db` of the Service `orders`, as
+/// far as it goes on kwok.
+async fn orders_db(ctx: &TestContext) -> DatabaseClaim {
+    dbps_e2e::fixtures::claim(
+        ctx,
+        "orders-db",
+        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres" }),
+    )
+    .await;
+    ctx.wait_for(
+        &ctx.api::<DatabaseClaim>(),
+        "orders-db",
+        "instance unreachable",
+        reason_is(UNREACHABLE),
+    )
+    .await
+}
+
 fn owned_by(obj: &impl Resource, claim: &DatabaseClaim) -> bool {
     obj.owner_references()
         .iter()
@@ -422,20 +440,7 @@ async fn binding_secret_is_readable_by_the_owning_service_account_only() {
     let (ctx, _operator) = setup("secret-rbac").await;
     dbps_e2e::fixtures::service(&ctx, "orders", json!({})).await;
     dbps_e2e::fixtures::service(&ctx, "payments", json!({})).await;
-    dbps_e2e::fixtures::claim(
-        &ctx,
-        "orders-db",
-        json!({ "serviceRef": { "name": "orders" }, "engine": "postgres" }),
-    )
-    .await;
-    let claims = ctx.api::<DatabaseClaim>();
-    ctx.wait_for(
-        &claims,
-        "orders-db",
-        "instance unreachable",
-        reason_is(UNREACHABLE),
-    )
-    .await;
+    orders_db(&ctx).await;
 
     let account = |sa: &str| format!("system:serviceaccount:{}:{sa}", ctx.namespace);
     let groups = ["system:serviceaccounts"];
@@ -560,6 +565,72 @@ async fn each_network_policy_admits_only_its_own_service_and_follows_its_selecto
         ingress[0]["from"][0]["podSelector"]["matchLabels"],
         json!({ "dbps.io/service": "orders" })
     );
+}
+
+/// A dedicated PostgreSQL serves TLS only, as its client authentication
+/// file in its admin Secret says; that file is the operator's: one edited
+/// by hand (to let logins in without TLS or password) is put back, and the
+/// pod template that restarts the instance on a change of it stays as it
+/// was. (Served and refused for real: cluster_dedicated.rs.)
+#[tokio::test]
+async fn an_edited_client_authentication_file_is_put_back() {
+    let ctx = TestContext::new("hba").await.unwrap();
+    let _operator = RunningOperator::start(&ctx, QUIET_RESYNC).await.unwrap();
+    dbps_e2e::fixtures::service(&ctx, "orders", json!({})).await;
+    orders_db(&ctx).await;
+    let secrets = ctx.api::<Secret>();
+    let admin = decoded(&secrets.get("orders-db-admin").await.unwrap());
+    let binding = decoded(&secrets.get("orders-db-binding").await.unwrap());
+    let made = admin["pg_hba.conf"].clone();
+    assert!(made.contains("hostssl"), "{made}");
+    assert!(
+        !made.contains("trust") && !made.contains("\nhost "),
+        "{made}"
+    );
+    // The binding verifies the instance under the instance's own CA.
+    assert_eq!(binding["sslmode"], "verify-full");
+    assert_eq!(binding["ca.crt"], admin["ca.crt"]);
+    assert!(
+        binding["uri"].ends_with("?sslmode=verify-full"),
+        "{}",
+        binding["uri"]
+    );
+    let statefulsets = ctx.api::<StatefulSet>();
+    let template = |sts: &StatefulSet| {
+        sts.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default()
+    };
+    let before = template(&statefulsets.get("orders-db").await.unwrap());
+    assert!(before.contains_key("dbps.io/instance-files"), "{before:?}");
+    assert!(before.contains_key("dbps.io/tls-certificate"), "{before:?}");
+
+    secrets
+        .patch(
+            "orders-db-admin",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "stringData": { "pg_hba.conf": "host all all all trust\n" } })),
+        )
+        .await
+        .unwrap();
+    let wanted = made.clone();
+    ctx.wait_for(
+        &secrets,
+        "orders-db-admin",
+        "the client authentication file put back",
+        move |s: Option<&Secret>| {
+            s.and_then(|s| dbps_operator::children::secret_value(s, "pg_hba.conf"))
+                .is_some_and(|v| v == wanted)
+        },
+    )
+    .await;
+    let after = template(&statefulsets.get("orders-db").await.unwrap());
+    assert_eq!(after, before, "the instance is not restarted for nothing");
+    let admin_after = decoded(&secrets.get("orders-db-admin").await.unwrap());
+    assert_eq!(admin_after["password"], admin["password"]);
+    assert_eq!(admin_after["tls.crt"], admin["tls.crt"]);
 }
 
 #[tokio::test]

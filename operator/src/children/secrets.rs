@@ -20,13 +20,13 @@ pub struct Credentials {
 }
 
 /// What a dedicated instance reads from its admin Secret besides the
-/// superuser's password: its TLS, when it serves TLS only, and the files of
-/// its first boot (see [`crate::engines::FirstBootFile`]).
+/// superuser's password: its TLS, when it serves TLS only, and its files
+/// (see [`crate::engines::InstanceFile`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InstanceFiles {
     pub tls: Option<super::tls::InstanceTls>,
     /// (key in the admin Secret, contents).
-    pub first_boot: Vec<(&'static str, String)>,
+    pub files: Vec<(&'static str, String)>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -57,7 +57,7 @@ pub fn admin_secret(inputs: &Inputs) -> Secret {
                     .tls
                     .iter()
                     .flat_map(|t| t.entries())
-                    .chain(instance.first_boot.iter().cloned())
+                    .chain(instance.files.iter().cloned())
                     .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes()))),
             );
             data

@@ -22,6 +22,9 @@ use crate::engines::InstanceSecrets;
 
 /// Pod template annotation: digest of the certificate the instance serves.
 pub const TLS_ANNOTATION: &str = "dbps.io/tls-certificate";
+/// Pod template annotation: digest of the files the instance reads at every
+/// start (see [`crate::engines::InstanceFile`]).
+pub const FILES_ANNOTATION: &str = "dbps.io/instance-files";
 
 /// Volume size when the claim names none.
 pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
@@ -123,11 +126,34 @@ pub fn statefulset(inputs: &Inputs) -> StatefulSet {
         // The server reads its certificate at start: a new one restarts it.
         annotations.insert(TLS_ANNOTATION.to_string(), tls.digest());
     }
-    let first_boot = engine.instance().first_boot_files();
-    if !first_boot.is_empty() {
-        let keys: Vec<&str> = first_boot.iter().map(|f| f.key).collect();
+    let files = engine.instance().files();
+    // A file read at every start: a change of it restarts the server.
+    let enforced: Vec<&(&str, String)> = inputs
+        .credentials
+        .instance
+        .files
+        .iter()
+        .filter(|(key, _)| files.iter().any(|f| f.enforced && f.key == *key))
+        .collect();
+    if !enforced.is_empty() {
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        for (key, contents) in enforced {
+            for part in [key.as_bytes(), b"\0", contents.as_bytes(), b"\0"] {
+                hash.update(part);
+            }
+        }
+        let digest: String = hash.finish().as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        annotations.insert(FILES_ANNOTATION.to_string(), digest);
+    }
+    if !files.is_empty() {
+        let keys: Vec<&str> = files.iter().map(|f| f.key).collect();
+        // The volume keeps the name it was first given (a new name would
+        // restart every instance that has it).
         volumes.push(from_admin_secret("first-boot", &keys));
-        mounts.extend(first_boot.iter().map(|f| VolumeMount {
+        mounts.extend(files.iter().map(|f| VolumeMount {
             name: "first-boot".into(),
             mount_path: f.path.into(),
             sub_path: Some(f.key.into()),
@@ -166,6 +192,7 @@ pub fn statefulset(inputs: &Inputs) -> StatefulSet {
             ..Default::default()
         }]),
         env: Some(engine.instance().env(&instance)),
+        args: Some(engine.instance().args()).filter(|a| !a.is_empty()),
         readiness_probe: Some(engine.readiness_probe()),
         resources: Some(resources),
         volume_mounts: Some(mounts),
@@ -303,7 +330,22 @@ mod tests {
             container["env"][1]["valueFrom"]["secretKeyRef"],
             json!({ "name": "orders-db-admin", "key": "password" })
         );
-        assert_eq!(container["volumeMounts"].as_array().unwrap().len(), 2);
+        // Its data, a scratch directory and its client authentication file
+        // (its certificate once issued: below).
+        let mounts: Vec<&str> = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["mountPath"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                "/var/lib/postgresql/data",
+                "/var/run/dbps",
+                "/etc/dbps/pg_hba.conf"
+            ]
+        );
     }
 
     #[test]
@@ -345,36 +387,21 @@ spec: { serviceRef: { name: telemetry }, engine: influxdb, version: '1.8' }
 
     #[test]
     fn an_opensearch_instance_reads_its_certificate_and_user_database_from_its_admin_secret() {
-        let claim = crate::children::fixtures::claim(
-            "
+        let claim = "
 apiVersion: dbps.io/v1alpha1
 kind: DatabaseClaim
 metadata: { name: search-db, namespace: shop }
 spec: { serviceRef: { name: search }, engine: opensearch }
-",
-        );
-        let service = crate::children::fixtures::service(ORDERS_SERVICE);
+";
         let tls = tls::InstanceTls::issue("search-db", "search-db").unwrap();
-        let credentials = crate::children::Credentials {
-            admin_password: "pw".into(),
-            instance: crate::children::InstanceFiles {
-                tls: Some(tls.clone()),
-                first_boot: vec![
-                    ("internal_users.yml", "admin: {}".into()),
-                    ("roles_mapping.yml", "{}".into()),
-                    ("config.yml", "{}".into()),
-                ],
-            },
-            ..Default::default()
-        };
-        let platform = crate::children::Platform::default();
-        let inputs = Inputs {
-            claim: &claim,
-            service: &service,
-            credentials: &credentials,
-            platform: &platform,
-        };
-        let sts = serde_json::to_value(statefulset(&inputs)).unwrap();
+        let files = [
+            ("internal_users.yml", "admin: {}"),
+            ("roles_mapping.yml", "{}"),
+            ("config.yml", "{}"),
+        ];
+        let sts = with_instance(claim, &tls, &files, |i| {
+            serde_json::to_value(statefulset(i)).unwrap()
+        });
         let pod = &sts["spec"]["template"];
         assert_eq!(
             pod["metadata"]["annotations"][TLS_ANNOTATION],
@@ -421,7 +448,7 @@ spec: { serviceRef: { name: search }, engine: opensearch }
             json!({ "name": "search-db-admin", "key": "password" })
         );
         // The admin Secret holds what the volumes name.
-        let secret = crate::children::admin_secret(&inputs);
+        let secret = with_instance(claim, &tls, &files, crate::children::admin_secret);
         let data = secret.data.unwrap();
         for key in [
             "username",
@@ -438,10 +465,96 @@ spec: { serviceRef: { name: search }, engine: opensearch }
 
     #[test]
     fn an_instance_without_tls_mounts_nothing_of_its_admin_secret() {
-        let sts = build_json(ORDERS_CLAIM, ORDERS_SERVICE, statefulset);
+        let claim = ORDERS_CLAIM.replace("engine: postgres", "engine: influxdb");
+        assert_ne!(claim, ORDERS_CLAIM);
+        let sts = build_json(&claim, ORDERS_SERVICE, statefulset);
         let pod = &sts["spec"]["template"];
         assert!(pod["metadata"].get("annotations").is_none());
         assert_eq!(pod["spec"]["volumes"].as_array().unwrap().len(), 1);
+        assert!(pod["spec"]["containers"][0].get("args").is_none());
+    }
+
+    /// `f` of `claim_yaml`'s inputs, with the certificate and files its
+    /// instance has.
+    fn with_instance<T>(
+        claim_yaml: &str,
+        tls: &tls::InstanceTls,
+        files: &[(&'static str, &str)],
+        f: impl Fn(&Inputs) -> T,
+    ) -> T {
+        let claim = crate::children::fixtures::claim(claim_yaml);
+        let service = crate::children::fixtures::service(ORDERS_SERVICE);
+        let credentials = crate::children::Credentials {
+            admin_password: "pw".into(),
+            instance: crate::children::InstanceFiles {
+                tls: Some(tls.clone()),
+                files: files.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            },
+            ..Default::default()
+        };
+        let platform = crate::children::Platform::default();
+        f(&Inputs {
+            claim: &claim,
+            service: &service,
+            credentials: &credentials,
+            platform: &platform,
+        })
+    }
+
+    fn postgres_with(tls: &tls::InstanceTls, hba: &str) -> serde_json::Value {
+        with_instance(ORDERS_CLAIM, tls, &[("pg_hba.conf", hba)], |i| {
+            serde_json::to_value(statefulset(i)).unwrap()
+        })
+    }
+
+    #[test]
+    fn a_dedicated_postgres_serves_tls_only_with_its_files_from_its_admin_secret() {
+        let tls = tls::InstanceTls::issue("orders-db", "orders-db").unwrap();
+        let sts = postgres_with(&tls, "hostssl all all all scram-sha-256\n");
+        let pod = &sts["spec"]["template"];
+        let container = &pod["spec"]["containers"][0];
+        assert_eq!(
+            container["args"],
+            json!([
+                "postgres",
+                "-c",
+                "ssl=on",
+                "-c",
+                "ssl_cert_file=/etc/dbps/tls/tls.crt",
+                "-c",
+                "ssl_key_file=/etc/dbps/tls/tls.key",
+                "-c",
+                "hba_file=/etc/dbps/pg_hba.conf"
+            ])
+        );
+        let mounts = container["volumeMounts"].as_array().unwrap();
+        assert!(mounts.contains(&json!({
+            "name": "tls", "mountPath": "/etc/dbps/tls", "readOnly": true
+        })));
+        assert!(mounts.contains(&json!({
+            "name": "first-boot", "mountPath": "/etc/dbps/pg_hba.conf",
+            "subPath": "pg_hba.conf", "readOnly": true
+        })));
+        let volumes = pod["spec"]["volumes"].as_array().unwrap();
+        let files = volumes.iter().find(|v| v["name"] == "first-boot").unwrap();
+        assert_eq!(
+            files["secret"],
+            json!({
+                "secretName": "orders-db-admin", "defaultMode": 0o440,
+                "items": [{ "key": "pg_hba.conf", "path": "pg_hba.conf" }]
+            }),
+            "the file alone, not the password"
+        );
+        // The server reads its certificate and its file at start: a change
+        // of either restarts it, and nothing else does.
+        let annotations = &pod["metadata"]["annotations"];
+        assert_eq!(annotations[TLS_ANNOTATION], tls.digest());
+        let again = postgres_with(&tls, "hostssl all all all scram-sha-256\n");
+        assert_eq!(sts, again);
+        let edited = postgres_with(&tls, "host all all all trust\n");
+        let edited = &edited["spec"]["template"]["metadata"]["annotations"];
+        assert_ne!(edited[FILES_ANNOTATION], annotations[FILES_ANNOTATION]);
+        assert_eq!(edited[TLS_ANNOTATION], annotations[TLS_ANNOTATION]);
     }
 
     #[test]

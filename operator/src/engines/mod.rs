@@ -49,16 +49,22 @@ pub struct InstanceSecrets<'a> {
     pub admin_secret: &'a str,
 }
 
-/// A file the instance image reads at first boot, made by the operator
-/// from the superuser's password and kept in the instance's admin Secret
-/// (OpenSearch: the internal user database with the admin's hash).
-pub struct FirstBootFile {
+/// A file the instance reads besides its environment, made by the operator
+/// and held in the instance's admin Secret (OpenSearch: the internal user
+/// database with the admin's hash, read at first boot; PostgreSQL: its
+/// client authentication file, read at every start).
+pub struct InstanceFile {
     /// Key in the admin Secret.
     pub key: &'static str,
     /// Where the container reads it.
     pub path: &'static str,
     /// Makes the contents from the superuser's password.
     pub make: fn(&str) -> Result<String, String>,
+    /// Whether the contents are always what `make` gives, so an edit of the
+    /// Secret is put back (a file read at every start), or made once and
+    /// kept (a file read at first boot only, made with a salt: made anew it
+    /// would differ for nothing).
+    pub enforced: bool,
 }
 
 /// How a dedicated instance of an engine runs. The image contract each
@@ -108,8 +114,13 @@ pub trait Instance: Sync {
     fn tls_dir(&self) -> Option<&'static str> {
         None
     }
-    /// Files its image reads at first boot besides its environment.
-    fn first_boot_files(&self) -> &'static [FirstBootFile] {
+    /// Arguments of the instance container, in place of its image's command
+    /// arguments (none: the image's own).
+    fn args(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Files it reads besides its environment (see [`InstanceFile`]).
+    fn files(&self) -> &'static [InstanceFile] {
         &[]
     }
 }

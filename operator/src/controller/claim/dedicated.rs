@@ -483,8 +483,8 @@ where
 
 /// What the instance reads from its admin Secret besides the password: the
 /// certificate of an instance that serves TLS (kept while it names what the
-/// instance is reached by, issued anew otherwise) and its first-boot files
-/// (kept once made: the image reads them on an empty volume only).
+/// instance is reached by, issued anew otherwise) and its files (see
+/// [`crate::engines::InstanceFile`]: kept once made, or made at every pass).
 async fn instance_files(
     claim: &DatabaseClaim,
     ctx: &Context,
@@ -511,10 +511,11 @@ async fn instance_files(
                 .map_err(|e| format!("issuing the instance's certificate failed: {e}"))?,
         });
     }
-    for file in engine.instance().first_boot_files() {
-        let value = match admin.and_then(|s| secret_value(s, file.key)) {
-            Some(kept) => kept,
-            None => {
+    for file in engine.instance().files() {
+        let kept = admin.and_then(|s| secret_value(s, file.key));
+        let value = match kept {
+            Some(kept) if !file.enforced => kept,
+            _ => {
                 let (make, password) = (file.make, password.to_string());
                 tokio::task::spawn_blocking(move || make(&password))
                     .await
@@ -522,7 +523,7 @@ async fn instance_files(
                     .map_err(|e| format!("making {:?} failed: {e}", file.key))?
             }
         };
-        files.first_boot.push((file.key, value));
+        files.files.push((file.key, value));
     }
     Ok(files)
 }

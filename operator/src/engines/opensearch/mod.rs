@@ -15,7 +15,7 @@ mod admin;
 
 use k8s_openapi::api::core::v1::{EnvVar, ExecAction, Probe};
 
-use super::{FirstBootFile, Instance, InstanceSecrets, PASSWORD_KEY, plain_env, secret_env};
+use super::{Instance, InstanceFile, InstanceSecrets, PASSWORD_KEY, plain_env, secret_env};
 
 /// The engine's module (see [`super::module`]).
 pub struct Opensearch;
@@ -59,21 +59,24 @@ fn authentication(_: &str) -> Result<String, String> {
     Ok("_meta:\n  type: config\n  config_version: 2\nconfig:\n  dynamic:\n    http:\n      anonymous_auth_enabled: false\n    authc:\n      basic_internal_auth_domain:\n        http_enabled: true\n        transport_enabled: true\n        order: 0\n        http_authenticator: { type: basic, challenge: true }\n        authentication_backend: { type: intern }\n".into())
 }
 
-const FIRST_BOOT: &[FirstBootFile] = &[
-    FirstBootFile {
+const FIRST_BOOT: &[InstanceFile] = &[
+    InstanceFile {
         key: "internal_users.yml",
         path: "/usr/share/opensearch/config/opensearch-security/internal_users.yml",
         make: internal_users,
+        enforced: false,
     },
-    FirstBootFile {
+    InstanceFile {
         key: "roles_mapping.yml",
         path: "/usr/share/opensearch/config/opensearch-security/roles_mapping.yml",
         make: roles_mapping,
+        enforced: false,
     },
-    FirstBootFile {
+    InstanceFile {
         key: "config.yml",
         path: "/usr/share/opensearch/config/opensearch-security/config.yml",
         make: authentication,
+        enforced: false,
     },
 ];
 
@@ -183,7 +186,7 @@ impl Instance for Opensearch {
         Some(TLS_DIR)
     }
 
-    fn first_boot_files(&self) -> &'static [FirstBootFile] {
+    fn files(&self) -> &'static [InstanceFile] {
         FIRST_BOOT
     }
 }
