@@ -395,8 +395,20 @@ async fn a_retained_volume_goes_back_to_its_own_service_only() {
         reason_is("InstanceUnreachable"),
     )
     .await;
-    assert_eq!(secret(&ctx, "orders-db-admin").await, Some(admin));
-    assert_eq!(secret(&ctx, "orders-db-binding").await, Some(binding));
+    // (Its Service, made again, has another address: the instance's
+    // certificate is issued anew, and the binding carries its new CA.)
+    let again = secret(&ctx, "orders-db-admin").await.unwrap();
+    for key in ["username", "password", "pg_hba.conf"] {
+        assert_eq!(again[key], admin[key], "{key}");
+    }
+    assert_ne!(again["tls.names"], admin["tls.names"]);
+    let rebound = secret(&ctx, "orders-db-binding").await.unwrap();
+    assert_eq!(rebound["ca.crt"], again["ca.crt"]);
+    let without_ca = |mut values: std::collections::BTreeMap<String, String>| {
+        values.remove("ca.crt");
+        values
+    };
+    assert_eq!(without_ca(rebound), without_ca(binding));
 
     // A Secret a person made under the name dbps would use is not taken over.
     let mine: Secret = serde_json::from_value(
@@ -599,7 +611,24 @@ async fn an_edited_or_deleted_secret_of_a_dedicated_claim_is_never_believed() {
         .await;
     let binding = secret(&ctx, "orders-db-binding").await.unwrap();
     let admin = secret(&ctx, "orders-db-admin").await.unwrap();
-    assert_eq!(admin.len(), 2, "the admin Secret holds the superuser only");
+    // The superuser and what the instance reads (its certificate, its
+    // client authentication file): nothing of the app's.
+    let keys: Vec<&str> = admin.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "ca.crt",
+            "password",
+            "pg_hba.conf",
+            "tls.crt",
+            "tls.key",
+            "tls.names",
+            "username"
+        ],
+        "the admin Secret holds the superuser and the instance's files only"
+    );
+    assert_eq!(admin["username"], "dbps_admin");
+    assert_ne!(admin["password"], binding["password"]);
 
     // An edited binding gets new credentials, never the edited ones.
     edit_secret(&ctx, "orders-db-binding", "password", "weak").await;
