@@ -177,13 +177,17 @@ impl InstanceTls {
     /// A short digest of the certificate: the pod template carries it, so a
     /// new certificate restarts the instance, which reads it at start.
     pub fn digest(&self) -> String {
-        ring::digest::digest(&ring::digest::SHA256, self.cert_pem.as_bytes())
-            .as_ref()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        short_digest(self.cert_pem.as_bytes())
     }
+}
+
+/// The first 8 bytes of the SHA-256 of `bytes`, in hex: what a pod template
+/// annotation carries so that a change of what it stands for restarts the pod.
+pub fn short_digest(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

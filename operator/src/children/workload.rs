@@ -128,25 +128,14 @@ pub fn statefulset(inputs: &Inputs) -> StatefulSet {
     }
     let files = engine.instance().files();
     // A file read at every start: a change of it restarts the server.
-    let enforced: Vec<&(&str, String)> = inputs
-        .credentials
-        .instance
-        .files
-        .iter()
-        .filter(|(key, _)| files.iter().any(|f| f.enforced && f.key == *key))
-        .collect();
-    if !enforced.is_empty() {
-        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
-        for (key, contents) in enforced {
-            for part in [key.as_bytes(), b"\0", contents.as_bytes(), b"\0"] {
-                hash.update(part);
-            }
+    let mut enforced = Vec::new();
+    for (key, contents) in &inputs.credentials.instance.files {
+        if files.iter().any(|f| f.enforced && f.key == *key) {
+            enforced.extend([key.as_bytes(), b"\0", contents.as_bytes(), b"\0"].concat());
         }
-        let digest: String = hash.finish().as_ref()[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        annotations.insert(FILES_ANNOTATION.to_string(), digest);
+    }
+    if !enforced.is_empty() {
+        annotations.insert(FILES_ANNOTATION.to_string(), tls::short_digest(&enforced));
     }
     if !files.is_empty() {
         let keys: Vec<&str> = files.iter().map(|f| f.key).collect();

@@ -114,7 +114,7 @@ impl Instance for Postgres {
     }
 
     fn args(&self) -> Vec<String> {
-        [
+        vec![
             "postgres".to_string(),
             "-c".into(),
             "ssl=on".into(),
@@ -125,7 +125,6 @@ impl Instance for Postgres {
             "-c".into(),
             format!("hba_file={HBA_PATH}"),
         ]
-        .to_vec()
     }
 
     fn files(&self) -> &'static [InstanceFile] {
